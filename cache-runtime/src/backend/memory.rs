@@ -1,0 +1,159 @@
+//! The in-process backend: typed values in a bounded moka cache, no serialisation.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+use moka::Expiry;
+
+use crate::key::CacheKey;
+use crate::shape::AnyValue;
+
+/// Weighs one entry for a byte bound: the key's text and the value, type-erased.
+pub type Weigher = Arc<dyn Fn(&str, &(dyn Any + Send + Sync)) -> u32 + Send + Sync>;
+
+/// An in-process cache backend (moka), holding values as they are, without serialisation.
+///
+/// ```
+/// use cache_runtime::MemoryBackend;
+///
+/// let small = MemoryBackend::builder().max_entries(1_000).build();
+/// assert_eq!(small.entry_count(), 0);
+/// ```
+#[derive(Clone)]
+pub struct MemoryBackend {
+    cache: Cache<CacheKey, Entry>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: AnyValue,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl Expiry<CacheKey, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &CacheKey, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+
+    // moka keeps the old expiry on update by default; a refill must start a fresh TTL.
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// Configures a [`MemoryBackend`].
+pub struct MemoryBackendBuilder {
+    capacity: Capacity,
+    weigher: Option<Weigher>,
+}
+
+enum Capacity {
+    Entries(u64),
+    Bytes(u64),
+}
+
+impl MemoryBackendBuilder {
+    /// Bounds the cache by entry count (the default: 10,000 entries).
+    pub fn max_entries(mut self, entries: u64) -> Self {
+        self.capacity = Capacity::Entries(entries);
+        self
+    }
+
+    /// Bounds the cache by the summed weight of its entries. Without [`weigher`](Self::weigher),
+    /// an entry weighs its key's length plus the value's shallow size (`size_of_val`), which
+    /// undercounts values that own heap data: give a weigher for those.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.capacity = Capacity::Bytes(bytes);
+        self
+    }
+
+    /// Sets how an entry is weighed for [`max_bytes`](Self::max_bytes); the value can be
+    /// downcast to the cached type.
+    pub fn weigher(
+        mut self,
+        weigher: impl Fn(&str, &(dyn Any + Send + Sync)) -> u32 + Send + Sync + 'static,
+    ) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// The backend.
+    pub fn build(self) -> MemoryBackend {
+        let builder = Cache::builder().expire_after(PerEntryTtl);
+        let cache = match self.capacity {
+            Capacity::Entries(entries) => builder.max_capacity(entries).build(),
+            Capacity::Bytes(bytes) => {
+                let weigher = self.weigher.unwrap_or_else(|| {
+                    Arc::new(|key: &str, value: &(dyn Any + Send + Sync)| {
+                        let size = key.len() + std::mem::size_of_val(value);
+                        u32::try_from(size).unwrap_or(u32::MAX)
+                    })
+                });
+                builder
+                    .max_capacity(bytes)
+                    .weigher(move |key: &CacheKey, entry: &Entry| {
+                        weigher(key.as_str(), &*entry.value)
+                    })
+                    .build()
+            }
+        };
+        MemoryBackend { cache }
+    }
+}
+
+impl MemoryBackend {
+    /// A builder; [`MemoryBackend::default()`] holds up to 10,000 entries.
+    pub fn builder() -> MemoryBackendBuilder {
+        MemoryBackendBuilder {
+            capacity: Capacity::Entries(10_000),
+            weigher: None,
+        }
+    }
+
+    /// How many entries the cache holds (approximate until [`run_pending_tasks`](Self::run_pending_tasks)).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Applies pending evictions and expirations now, so that counts are exact.
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<AnyValue> {
+        self.cache.get(key).map(|entry| entry.value)
+    }
+
+    pub(crate) fn insert(&self, key: CacheKey, value: AnyValue, ttl: Duration) {
+        self.cache.insert(key, Entry { value, ttl });
+    }
+
+    pub(crate) fn invalidate(&self, key: &str) {
+        self.cache.invalidate(key);
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend::builder().build()
+    }
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}

@@ -1,0 +1,151 @@
+//! Backends: where values are stored, with the single-flight layer every backend shares.
+
+mod memory;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use memory::{MemoryBackend, MemoryBackendBuilder, Weigher};
+
+use crate::flight::{Flights, Outcome, Role};
+use crate::key::CacheKey;
+use crate::shape::{AnyValue, Produced, ReturnShape};
+use crate::site::Site;
+
+/// A configured backend: its store and the flights under way in it. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Backend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    store: Store,
+    flights: Flights,
+}
+
+/// The stores a backend can be. The Redis and tiered stores join this enum: dispatch stays
+/// static, so a memory hit pays no boxing or virtual call.
+pub(crate) enum Store {
+    Memory(MemoryBackend),
+}
+
+/// What a caller does next after looking at the cache.
+pub(crate) enum Step<'a, V> {
+    Hit(V),
+    Lead(crate::flight::LeaderGuard<'a>),
+    Follow(Arc<crate::flight::Flight>),
+}
+
+/// What a follower does with its leader's outcome.
+pub(crate) enum Followed<V> {
+    Hit(V),
+    Return,
+    RunUncached,
+    Retry,
+}
+
+impl Backend {
+    pub(crate) fn new(name: String, store: Store) -> Self {
+        Backend {
+            inner: Arc::new(Inner {
+                name,
+                store,
+                flights: Flights::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Reads the key; on a miss, joins or leads its flight.
+    pub(crate) fn step<V: 'static + Clone>(&self, site: &Site, key: &CacheKey) -> Step<'_, V> {
+        if let Some(value) = self.lookup(site, key.as_str()) {
+            return Step::Hit(value);
+        }
+        match self.inner.flights.join(key) {
+            Role::Leader(guard) => {
+                // Another leader may have filled the key between our read and our join.
+                if let Some(value) = self.lookup(site, key.as_str()) {
+                    guard.complete(Outcome::Abandoned, || {});
+                    return Step::Hit(value);
+                }
+                Step::Lead(guard)
+            }
+            Role::Follower(flight) => Step::Follow(flight),
+        }
+    }
+
+    fn lookup<V: 'static + Clone>(&self, site: &Site, key: &str) -> Option<V> {
+        let any = match &self.inner.store {
+            Store::Memory(memory) => memory.get(key)?,
+        };
+        downcast::<V>(site, key, &any)
+    }
+
+    /// Classifies the leader's return value, and stores it unless the flight went stale.
+    pub(crate) fn complete<R, S: ReturnShape<R>>(
+        &self,
+        site: &Site,
+        shape: S,
+        key: CacheKey,
+        guard: crate::flight::LeaderGuard<'_>,
+        ret: &R,
+    ) {
+        match shape.produced(ret) {
+            Produced::Value(value) => {
+                let value: AnyValue = Arc::new(value.clone());
+                let shared = Arc::clone(&value);
+                guard.complete(Outcome::Value(shared), || match &self.inner.store {
+                    Store::Memory(memory) => memory.insert(key, value, site.ttl),
+                });
+            }
+            Produced::Absent => guard.complete(Outcome::Absent, || {}),
+            Produced::Failed => guard.complete(Outcome::Failed, || {}),
+        }
+    }
+
+    pub(crate) fn invalidate(&self, key: &str) {
+        self.inner.flights.invalidate(key);
+        match &self.inner.store {
+            Store::Memory(memory) => memory.invalidate(key),
+        }
+    }
+}
+
+/// Interprets a leader's outcome for one follower.
+pub(crate) fn followed<V: 'static + Clone>(
+    site: &Site,
+    key: &str,
+    outcome: Outcome,
+) -> Followed<V> {
+    match outcome {
+        Outcome::Value(any) => match downcast::<V>(site, key, &any) {
+            Some(value) => Followed::Hit(value),
+            None => Followed::RunUncached,
+        },
+        Outcome::Absent => Followed::Return,
+        Outcome::Failed => Followed::RunUncached,
+        Outcome::Abandoned => Followed::Retry,
+    }
+}
+
+fn downcast<V: 'static + Clone>(site: &Site, key: &str, any: &AnyValue) -> Option<V> {
+    match any.downcast_ref::<V>() {
+        Some(value) => Some(value.clone()),
+        None => {
+            site.warn_type_mismatch(key, std::any::type_name::<V>());
+            None
+        }
+    }
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}

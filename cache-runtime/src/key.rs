@@ -1,0 +1,479 @@
+//! Cache keys: the text a template renders to, and the escaping that keeps it unforgeable.
+//!
+//! A key is the template's literal text with every placeholder's value written between `<` and
+//! `>`: `user:<id>` renders as `user:<42>`. Literal text may not contain `<`, `>`, `{` or `}` (the
+//! macro rejects them), and a value never does (they are percent-escaped), so a key splits back
+//! into exactly one sequence of literal parts and values. Hence no argument can forge another
+//! call's key, and two templates with different literal text never share a key.
+
+use std::borrow::Borrow;
+use std::fmt;
+
+use serde::Serialize;
+
+/// A rendered cache key, such as `user:<42>`.
+///
+/// Build one with [`KeyBuilder`], the same way the `#[cached]` expansion does; use it with
+/// [`invalidate`](crate::invalidate) to remove an entry by hand.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey(String);
+
+impl CacheKey {
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for CacheKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Builds a [`CacheKey`] from literal text and placeholder values, in template order.
+///
+/// ```
+/// use cache_runtime::KeyBuilder;
+///
+/// let key = KeyBuilder::new().lit("user:").arg(&"1:admin").finish();
+/// assert_eq!(key.as_str(), "user:<1:admin>");
+/// let other = KeyBuilder::new().lit("user:1:").arg(&"admin").finish();
+/// assert_ne!(key, other);
+/// ```
+#[derive(Debug, Default)]
+pub struct KeyBuilder {
+    text: String,
+}
+
+impl KeyBuilder {
+    /// An empty key.
+    pub fn new() -> Self {
+        KeyBuilder {
+            text: String::with_capacity(48),
+        }
+    }
+
+    /// Appends literal template text. It must not contain `<`, `>`, `{` or `}`; the macros check
+    /// this at compile time, and hand-built keys are checked in debug builds.
+    pub fn lit(mut self, text: &str) -> Self {
+        debug_assert!(
+            !text.contains(['<', '>', '{', '}']),
+            "literal key text may not contain `<`, `>`, `{{` or `}}`: {text:?}"
+        );
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends one placeholder value.
+    pub fn arg<T: KeyPart + ?Sized>(mut self, value: &T) -> Self {
+        self.text.push('<');
+        value.write_key_part(&mut KeyWriter(&mut self.text));
+        self.text.push('>');
+        self
+    }
+
+    /// Appends a placeholder value by a stable hash of its serialised form (the `:hash`
+    /// modifier). The form is bincode 2 with its standard configuration; hashing is xxh3-128.
+    ///
+    /// The hash is stable across processes and builds only if serialisation is: a `HashMap`
+    /// serialises in an order that differs between instances, so key on a `BTreeMap` instead.
+    /// A value that fails to serialise (a serde error of its own) is keyed by that error's text
+    /// hash, which is deterministic but shared by every value that fails the same way, so such a
+    /// type should not use `:hash`.
+    pub fn hashed<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        let mut hasher = HashWriter(xxhash_rust::xxh3::Xxh3Default::new());
+        if let Err(error) =
+            bincode::serde::encode_into_writer(value, &mut hasher, bincode::config::standard())
+        {
+            hasher.0.reset();
+            hasher.0.update(error.to_string().as_bytes());
+        }
+        let digest = hasher.0.digest128();
+        self.text.push_str("<#");
+        write_hex(&mut self.text, &digest.to_be_bytes());
+        self.text.push('>');
+        self
+    }
+
+    /// The finished key.
+    pub fn finish(self) -> CacheKey {
+        CacheKey(self.text)
+    }
+}
+
+struct HashWriter(xxhash_rust::xxh3::Xxh3Default);
+
+impl bincode::enc::write::Writer for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.update(bytes);
+        Ok(())
+    }
+}
+
+fn write_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+}
+
+/// Where a [`KeyPart`] writes its value; it escapes what could break the key's structure.
+pub struct KeyWriter<'a>(&'a mut String);
+
+impl KeyWriter<'_> {
+    /// Writes text, percent-escaping every byte outside the characters that are safe in a key.
+    ///
+    /// Kept as they are: ASCII letters and digits, ``-_.:@/+=,;!$&'()~^|` ``, and non-ASCII
+    /// characters other than whitespace and controls (so names stay readable). Everything else,
+    /// `%` itself included, becomes `%XX` per UTF-8 byte.
+    pub fn write_str(&mut self, text: &str) {
+        for ch in text.chars() {
+            if is_kept(ch) {
+                self.0.push(ch);
+            } else {
+                let mut utf8 = [0; 4];
+                for byte in ch.encode_utf8(&mut utf8).bytes() {
+                    self.0.push('%');
+                    write_hex_upper(self.0, byte);
+                }
+            }
+        }
+    }
+
+    /// Writes an integer in decimal.
+    pub fn write_int(&mut self, value: impl itoa::Integer) {
+        self.0.push_str(itoa::Buffer::new().format(value));
+    }
+
+    /// Writes the mark of an absent value (`None`): `%none`, which escaping never produces
+    /// since it always follows `%` with two hexadecimal digits.
+    pub fn write_none(&mut self) {
+        self.0.push_str("%none");
+    }
+}
+
+fn is_kept(ch: char) -> bool {
+    if ch.is_ascii() {
+        ch.is_ascii_alphanumeric() || "-_.:@/+=,;!$&'()~^|`".contains(ch)
+    } else {
+        !ch.is_whitespace() && !ch.is_control()
+    }
+}
+
+fn write_hex_upper(out: &mut String, byte: u8) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    out.push(DIGITS[usize::from(byte >> 4)] as char);
+    out.push(DIGITS[usize::from(byte & 0xf)] as char);
+}
+
+/// A value that can stand for a placeholder in a cache key.
+///
+/// Implemented for integers, strings, `bool`, `char`, references to these and `Option` of them.
+/// For any other `Serialize` value, write the placeholder as `<name:hash>`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be part of a cache key",
+    label = "this value is used in the cache key",
+    note = "key parts are integers, strings, `bool`, `char` and `Option`s of them; \
+            write `<name:hash>` to key on any `Serialize` value, implement `cachet::KeyPart`, \
+            or leave the parameter out of the key (`skip(name)` or an explicit `key = \"...\"`)"
+)]
+pub trait KeyPart {
+    /// Writes this value into a key.
+    fn write_key_part(&self, out: &mut KeyWriter<'_>);
+}
+
+macro_rules! int_key_parts {
+    ($($ty:ty)*) => {$(
+        impl KeyPart for $ty {
+            fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+                out.write_int(*self);
+            }
+        }
+    )*};
+}
+int_key_parts!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize);
+
+impl KeyPart for str {
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        out.write_str(self);
+    }
+}
+
+impl KeyPart for String {
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        out.write_str(self);
+    }
+}
+
+impl KeyPart for bool {
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        out.write_str(if *self { "true" } else { "false" });
+    }
+}
+
+impl KeyPart for char {
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        out.write_str(self.encode_utf8(&mut [0; 4]));
+    }
+}
+
+impl<T: KeyPart> KeyPart for Option<T> {
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        match self {
+            Some(value) => value.write_key_part(out),
+            None => out.write_none(),
+        }
+    }
+}
+
+impl<T: KeyPart + ?Sized> KeyPart for &T {
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        (**self).write_key_part(out);
+    }
+}
+
+impl<T: KeyPart + ?Sized> KeyPart for &mut T {
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        (**self).write_key_part(out);
+    }
+}
+
+impl<T: KeyPart + ?Sized> KeyPart for Box<T> {
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        (**self).write_key_part(out);
+    }
+}
+
+impl<T: KeyPart + ?Sized> KeyPart for std::sync::Arc<T> {
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        (**self).write_key_part(out);
+    }
+}
+
+impl KeyPart for std::borrow::Cow<'_, str> {
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        out.write_str(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(parts: &[Part]) -> CacheKey {
+        let mut builder = KeyBuilder::new();
+        for part in parts {
+            builder = match part {
+                Part::Lit(text) => builder.lit(text),
+                Part::Str(value) => builder.arg(value),
+                Part::Int(value) => builder.arg(value),
+                Part::Opt(value) => builder.arg(value),
+            };
+        }
+        builder.finish()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Part {
+        Lit(String),
+        Str(String),
+        Int(i64),
+        Opt(Option<String>),
+    }
+
+    /// Literal text as templates allow it: anything but `<`, `>`, `{` and `}`.
+    fn literal() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[^<>{}]{0,6}").expect("valid regex")
+    }
+
+    /// Values biased towards the characters that matter: separators, escapes, the `%none` mark.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::string::string_regex("[a:<>%{}# n\u{e9}o]{0,6}").expect("valid regex"),
+            Just("%none".to_string()),
+            Just("%25".to_string()),
+            any::<String>(),
+        ]
+    }
+
+    fn part() -> impl Strategy<Value = Part> {
+        prop_oneof![
+            literal().prop_map(Part::Lit),
+            value().prop_map(Part::Str),
+            any::<i64>().prop_map(Part::Int),
+            proptest::option::of(value()).prop_map(Part::Opt),
+        ]
+    }
+
+    /// Splits a key back into literal text and escaped values, which must be possible for every
+    /// key: this is what makes keys unforgeable.
+    fn structure(key: &str) -> (Vec<&str>, Vec<&str>) {
+        let mut literals = Vec::new();
+        let mut values = Vec::new();
+        let mut rest = key;
+        loop {
+            match rest.find('<') {
+                None => {
+                    literals.push(rest);
+                    return (literals, values);
+                }
+                Some(open) => {
+                    literals.push(&rest[..open]);
+                    let close = rest[open..].find('>').expect("every `<` is closed") + open;
+                    values.push(&rest[open + 1..close]);
+                    rest = &rest[close + 1..];
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// One template (fixed literals, fixed value types): distinct argument tuples give
+        /// distinct keys.
+        #[test]
+        fn distinct_arguments_give_distinct_keys(
+            lits in proptest::collection::vec(literal(), 3),
+            a in (value(), any::<i64>(), proptest::option::of(value())),
+            b in (value(), any::<i64>(), proptest::option::of(value())),
+        ) {
+            let render = |(s, i, o): &(String, i64, Option<String>)| key(&[
+                Part::Lit(lits[0].clone()), Part::Str(s.clone()),
+                Part::Lit(lits[1].clone()), Part::Int(*i),
+                Part::Opt(o.clone()), Part::Lit(lits[2].clone()),
+            ]);
+            prop_assert_eq!(a == b, render(&a) == render(&b));
+        }
+
+        /// Two templates whose literal text differs never produce the same key, whatever the
+        /// arguments.
+        #[test]
+        fn different_literals_never_share_a_key(
+            a in proptest::collection::vec(part(), 0..6),
+            b in proptest::collection::vec(part(), 0..6),
+        ) {
+            let (ka, kb) = (key(&a), key(&b));
+            let (lits_a, _) = structure(ka.as_str());
+            let (lits_b, _) = structure(kb.as_str());
+            if lits_a != lits_b {
+                prop_assert_ne!(&ka, &kb);
+            }
+            // The literal structure a key shows is the template's own literal text.
+            let template_text = |parts: &[Part]| -> String {
+                parts.iter().map(|p| match p { Part::Lit(t) => t.as_str(), _ => "\u{0}" }).collect()
+            };
+            prop_assert_eq!(lits_a.join("\u{0}"), template_text(&a));
+        }
+
+        /// Escaping is reversible, so distinct strings stay distinct and nothing structural leaks.
+        #[test]
+        fn escaped_values_hold_no_structural_character(s in any::<String>()) {
+            let k = KeyBuilder::new().arg(&s).finish();
+            let inner = &k.as_str()[1..k.as_str().len() - 1];
+            let structural = ['<', '>', '{', '}', '*', '?', '[', ']', ' '];
+            prop_assert!(!inner.contains(structural), "{:?}", inner);
+            prop_assert_eq!(percent_decode(inner), s);
+        }
+    }
+
+    fn percent_decode(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).expect("hex escape"));
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn an_argument_cannot_forge_another_key() {
+        let forged = KeyBuilder::new().lit("user:").arg(&"1:admin").finish();
+        let real = KeyBuilder::new().lit("user:1:").arg(&"admin").finish();
+        let nested = KeyBuilder::new().lit("user:").arg(&"1>:<admin").finish();
+        assert_eq!(forged.as_str(), "user:<1:admin>");
+        assert_eq!(real.as_str(), "user:1:<admin>");
+        assert_eq!(nested.as_str(), "user:<1%3E:%3Cadmin>");
+    }
+
+    #[test]
+    fn none_differs_from_every_string() {
+        let none = KeyBuilder::new().arg(&None::<&str>).finish();
+        for text in ["", "%none", "none", "%"] {
+            assert_ne!(
+                none,
+                KeyBuilder::new().arg(&Some(text)).finish(),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_render_readably() {
+        let key = KeyBuilder::new()
+            .lit("t:")
+            .arg(&-7i32)
+            .arg(&true)
+            .arg(&'x')
+            .arg(&"Zoë O'Neil")
+            .arg(&None::<u8>)
+            .finish();
+        assert_eq!(key.as_str(), "t:<-7><true><x><Zo\u{eb}%20O'Neil><%none>");
+    }
+
+    #[test]
+    fn hashed_values_are_stable_and_distinct() {
+        #[derive(Serialize)]
+        struct Filter {
+            name: &'static str,
+            limit: u32,
+        }
+        let a = KeyBuilder::new()
+            .lit("q:")
+            .hashed(&Filter {
+                name: "a",
+                limit: 1,
+            })
+            .finish();
+        let again = KeyBuilder::new()
+            .lit("q:")
+            .hashed(&Filter {
+                name: "a",
+                limit: 1,
+            })
+            .finish();
+        let b = KeyBuilder::new()
+            .lit("q:")
+            .hashed(&Filter {
+                name: "a",
+                limit: 2,
+            })
+            .finish();
+        assert_eq!(a, again);
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), "q:<#>".len() + 32);
+        // A string that looks like a hash is escaped, so it cannot collide with one.
+        let text = &a.as_str()["q:<".len()..a.as_str().len() - 1];
+        assert_ne!(a, KeyBuilder::new().lit("q:").arg(&text).finish());
+    }
+}

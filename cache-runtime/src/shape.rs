@@ -1,0 +1,135 @@
+//! How a function's return value divides into what is cached and what is merely returned.
+//!
+//! The macro picks one shape per function from its return type: `Result<T, E>` caches `T` only
+//! from `Ok`; `Option<T>` caches `T` only from `Some` (unless `cache_none`, which caches the whole
+//! `Option` with [`Whole`]); any other type is cached whole.
+
+use std::any::Any;
+use std::sync::Arc;
+
+/// A value a cache may hold: it is cloned out on every hit and shared between tasks.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be cached",
+    label = "a cached value must be `Clone + Send + Sync + 'static`",
+    note = "wrap shared state in `Arc`, and return owned data rather than references"
+)]
+pub trait CacheValue: Clone + Send + Sync + 'static {}
+
+impl<T: Clone + Send + Sync + 'static> CacheValue for T {}
+
+/// A cached value with its type erased, as backends hold it in memory.
+pub type AnyValue = Arc<dyn Any + Send + Sync>;
+
+/// What one call's return value means for the cache.
+pub enum Produced<'a, V> {
+    /// A value to store and share with the callers waiting on this key.
+    Value(&'a V),
+    /// Nothing to store, but waiting callers can be answered without running the body (`None`).
+    Absent,
+    /// Nothing to store or share (`Err`): every waiting caller runs the body itself.
+    Failed,
+}
+
+/// The way a return type `R` holds its cacheable value.
+pub trait ReturnShape<R>: Copy + Send + Sync + 'static {
+    /// The cached part of `R`.
+    type Value: CacheValue;
+    /// Classifies a fresh return value.
+    fn produced(self, ret: &R) -> Produced<'_, Self::Value>;
+    /// Rebuilds the return value from a cached value.
+    fn rebuild(self, value: Self::Value) -> R;
+    /// The return value for [`Produced::Absent`].
+    fn absent(self) -> Option<R>;
+}
+
+/// Shape of `Result<T, E>`: only `Ok(T)` is cached.
+#[derive(Clone, Copy, Debug)]
+pub struct OkOnly;
+
+impl<T: CacheValue, E> ReturnShape<Result<T, E>> for OkOnly {
+    type Value = T;
+
+    fn produced(self, ret: &Result<T, E>) -> Produced<'_, T> {
+        match ret {
+            Ok(value) => Produced::Value(value),
+            Err(_) => Produced::Failed,
+        }
+    }
+
+    fn rebuild(self, value: T) -> Result<T, E> {
+        Ok(value)
+    }
+
+    fn absent(self) -> Option<Result<T, E>> {
+        None
+    }
+}
+
+/// Shape of `Option<T>`: only `Some(T)` is cached.
+#[derive(Clone, Copy, Debug)]
+pub struct SomeOnly;
+
+impl<T: CacheValue> ReturnShape<Option<T>> for SomeOnly {
+    type Value = T;
+
+    fn produced(self, ret: &Option<T>) -> Produced<'_, T> {
+        match ret {
+            Some(value) => Produced::Value(value),
+            None => Produced::Absent,
+        }
+    }
+
+    fn rebuild(self, value: T) -> Option<T> {
+        Some(value)
+    }
+
+    fn absent(self) -> Option<Option<T>> {
+        Some(None)
+    }
+}
+
+/// Shape of any other type (and of `Option` with `cache_none`): the whole value is cached.
+#[derive(Clone, Copy, Debug)]
+pub struct Whole;
+
+impl<R: CacheValue> ReturnShape<R> for Whole {
+    type Value = R;
+
+    fn produced(self, ret: &R) -> Produced<'_, R> {
+        Produced::Value(ret)
+    }
+
+    fn rebuild(self, value: R) -> R {
+        value
+    }
+
+    fn absent(self) -> Option<R> {
+        None
+    }
+}
+
+/// Tells whether a mutating function's return value means success (and so invalidates).
+pub trait Success<R>: Copy {
+    /// `true` when the call succeeded.
+    fn succeeded(self, ret: &R) -> bool;
+}
+
+/// Success is `Ok`.
+#[derive(Clone, Copy, Debug)]
+pub struct IfOk;
+
+impl<T, E> Success<Result<T, E>> for IfOk {
+    fn succeeded(self, ret: &Result<T, E>) -> bool {
+        ret.is_ok()
+    }
+}
+
+/// Every return is a success.
+#[derive(Clone, Copy, Debug)]
+pub struct Always;
+
+impl<R> Success<R> for Always {
+    fn succeeded(self, _: &R) -> bool {
+        true
+    }
+}

@@ -1,0 +1,87 @@
+//! The static description of one annotated function, built by the macro at compile time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::backend::Backend;
+use crate::registry;
+
+/// One `#[cached]` function: every field is a constant written by the macro.
+///
+/// Not a stable API: the macro and the runtime are released together and pinned exactly.
+#[derive(Debug)]
+pub struct Site {
+    /// The function's path, `module::name`.
+    pub function: &'static str,
+    /// The key template as written, or the default key's description.
+    pub template: &'static str,
+    /// The backend's name, such as `"memory"` or `"memory.sessions"`.
+    pub backend: &'static str,
+    /// How long an entry lives.
+    pub ttl: Duration,
+    /// The value's schema version, part of the type fingerprint of serialised values.
+    pub version: u32,
+    /// Per-site runtime state; always [`SiteState::new()`].
+    pub state: SiteState,
+}
+
+/// What a [`Site`] learns at run time: its backend, and which warnings it has already logged.
+#[derive(Debug)]
+pub struct SiteState {
+    backend: OnceLock<Option<Backend>>,
+    warned_type_mismatch: AtomicBool,
+}
+
+impl SiteState {
+    /// Empty state, for the macro's `static`.
+    #[allow(clippy::new_without_default)] // used in `static` initialisers, which need a const fn
+    pub const fn new() -> Self {
+        SiteState {
+            backend: OnceLock::new(),
+            warned_type_mismatch: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Site {
+    /// The backend this site stores in, resolved once. `None` when no backend of that name is
+    /// configured: the function then runs uncached, and the error is logged once per site.
+    pub(crate) fn backend(&self) -> Option<&Backend> {
+        self.state
+            .backend
+            .get_or_init(|| {
+                let found = registry::global().backend(self.backend).cloned();
+                if found.is_none() {
+                    tracing::error!(
+                        function = self.function,
+                        backend = self.backend,
+                        "cache backend `{}` is not configured; `{}` runs uncached (configure it \
+                         with `cachet::configure()` before the first call)",
+                        self.backend,
+                        self.function,
+                    );
+                }
+                found
+            })
+            .as_ref()
+    }
+
+    /// Logs, once per site, that a key held a value of another type.
+    pub(crate) fn warn_type_mismatch(&self, key: &str, expected: &'static str) {
+        if !self
+            .state
+            .warned_type_mismatch
+            .swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                function = self.function,
+                key,
+                expected,
+                "a cache entry under this key holds another type (two functions' templates \
+                 produce the same key); treating it as a miss. Further mismatches at this \
+                 site are not logged"
+            );
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! # cachet
+//!
+//! Declarative caching for Rust service functions. Annotate a function with [`cached`], and the
+//! functions that change its data with [`invalidates`]:
+//!
+//! ```
+//! use cachet::{cached, invalidates};
+//!
+//! #[derive(Clone)]
+//! struct User { name: String }
+//!
+//! #[cached(ttl = "60s", key = "user:<id>")]
+//! async fn get_user(id: u64) -> Result<User, std::io::Error> {
+//!     Ok(User { name: format!("user {id}") })
+//! }
+//!
+//! #[invalidates("user:<id>")]
+//! async fn rename_user(id: u64, name: String) -> Result<(), std::io::Error> {
+//!     Ok(())
+//! }
+//! # futures::executor::block_on(async {
+//! assert_eq!(get_user(7).await.unwrap().name, "user 7");
+//! rename_user(7, "Ada".into()).await.unwrap();
+//! # });
+//! ```
+//!
+//! A `Result` caches only `Ok`, an `Option` only `Some` (unless `cache_none`), any other type
+//! always. Concurrent callers of a cold key run the body once (single-flight); a cancelled or
+//! panicking caller never leaves the others waiting.
+//!
+//! ## `#[cached]` options
+//! | option | meaning |
+//! |---|---|
+//! | `ttl = "90s"` or `ttl = 90` | how long an entry lives (required) |
+//! | `key = "user:<id>"` | the key template: literal text and `<param>`, `<param.field>`, `<param:hash>` placeholders; default: the function's path and every parameter |
+//! | `backend = "memory"` | the backend's name (`memory`, or a configured `memory.<name>`) |
+//! | `cache_none` | cache `None` too (for `Option` returns) |
+//! | `version = 2` | the value's schema version |
+//! | `skip(db)` | leave parameters out of the default key |
+//! | `returns = "result"` | state the return shape (`result`, `option`, `value`) for a type alias |
+//! | `crate = "cachet"` | the path of this crate, if renamed |
+//!
+//! `self` is never part of a key unless the template names `<self.field>`.
+
+#[doc(inline)]
+pub use cache_macros::{cached, invalidates};
+pub use cache_runtime::{
+    configure, invalidate, CacheKey, CacheValue, Config, ConfigError, KeyBuilder, KeyPart,
+    KeyWriter, MemoryBackend, MemoryBackendBuilder, Weigher,
+};
+
+/// What the attributes expand to. /!\ Not a stable API: it may change in any release. /!\
+#[doc(hidden)]
+pub mod __private {
+    pub use cache_runtime::expansion::*;
+}
