@@ -289,3 +289,27 @@ fn the_crate_path_can_be_overridden() {
     setup();
     assert_eq!(renamed::renamed(1), 2);
 }
+
+struct Apples;
+struct Pears;
+
+impl Apples {
+    #[cached(ttl = "60s")]
+    fn count(&self, box_id: u8) -> String {
+        format!("apples in {box_id}")
+    }
+}
+
+impl Pears {
+    #[cached(ttl = "60s")]
+    fn count(&self, box_id: u8) -> String {
+        format!("pears in {box_id}")
+    }
+}
+
+#[test]
+fn default_keys_of_same_named_methods_differ_by_type() {
+    setup();
+    assert_eq!(Apples.count(1), "apples in 1");
+    assert_eq!(Pears.count(1), "pears in 1");
+}

@@ -120,7 +120,7 @@ fn gen_cached(args: &CachedArgs, function: &ItemFn) -> Result<TokenStream, Error
         sig,
         block,
     } = function;
-    let ident = &sig.ident;
+    let fn_suffix = format!("::{}", sig.ident);
     let template = match &args.key {
         Some(lit) => lit.value(),
         None => "(default key)".to_owned(),
@@ -153,7 +153,7 @@ fn gen_cached(args: &CachedArgs, function: &ItemFn) -> Result<TokenStream, Error
         #(#attrs)*
         #vis #sig {
             static __CACHET_SITE: #krate::__private::Site = #krate::__private::Site {
-                function: #krate::__private::concat!(#krate::__private::module_path!(), "::", stringify!(#ident)),
+                function: #krate::__private::concat!(#krate::__private::module_path!(), #fn_suffix),
                 template: #template,
                 backend: #backend,
                 ttl: #krate::__private::Duration::from_millis(#ttl_millis),
@@ -313,11 +313,18 @@ fn gen_default_key(
         parts.push(quote!(.lit(#separator).arg(#value)));
     }
     combine(errors)?;
-    let ident = &function.sig.ident;
+    let fn_path = format!("::{}", function.sig.ident);
     let close = if parts.is_empty() { "()" } else { ")" };
+    // Methods of two types in one module share a name and a module path: the receiver's type
+    // tells them apart.
+    let self_type = params
+        .iter()
+        .any(|param| param.is_receiver)
+        .then(|| quote!(.lit("::").arg(#krate::__private::type_name::<Self>())));
     Ok(quote! {
         #krate::__private::KeyBuilder::new()
-            .lit(#krate::__private::concat!(#krate::__private::module_path!(), "::", stringify!(#ident)))
+            .lit(#krate::__private::concat!(#krate::__private::module_path!(), #fn_path))
+            #self_type
             #(#parts)*
             .lit(#close)
             .finish()

@@ -24,3 +24,82 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::invalidates(args.into(), item.into()).into()
 }
+
+/// Expansion snapshots: each `tests/expand/*.rs` at the workspace root holds items carrying
+/// `#[cached]` or `#[invalidates]`; their pretty-printed expansion is pinned in
+/// `tests/expand/snapshots/`, so a change to the generated code shows up in review.
+#[cfg(test)]
+mod expansion_snapshots {
+    use quote::ToTokens;
+    use syn::visit_mut::VisitMut;
+
+    fn expand_fn(
+        attrs: &[syn::Attribute],
+        rest: proc_macro2::TokenStream,
+        cached: bool,
+        args: proc_macro2::TokenStream,
+    ) -> proc_macro2::TokenStream {
+        let mut item = proc_macro2::TokenStream::new();
+        for attr in attrs {
+            attr.to_tokens(&mut item);
+        }
+        item.extend(rest);
+        if cached {
+            crate::expand::cached(args, item)
+        } else {
+            crate::expand::invalidates(args, item)
+        }
+    }
+
+    fn take_attr(attrs: &mut Vec<syn::Attribute>) -> Option<(bool, proc_macro2::TokenStream)> {
+        let index = attrs.iter().position(|attr| {
+            attr.path().is_ident("cached") || attr.path().is_ident("invalidates")
+        })?;
+        let attr = attrs.remove(index);
+        let args = match &attr.meta {
+            syn::Meta::List(list) => list.tokens.clone(),
+            _ => proc_macro2::TokenStream::new(),
+        };
+        Some((attr.path().is_ident("cached"), args))
+    }
+
+    struct Rewrite;
+
+    impl VisitMut for Rewrite {
+        fn visit_item_mut(&mut self, item: &mut syn::Item) {
+            if let syn::Item::Fn(function) = item {
+                if let Some((cached, args)) = take_attr(&mut function.attrs) {
+                    let attrs = std::mem::take(&mut function.attrs);
+                    let rest = function.to_token_stream();
+                    let expanded = expand_fn(&attrs, rest, cached, args);
+                    *item = syn::parse2(expanded).expect("the expansion is an item");
+                    return;
+                }
+            }
+            syn::visit_mut::visit_item_mut(self, item);
+        }
+
+        fn visit_impl_item_mut(&mut self, item: &mut syn::ImplItem) {
+            if let syn::ImplItem::Fn(function) = item {
+                if let Some((cached, args)) = take_attr(&mut function.attrs) {
+                    let attrs = std::mem::take(&mut function.attrs);
+                    let rest = function.to_token_stream();
+                    let expanded = expand_fn(&attrs, rest, cached, args);
+                    *item = syn::parse2(expanded).expect("the expansion is an impl item");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn expansions_match_their_snapshots() {
+        insta::glob!("../../tests/expand", "*.rs", |path| {
+            let source = std::fs::read_to_string(path).expect("readable input");
+            let mut file: syn::File = syn::parse_file(&source).expect("valid Rust");
+            Rewrite.visit_file_mut(&mut file);
+            insta::with_settings!({ snapshot_path => "../../tests/expand/snapshots", prepend_module_to_snapshot => false }, {
+                insta::assert_snapshot!(prettyplease::unparse(&file));
+            });
+        });
+    }
+}

@@ -28,6 +28,7 @@ pub mod expansion {
     pub use crate::key::KeyBuilder;
     pub use crate::shape::{Always, IfOk, OkOnly, SomeOnly, Whole};
     pub use crate::site::{Site, SiteState};
+    pub use core::any::type_name;
     pub use core::concat;
     pub use core::module_path;
     pub use core::time::Duration;
