@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # cachet
 //!
 //! Declarative caching for Rust service functions. Annotate a function with [`cached`], and the

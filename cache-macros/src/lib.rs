@@ -13,13 +13,22 @@ mod template;
 
 use proc_macro::TokenStream;
 
-/// Caches the function's result; see `cachet::cached`.
+/// Caches the function's result under a key built from its arguments.
+///
+/// `#[cached(ttl = "60s", key = "user:<id>")]` on an `async fn` or a plain `fn`, free or a
+/// method. Options: `ttl` (required), `key`, `backend`, `cache_none`, `version`, `skip(...)`,
+/// `returns`, `crate`. The `cachet` crate's documentation describes each, with examples that
+/// compile.
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::cached(args.into(), item.into()).into()
 }
 
-/// Invalidates cache keys after the function succeeds; see `cachet::invalidates`.
+/// Removes the entries under the given key templates after the function succeeds.
+///
+/// `#[invalidates("user:<id>", "profile:<id>")]`: success is `Ok` for a `Result`, any return
+/// otherwise. The keys are removed from every configured backend, so the entry is reached
+/// whichever cached function stored it.
 #[proc_macro_attribute]
 pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::invalidates(args.into(), item.into()).into()

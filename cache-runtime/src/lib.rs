@@ -4,6 +4,8 @@
 //! attributes expand into calls to [`expansion`]. Everything that behaves lives here, as
 //! ordinary Rust, so that the expansions stay thin.
 
+#![warn(missing_docs)]
+
 mod backend;
 mod call;
 mod error;
