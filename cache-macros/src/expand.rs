@@ -27,7 +27,7 @@ pub(crate) fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(function) => function,
         Err(error) => return with_error(item, error),
     };
-    match InvalidatesArgs::parse(args, function.sig.ident.span())
+    match InvalidatesArgs::parse(args, Span::call_site())
         .and_then(|args| gen_invalidates(&args, &function))
     {
         Ok(expanded) => expanded,
@@ -139,14 +139,21 @@ fn gen_cached(args: &CachedArgs, function: &ItemFn) -> Result<TokenStream, Error
         ReturnType::Type(_, ty) => ty.to_token_stream(),
         ReturnType::Default => quote!(()),
     };
-    let shape_tokens = quote_spanned!(ret_ty_span(&sig.output)=> #krate::__private::#shape_tokens);
+    // Spanned at the return type, so that a value that cannot be cached is reported there.
+    let ret_span = ret_ty_span(&sig.output);
+    let shape_tokens = quote_spanned!(ret_span=> #krate::__private::#shape_tokens);
+    let entry = if sig.asyncness.is_some() {
+        quote_spanned!(ret_span=> #krate::__private::cached::<#ret_ty, _, _>)
+    } else {
+        quote_spanned!(ret_span=> #krate::__private::cached_sync::<#ret_ty, _, _>)
+    };
     let call = if sig.asyncness.is_some() {
-        quote! {
-            #krate::__private::cached::<#ret_ty, _, _>(&__CACHET_SITE, #shape_tokens, __cachet_key, async move #block).await
+        quote_spanned! {ret_span=>
+            #entry(&__CACHET_SITE, #shape_tokens, __cachet_key, async move #block).await
         }
     } else {
-        quote! {
-            #krate::__private::cached_sync::<#ret_ty, _, _>(&__CACHET_SITE, #shape_tokens, __cachet_key, move || #block)
+        quote_spanned! {ret_span=>
+            #entry(&__CACHET_SITE, #shape_tokens, __cachet_key, move || #block)
         }
     };
     Ok(quote! {

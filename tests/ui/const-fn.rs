@@ -1,0 +1,9 @@
+#[allow(unused_imports)]
+use cachet::{cached, invalidates};
+
+#[cached(ttl = "60s", key = "square:<x>")]
+const fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+#[allow(unused_imports)]
+use cachet::{cached, invalidates};
+
+#[cached(ttl = "60s")]
+async fn get<T: std::fmt::Display + Send>(x: T) -> String {
+    x.to_string()
+}
+
+fn main() {}

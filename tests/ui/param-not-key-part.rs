@@ -1,0 +1,12 @@
+#[allow(unused_imports)]
+use cachet::{cached, invalidates};
+
+struct Db;
+
+#[cached(ttl = "60s")]
+async fn get_user(db: &Db, id: u64) -> Result<String, String> {
+    let _ = db;
+    Ok(format!("user {id}"))
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+#[allow(unused_imports)]
+use cachet::{cached, invalidates};
+
+#[cached(ttl = "60s", skip(dbb))]
+async fn get_user(db: &str, id: u64) -> Result<String, String> {
+    Ok(format!("{db} {id}"))
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+#[allow(unused_imports)]
+use cachet::{cached, invalidates};
+
+#[cached(tll = "60s", key = "user:<id>")]
+async fn get_user(id: u64) -> Result<String, String> {
+    Ok(format!("user {id}"))
+}
+
+fn main() {}

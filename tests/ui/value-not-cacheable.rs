@@ -1,0 +1,13 @@
+#[allow(unused_imports)]
+use cachet::{cached, invalidates};
+
+struct User {
+    name: String,
+}
+
+#[cached(ttl = "60s", key = "user:<id>")]
+async fn get_user(id: u64) -> Result<User, String> {
+    Ok(User { name: format!("user {id}") })
+}
+
+fn main() {}
