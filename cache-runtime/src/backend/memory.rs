@@ -157,3 +157,54 @@ impl fmt::Debug for MemoryBackend {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeyBuilder;
+
+    fn fill(backend: &MemoryBackend, count: u32, value: impl Fn(u32) -> AnyValue) {
+        for n in 0..count {
+            let key = KeyBuilder::new().lit("k:").arg(&n).finish();
+            backend.insert(key, value(n), Duration::from_secs(60));
+        }
+        backend.run_pending_tasks();
+    }
+
+    #[test]
+    fn a_byte_bound_limits_the_summed_weight() {
+        let backend = MemoryBackend::builder().max_bytes(1_000).build();
+        fill(&backend, 500, |n| Arc::new([n; 16]));
+        let weight = backend.cache.weighted_size();
+        assert!(weight <= 1_000, "weighted size {weight}");
+        assert!(backend.entry_count() > 0);
+    }
+
+    #[test]
+    fn a_custom_weigher_sees_the_typed_value() {
+        let backend = MemoryBackend::builder()
+            .max_bytes(10_000)
+            .weigher(|_, value| {
+                let text = value.downcast_ref::<String>().map_or(0, String::len);
+                u32::try_from(text).unwrap_or(u32::MAX)
+            })
+            .build();
+        fill(&backend, 100, |_| Arc::new("x".repeat(1_000)));
+        assert!(
+            backend.entry_count() <= 10,
+            "{} entries",
+            backend.entry_count()
+        );
+    }
+
+    #[test]
+    fn a_refill_starts_a_fresh_ttl() {
+        let backend = MemoryBackend::default();
+        let key = KeyBuilder::new().lit("k").finish();
+        backend.insert(key.clone(), Arc::new(1u8), Duration::from_millis(1));
+        backend.insert(key.clone(), Arc::new(2u8), Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+        let value = backend.get(key.as_str()).expect("the refill's TTL applies");
+        assert_eq!(value.downcast_ref::<u8>(), Some(&2));
+    }
+}
