@@ -313,3 +313,29 @@ fn default_keys_of_same_named_methods_differ_by_type() {
     assert_eq!(Apples.count(1), "apples in 1");
     assert_eq!(Pears.count(1), "pears in 1");
 }
+
+type Fallible<T> = Result<T, String>;
+
+counter!(ALIAS_CALLS);
+
+#[cached(ttl = "60s", key = "alias:<fail>", returns = "result")]
+async fn through_alias(fail: bool) -> Fallible<usize> {
+    let n = count(&ALIAS_CALLS);
+    if fail {
+        Err(format!("failure {n}"))
+    } else {
+        Ok(n)
+    }
+}
+
+#[tokio::test]
+async fn a_type_alias_takes_its_shape_from_returns() {
+    setup();
+    assert!(through_alias(true).await.is_err());
+    assert!(through_alias(true).await.is_err());
+    assert_eq!(
+        ALIAS_CALLS.load(Ordering::SeqCst),
+        2,
+        "Err is not cached through the alias"
+    );
+}
