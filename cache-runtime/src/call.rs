@@ -15,7 +15,7 @@ where
     S: ReturnShape<R>,
     F: Future<Output = R>,
 {
-    let Some(backend) = site.backend() else {
+    let Some(backend) = site.backend().filter(|_| key.is_usable()) else {
         return body.await;
     };
     let guard = loop {
@@ -47,7 +47,7 @@ where
     S: ReturnShape<R>,
     F: FnOnce() -> R,
 {
-    let Some(backend) = site.backend() else {
+    let Some(backend) = site.backend().filter(|_| key.is_usable()) else {
         return body();
     };
     let guard = loop {

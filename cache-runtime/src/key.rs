@@ -23,7 +23,17 @@ impl CacheKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether the key identifies its arguments. It does not when a `:hash` value failed to
+    /// serialise; such a call runs uncached rather than risk sharing a key.
+    pub fn is_usable(&self) -> bool {
+        !self.0.contains(UNUSABLE)
+    }
 }
+
+/// Written in place of a `:hash` value that failed to serialise. `!` cannot follow `<#` in a
+/// hashed value (hex digits) and `#` is escaped in plain values, so only a failure writes it.
+const UNUSABLE: &str = "<#!>";
 
 impl Borrow<str> for CacheKey {
     fn borrow(&self) -> &str {
@@ -90,16 +100,19 @@ impl KeyBuilder {
     ///
     /// The hash is stable across processes and builds only if serialisation is: a `HashMap`
     /// serialises in an order that differs between instances, so key on a `BTreeMap` instead.
-    /// A value that fails to serialise (a serde error of its own) is keyed by that error's text
-    /// hash, which is deterministic but shared by every value that fails the same way, so such a
-    /// type should not use `:hash`.
+    /// A value that fails to serialise makes the key unusable ([`CacheKey::is_usable`]): the
+    /// call then runs uncached, and a warning is logged.
     pub fn hashed<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
         let mut hasher = HashWriter(xxhash_rust::xxh3::Xxh3Default::new());
         if let Err(error) =
             bincode::serde::encode_into_writer(value, &mut hasher, bincode::config::standard())
         {
-            hasher.0.reset();
-            hasher.0.update(error.to_string().as_bytes());
+            tracing::warn!(
+                %error,
+                "a `:hash` key part failed to serialise; the call runs uncached"
+            );
+            self.text.push_str(UNUSABLE);
+            return self;
         }
         let digest = hasher.0.digest128();
         self.text.push_str("<#");
@@ -475,5 +488,19 @@ mod tests {
         // A string that looks like a hash is escaped, so it cannot collide with one.
         let text = &a.as_str()["q:<".len()..a.as_str().len() - 1];
         assert_ne!(a, KeyBuilder::new().lit("q:").arg(&text).finish());
+        assert!(a.is_usable());
+    }
+
+    #[test]
+    fn a_value_that_fails_to_serialise_makes_the_key_unusable() {
+        struct Broken;
+        impl Serialize for Broken {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("cannot"))
+            }
+        }
+        let key = KeyBuilder::new().lit("q:").hashed(&Broken).finish();
+        assert!(!key.is_usable());
+        assert!(KeyBuilder::new().arg(&"<#!>").finish().is_usable());
     }
 }
