@@ -1,0 +1,118 @@
+//! Where one cache entry lives in Redis: `<prefix>:<format>:{<cache key>}:<role>`.
+//!
+//! The braces are a Redis Cluster hash tag: the value, lock and fence keys of one entry hash to
+//! one slot, so one script can touch all three, in cluster mode too, with no key change later.
+//! Cache keys never contain braces (templates reject them, values escape them), so the tag is
+//! exactly the cache key. Keys longer than [`MAX_TAGGED_KEY`] are replaced by a fixed-length
+//! hash, which keeps every Redis key short whatever the arguments.
+
+use std::fmt::Write as _;
+
+/// The key layout's version; bumping it moves every entry to new keys (old ones expire).
+pub(crate) const KEY_FORMAT: u32 = 1;
+
+/// Cache keys longer than this (in bytes) are stored under their hash.
+pub(crate) const MAX_TAGGED_KEY: usize = 200;
+
+/// The parts of one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The envelope holding the value.
+    Value,
+    /// The cross-process load lock.
+    Lock,
+    /// The fence an invalidation leaves against late fills.
+    Fence,
+}
+
+impl Role {
+    fn suffix(self) -> &'static str {
+        match self {
+            Role::Value => "v",
+            Role::Lock => "l",
+            Role::Fence => "f",
+        }
+    }
+}
+
+/// The Redis keys of one cache key, sharing one hash tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EntryKeys {
+    /// `<prefix>:<format>:{<tag>}:`, to which a role's suffix is appended.
+    base: String,
+}
+
+impl EntryKeys {
+    pub(crate) fn new(prefix: &str, cache_key: &str) -> Self {
+        let mut base = String::with_capacity(prefix.len() + cache_key.len().min(40) + 12);
+        let _ = write!(base, "{prefix}:{KEY_FORMAT}:{{");
+        if cache_key.len() > MAX_TAGGED_KEY {
+            // `#h` cannot start a real cache key's hash part: `#` only appears in `<#...>`.
+            let digest = xxhash_rust::xxh3::xxh3_128(cache_key.as_bytes());
+            let _ = write!(base, "#h{digest:032x}");
+        } else {
+            base.push_str(cache_key);
+        }
+        base.push_str("}:");
+        EntryKeys { base }
+    }
+
+    pub(crate) fn key(&self, role: Role) -> String {
+        let mut key = String::with_capacity(self.base.len() + 1);
+        key.push_str(&self.base);
+        key.push_str(role.suffix());
+        key
+    }
+}
+
+/// Checks an application prefix: non-empty, and free of the characters that carry structure.
+pub(crate) fn valid_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && !prefix.contains(['{', '}', '*', '?', '[', ']'])
+        && !prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash slot Redis Cluster computes: the part between the first `{` and the next `}`.
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').expect("tagged");
+        let close = key[open..].find('}').expect("closed") + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn roles_of_one_entry_share_a_hash_tag() {
+        let keys = EntryKeys::new("shop", "user:<42>");
+        assert_eq!(keys.key(Role::Value), "shop:1:{user:<42>}:v");
+        assert_eq!(keys.key(Role::Lock), "shop:1:{user:<42>}:l");
+        assert_eq!(keys.key(Role::Fence), "shop:1:{user:<42>}:f");
+        for role in [Role::Lock, Role::Fence] {
+            assert_eq!(hash_tag(&keys.key(role)), hash_tag(&keys.key(Role::Value)));
+        }
+    }
+
+    #[test]
+    fn long_keys_are_hashed_to_a_fixed_length() {
+        let long = format!("q:<{}>", "x".repeat(5_000));
+        let other = format!("q:<{}y>", "x".repeat(5_000));
+        let (a, b) = (EntryKeys::new("p", &long), EntryKeys::new("p", &other));
+        assert_ne!(a, b);
+        assert_eq!(a.key(Role::Value).len(), "p:1:{#h}:v".len() + 32);
+        let short = "q:<".to_owned() + &"x".repeat(MAX_TAGGED_KEY - 4) + ">";
+        assert_eq!(
+            hash_tag(&EntryKeys::new("p", &short).key(Role::Value)),
+            short
+        );
+    }
+
+    #[test]
+    fn prefixes_with_structure_are_refused() {
+        assert!(valid_prefix("shop-api"));
+        for bad in ["", "a{b", "a}", "a*", "a b", "a\n"] {
+            assert!(!valid_prefix(bad), "{bad:?}");
+        }
+    }
+}
