@@ -1,0 +1,198 @@
+//! A circuit breaker for a remote store: after repeated failures, stop sending for a while, then
+//! let a single probe through; its success closes the breaker again.
+//!
+//! This is what makes failing open cheap: a dead or half-open Redis costs a caller at most one
+//! timeout per probe interval, not one per call. Time is passed in, so tests need no sleeps.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// When to open and how long to stay open.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BreakerPolicy {
+    /// Consecutive failures that open the breaker.
+    pub(crate) failures_to_open: u32,
+    /// How long the breaker stays open before one probe is let through.
+    pub(crate) probe_interval: Duration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            failures_to_open: 3,
+            probe_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe is out; everyone else is refused until it reports, or until `until`, since a
+    /// probe whose caller was cancelled never reports.
+    Probing {
+        until: Instant,
+    },
+}
+
+/// Whether a caller may use the store now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Permit {
+    /// Go ahead (the breaker is closed).
+    Allowed,
+    /// Go ahead as the probe: report the result, which decides the breaker's state.
+    Probe,
+    /// Do not touch the store: treat it as a miss.
+    Refused,
+}
+
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    policy: BreakerPolicy,
+    state: Mutex<State>,
+}
+
+impl Breaker {
+    pub(crate) fn new(policy: BreakerPolicy) -> Self {
+        Breaker {
+            policy,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn permit(&self, now: Instant) -> Permit {
+        let mut state = self.state();
+        match *state {
+            State::Closed { .. } => Permit::Allowed,
+            State::Open { until } | State::Probing { until } if now >= until => {
+                *state = State::Probing {
+                    until: now + self.policy.probe_interval,
+                };
+                Permit::Probe
+            }
+            State::Open { .. } | State::Probing { .. } => Permit::Refused,
+        }
+    }
+
+    pub(crate) fn record_success(&self) {
+        *self.state() = State::Closed { failures: 0 };
+    }
+
+    /// Records a failure; returns `true` when this failure opened the breaker (worth a log).
+    pub(crate) fn record_failure(&self, now: Instant) -> bool {
+        let mut state = self.state();
+        let open = State::Open {
+            until: now + self.policy.probe_interval,
+        };
+        match *state {
+            State::Closed { failures } if failures + 1 >= self.policy.failures_to_open => {
+                *state = open;
+                true
+            }
+            State::Closed { failures } => {
+                *state = State::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            State::Probing { .. } | State::Open { .. } => {
+                *state = open;
+                false
+            }
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(*self.state(), State::Closed { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> Breaker {
+        Breaker::new(BreakerPolicy {
+            failures_to_open: 3,
+            probe_interval: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_refuses() {
+        let (breaker, t0) = (breaker(), Instant::now());
+        assert!(!breaker.record_failure(t0));
+        assert!(!breaker.record_failure(t0));
+        assert_eq!(breaker.permit(t0), Permit::Allowed);
+        assert!(breaker.record_failure(t0), "the third failure opens it");
+        assert_eq!(
+            breaker.permit(t0 + Duration::from_millis(999)),
+            Permit::Refused
+        );
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let (breaker, t0) = (breaker(), Instant::now());
+        breaker.record_failure(t0);
+        breaker.record_failure(t0);
+        breaker.record_success();
+        breaker.record_failure(t0);
+        breaker.record_failure(t0);
+        assert!(breaker.is_closed());
+    }
+
+    #[test]
+    fn one_probe_per_interval_and_its_result_decides() {
+        let (breaker, t0) = (breaker(), Instant::now());
+        for _ in 0..3 {
+            breaker.record_failure(t0);
+        }
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(breaker.permit(later), Permit::Probe);
+        assert_eq!(
+            breaker.permit(later),
+            Permit::Refused,
+            "only one probe at a time"
+        );
+        breaker.record_failure(later);
+        assert_eq!(
+            breaker.permit(later + Duration::from_millis(500)),
+            Permit::Refused
+        );
+        let again = later + Duration::from_secs(1);
+        assert_eq!(breaker.permit(again), Permit::Probe);
+        breaker.record_success();
+        assert_eq!(breaker.permit(again), Permit::Allowed);
+        assert!(breaker.is_closed());
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_is_replaced_after_an_interval() {
+        let (breaker, t0) = (breaker(), Instant::now());
+        for _ in 0..3 {
+            breaker.record_failure(t0);
+        }
+        let probe_at = t0 + Duration::from_secs(1);
+        assert_eq!(breaker.permit(probe_at), Permit::Probe);
+        assert_eq!(
+            breaker.permit(probe_at + Duration::from_millis(999)),
+            Permit::Refused
+        );
+        assert_eq!(
+            breaker.permit(probe_at + Duration::from_secs(1)),
+            Permit::Probe
+        );
+    }
+}
