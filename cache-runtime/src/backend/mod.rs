@@ -5,6 +5,13 @@ mod breaker;
 mod memory;
 #[allow(dead_code)] // the Redis store (next step of issue 4) uses it
 mod redis_keys;
+#[allow(dead_code)] // wired into the registry in the next step of issue 4
+mod redis_store;
+/// The same real-redis-server helper the integration tests use.
+#[cfg(test)]
+#[allow(dead_code)] // not every helper method is used here
+#[path = "../../../tests/support/redis_server.rs"]
+mod test_redis_server;
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,0 +1,388 @@
+//! The Redis store: raw envelope bytes under the entry's keys, a load lock with an owner token,
+//! and a fence that stops a fill which began before an invalidation.
+//!
+//! Every operation is one round trip, bounded by a timeout, and gated by a circuit breaker:
+//! an error, a timeout or an open breaker is reported as [`StoreError`], which callers treat as
+//! a miss (fail open).
+//!
+//! Fence protocol: a reader fetches the value and the fence generation together (`MGET`). A
+//! loader carries the generation it saw; the fill script stores only if the fence still holds
+//! that generation, then releases the lock if the token is its own. An invalidation deletes the
+//! value and increments the fence (with a TTL longer than any load lease), so a fill that read
+//! the old generation is refused. If the fence expires during an over-long load, the generation
+//! read (`n`) no longer matches (`nil`), so the error is on the safe side; only a loader that
+//! saw *no* fence and outlives a whole fence TTL could store late, which the lease bounds.
+
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+
+use super::breaker::{Breaker, BreakerPolicy, Permit};
+use super::redis_keys::{EntryKeys, Role};
+
+/// Why a Redis operation did not happen; every case is a miss to the caller.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    #[error("redis is unavailable (circuit breaker open)")]
+    Refused,
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// What a read found: the envelope bytes, if any, and the fence generation to carry into a fill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Read {
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) fence: Option<i64>,
+}
+
+/// Settings of one Redis store.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisSettings {
+    pub(crate) prefix: String,
+    pub(crate) op_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) fence_ttl: Duration,
+    pub(crate) breaker: BreakerPolicy,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            prefix: "cachet".to_owned(),
+            op_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(1),
+            fence_ttl: Duration::from_secs(60),
+            breaker: BreakerPolicy::default(),
+        }
+    }
+}
+
+pub(crate) struct RedisStore {
+    connection: ConnectionManager,
+    settings: RedisSettings,
+    breaker: Breaker,
+    fill_script: Script,
+    invalidate_script: Script,
+    release_script: Script,
+}
+
+/// KEYS: value, fence, lock. ARGV: fence generation seen ("" for none), bytes, ttl ms, token.
+/// Returns 1 if stored, 0 if fenced off.
+const FILL: &str = r"
+local fence = redis.call('GET', KEYS[2])
+local stored = 0
+if (fence or '') == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  stored = 1
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
+  redis.call('DEL', KEYS[3])
+end
+return stored
+";
+
+/// KEYS: value, fence. ARGV: fence ttl ms.
+const INVALIDATE: &str = r"
+redis.call('DEL', KEYS[1])
+local generation = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return generation
+";
+
+/// KEYS: lock. ARGV: token. Compare-and-delete, so only the owner releases.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+impl RedisStore {
+    /// Creates the store without waiting for Redis: a store whose server is down still serves
+    /// (uncached) and connects when the server comes back.
+    pub(crate) fn new(url: &str, settings: RedisSettings) -> Result<Self, redis::RedisError> {
+        let client = Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.op_timeout));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(RedisStore {
+            connection,
+            breaker: Breaker::new(settings.breaker),
+            settings,
+            fill_script: Script::new(FILL),
+            invalidate_script: Script::new(INVALIDATE),
+            release_script: Script::new(RELEASE),
+        })
+    }
+
+    fn keys(&self, cache_key: &str) -> EntryKeys {
+        EntryKeys::new(&self.settings.prefix, cache_key)
+    }
+
+    /// Runs one operation under the breaker and the timeout.
+    async fn guarded<T>(
+        &self,
+        operation: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        if self.breaker.permit(Instant::now()) == Permit::Refused {
+            return Err(StoreError::Refused);
+        }
+        let budget = self.settings.op_timeout;
+        let result = match tokio::time::timeout(budget, operation).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(StoreError::Redis(error)),
+            Err(_) => Err(StoreError::Timeout(budget)),
+        };
+        match &result {
+            Ok(_) => self.breaker.record_success(),
+            Err(_) => {
+                if self.breaker.record_failure(Instant::now()) {
+                    tracing::warn!(
+                        prefix = %self.settings.prefix,
+                        "redis keeps failing; calls run uncached and redis is probed every {:?}",
+                        self.settings.breaker.probe_interval
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    /// Reads the value and the fence generation in one round trip.
+    pub(crate) async fn read(&self, cache_key: &str) -> Result<Read, StoreError> {
+        let keys = self.keys(cache_key);
+        let mut connection = self.connection.clone();
+        let (value, fence): (Option<Vec<u8>>, Option<i64>) = self
+            .guarded(
+                redis::cmd("MGET")
+                    .arg(keys.key(Role::Value))
+                    .arg(keys.key(Role::Fence))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(Read { value, fence })
+    }
+
+    /// Takes the load lock for `lease` if nobody holds it; returns the owner token if taken.
+    pub(crate) async fn try_lock(
+        &self,
+        cache_key: &str,
+        lease: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let token = format!("{:032x}", fastrand::u128(..));
+        let mut connection = self.connection.clone();
+        let taken: Option<String> = self
+            .guarded(
+                redis::cmd("SET")
+                    .arg(self.keys(cache_key).key(Role::Lock))
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(lease))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(taken.map(|_| token))
+    }
+
+    /// Stores `bytes` unless an invalidation moved the fence past `read_fence`, and releases
+    /// the lock held by `token`: one script, one round trip. Returns whether it stored.
+    pub(crate) async fn fill(
+        &self,
+        cache_key: &str,
+        read_fence: Option<i64>,
+        bytes: &[u8],
+        ttl: Duration,
+        token: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let keys = self.keys(cache_key);
+        let mut connection = self.connection.clone();
+        let fence = read_fence.map(|g| g.to_string()).unwrap_or_default();
+        let mut invocation = self.fill_script.prepare_invoke();
+        invocation
+            .key(keys.key(Role::Value))
+            .key(keys.key(Role::Fence))
+            .key(keys.key(Role::Lock))
+            .arg(fence)
+            .arg(bytes)
+            .arg(millis(ttl).max(1))
+            .arg(token.unwrap_or(""));
+        let stored: i64 = self
+            .guarded(invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// Deletes the value and advances the fence.
+    pub(crate) async fn invalidate(&self, cache_key: &str) -> Result<(), StoreError> {
+        let keys = self.keys(cache_key);
+        let mut connection = self.connection.clone();
+        let mut invocation = self.invalidate_script.prepare_invoke();
+        invocation
+            .key(keys.key(Role::Value))
+            .key(keys.key(Role::Fence))
+            .arg(millis(self.settings.fence_ttl));
+        let _generation: i64 = self
+            .guarded(invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(())
+    }
+
+    /// Releases the lock if `token` still owns it.
+    pub(crate) async fn release(&self, cache_key: &str, token: &str) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let mut invocation = self.release_script.prepare_invoke();
+        invocation
+            .key(self.keys(cache_key).key(Role::Lock))
+            .arg(token);
+        let released: i64 = self
+            .guarded(invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(released == 1)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::backend::test_redis_server::RedisServer;
+
+    fn store(server: &RedisServer) -> RedisStore {
+        let settings = RedisSettings {
+            prefix: "test".to_owned(),
+            op_timeout: Duration::from_millis(200),
+            breaker: BreakerPolicy {
+                failures_to_open: 2,
+                probe_interval: Duration::from_millis(300),
+            },
+            ..RedisSettings::default()
+        };
+        RedisStore::new(&server.url(), settings).expect("valid url")
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_fill_is_read_back_in_one_round_trip() {
+        let server = RedisServer::start();
+        let store = store(&server);
+        let miss = store.read("k").await.expect("redis is up");
+        assert_eq!(
+            miss,
+            Read {
+                value: None,
+                fence: None
+            }
+        );
+        assert!(store
+            .fill("k", miss.fence, b"bytes", TTL, None)
+            .await
+            .expect("up"));
+        assert_eq!(
+            store.read("k").await.expect("up").value.as_deref(),
+            Some(&b"bytes"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_read_before_an_invalidation_is_refused() {
+        let server = RedisServer::start();
+        let store = store(&server);
+        let before = store.read("k").await.expect("up");
+        store.invalidate("k").await.expect("up");
+        assert!(!store
+            .fill("k", before.fence, b"old", TTL, None)
+            .await
+            .expect("up"));
+        assert_eq!(store.read("k").await.expect("up").value, None);
+
+        let after = store.read("k").await.expect("up");
+        assert_eq!(after.fence, Some(1));
+        assert!(store
+            .fill("k", after.fence, b"new", TTL, None)
+            .await
+            .expect("up"));
+        store.invalidate("k").await.expect("up");
+        assert!(!store
+            .fill("k", after.fence, b"stale", TTL, None)
+            .await
+            .expect("up"));
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_releases_the_lock() {
+        let server = RedisServer::start();
+        let store = store(&server);
+        let lease = Duration::from_secs(10);
+        let token = store.try_lock("k", lease).await.expect("up").expect("free");
+        assert_eq!(store.try_lock("k", lease).await.expect("up"), None, "held");
+        assert!(!store.release("k", "someone-else").await.expect("up"));
+        assert_eq!(
+            store.try_lock("k", lease).await.expect("up"),
+            None,
+            "still held"
+        );
+        // The fill releases the lock of its own token in the same round trip.
+        assert!(store
+            .fill("k", None, b"v", TTL, Some(&token))
+            .await
+            .expect("up"));
+        assert!(store.try_lock("k", lease).await.expect("up").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_dead_redis_opens_the_breaker_and_a_restarted_one_closes_it() {
+        let mut server = RedisServer::start();
+        let store = store(&server);
+        store.read("k").await.expect("up");
+        server.kill();
+        assert!(store.read("k").await.is_err());
+        assert!(store.read("k").await.is_err());
+        let refused = Instant::now();
+        assert!(matches!(store.read("k").await, Err(StoreError::Refused)));
+        assert!(
+            refused.elapsed() < Duration::from_millis(50),
+            "no network wait"
+        );
+        server.restart();
+        // The breaker lets a probe through after its interval; retry until then, bounded.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match store.read("k").await {
+                Ok(read) => {
+                    assert_eq!(read.value, None);
+                    break;
+                }
+                Err(_) => assert!(Instant::now() < deadline, "redis did not come back"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(store.breaker.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_paused_redis_costs_at_most_the_timeout() {
+        let server = RedisServer::start();
+        let store = store(&server);
+        store.read("k").await.expect("up");
+        server.pause();
+        let started = Instant::now();
+        assert!(store.read("k").await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        server.resume();
+    }
+}
