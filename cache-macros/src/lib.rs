@@ -42,24 +42,6 @@ mod expansion_snapshots {
     use quote::ToTokens;
     use syn::visit_mut::VisitMut;
 
-    fn expand_fn(
-        attrs: &[syn::Attribute],
-        rest: proc_macro2::TokenStream,
-        cached: bool,
-        args: proc_macro2::TokenStream,
-    ) -> proc_macro2::TokenStream {
-        let mut item = proc_macro2::TokenStream::new();
-        for attr in attrs {
-            attr.to_tokens(&mut item);
-        }
-        item.extend(rest);
-        if cached {
-            crate::expand::cached(args, item)
-        } else {
-            crate::expand::invalidates(args, item)
-        }
-    }
-
     fn take_attr(attrs: &mut Vec<syn::Attribute>) -> Option<(bool, proc_macro2::TokenStream)> {
         let index = attrs.iter().position(|attr| {
             attr.path().is_ident("cached") || attr.path().is_ident("invalidates")
@@ -72,30 +54,41 @@ mod expansion_snapshots {
         Some((attr.path().is_ident("cached"), args))
     }
 
+    /// Expands `function` in place if it carries one of the attributes; the expansion of a
+    /// function is a function of the same kind, so it parses back into `T`.
+    fn expand_in_place<T: ToTokens + syn::parse::Parse>(
+        function: &mut T,
+        attrs: fn(&mut T) -> &mut Vec<syn::Attribute>,
+    ) -> bool {
+        let Some((cached, args)) = take_attr(attrs(function)) else {
+            return false;
+        };
+        let item = function.to_token_stream();
+        let expanded = if cached {
+            crate::expand::cached(args, item)
+        } else {
+            crate::expand::invalidates(args, item)
+        };
+        *function = syn::parse2(expanded).expect("the expansion parses as a function");
+        true
+    }
+
     struct Rewrite;
 
     impl VisitMut for Rewrite {
         fn visit_item_mut(&mut self, item: &mut syn::Item) {
-            if let syn::Item::Fn(function) = item {
-                if let Some((cached, args)) = take_attr(&mut function.attrs) {
-                    let attrs = std::mem::take(&mut function.attrs);
-                    let rest = function.to_token_stream();
-                    let expanded = expand_fn(&attrs, rest, cached, args);
-                    *item = syn::parse2(expanded).expect("the expansion is an item");
-                    return;
-                }
+            let expanded = match item {
+                syn::Item::Fn(function) => expand_in_place(function, |f| &mut f.attrs),
+                _ => false,
+            };
+            if !expanded {
+                syn::visit_mut::visit_item_mut(self, item);
             }
-            syn::visit_mut::visit_item_mut(self, item);
         }
 
         fn visit_impl_item_mut(&mut self, item: &mut syn::ImplItem) {
             if let syn::ImplItem::Fn(function) = item {
-                if let Some((cached, args)) = take_attr(&mut function.attrs) {
-                    let attrs = std::mem::take(&mut function.attrs);
-                    let rest = function.to_token_stream();
-                    let expanded = expand_fn(&attrs, rest, cached, args);
-                    *item = syn::parse2(expanded).expect("the expansion is an impl item");
-                }
+                expand_in_place(function, |f| &mut f.attrs);
             }
         }
     }
