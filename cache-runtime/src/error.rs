@@ -17,6 +17,23 @@ pub enum ConfigError {
         /// The kind of backend it was given for.
         kind: &'static str,
     },
+    /// No Redis URL was given, or its environment variable is not set.
+    #[error("no Redis URL: {}", if variable.is_empty() { "call `.url(...)` or `.url_from_env(...)`".to_owned() } else { format!("the environment variable `{variable}` is not set") })]
+    MissingUrl {
+        /// The environment variable that was read, if any.
+        variable: String,
+    },
+    /// The Redis URL could not be used (shown with its password redacted).
+    #[error("invalid Redis URL `{url}`: {reason}")]
+    BadUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// Why (password redacted).
+        reason: String,
+    },
+    /// The key prefix is empty or holds a structural character (`{}*?[]`, whitespace).
+    #[error("invalid key prefix {0:?}: use a non-empty name without braces, glob characters or whitespace")]
+    BadPrefix(String),
     /// Two backends were given the same name.
     #[error("backend `{0}` is configured twice")]
     Duplicate(String),

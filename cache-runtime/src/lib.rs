@@ -17,7 +17,9 @@ mod registry;
 mod shape;
 mod site;
 
-pub use backend::{MemoryBackend, MemoryBackendBuilder, Weigher};
+pub use backend::{
+    MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, Weigher,
+};
 pub use call::invalidate;
 pub use error::ConfigError;
 pub use key::{CacheKey, KeyBuilder, KeyPart, KeyWriter};

@@ -3,6 +3,7 @@
 #[allow(dead_code)] // the Redis store (next step of issue 4) uses it
 mod breaker;
 mod memory;
+mod redis;
 #[allow(dead_code)] // the Redis store (next step of issue 4) uses it
 mod redis_keys;
 #[allow(dead_code)] // wired into the registry in the next step of issue 4
@@ -17,6 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use memory::{MemoryBackend, MemoryBackendBuilder, Weigher};
+pub use redis::{RedisBackend, RedisBackendBuilder};
 
 use crate::flight::{Flights, Outcome, Role};
 use crate::key::CacheKey;

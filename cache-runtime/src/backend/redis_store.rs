@@ -62,7 +62,10 @@ impl Default for RedisSettings {
 }
 
 pub(crate) struct RedisStore {
-    connection: ConnectionManager,
+    client: Client,
+    /// Made on first use, inside the caller's Tokio runtime: creating a `ConnectionManager`
+    /// spawns its driver, which needs a runtime that configuration time may not have.
+    connection: tokio::sync::OnceCell<ConnectionManager>,
     settings: RedisSettings,
     breaker: Breaker,
     fill_script: Script,
@@ -102,22 +105,32 @@ return 0
 ";
 
 impl RedisStore {
-    /// Creates the store without waiting for Redis: a store whose server is down still serves
+    /// Creates the store without connecting: a store whose server is down still serves
     /// (uncached) and connects when the server comes back.
     pub(crate) fn new(url: &str, settings: RedisSettings) -> Result<Self, redis::RedisError> {
         let client = Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.op_timeout));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(RedisStore {
-            connection,
+            client,
+            connection: tokio::sync::OnceCell::new(),
             breaker: Breaker::new(settings.breaker),
             settings,
             fill_script: Script::new(FILL),
             invalidate_script: Script::new(INVALIDATE),
             release_script: Script::new(RELEASE),
         })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let manager = self
+            .connection
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.settings.connect_timeout))
+                    .set_response_timeout(Some(self.settings.op_timeout));
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            })
+            .await?;
+        Ok(manager.clone())
     }
 
     fn keys(&self, cache_key: &str) -> EntryKeys {
@@ -156,7 +169,7 @@ impl RedisStore {
     /// Reads the value and the fence generation in one round trip.
     pub(crate) async fn read(&self, cache_key: &str) -> Result<Read, StoreError> {
         let keys = self.keys(cache_key);
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let (value, fence): (Option<Vec<u8>>, Option<i64>) = self
             .guarded(
                 redis::cmd("MGET")
@@ -175,7 +188,7 @@ impl RedisStore {
         lease: Duration,
     ) -> Result<Option<String>, StoreError> {
         let token = format!("{:032x}", fastrand::u128(..));
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let taken: Option<String> = self
             .guarded(
                 redis::cmd("SET")
@@ -201,7 +214,7 @@ impl RedisStore {
         token: Option<&str>,
     ) -> Result<bool, StoreError> {
         let keys = self.keys(cache_key);
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let fence = read_fence.map(|g| g.to_string()).unwrap_or_default();
         let mut invocation = self.fill_script.prepare_invoke();
         invocation
@@ -221,7 +234,7 @@ impl RedisStore {
     /// Deletes the value and advances the fence.
     pub(crate) async fn invalidate(&self, cache_key: &str) -> Result<(), StoreError> {
         let keys = self.keys(cache_key);
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let mut invocation = self.invalidate_script.prepare_invoke();
         invocation
             .key(keys.key(Role::Value))
@@ -235,7 +248,7 @@ impl RedisStore {
 
     /// Releases the lock if `token` still owns it.
     pub(crate) async fn release(&self, cache_key: &str, token: &str) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let mut invocation = self.release_script.prepare_invoke();
         invocation
             .key(self.keys(cache_key).key(Role::Lock))
