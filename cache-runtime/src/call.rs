@@ -83,7 +83,7 @@ where
 {
     let ret = body.await;
     if success.succeeded(&ret) {
-        invalidate_all(&keys);
+        invalidate_all(&keys).await;
     }
     ret
 }
@@ -96,15 +96,19 @@ where
 {
     let ret = body();
     if success.succeeded(&ret) {
-        invalidate_all(&keys);
+        for backend in registry::global().backends() {
+            for key in &keys {
+                backend.invalidate_blocking(key.as_str());
+            }
+        }
     }
     ret
 }
 
-fn invalidate_all(keys: &[CacheKey]) {
+async fn invalidate_all(keys: &[CacheKey]) {
     for backend in registry::global().backends() {
         for key in keys {
-            backend.invalidate(key.as_str());
+            backend.invalidate(key.as_str()).await;
         }
     }
 }
@@ -112,5 +116,5 @@ fn invalidate_all(keys: &[CacheKey]) {
 /// Removes `key` from every configured backend, as a successful `#[invalidates]` call does.
 /// A load of that key already under way will not store its result.
 pub async fn invalidate(key: &CacheKey) {
-    invalidate_all(std::slice::from_ref(key));
+    invalidate_all(std::slice::from_ref(key)).await;
 }

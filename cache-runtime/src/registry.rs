@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use crate::backend::{Backend, MemoryBackend, Store};
+use crate::backend::{Backend, MemoryBackend, RedisBackend, Store};
 use crate::error::ConfigError;
 
 static GLOBAL: OnceLock<Registry> = OnceLock::new();
@@ -46,12 +46,19 @@ pub fn configure() -> Config {
 #[must_use = "a configuration does nothing until `install()`"]
 pub struct Config {
     memory: Vec<(String, MemoryBackend)>,
+    redis: Vec<(String, RedisBackend)>,
 }
 
 impl Config {
     /// Adds an in-process backend named `memory` (replacing the default) or `memory.<name>`.
     pub fn memory(mut self, name: &str, backend: MemoryBackend) -> Self {
         self.memory.push((name.to_owned(), backend));
+        self
+    }
+
+    /// Adds a Redis backend named `redis` or `redis.<name>`.
+    pub fn redis(mut self, name: &str, backend: RedisBackend) -> Self {
+        self.redis.push((name.to_owned(), backend));
         self
     }
 
@@ -77,6 +84,11 @@ impl Config {
             .memory
             .into_iter()
             .map(|(name, memory)| Backend::new(name, Store::Memory(memory)))
+            .chain(
+                self.redis
+                    .into_iter()
+                    .map(|(name, redis)| Backend::new(name, Store::Redis(redis))),
+            )
             .collect();
         if !backends.iter().any(|backend| backend.name() == "memory") {
             backends.push(Backend::new(

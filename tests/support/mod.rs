@@ -1,3 +1,4 @@
-//! Helpers shared by integration tests.
+//! Helpers shared by integration tests. Each test binary uses a different part of them.
 
+#[allow(dead_code)]
 pub mod redis_server;

@@ -35,12 +35,14 @@ struct Inner {
     name: String,
     store: Store,
     flights: Flights,
+    warned_sync_invalidation: std::sync::atomic::AtomicBool,
 }
 
 /// The stores a backend can be. The Redis and tiered stores join this enum: dispatch stays
 /// static, so a memory hit pays no boxing or virtual call.
 pub(crate) enum Store {
     Memory(MemoryBackend),
+    Redis(RedisBackend),
 }
 
 /// What a caller does next after looking at the cache.
@@ -65,6 +67,7 @@ impl Backend {
                 name,
                 store,
                 flights: Flights::new(),
+                warned_sync_invalidation: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -94,6 +97,8 @@ impl Backend {
     fn lookup<V: 'static + Clone>(&self, site: &Site, key: &str) -> Option<V> {
         let any = match &self.inner.store {
             Store::Memory(memory) => memory.get(key)?,
+            // Read through the remote call path, which decodes envelopes.
+            Store::Redis(_) => return None,
         };
         downcast::<V>(site, key, &any)
     }
@@ -113,6 +118,8 @@ impl Backend {
                 let shared = Arc::clone(&value);
                 guard.complete(Outcome::Value(shared), || match &self.inner.store {
                     Store::Memory(memory) => memory.insert(key, value, site.ttl),
+                    // Filled through the remote call path, which encodes envelopes.
+                    Store::Redis(_) => {}
                 });
             }
             Produced::Absent => guard.complete(Outcome::Absent, || {}),
@@ -120,10 +127,44 @@ impl Backend {
         }
     }
 
-    pub(crate) fn invalidate(&self, key: &str) {
+    /// Removes `key`; a remote store's failure is logged (the entry may then live until its
+    /// TTL, which the log says).
+    pub(crate) async fn invalidate(&self, key: &str) {
         self.inner.flights.invalidate(key);
         match &self.inner.store {
             Store::Memory(memory) => memory.invalidate(key),
+            Store::Redis(redis) => {
+                if let Err(error) = redis.store.invalidate(key).await {
+                    tracing::error!(
+                        backend = %self.inner.name,
+                        key,
+                        %error,
+                        "invalidation did not reach redis; the entry lives until its ttl"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Removes `key` without awaiting: in-process stores only. A remote store cannot be reached
+    /// from a synchronous function, which is reported once per backend.
+    pub(crate) fn invalidate_blocking(&self, key: &str) {
+        self.inner.flights.invalidate(key);
+        match &self.inner.store {
+            Store::Memory(memory) => memory.invalidate(key),
+            Store::Redis(_) => {
+                if !self
+                    .inner
+                    .warned_sync_invalidation
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::error!(
+                        backend = %self.inner.name,
+                        "a synchronous `#[invalidates]` function cannot reach a redis backend; \
+                         make it `async fn` (entries there live until their ttl)"
+                    );
+                }
+            }
         }
     }
 }

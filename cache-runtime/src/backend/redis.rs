@@ -24,7 +24,6 @@ use crate::error::ConfigError;
 /// ```
 #[derive(Clone)]
 pub struct RedisBackend {
-    #[allow(dead_code)] // read by the remote call path (next step of issue 4)
     pub(crate) store: Arc<RedisStore>,
     redacted_url: String,
     prefix: String,

@@ -1,0 +1,54 @@
+//! `#[invalidates]` and `cachet::invalidate` reach a configured Redis backend: the value is
+//! deleted and the fence advanced, against a real redis-server.
+
+mod support;
+
+use cachet::{configure, invalidate, invalidates, KeyBuilder, RedisBackend};
+use redis::AsyncCommands;
+use support::redis_server::RedisServer;
+
+#[invalidates("user:<id>")]
+async fn rename_user(id: u64, fail: bool) -> Result<(), String> {
+    if fail {
+        Err(format!("cannot rename {id}"))
+    } else {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_reaches_redis_and_leaves_a_fence() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::builder()
+        .url(server.url())
+        .prefix("inv")
+        .build()
+        .expect("valid configuration");
+    configure()
+        .redis("redis", backend)
+        .install()
+        .expect("configured once");
+    let client = redis::Client::open(server.url()).expect("valid url");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+
+    let () = raw.set("inv:1:{user:<7>}:v", "old").await.expect("plant");
+    rename_user(7, true).await.expect_err("fails");
+    let kept: Option<String> = raw.get("inv:1:{user:<7>}:v").await.expect("get");
+    assert_eq!(kept.as_deref(), Some("old"), "an Err invalidates nothing");
+
+    rename_user(7, false).await.expect("succeeds");
+    let gone: Option<String> = raw.get("inv:1:{user:<7>}:v").await.expect("get");
+    assert_eq!(gone, None);
+    let fence: i64 = raw.get("inv:1:{user:<7>}:f").await.expect("get");
+    assert_eq!(fence, 1);
+    let fence_ttl: i64 = raw.pttl("inv:1:{user:<7>}:f").await.expect("pttl");
+    assert!(fence_ttl > 0, "the fence expires");
+
+    let () = raw.set("inv:1:{user:<8>}:v", "old").await.expect("plant");
+    invalidate(&KeyBuilder::new().lit("user:").arg(&8u64).finish()).await;
+    let gone: Option<String> = raw.get("inv:1:{user:<8>}:v").await.expect("get");
+    assert_eq!(gone, None);
+}
