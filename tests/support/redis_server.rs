@@ -80,7 +80,8 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            // Not inherited: an orphaned server must not hold the test runner's output open.
+            .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|error| {
                 panic!(
