@@ -18,7 +18,7 @@ const CACHED_OPTIONS: &[&str] = &[
     "skip",
     "returns",
 ];
-const BACKEND_KINDS: &[&str] = &["memory"];
+const BACKEND_KINDS: &[&str] = &["memory", "redis"];
 
 /// `#[cached(...)]`.
 #[derive(Default)]
@@ -275,7 +275,7 @@ fn check_backend(lit: &LitStr) -> Result<(), Error> {
         };
         return Err(Error::new(
             lit.span(),
-            format!("unknown backend `{kind}`\nhelp: {hint} (a named instance is written `memory.<name>`)"),
+            format!("unknown backend `{kind}`\nhelp: {hint} (a named instance is written `<kind>.<name>`)"),
         ));
     }
     if let Some(instance) = instance {

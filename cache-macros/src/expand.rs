@@ -72,6 +72,19 @@ fn gen_cached(args: &CachedArgs, function: &ItemFn) -> Result<TokenStream, Error
             ));
         }
     }
+    let remote = backend_kind(args) != "memory";
+    if remote && function.sig.asyncness.is_none() {
+        let backend = args
+            .backend
+            .as_ref()
+            .map(LitStr::span)
+            .unwrap_or_else(Span::call_site);
+        errors.push(Error::new(
+            backend,
+            "a remote backend does network I/O, so it needs an `async fn`\n\
+             help: make the function `async`, or use `backend = \"memory\"`",
+        ));
+    }
     if let ReturnType::Default = function.sig.output {
         errors.push(Error::new_spanned(
             &function.sig.ident,
@@ -142,7 +155,9 @@ fn gen_cached(args: &CachedArgs, function: &ItemFn) -> Result<TokenStream, Error
     // Spanned at the return type, so that a value that cannot be cached is reported there.
     let ret_span = ret_ty_span(&sig.output);
     let shape_tokens = quote_spanned!(ret_span=> #krate::__private::#shape_tokens);
-    let entry = if sig.asyncness.is_some() {
+    let entry = if remote {
+        quote_spanned!(ret_span=> #krate::__private::cached_remote::<#ret_ty, _, _>)
+    } else if sig.asyncness.is_some() {
         quote_spanned!(ret_span=> #krate::__private::cached::<#ret_ty, _, _>)
     } else {
         quote_spanned!(ret_span=> #krate::__private::cached_sync::<#ret_ty, _, _>)
@@ -171,6 +186,15 @@ fn gen_cached(args: &CachedArgs, function: &ItemFn) -> Result<TokenStream, Error
             #call
         }
     })
+}
+
+/// `memory` or `redis`: the part of the backend name before any `.instance`.
+fn backend_kind(args: &CachedArgs) -> String {
+    let name = args
+        .backend
+        .as_ref()
+        .map_or_else(|| "memory".to_owned(), LitStr::value);
+    name.split('.').next().unwrap_or_default().to_owned()
 }
 
 fn ret_ty_span(output: &ReturnType) -> Span {

@@ -8,12 +8,12 @@
 
 mod backend;
 mod call;
-#[allow(dead_code)] // the Redis store (next step of issue 4) uses it
 mod envelope;
 mod error;
 mod flight;
 mod key;
 mod registry;
+mod remote;
 mod shape;
 mod site;
 
@@ -32,6 +32,7 @@ pub use shape::CacheValue;
 pub mod expansion {
     pub use crate::call::{cached, cached_sync, invalidating, invalidating_sync};
     pub use crate::key::KeyBuilder;
+    pub use crate::remote::cached_remote;
     pub use crate::shape::{Always, IfOk, OkOnly, SomeOnly, Whole};
     pub use crate::site::{Site, SiteState};
     pub use core::any::type_name;

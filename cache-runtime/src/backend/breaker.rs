@@ -113,6 +113,7 @@ impl Breaker {
         }
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // observed by tests
     pub(crate) fn is_closed(&self) -> bool {
         matches!(*self.state(), State::Closed { .. })
     }

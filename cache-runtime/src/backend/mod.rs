@@ -1,12 +1,9 @@
 //! Backends: where values are stored, with the single-flight layer every backend shares.
 
-#[allow(dead_code)] // the Redis store (next step of issue 4) uses it
 mod breaker;
 mod memory;
 mod redis;
-#[allow(dead_code)] // the Redis store (next step of issue 4) uses it
 mod redis_keys;
-#[allow(dead_code)] // wired into the registry in the next step of issue 4
 mod redis_store;
 /// The same real-redis-server helper the integration tests use.
 #[cfg(test)]
@@ -74,6 +71,17 @@ impl Backend {
 
     pub(crate) fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.inner.flights
+    }
+
+    pub(crate) fn redis(&self) -> Option<&RedisBackend> {
+        match &self.inner.store {
+            Store::Redis(redis) => Some(redis),
+            Store::Memory(_) => None,
+        }
     }
 
     /// Reads the key; on a miss, joins or leads its flight.

@@ -1,0 +1,212 @@
+//! `#[cached(backend = "redis")]` against a real redis-server: sharing through Redis, bad bytes,
+//! fail-open and recovery, the fence race, and single-flight.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use cachet::{cached, configure, invalidates, RedisBackend};
+use redis::AsyncCommands;
+use support::redis_server::RedisServer;
+use tokio::sync::{Barrier, Mutex, Notify};
+
+/// One server for this binary. The scenarios run in one test, on one runtime, since a backend's
+/// connection lives on the runtime that first used it (as in an application, which has one).
+fn server() -> &'static Mutex<RedisServer> {
+    static SERVER: OnceLock<Mutex<RedisServer>> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let server = RedisServer::start();
+        let backend = RedisBackend::builder()
+            .url(server.url())
+            .prefix("t")
+            .op_timeout(Duration::from_millis(200))
+            .build()
+            .expect("valid configuration");
+        configure()
+            .redis("redis", backend)
+            .install()
+            .expect("configured once");
+        Mutex::new(server)
+    })
+}
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("valid url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+static PRODUCT_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "60s", key = "product:<id>", backend = "redis")]
+async fn product(id: u64) -> Result<String, String> {
+    let n = PRODUCT_LOADS.fetch_add(1, Ordering::SeqCst) + 1;
+    Ok(format!("product {id} load {n}"))
+}
+
+async fn values_are_stored_in_redis_with_a_ttl_and_read_back() {
+    let server = server().lock().await;
+    let first = product(1).await.expect("ok");
+    assert_eq!(product(1).await.expect("ok"), first);
+    let mut raw = raw(&server).await;
+    let ttl: i64 = raw.pttl("t:1:{product:<1>}:v").await.expect("pttl");
+    assert!(ttl > 0 && ttl <= 60_000, "ttl {ttl}");
+    // Another reader of the same Redis (another process) sees the value: delete nothing, read raw.
+    let bytes: Vec<u8> = raw.get("t:1:{product:<1>}:v").await.expect("get");
+    assert_eq!(&bytes[..4], b"CCHT");
+}
+
+static PLANTED_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "60s", key = "planted:<case>", backend = "redis")]
+async fn planted(case: u8) -> u64 {
+    PLANTED_LOADS.fetch_add(1, Ordering::SeqCst);
+    u64::from(case) * 1000
+}
+
+#[cached(ttl = "60s", key = "planted:<case>", backend = "redis")]
+async fn planted_as_text(case: u8) -> String {
+    format!("text {case}")
+}
+
+async fn bad_bytes_are_a_miss_and_are_overwritten() {
+    let server = server().lock().await;
+    let mut raw = raw(&server).await;
+    let cases: [(u8, Vec<u8>); 3] = [
+        (1, b"not an envelope".to_vec()),
+        (2, Vec::new()),
+        (3, b"CCHT\x02garbage".to_vec()),
+    ];
+    for (case, bytes) in &cases {
+        let key = format!("t:1:{{planted:<{case}>}}:v");
+        let () = raw.set(&key, bytes).await.expect("plant");
+        assert_eq!(planted(*case).await, u64::from(*case) * 1000);
+        let now: Vec<u8> = raw.get(&key).await.expect("get");
+        assert_eq!(
+            &now[..4],
+            b"CCHT",
+            "case {case} was overwritten by the fill"
+        );
+        assert_eq!(
+            planted(*case).await,
+            u64::from(*case) * 1000,
+            "and now hits"
+        );
+    }
+    assert_eq!(PLANTED_LOADS.load(Ordering::SeqCst), 3);
+    // Another type's value under the same key: a miss for each, never a wrong value.
+    assert_eq!(planted_as_text(1).await, "text 1");
+    assert_eq!(planted(1).await, 1000);
+}
+
+static FAILOPEN_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "60s", key = "failopen:<id>", backend = "redis")]
+async fn failopen(id: u64) -> u64 {
+    FAILOPEN_LOADS.fetch_add(1, Ordering::SeqCst);
+    id
+}
+
+async fn a_dead_redis_fails_open_and_caching_resumes_after_restart() {
+    let mut server = server().lock().await;
+    assert_eq!(failopen(1).await, 1);
+    server.kill();
+    let started = Instant::now();
+    for _ in 0..200 {
+        assert_eq!(
+            failopen(2).await,
+            2,
+            "every call succeeds while redis is down"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the breaker keeps a dead redis cheap: {:?}",
+        started.elapsed()
+    );
+    server.restart();
+    // Hits resume by themselves once the breaker's probe succeeds; bounded wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        failopen(3).await;
+        let before = FAILOPEN_LOADS.load(Ordering::SeqCst);
+        failopen(3).await;
+        if FAILOPEN_LOADS.load(Ordering::SeqCst) == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "caching did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+static FENCE_LOADS: AtomicUsize = AtomicUsize::new(0);
+static SOURCE: AtomicUsize = AtomicUsize::new(1);
+static LOADER_READ: Notify = Notify::const_new();
+static LOADER_GO: Notify = Notify::const_new();
+
+#[cached(ttl = "60s", key = "fenced:<id>", backend = "redis")]
+async fn fenced(id: u64) -> usize {
+    let _ = id;
+    let value = SOURCE.load(Ordering::SeqCst);
+    if FENCE_LOADS.fetch_add(1, Ordering::SeqCst) == 0 {
+        LOADER_READ.notify_one();
+        LOADER_GO.notified().await;
+    }
+    value
+}
+
+#[invalidates("fenced:<id>")]
+async fn change_fenced(id: u64, value: usize) {
+    let _ = id;
+    SOURCE.store(value, Ordering::SeqCst);
+}
+
+async fn a_slow_loader_cannot_store_old_data_after_an_invalidation() {
+    let _server = server().lock().await;
+    let slow = tokio::spawn(fenced(1));
+    LOADER_READ.notified().await;
+    change_fenced(1, 2).await;
+    LOADER_GO.notify_one();
+    assert_eq!(slow.await.expect("completes"), 1);
+    assert_eq!(fenced(1).await, 2, "the old value was not stored in redis");
+}
+
+static FLIGHT_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "60s", key = "flight", backend = "redis")]
+async fn flight() -> u64 {
+    FLIGHT_LOADS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    7
+}
+
+async fn many_tasks_on_a_cold_redis_key_load_once() {
+    let _server = server().lock().await;
+    let barrier = Arc::new(Barrier::new(200));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                flight().await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("completes"), 7);
+    }
+    assert_eq!(FLIGHT_LOADS.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_backend_scenarios() {
+    values_are_stored_in_redis_with_a_ttl_and_read_back().await;
+    bad_bytes_are_a_miss_and_are_overwritten().await;
+    a_slow_loader_cannot_store_old_data_after_an_invalidation().await;
+    many_tasks_on_a_cold_redis_key_load_once().await;
+    a_dead_redis_fails_open_and_caching_resumes_after_restart().await;
+}
