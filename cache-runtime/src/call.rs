@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use crate::backend::{followed, Followed, Step};
+use crate::backend::{follow, Next, Step};
 use crate::key::CacheKey;
 use crate::registry;
 use crate::shape::{ReturnShape, Success};
@@ -22,18 +22,11 @@ where
         match backend.step::<S::Value>(site, &key) {
             Step::Hit(value) => return shape.rebuild(value),
             Step::Lead(guard) => break guard,
-            Step::Follow(flight) => {
-                match followed::<S::Value>(site, key.as_str(), flight.wait().await) {
-                    Followed::Hit(value) => return shape.rebuild(value),
-                    Followed::Return => {
-                        if let Some(ret) = shape.absent() {
-                            return ret;
-                        }
-                    }
-                    Followed::RunUncached => return body.await,
-                    Followed::Retry => {}
-                }
-            }
+            Step::Follow(flight) => match follow(site, shape, key.as_str(), flight.wait().await) {
+                Next::Return(ret) => return ret,
+                Next::RunUncached => return body.await,
+                Next::Retry => {}
+            },
         }
     };
     let ret = body.await;
@@ -55,15 +48,10 @@ where
             Step::Hit(value) => return shape.rebuild(value),
             Step::Lead(guard) => break guard,
             Step::Follow(flight) => {
-                match followed::<S::Value>(site, key.as_str(), flight.wait_blocking()) {
-                    Followed::Hit(value) => return shape.rebuild(value),
-                    Followed::Return => {
-                        if let Some(ret) = shape.absent() {
-                            return ret;
-                        }
-                    }
-                    Followed::RunUncached => return body(),
-                    Followed::Retry => {}
+                match follow(site, shape, key.as_str(), flight.wait_blocking()) {
+                    Next::Return(ret) => return ret,
+                    Next::RunUncached => return body(),
+                    Next::Retry => {}
                 }
             }
         }

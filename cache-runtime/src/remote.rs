@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::backend::{followed, Followed, RedisBackend};
+use crate::backend::{follow, Next, RedisBackend};
 use crate::envelope::{self, Bincode, Times};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
@@ -40,15 +40,10 @@ where
         match backend.flights().join(&key) {
             Role::Leader(guard) => break guard,
             Role::Follower(flight) => {
-                match followed::<S::Value>(site, key.as_str(), flight.wait().await) {
-                    Followed::Hit(value) => return shape.rebuild(value),
-                    Followed::Return => {
-                        if let Some(ret) = shape.absent() {
-                            return ret;
-                        }
-                    }
-                    Followed::RunUncached => return body.await,
-                    Followed::Retry => {}
+                match follow(site, shape, key.as_str(), flight.wait().await) {
+                    Next::Return(ret) => return ret,
+                    Next::RunUncached => return body.await,
+                    Next::Retry => {}
                 }
             }
         }

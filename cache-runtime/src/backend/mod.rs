@@ -49,11 +49,13 @@ pub(crate) enum Step<'a, V> {
     Follow(Arc<crate::flight::Flight>),
 }
 
-/// What a follower does with its leader's outcome.
-pub(crate) enum Followed<V> {
-    Hit(V),
-    Return,
+/// What a follower does next with its leader's outcome.
+pub(crate) enum Next<R> {
+    /// Return this.
+    Return(R),
+    /// Run the body itself, uncached (the leader failed, or stored another type).
     RunUncached,
+    /// Look again; one of the followers leads the next flight.
     Retry,
 }
 
@@ -178,19 +180,20 @@ impl Backend {
 }
 
 /// Interprets a leader's outcome for one follower.
-pub(crate) fn followed<V: 'static + Clone>(
+pub(crate) fn follow<R, S: ReturnShape<R>>(
     site: &Site,
+    shape: S,
     key: &str,
     outcome: Outcome,
-) -> Followed<V> {
+) -> Next<R> {
     match outcome {
-        Outcome::Value(any) => match downcast::<V>(site, key, &any) {
-            Some(value) => Followed::Hit(value),
-            None => Followed::RunUncached,
+        Outcome::Value(any) => match downcast::<S::Value>(site, key, &any) {
+            Some(value) => Next::Return(shape.rebuild(value)),
+            None => Next::RunUncached,
         },
-        Outcome::Absent => Followed::Return,
-        Outcome::Failed => Followed::RunUncached,
-        Outcome::Abandoned => Followed::Retry,
+        Outcome::Absent => shape.absent().map_or(Next::Retry, Next::Return),
+        Outcome::Failed => Next::RunUncached,
+        Outcome::Abandoned => Next::Retry,
     }
 }
 
