@@ -21,7 +21,7 @@ fn server() -> &'static Mutex<RedisServer> {
         let backend = RedisBackend::builder()
             .url(server.url())
             .prefix("t")
-            .op_timeout(Duration::from_millis(200))
+            .op_timeout(OP_TIMEOUT)
             .build()
             .expect("valid configuration");
         configure()
@@ -143,6 +143,54 @@ async fn a_dead_redis_fails_open_and_caching_resumes_after_restart() {
     }
 }
 
+static PAUSED_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "60s", key = "paused:<id>", backend = "redis")]
+async fn paused(id: u64) -> u64 {
+    PAUSED_LOADS.fetch_add(1, Ordering::SeqCst);
+    id
+}
+
+/// The op timeout configured in `server()`; a call may spend it once on Redis, never more.
+const OP_TIMEOUT: Duration = Duration::from_millis(200);
+
+async fn a_paused_redis_costs_each_call_at_most_one_timeout() {
+    let server = server().lock().await;
+    assert_eq!(paused(0).await, 0, "warm the connection");
+    server.pause();
+    let tasks: Vec<_> = (0..50u64)
+        .map(|i| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let value = paused(i % 5).await;
+                (i % 5, value, started.elapsed())
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (id, value, took) = task.await.expect("completes");
+        assert_eq!(value, id, "the call succeeded");
+        // One timeout plus scheduling slack on a loaded 2-core machine; without the
+        // fail-open path a call would wait for read + lock + fill, three timeouts.
+        assert!(
+            took < OP_TIMEOUT * 2 + Duration::from_millis(150),
+            "a call took {took:?} against a paused redis"
+        );
+    }
+    server.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        paused(9).await;
+        let before = PAUSED_LOADS.load(Ordering::SeqCst);
+        paused(9).await;
+        if PAUSED_LOADS.load(Ordering::SeqCst) == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "caching did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 static FENCE_LOADS: AtomicUsize = AtomicUsize::new(0);
 static SOURCE: AtomicUsize = AtomicUsize::new(1);
 static LOADER_READ: Notify = Notify::const_new();
@@ -208,5 +256,6 @@ async fn redis_backend_scenarios() {
     bad_bytes_are_a_miss_and_are_overwritten().await;
     a_slow_loader_cannot_store_old_data_after_an_invalidation().await;
     many_tasks_on_a_cold_redis_key_load_once().await;
+    a_paused_redis_costs_each_call_at_most_one_timeout().await;
     a_dead_redis_fails_open_and_caching_resumes_after_restart().await;
 }

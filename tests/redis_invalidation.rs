@@ -16,6 +16,13 @@ async fn rename_user(id: u64, fail: bool) -> Result<(), String> {
     }
 }
 
+/// A synchronous mutation (say, behind a blocking database driver) reaches Redis too.
+#[invalidates("user:<id>")]
+fn rename_user_blocking(id: u64) -> Result<(), String> {
+    let _ = id;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidation_reaches_redis_and_leaves_a_fence() {
     let server = RedisServer::start();
@@ -46,6 +53,16 @@ async fn invalidation_reaches_redis_and_leaves_a_fence() {
     assert_eq!(fence, 1);
     let fence_ttl: i64 = raw.pttl("inv:1:{user:<7>}:f").await.expect("pttl");
     assert!(fence_ttl > 0, "the fence expires");
+
+    let () = raw.set("inv:1:{user:<9>}:v", "old").await.expect("plant");
+    tokio::task::spawn_blocking(|| rename_user_blocking(9))
+        .await
+        .expect("no panic")
+        .expect("succeeds");
+    let gone: Option<String> = raw.get("inv:1:{user:<9>}:v").await.expect("get");
+    assert_eq!(gone, None, "a sync #[invalidates] reached redis");
+    let fence: i64 = raw.get("inv:1:{user:<9>}:f").await.expect("get");
+    assert_eq!(fence, 1);
 
     let () = raw.set("inv:1:{user:<8>}:v", "old").await.expect("plant");
     invalidate(&KeyBuilder::new().lit("user:").arg(&8u64).finish()).await;

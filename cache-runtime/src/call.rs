@@ -76,7 +76,8 @@ where
     ret
 }
 
-/// Runs a synchronous `#[invalidates]` function; see [`invalidating`].
+/// Runs a synchronous `#[invalidates]` function; see [`invalidating`]. Remote backends are
+/// reached over a blocking connection, bounded by their timeouts.
 pub fn invalidating_sync<R, C, F, const N: usize>(success: C, keys: [CacheKey; N], body: F) -> R
 where
     C: Success<R>,

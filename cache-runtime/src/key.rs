@@ -107,10 +107,14 @@ impl KeyBuilder {
         if let Err(error) =
             bincode::serde::encode_into_writer(value, &mut hasher, bincode::config::standard())
         {
-            tracing::warn!(
-                %error,
-                "a `:hash` key part failed to serialise; the call runs uncached"
-            );
+            static GATE: crate::log_gate::LogGate = crate::log_gate::LogGate::new();
+            if let Some(suppressed) = GATE.admit() {
+                tracing::warn!(
+                    %error,
+                    suppressed,
+                    "a `:hash` key part failed to serialise; the call runs uncached"
+                );
+            }
             self.text.push_str(UNUSABLE);
             return self;
         }

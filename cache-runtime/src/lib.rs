@@ -12,6 +12,7 @@ mod envelope;
 mod error;
 mod flight;
 mod key;
+mod log_gate;
 mod registry;
 mod remote;
 mod shape;

@@ -13,6 +13,7 @@ use crate::backend::{follow, Next, RedisBackend};
 use crate::envelope::{self, Bincode, Times};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
+use crate::log_gate::LogGate;
 use crate::shape::{AnyValue, Produced, ReturnShape};
 use crate::site::Site;
 
@@ -32,9 +33,12 @@ where
     let Some(redis) = backend.redis() else {
         return crate::call::cached(site, shape, key, body).await;
     };
+    // `None` once Redis failed during this call: the rest of the call then leaves Redis alone,
+    // so a slow or dead Redis costs a caller at most one operation timeout.
     let mut fence = match read::<S::Value>(site, redis, &key).await {
         Lookup::Hit(value) => return shape.rebuild(value),
-        Lookup::Miss(fence) => fence,
+        Lookup::Miss(fence) => Some(fence),
+        Lookup::Unavailable => None,
     };
     let guard = loop {
         match backend.flights().join(&key) {
@@ -49,25 +53,28 @@ where
         }
     };
     // Across processes: one loader per key; the others wait for its fill.
-    let token = match redis.store.try_lock(key.as_str(), LEASE).await {
-        Ok(Some(token)) => Some(token),
-        Ok(None) => match wait_for_fill::<S::Value>(site, redis, &key).await {
-            Lookup::Hit(value) => {
-                let shared: AnyValue = Arc::new(value.clone());
-                guard.complete(Outcome::Value(shared), || {});
-                return shape.rebuild(value);
-            }
-            Lookup::Miss(latest) => {
-                fence = latest;
-                None
-            }
-        },
-        Err(_) => None,
-    };
+    let mut token = None;
+    if fence.is_some() {
+        match redis.store.try_lock(key.as_str(), LEASE).await {
+            Ok(Some(taken)) => token = Some(taken),
+            Ok(None) => match wait_for_fill::<S::Value>(site, redis, &key).await {
+                Lookup::Hit(value) => {
+                    let shared: AnyValue = Arc::new(value.clone());
+                    guard.complete(Outcome::Value(shared), || {});
+                    return shape.rebuild(value);
+                }
+                Lookup::Miss(latest) => fence = Some(latest),
+                Lookup::Unavailable => fence = None,
+            },
+            Err(_) => fence = None,
+        }
+    }
     let ret = body.await;
     let outcome = match shape.produced(&ret) {
         Produced::Value(value) => {
-            fill(site, redis, &key, value, fence, token.as_deref()).await;
+            if let Some(fence) = fence {
+                fill(site, redis, &key, value, fence, token.as_deref()).await;
+            }
             Outcome::Value(Arc::new(value.clone()))
         }
         produced => {
@@ -88,6 +95,9 @@ enum Lookup<V> {
     Hit(V),
     /// A miss, with the fence generation a fill must carry.
     Miss(Option<i64>),
+    /// Redis failed, timed out or is behind an open breaker: a miss that should not touch
+    /// Redis again in this call (fail open).
+    Unavailable,
 }
 
 async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &CacheKey) -> Lookup<V> {
@@ -97,19 +107,22 @@ async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &Cach
             Some(bytes) => match envelope::decode::<V, Bincode>(&bytes, site.version) {
                 Ok((_, value)) => Lookup::Hit(value),
                 Err(error) => {
-                    tracing::warn!(
-                        function = site.function,
-                        key = key.as_str(),
-                        %error,
-                        "unreadable cache entry; treating it as a miss (the next fill replaces it)"
-                    );
+                    static GATE: LogGate = LogGate::new();
+                    if let Some(suppressed) = GATE.admit() {
+                        tracing::warn!(
+                            function = site.function,
+                            key = key.as_str(),
+                            %error,
+                            suppressed,
+                            "unreadable cache entry; treating it as a miss (the next fill \
+                             replaces it)"
+                        );
+                    }
                     Lookup::Miss(read.fence)
                 }
             },
         },
-        // Fail open. A fill that does not know the fence carries none, so the fill script
-        // refuses it wherever an invalidation left one.
-        Err(_) => Lookup::Miss(None),
+        Err(_) => Lookup::Unavailable,
     }
 }
 
@@ -125,9 +138,8 @@ async fn wait_for_fill<V: DeserializeOwned>(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(50));
         match read::<V>(site, redis, key).await {
-            hit @ Lookup::Hit(_) => return hit,
-            miss if Instant::now() >= deadline => return miss,
-            Lookup::Miss(_) => {}
+            Lookup::Miss(_) if Instant::now() < deadline => {}
+            done => return done,
         }
     }
 }
@@ -158,10 +170,16 @@ async fn fill<V: Serialize>(
                 .fill(key.as_str(), fence, &bytes, site.ttl, token)
                 .await;
         }
-        Err(error) => tracing::warn!(
-            function = site.function,
-            %error,
-            "value could not be encoded; it is returned but not cached"
-        ),
+        Err(error) => {
+            static GATE: LogGate = LogGate::new();
+            if let Some(suppressed) = GATE.admit() {
+                tracing::warn!(
+                    function = site.function,
+                    %error,
+                    suppressed,
+                    "value could not be encoded; it is returned but not cached"
+                );
+            }
+        }
     }
 }

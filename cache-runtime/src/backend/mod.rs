@@ -32,7 +32,6 @@ struct Inner {
     name: String,
     store: Store,
     flights: Flights,
-    warned_sync_invalidation: std::sync::atomic::AtomicBool,
 }
 
 /// The stores a backend can be. The Redis and tiered stores join this enum: dispatch stays
@@ -66,7 +65,6 @@ impl Backend {
                 name,
                 store,
                 flights: Flights::new(),
-                warned_sync_invalidation: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -145,37 +143,37 @@ impl Backend {
             Store::Memory(memory) => memory.invalidate(key),
             Store::Redis(redis) => {
                 if let Err(error) = redis.store.invalidate(key).await {
-                    tracing::error!(
-                        backend = %self.inner.name,
-                        key,
-                        %error,
-                        "invalidation did not reach redis; the entry lives until its ttl"
-                    );
+                    log_failed_invalidation(&self.inner.name, key, &error);
                 }
             }
         }
     }
 
-    /// Removes `key` without awaiting: in-process stores only. A remote store cannot be reached
-    /// from a synchronous function, which is reported once per backend.
+    /// Removes `key` without awaiting, for synchronous `#[invalidates]` functions: a remote
+    /// store is reached over a blocking connection (bounded by the store's timeouts).
     pub(crate) fn invalidate_blocking(&self, key: &str) {
         self.inner.flights.invalidate(key);
         match &self.inner.store {
             Store::Memory(memory) => memory.invalidate(key),
-            Store::Redis(_) => {
-                if !self
-                    .inner
-                    .warned_sync_invalidation
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-                {
-                    tracing::error!(
-                        backend = %self.inner.name,
-                        "a synchronous `#[invalidates]` function cannot reach a redis backend; \
-                         make it `async fn` (entries there live until their ttl)"
-                    );
+            Store::Redis(redis) => {
+                if let Err(error) = redis.store.invalidate_blocking(key) {
+                    log_failed_invalidation(&self.inner.name, key, &error);
                 }
             }
         }
+    }
+}
+
+fn log_failed_invalidation(backend: &str, key: &str, error: &redis_store::StoreError) {
+    static GATE: crate::log_gate::LogGate = crate::log_gate::LogGate::new();
+    if let Some(suppressed) = GATE.admit() {
+        tracing::error!(
+            backend,
+            key,
+            %error,
+            suppressed,
+            "invalidation did not reach redis; the entry lives until its ttl"
+        );
     }
 }
 

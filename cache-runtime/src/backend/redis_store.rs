@@ -66,6 +66,9 @@ pub(crate) struct RedisStore {
     /// Made on first use, inside the caller's Tokio runtime: creating a `ConnectionManager`
     /// spawns its driver, which needs a runtime that configuration time may not have.
     connection: tokio::sync::OnceCell<ConnectionManager>,
+    /// A plain connection for synchronous `#[invalidates]` functions, which cannot await; made
+    /// on first use and dropped after an error, so the next use reconnects.
+    blocking: std::sync::Mutex<Option<redis::Connection>>,
     settings: RedisSettings,
     breaker: Breaker,
     fill_script: Script,
@@ -112,6 +115,7 @@ impl RedisStore {
         Ok(RedisStore {
             client,
             connection: tokio::sync::OnceCell::new(),
+            blocking: std::sync::Mutex::new(None),
             breaker: Breaker::new(settings.breaker),
             settings,
             fill_script: Script::new(FILL),
@@ -151,7 +155,12 @@ impl RedisStore {
             Ok(Err(error)) => Err(StoreError::Redis(error)),
             Err(_) => Err(StoreError::Timeout(budget)),
         };
-        match &result {
+        self.record(&result);
+        result
+    }
+
+    fn record<T>(&self, result: &Result<T, StoreError>) {
+        match result {
             Ok(_) => self.breaker.record_success(),
             Err(_) => {
                 if self.breaker.record_failure(Instant::now()) {
@@ -163,7 +172,6 @@ impl RedisStore {
                 }
             }
         }
-        result
     }
 
     /// Reads the value and the fence generation in one round trip.
@@ -244,6 +252,53 @@ impl RedisStore {
             .guarded(invocation.invoke_async(&mut connection))
             .await?;
         Ok(())
+    }
+
+    /// [`invalidate`](Self::invalidate) for a caller that cannot await: the same script over a
+    /// plain connection whose connect, read and write are bounded by the store's timeouts.
+    pub(crate) fn invalidate_blocking(&self, cache_key: &str) -> Result<(), StoreError> {
+        if self.breaker.permit(Instant::now()) == Permit::Refused {
+            return Err(StoreError::Refused);
+        }
+        let result = self.invalidate_on_blocking_connection(cache_key);
+        let result = result.map_err(|error| {
+            if error.is_timeout() {
+                StoreError::Timeout(self.settings.op_timeout)
+            } else {
+                StoreError::Redis(error)
+            }
+        });
+        self.record(&result);
+        result
+    }
+
+    fn invalidate_on_blocking_connection(&self, cache_key: &str) -> redis::RedisResult<()> {
+        let mut slot = self
+            .blocking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let connection = match slot.as_mut() {
+            Some(connection) => connection,
+            None => {
+                let connection = self
+                    .client
+                    .get_connection_with_timeout(self.settings.connect_timeout)?;
+                connection.set_read_timeout(Some(self.settings.op_timeout))?;
+                connection.set_write_timeout(Some(self.settings.op_timeout))?;
+                slot.insert(connection)
+            }
+        };
+        let keys = self.keys(cache_key);
+        let mut invocation = self.invalidate_script.prepare_invoke();
+        invocation
+            .key(keys.key(Role::Value))
+            .key(keys.key(Role::Fence))
+            .arg(millis(self.settings.fence_ttl));
+        let result = invocation.invoke::<i64>(connection).map(|_| ());
+        if result.is_err() {
+            *slot = None;
+        }
+        result
     }
 
     /// Releases the lock if `token` still owns it.
@@ -351,6 +406,25 @@ mod tests {
             .await
             .expect("up"));
         assert!(store.try_lock("k", lease).await.expect("up").is_some());
+    }
+
+    #[test]
+    fn a_blocking_invalidation_fences_like_the_async_one() {
+        let server = RedisServer::start();
+        let store = store(&server);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let before = runtime.block_on(store.read("k")).expect("up");
+        store.invalidate_blocking("k").expect("up");
+        store
+            .invalidate_blocking("k")
+            .expect("the connection is reused");
+        let refused = runtime.block_on(store.fill("k", before.fence, b"old", TTL, None));
+        assert!(!refused.expect("up"), "the fence moved");
+        let after = runtime.block_on(store.read("k")).expect("up");
+        assert_eq!(after.fence, Some(2));
     }
 
     #[tokio::test]
