@@ -105,7 +105,10 @@ async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &Cach
         Ok(read) => match read.value {
             None => Lookup::Miss(read.fence),
             Some(bytes) => match envelope::decode::<V, Bincode>(&bytes, site.version) {
-                Ok((_, value)) => Lookup::Hit(value),
+                // Redis' PX expires entries; the envelope's own bound also catches an entry
+                // whose key TTL was lost (a PERSIST, a restore from a dump).
+                Ok((header, value)) if header.stale_until_ms > now_ms() => Lookup::Hit(value),
+                Ok(_) => Lookup::Miss(read.fence),
                 Err(error) => {
                     static GATE: LogGate = LogGate::new();
                     if let Some(suppressed) = GATE.admit() {
@@ -152,11 +155,7 @@ async fn fill<V: Serialize>(
     fence: Option<i64>,
     token: Option<&str>,
 ) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        });
+    let now = now_ms();
     let ttl = u64::try_from(site.ttl.as_millis()).unwrap_or(u64::MAX);
     let times = Times {
         created_at_ms: now,
@@ -181,5 +180,65 @@ async fn fill<V: Serialize>(
                 );
             }
         }
+    }
+}
+
+/// Wall-clock milliseconds, as envelopes record them (shared by every process).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::test_redis_server::RedisServer;
+    use crate::expansion::SiteState;
+    use crate::key::KeyBuilder;
+
+    static SITE: Site = Site {
+        function: "t",
+        template: "t",
+        backend: "redis",
+        ttl: Duration::from_secs(60),
+        version: 0,
+        state: SiteState::new(),
+    };
+
+    #[tokio::test]
+    async fn an_envelope_past_its_stale_time_is_a_miss_even_without_a_key_ttl() {
+        let server = RedisServer::start();
+        let redis = RedisBackend::builder()
+            .url(server.url())
+            .build()
+            .expect("valid configuration");
+        let key = KeyBuilder::new().lit("k").finish();
+        let now = now_ms();
+        let envelope = |stale_until_ms| {
+            let times = Times {
+                created_at_ms: now - 10_000,
+                fresh_until_ms: stale_until_ms,
+                stale_until_ms,
+            };
+            envelope::encode::<u64, Bincode>(&7, 0, times).expect("encodes")
+        };
+        let ttl = Duration::from_secs(60);
+        let fill = |bytes: Vec<u8>| {
+            let store = Arc::clone(&redis.store);
+            async move { store.fill("k", None, &bytes, ttl, None).await }
+        };
+        assert!(fill(envelope(now + 60_000)).await.expect("up"));
+        assert!(matches!(
+            read::<u64>(&SITE, &redis, &key).await,
+            Lookup::Hit(7)
+        ));
+        assert!(fill(envelope(now - 1)).await.expect("up"));
+        assert!(matches!(
+            read::<u64>(&SITE, &redis, &key).await,
+            Lookup::Miss(None)
+        ));
     }
 }

@@ -9,7 +9,7 @@ mod redis_store;
 #[cfg(test)]
 #[allow(dead_code)] // not every helper method is used here
 #[path = "../../../tests/support/redis_server.rs"]
-mod test_redis_server;
+pub(crate) mod test_redis_server;
 
 use std::fmt;
 use std::sync::Arc;
