@@ -47,7 +47,8 @@
 pub use cache_macros::{cached, invalidates};
 pub use cache_runtime::{
     configure, invalidate, CacheKey, CacheValue, Config, ConfigError, KeyBuilder, KeyPart,
-    KeyWriter, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, Weigher,
+    KeyWriter, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder,
+    TieredBackend, TieredBackendBuilder, Weigher,
 };
 
 /// What the attributes expand to. /!\ Not a stable API: it may change in any release. /!\

@@ -18,7 +18,7 @@ const CACHED_OPTIONS: &[&str] = &[
     "skip",
     "returns",
 ];
-const BACKEND_KINDS: &[&str] = &["memory", "redis"];
+const BACKEND_KINDS: &[&str] = &["memory", "redis", "tiered"];
 
 /// `#[cached(...)]`.
 #[derive(Default)]

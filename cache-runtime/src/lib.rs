@@ -19,7 +19,8 @@ mod shape;
 mod site;
 
 pub use backend::{
-    MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, Weigher,
+    MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, TieredBackend,
+    TieredBackendBuilder, Weigher,
 };
 pub use call::invalidate;
 pub use error::ConfigError;

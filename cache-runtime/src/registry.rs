@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use crate::backend::{Backend, MemoryBackend, RedisBackend, Store};
+use crate::backend::{Backend, MemoryBackend, RedisBackend, Store, TieredBackend};
 use crate::error::ConfigError;
 
 static GLOBAL: OnceLock<Registry> = OnceLock::new();
@@ -45,31 +45,38 @@ pub fn configure() -> Config {
 #[derive(Default)]
 #[must_use = "a configuration does nothing until `install()`"]
 pub struct Config {
-    memory: Vec<(String, MemoryBackend)>,
-    redis: Vec<(String, RedisBackend)>,
+    backends: Vec<(String, &'static str, Store)>,
 }
 
 impl Config {
     /// Adds an in-process backend named `memory` (replacing the default) or `memory.<name>`.
-    pub fn memory(mut self, name: &str, backend: MemoryBackend) -> Self {
-        self.memory.push((name.to_owned(), backend));
-        self
+    pub fn memory(self, name: &str, backend: MemoryBackend) -> Self {
+        self.with(name, "memory", Store::Memory(backend))
     }
 
     /// Adds a Redis backend named `redis` or `redis.<name>`.
-    pub fn redis(mut self, name: &str, backend: RedisBackend) -> Self {
-        self.redis.push((name.to_owned(), backend));
+    pub fn redis(self, name: &str, backend: RedisBackend) -> Self {
+        self.with(name, "redis", Store::Redis(backend))
+    }
+
+    /// Adds a tiered backend (L1 in process, L2 in Redis) named `tiered` or `tiered.<name>`.
+    pub fn tiered(self, name: &str, backend: TieredBackend) -> Self {
+        self.with(name, "tiered", Store::Tiered(backend))
+    }
+
+    fn with(mut self, name: &str, kind: &'static str, store: Store) -> Self {
+        self.backends.push((name.to_owned(), kind, store));
         self
     }
 
     /// Makes this configuration the process's. Fails if it is invalid, or if a configuration is
     /// already installed (or a cached call already ran with the default one).
     pub fn install(self) -> Result<(), ConfigError> {
-        for (index, (name, _)) in self.memory.iter().enumerate() {
-            check_name(name, "memory")?;
-            if self.memory[..index]
+        for (index, (name, kind, _)) in self.backends.iter().enumerate() {
+            check_name(name, kind)?;
+            if self.backends[..index]
                 .iter()
-                .any(|(earlier, _)| earlier == name)
+                .any(|(earlier, _, _)| earlier == name)
             {
                 return Err(ConfigError::Duplicate(name.clone()));
             }
@@ -81,14 +88,9 @@ impl Config {
 
     fn into_registry(self) -> Registry {
         let mut backends: Vec<Backend> = self
-            .memory
+            .backends
             .into_iter()
-            .map(|(name, memory)| Backend::new(name, Store::Memory(memory)))
-            .chain(
-                self.redis
-                    .into_iter()
-                    .map(|(name, redis)| Backend::new(name, Store::Redis(redis))),
-            )
+            .map(|(name, _, store)| Backend::new(name, store))
             .collect();
         if !backends.iter().any(|backend| backend.name() == "memory") {
             backends.push(Backend::new(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::backend::{follow, Next, RedisBackend};
+use crate::backend::{downcast, follow, Next, RedisBackend, TieredBackend};
 use crate::envelope::{self, Bincode, Times};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
@@ -20,7 +20,8 @@ use crate::site::Site;
 /// How long a lock holder may load before others give up waiting and load themselves.
 const LEASE: Duration = Duration::from_secs(10);
 
-/// Runs an async `#[cached]` function whose backend is remote.
+/// Runs an async `#[cached]` function whose backend is remote (Redis, or tiered: an in-process
+/// L1 in front of Redis).
 pub async fn cached_remote<R, S, F>(site: &'static Site, shape: S, key: CacheKey, body: F) -> R
 where
     S: ReturnShape<R>,
@@ -30,16 +31,30 @@ where
     let Some(backend) = site.backend().filter(|_| key.is_usable()) else {
         return body.await;
     };
-    let Some(redis) = backend.redis() else {
+    let Some(remote) = backend.remote() else {
         return crate::call::cached(site, shape, key, body).await;
     };
+    let redis = remote.l2;
+    // L1 is usable only in an epoch of a live bus subscription; see `backend::bus`.
+    let l1 = remote
+        .l1
+        .and_then(|tiered| Some(L1Slot::new(tiered, tiered.bus.l1_epoch()?, site)));
+    if let Some(l1) = &l1 {
+        if let Some(value) = l1.get::<S::Value>(site, &key) {
+            return shape.rebuild(value);
+        }
+    }
     // `None` once Redis failed during this call: the rest of the call then leaves Redis alone,
     // so a slow or dead Redis costs a caller at most one operation timeout.
-    let mut fence = match read::<S::Value>(site, redis, &key).await {
-        Lookup::Hit(value) => return shape.rebuild(value),
-        Lookup::Miss(fence) => Some(fence),
-        Lookup::Unavailable => None,
-    };
+    let mut fence = None;
+    if remote.l1.is_none() {
+        // Redis alone: a hit needs no flight.
+        match read::<S::Value>(site, redis, &key).await {
+            Lookup::Hit(value, _) => return shape.rebuild(value),
+            Lookup::Miss(seen) => fence = Some(seen),
+            Lookup::Unavailable => {}
+        }
+    }
     let guard = loop {
         match backend.flights().join(&key) {
             Role::Leader(guard) => break guard,
@@ -52,15 +67,26 @@ where
             }
         }
     };
+    if remote.l1.is_some() {
+        // Tiered: L2 is read by the flight's leader, so that an invalidation arriving while it
+        // reads marks the flight stale and keeps what it read out of L1.
+        match read::<S::Value>(site, redis, &key).await {
+            Lookup::Hit(value, remaining) => {
+                share(guard, &key, &value, l1.as_ref(), remaining);
+                return shape.rebuild(value);
+            }
+            Lookup::Miss(seen) => fence = Some(seen),
+            Lookup::Unavailable => {}
+        }
+    }
     // Across processes: one loader per key; the others wait for its fill.
     let mut token = None;
     if fence.is_some() {
         match redis.store.try_lock(key.as_str(), LEASE).await {
             Ok(Some(taken)) => token = Some(taken),
             Ok(None) => match wait_for_fill::<S::Value>(site, redis, &key).await {
-                Lookup::Hit(value) => {
-                    let shared: AnyValue = Arc::new(value.clone());
-                    guard.complete(Outcome::Value(shared), || {});
+                Lookup::Hit(value, remaining) => {
+                    share(guard, &key, &value, l1.as_ref(), remaining);
                     return shape.rebuild(value);
                 }
                 Lookup::Miss(latest) => fence = Some(latest),
@@ -70,29 +96,82 @@ where
         }
     }
     let ret = body.await;
-    let outcome = match shape.produced(&ret) {
+    match shape.produced(&ret) {
         Produced::Value(value) => {
-            if let Some(fence) = fence {
-                fill(site, redis, &key, value, fence, token.as_deref()).await;
-            }
-            Outcome::Value(Arc::new(value.clone()))
+            let current = match fence {
+                Some(fence) => fill(site, redis, &key, value, fence, token.as_deref()).await,
+                None => true,
+            };
+            // A fill the fence refused loaded across an invalidation: callers get the value
+            // (they asked before the invalidation returned), L1 does not.
+            let l1 = l1.as_ref().filter(|_| current);
+            share(guard, &key, value, l1, site.ttl);
         }
         produced => {
             if let Some(token) = &token {
                 let _ = redis.store.release(key.as_str(), token).await;
             }
-            match produced {
+            let outcome = match produced {
                 Produced::Absent => Outcome::Absent,
                 _ => Outcome::Failed,
-            }
+            };
+            guard.complete(outcome, || {});
         }
-    };
-    guard.complete(outcome, || {});
+    }
     ret
 }
 
+/// A tiered backend's L1 as one call sees it: the epoch it started in.
+struct L1Slot<'a> {
+    tiered: &'a TieredBackend,
+    epoch: u64,
+    site_ttl: Duration,
+}
+
+impl<'a> L1Slot<'a> {
+    fn new(tiered: &'a TieredBackend, epoch: u64, site: &Site) -> Self {
+        L1Slot {
+            tiered,
+            epoch,
+            site_ttl: site.ttl,
+        }
+    }
+
+    fn get<V: 'static + Clone>(&self, site: &Site, key: &CacheKey) -> Option<V> {
+        let any = self.tiered.l1.get_in_epoch(key.as_str(), self.epoch)?;
+        downcast::<V>(site, key.as_str(), &any)
+    }
+
+    fn insert(&self, key: &CacheKey, value: AnyValue, l2_remaining: Duration) {
+        let ttl = l2_remaining.min(self.tiered.l1_max_ttl).min(self.site_ttl);
+        if !ttl.is_zero() {
+            self.tiered
+                .l1
+                .insert_in_epoch(key.clone(), value, ttl, self.epoch);
+        }
+    }
+}
+
+/// Completes the flight with `value` and, unless the flight went stale, puts it in L1.
+fn share<V: 'static + Clone + Send + Sync>(
+    guard: crate::flight::LeaderGuard<'_>,
+    key: &CacheKey,
+    value: &V,
+    l1: Option<&L1Slot<'_>>,
+    l2_remaining: Duration,
+) {
+    let shared: AnyValue = Arc::new(value.clone());
+    let stored = Arc::clone(&shared);
+    guard.complete(Outcome::Value(shared), || {
+        if let Some(l1) = l1 {
+            l1.insert(key, stored, l2_remaining);
+        }
+    });
+}
+
 enum Lookup<V> {
-    Hit(V),
+    /// A hit, with the time its L2 entry has left.
+    Hit(V, Duration),
     /// A miss, with the fence generation a fill must carry.
     Miss(Option<i64>),
     /// Redis failed, timed out or is behind an open breaker: a miss that should not touch
@@ -107,7 +186,10 @@ async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &Cach
             Some(bytes) => match envelope::decode::<V, Bincode>(&bytes, site.version) {
                 // Redis' PX expires entries; the envelope's own bound also catches an entry
                 // whose key TTL was lost (a PERSIST, a restore from a dump).
-                Ok((header, value)) if header.stale_until_ms > now_ms() => Lookup::Hit(value),
+                Ok((header, value)) if header.stale_until_ms > now_ms() => {
+                    let remaining = Duration::from_millis(header.stale_until_ms - now_ms());
+                    Lookup::Hit(value, remaining)
+                }
                 Ok(_) => Lookup::Miss(read.fence),
                 Err(error) => {
                     static GATE: LogGate = LogGate::new();
@@ -147,6 +229,8 @@ async fn wait_for_fill<V: DeserializeOwned>(
     }
 }
 
+/// Stores `value` in Redis under the fence; false only if the fence refused it (an
+/// invalidation landed during the load).
 async fn fill<V: Serialize>(
     site: &Site,
     redis: &RedisBackend,
@@ -154,7 +238,7 @@ async fn fill<V: Serialize>(
     value: &V,
     fence: Option<i64>,
     token: Option<&str>,
-) {
+) -> bool {
     let now = now_ms();
     let ttl = u64::try_from(site.ttl.as_millis()).unwrap_or(u64::MAX);
     let times = Times {
@@ -163,12 +247,11 @@ async fn fill<V: Serialize>(
         stale_until_ms: now.saturating_add(ttl),
     };
     match envelope::encode::<V, Bincode>(value, site.version, times) {
-        Ok(bytes) => {
-            let _ = redis
-                .store
-                .fill(key.as_str(), fence, &bytes, site.ttl, token)
-                .await;
-        }
+        Ok(bytes) => redis
+            .store
+            .fill(key.as_str(), fence, &bytes, site.ttl, token)
+            .await
+            .unwrap_or(true),
         Err(error) => {
             static GATE: LogGate = LogGate::new();
             if let Some(suppressed) = GATE.admit() {
@@ -179,6 +262,7 @@ async fn fill<V: Serialize>(
                     "value could not be encoded; it is returned but not cached"
                 );
             }
+            true
         }
     }
 }
@@ -233,7 +317,7 @@ mod tests {
         assert!(fill(envelope(now + 60_000)).await.expect("up"));
         assert!(matches!(
             read::<u64>(&SITE, &redis, &key).await,
-            Lookup::Hit(7)
+            Lookup::Hit(7, _)
         ));
         assert!(fill(envelope(now - 1)).await.expect("up"));
         assert!(matches!(

@@ -31,6 +31,9 @@ pub struct MemoryBackend {
 struct Entry {
     value: AnyValue,
     ttl: Duration,
+    /// The tiered backend's L1 epoch when the entry was stored (0 in a plain memory backend):
+    /// advancing the epoch turns every older entry into a miss at once.
+    epoch: u64,
 }
 
 struct PerEntryTtl;
@@ -136,11 +139,34 @@ impl MemoryBackend {
     }
 
     pub(crate) fn insert(&self, key: CacheKey, value: AnyValue, ttl: Duration) {
-        self.cache.insert(key, Entry { value, ttl });
+        self.insert_in_epoch(key, value, ttl, 0);
+    }
+
+    /// The value under `key` if it was stored in `epoch`.
+    pub(crate) fn get_in_epoch(&self, key: &str, epoch: u64) -> Option<AnyValue> {
+        self.cache
+            .get(key)
+            .filter(|entry| entry.epoch == epoch)
+            .map(|entry| entry.value)
+    }
+
+    pub(crate) fn insert_in_epoch(
+        &self,
+        key: CacheKey,
+        value: AnyValue,
+        ttl: Duration,
+        epoch: u64,
+    ) {
+        self.cache.insert(key, Entry { value, ttl, epoch });
     }
 
     pub(crate) fn invalidate(&self, key: &str) {
         self.cache.invalidate(key);
+    }
+
+    /// Drops every entry (lazily, in moka; entries stored after this call stay).
+    pub(crate) fn invalidate_all(&self) {
+        self.cache.invalidate_all();
     }
 }
 

@@ -1,6 +1,7 @@
 //! Backends: where values are stored, with the single-flight layer every backend shares.
 
 mod breaker;
+mod bus;
 mod memory;
 mod redis;
 mod redis_keys;
@@ -10,12 +11,14 @@ mod redis_store;
 #[allow(dead_code)] // not every helper method is used here
 #[path = "../../../tests/support/redis_server.rs"]
 pub(crate) mod test_redis_server;
+mod tiered;
 
 use std::fmt;
 use std::sync::Arc;
 
 pub use memory::{MemoryBackend, MemoryBackendBuilder, Weigher};
 pub use redis::{RedisBackend, RedisBackendBuilder};
+pub use tiered::{TieredBackend, TieredBackendBuilder};
 
 use crate::flight::{Flights, Outcome, Role};
 use crate::key::CacheKey;
@@ -34,11 +37,18 @@ struct Inner {
     flights: Flights,
 }
 
-/// The stores a backend can be. The Redis and tiered stores join this enum: dispatch stays
-/// static, so a memory hit pays no boxing or virtual call.
+/// The stores a backend can be. Dispatch stays static, so a memory hit pays no boxing or
+/// virtual call.
 pub(crate) enum Store {
     Memory(MemoryBackend),
     Redis(RedisBackend),
+    Tiered(TieredBackend),
+}
+
+/// What the remote call path works with: the Redis store, and for a tiered backend its L1.
+pub(crate) struct Remote<'a> {
+    pub(crate) l2: &'a RedisBackend,
+    pub(crate) l1: Option<&'a TieredBackend>,
 }
 
 /// What a caller does next after looking at the cache.
@@ -77,11 +87,57 @@ impl Backend {
         &self.inner.flights
     }
 
-    pub(crate) fn redis(&self) -> Option<&RedisBackend> {
+    /// The remote parts of a Redis or tiered backend; `None` for an in-process one. Starts a
+    /// tiered backend's bus subscriber on first use.
+    pub(crate) fn remote(&self) -> Option<Remote<'_>> {
         match &self.inner.store {
-            Store::Redis(redis) => Some(redis),
+            Store::Redis(redis) => Some(Remote {
+                l2: redis,
+                l1: None,
+            }),
+            Store::Tiered(tiered) => {
+                self.start_bus(tiered);
+                Some(Remote {
+                    l2: &tiered.l2,
+                    l1: Some(tiered),
+                })
+            }
             Store::Memory(_) => None,
         }
+    }
+
+    /// Spawns the bus subscriber once, on the Tokio runtime of the first call. Without a Tokio
+    /// runtime there is no subscriber, so L1 stays unused and calls are served from L2.
+    fn start_bus(&self, tiered: &TieredBackend) {
+        if !tiered.bus.claim_start() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                backend = %self.inner.name,
+                "a tiered backend needs a Tokio runtime for its invalidation bus; serving from \
+                 redis only"
+            );
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let bus = Arc::clone(&tiered.bus);
+        let client = tiered.l2.store.client().clone();
+        let timing = tiered.timing;
+        let l1 = tiered.l1.clone();
+        runtime.spawn(async move {
+            let invalidate = |key: &str| match weak.upgrade() {
+                Some(inner) => {
+                    // Flight first: a load under way must not store what it read before.
+                    inner.flights.invalidate(key);
+                    l1.invalidate(key);
+                    true
+                }
+                None => false,
+            };
+            bus.run(client, timing, invalidate, || l1.invalidate_all())
+                .await;
+        });
     }
 
     /// Reads the key; on a miss, joins or leads its flight.
@@ -106,7 +162,7 @@ impl Backend {
         let any = match &self.inner.store {
             Store::Memory(memory) => memory.get(key)?,
             // Read through the remote call path, which decodes envelopes.
-            Store::Redis(_) => return None,
+            Store::Redis(_) | Store::Tiered(_) => return None,
         };
         downcast::<V>(site, key, &any)
     }
@@ -127,7 +183,7 @@ impl Backend {
                 guard.complete(Outcome::Value(shared), || match &self.inner.store {
                     Store::Memory(memory) => memory.insert(key, value, site.ttl),
                     // Filled through the remote call path, which encodes envelopes.
-                    Store::Redis(_) => {}
+                    Store::Redis(_) | Store::Tiered(_) => {}
                 });
             }
             Produced::Absent => guard.complete(Outcome::Absent, || {}),
@@ -142,11 +198,26 @@ impl Backend {
         match &self.inner.store {
             Store::Memory(memory) => memory.invalidate(key),
             Store::Redis(redis) => {
-                if let Err(error) = redis.store.invalidate(key).await {
+                if let Err(error) = redis.store.invalidate(key, None).await {
                     log_failed_invalidation(&self.inner.name, key, &error);
                 }
             }
+            Store::Tiered(tiered) => {
+                let (channel, message) = tiered.bus.announcement(key);
+                let announce = Some((channel.as_str(), message.as_str()));
+                if let Err(error) = tiered.l2.store.invalidate(key, announce).await {
+                    log_failed_invalidation(&self.inner.name, key, &error);
+                }
+                self.invalidate_l1(tiered, key);
+            }
         }
+    }
+
+    /// Drops `key` from this process's L1, after L2: a load that read L2 before the deletion is
+    /// caught by its stale flight or removed here, and one that reads after sees the deletion.
+    fn invalidate_l1(&self, tiered: &TieredBackend, key: &str) {
+        self.inner.flights.invalidate(key);
+        tiered.l1.invalidate(key);
     }
 
     /// Removes `key` without awaiting, for synchronous `#[invalidates]` functions: a remote
@@ -156,9 +227,17 @@ impl Backend {
         match &self.inner.store {
             Store::Memory(memory) => memory.invalidate(key),
             Store::Redis(redis) => {
-                if let Err(error) = redis.store.invalidate_blocking(key) {
+                if let Err(error) = redis.store.invalidate_blocking(key, None) {
                     log_failed_invalidation(&self.inner.name, key, &error);
                 }
+            }
+            Store::Tiered(tiered) => {
+                let (channel, message) = tiered.bus.announcement(key);
+                let announce = Some((channel.as_str(), message.as_str()));
+                if let Err(error) = tiered.l2.store.invalidate_blocking(key, announce) {
+                    log_failed_invalidation(&self.inner.name, key, &error);
+                }
+                self.invalidate_l1(tiered, key);
             }
         }
     }
@@ -195,7 +274,7 @@ pub(crate) fn follow<R, S: ReturnShape<R>>(
     }
 }
 
-fn downcast<V: 'static + Clone>(site: &Site, key: &str, any: &AnyValue) -> Option<V> {
+pub(crate) fn downcast<V: 'static + Clone>(site: &Site, key: &str, any: &AnyValue) -> Option<V> {
     match any.downcast_ref::<V>() {
         Some(value) => Some(value.clone()),
         None => {

@@ -65,6 +65,12 @@ impl EntryKeys {
     }
 }
 
+/// The pub/sub channel a tiered backend announces invalidations on: one per prefix, so that
+/// services sharing a Redis under different prefixes do not hear each other.
+pub(crate) fn bus_channel(prefix: &str) -> String {
+    format!("{prefix}:{KEY_FORMAT}:bus")
+}
+
 /// Checks an application prefix: non-empty, and free of the characters that carry structure.
 pub(crate) fn valid_prefix(prefix: &str) -> bool {
     !prefix.is_empty()

@@ -91,13 +91,21 @@ end
 return stored
 ";
 
-/// KEYS: value, fence. ARGV: fence ttl ms.
+/// KEYS: value, fence. ARGV: fence ttl ms, bus channel ("" for none), bus message.
+/// Publishing in the same script makes "deleted" and "announced" one atomic step: no process can
+/// see the deletion without the message being on its way.
 const INVALIDATE: &str = r"
 redis.call('DEL', KEYS[1])
 local generation = redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
 return generation
 ";
+
+/// An invalidation message to publish with the deletion: (channel, message).
+pub(crate) type Announce<'a> = Option<(&'a str, &'a str)>;
 
 /// KEYS: lock. ARGV: token. Compare-and-delete, so only the owner releases.
 const RELEASE: &str = r"
@@ -239,15 +247,14 @@ impl RedisStore {
         Ok(stored == 1)
     }
 
-    /// Deletes the value and advances the fence.
-    pub(crate) async fn invalidate(&self, cache_key: &str) -> Result<(), StoreError> {
-        let keys = self.keys(cache_key);
+    /// Deletes the value and advances the fence (and publishes `announce`, if any).
+    pub(crate) async fn invalidate(
+        &self,
+        cache_key: &str,
+        announce: Announce<'_>,
+    ) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
-        let mut invocation = self.invalidate_script.prepare_invoke();
-        invocation
-            .key(keys.key(Role::Value))
-            .key(keys.key(Role::Fence))
-            .arg(millis(self.settings.fence_ttl));
+        let invocation = self.invalidation(cache_key, announce);
         let _generation: i64 = self
             .guarded(invocation.invoke_async(&mut connection))
             .await?;
@@ -256,11 +263,15 @@ impl RedisStore {
 
     /// [`invalidate`](Self::invalidate) for a caller that cannot await: the same script over a
     /// plain connection whose connect, read and write are bounded by the store's timeouts.
-    pub(crate) fn invalidate_blocking(&self, cache_key: &str) -> Result<(), StoreError> {
+    pub(crate) fn invalidate_blocking(
+        &self,
+        cache_key: &str,
+        announce: Announce<'_>,
+    ) -> Result<(), StoreError> {
         if self.breaker.permit(Instant::now()) == Permit::Refused {
             return Err(StoreError::Refused);
         }
-        let result = self.invalidate_on_blocking_connection(cache_key);
+        let result = self.invalidate_on_blocking_connection(cache_key, announce);
         let result = result.map_err(|error| {
             if error.is_timeout() {
                 StoreError::Timeout(self.settings.op_timeout)
@@ -272,7 +283,11 @@ impl RedisStore {
         result
     }
 
-    fn invalidate_on_blocking_connection(&self, cache_key: &str) -> redis::RedisResult<()> {
+    fn invalidate_on_blocking_connection(
+        &self,
+        cache_key: &str,
+        announce: Announce<'_>,
+    ) -> redis::RedisResult<()> {
         let mut slot = self
             .blocking
             .lock()
@@ -288,17 +303,36 @@ impl RedisStore {
                 slot.insert(connection)
             }
         };
-        let keys = self.keys(cache_key);
-        let mut invocation = self.invalidate_script.prepare_invoke();
-        invocation
-            .key(keys.key(Role::Value))
-            .key(keys.key(Role::Fence))
-            .arg(millis(self.settings.fence_ttl));
-        let result = invocation.invoke::<i64>(connection).map(|_| ());
+        let result = self
+            .invalidation(cache_key, announce)
+            .invoke::<i64>(connection)
+            .map(|_| ());
         if result.is_err() {
             *slot = None;
         }
         result
+    }
+
+    fn invalidation(&self, cache_key: &str, announce: Announce<'_>) -> redis::ScriptInvocation<'_> {
+        let keys = self.keys(cache_key);
+        let (channel, message) = announce.unwrap_or(("", ""));
+        let mut invocation = self.invalidate_script.prepare_invoke();
+        invocation
+            .key(keys.key(Role::Value))
+            .key(keys.key(Role::Fence))
+            .arg(millis(self.settings.fence_ttl))
+            .arg(channel)
+            .arg(message);
+        invocation
+    }
+
+    /// The client, for connections of another kind (the tiered backend's subscriber).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn settings(&self) -> &RedisSettings {
+        &self.settings
     }
 
     /// Releases the lock if `token` still owns it.
@@ -367,7 +401,7 @@ mod tests {
         let server = RedisServer::start();
         let store = store(&server);
         let before = store.read("k").await.expect("up");
-        store.invalidate("k").await.expect("up");
+        store.invalidate("k", None).await.expect("up");
         assert!(!store
             .fill("k", before.fence, b"old", TTL, None)
             .await
@@ -380,7 +414,7 @@ mod tests {
             .fill("k", after.fence, b"new", TTL, None)
             .await
             .expect("up"));
-        store.invalidate("k").await.expect("up");
+        store.invalidate("k", None).await.expect("up");
         assert!(!store
             .fill("k", after.fence, b"stale", TTL, None)
             .await
@@ -417,7 +451,7 @@ mod tests {
             .build()
             .expect("runtime");
         let before = runtime.block_on(store.read("k")).expect("up");
-        store.invalidate_blocking("k").expect("up");
+        store.invalidate_blocking("k", None).expect("up");
         store
             .invalidate_blocking("k")
             .expect("the connection is reused");

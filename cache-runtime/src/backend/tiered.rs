@@ -1,0 +1,132 @@
+//! The public face of the tiered backend: an in-process L1 in front of a Redis L2, kept
+//! consistent across processes by an invalidation bus.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::bus::{Bus, BusTiming};
+use super::redis_keys::bus_channel;
+use super::{MemoryBackend, RedisBackend};
+
+/// A backend with in-process speed on hits and cross-process correctness: reads go to L1
+/// (moka), then L2 (Redis), then the function under the Redis backend's cross-process
+/// single-flight. An invalidation deletes in L2 and announces it on a pub/sub channel, and every
+/// process drops the key from its L1.
+///
+/// L1 is used only while this process's subscription to that channel is alive; while it is not,
+/// calls are served from L2 alone, and L1 is dropped, because invalidations may have been missed.
+/// An L1 entry never outlives its L2 entry nor [`l1_max_ttl`](TieredBackendBuilder::l1_max_ttl).
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_runtime::{MemoryBackend, RedisBackend, TieredBackend};
+///
+/// let l2 = RedisBackend::builder().url("redis://127.0.0.1:6379/").prefix("shop").build()?;
+/// let tiered = TieredBackend::builder(l2)
+///     .l1(MemoryBackend::builder().max_entries(50_000).build())
+///     .l1_max_ttl(Duration::from_secs(30))
+///     .build();
+/// assert_eq!(tiered.l1_flushes(), 0);
+/// # Ok::<(), cache_runtime::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct TieredBackend {
+    pub(crate) l1: MemoryBackend,
+    pub(crate) l2: RedisBackend,
+    pub(crate) bus: Arc<Bus>,
+    pub(crate) l1_max_ttl: Duration,
+    pub(crate) timing: BusTiming,
+}
+
+/// Configures a [`TieredBackend`].
+#[must_use = "a builder does nothing until `build()`"]
+pub struct TieredBackendBuilder {
+    l1: MemoryBackend,
+    l2: RedisBackend,
+    l1_max_ttl: Duration,
+    heartbeat: Duration,
+}
+
+impl TieredBackend {
+    /// A builder over `l2`, whose prefix also names the bus channel.
+    pub fn builder(l2: RedisBackend) -> TieredBackendBuilder {
+        TieredBackendBuilder {
+            l1: MemoryBackend::default(),
+            l2,
+            l1_max_ttl: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+
+    /// How many times this process dropped its L1 because the bus went down (the subscriber
+    /// connection closed, or stopped answering its heartbeat).
+    pub fn l1_flushes(&self) -> u64 {
+        self.bus.flushes()
+    }
+
+    /// How many invalidations from other processes arrived on the bus.
+    pub fn invalidations_received(&self) -> u64 {
+        self.bus.received()
+    }
+
+    /// Whether L1 is in use now (the bus is subscribed).
+    pub fn l1_active(&self) -> bool {
+        self.bus.l1_epoch().is_some()
+    }
+
+    /// Waits until L1 is in use. The bus subscriber starts with the first call through this
+    /// backend, so await this after one; it returns at once if the bus is already up.
+    pub async fn l1_ready(&self) {
+        self.bus.wait_up().await;
+    }
+}
+
+impl TieredBackendBuilder {
+    /// The L1 store and its bound (default: [`MemoryBackend::default()`], 10,000 entries).
+    pub fn l1(mut self, l1: MemoryBackend) -> Self {
+        self.l1 = l1;
+        self
+    }
+
+    /// The longest an entry stays in L1 (default 60 s), whatever the function's ttl: the bound
+    /// on staleness should an invalidation message ever be lost without the bus noticing.
+    pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_max_ttl = ttl;
+        self
+    }
+
+    /// How often the subscriber connection is pinged (default 1 s): a bus that stops answering
+    /// is noticed within this plus the L2's operation timeout, even with no traffic.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval;
+        self
+    }
+
+    /// The backend. Nothing connects until the first call.
+    pub fn build(self) -> TieredBackend {
+        let settings = self.l2.store.settings();
+        let timing = BusTiming {
+            heartbeat: self.heartbeat,
+            timeout: settings.op_timeout.max(settings.connect_timeout),
+        };
+        TieredBackend {
+            bus: Arc::new(Bus::new(bus_channel(&settings.prefix))),
+            l1: self.l1,
+            l2: self.l2,
+            l1_max_ttl: self.l1_max_ttl,
+            timing,
+        }
+    }
+}
+
+impl fmt::Debug for TieredBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredBackend")
+            .field("l1", &self.l1)
+            .field("l2", &self.l2)
+            .field("l1_max_ttl", &self.l1_max_ttl)
+            .field("l1_active", &self.l1_active())
+            .finish()
+    }
+}
