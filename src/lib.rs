@@ -34,7 +34,7 @@
 //! |---|---|
 //! | `ttl = "90s"` or `ttl = 90` | how long an entry lives (required) |
 //! | `key = "user:<id>"` | the key template: literal text and `<param>`, `<param.field>`, `<param:hash>` placeholders; default: the function's path and every parameter |
-//! | `backend = "memory"` | the backend's name (`memory`, or a configured `memory.<name>`) |
+//! | `backend = "memory"` | the backend's name: `memory`, `redis`, `tiered`, or a configured `<kind>.<name>` |
 //! | `cache_none` | cache `None` too (for `Option` returns) |
 //! | `version = 2` | the value's schema version |
 //! | `skip(db)` | leave parameters out of the default key |
@@ -42,6 +42,23 @@
 //! | `crate = "cachet"` | the path of this crate, if renamed |
 //!
 //! `self` is never part of a key unless the template names `<self.field>`.
+//!
+//! ## Backends
+//! `memory` works with no set-up. The shared ones are configured once at start-up, with
+//! [`configure`]: [`RedisBackend`] (every process of a service shares its values) and
+//! [`TieredBackend`] (an in-process L1 in front of Redis, kept consistent across processes by an
+//! invalidation bus). Values stored in Redis need `serde::Serialize + DeserializeOwned`.
+//!
+//! ```no_run
+//! use cachet::{configure, RedisBackend, TieredBackend};
+//!
+//! let redis = RedisBackend::builder().url_from_env("CACHET_REDIS_URL").build()?;
+//! configure()
+//!     .redis("redis", redis.clone())
+//!     .tiered("tiered", TieredBackend::builder(redis).build())
+//!     .install()?;
+//! # Ok::<(), cachet::ConfigError>(())
+//! ```
 
 #[doc(inline)]
 pub use cache_macros::{cached, invalidates};

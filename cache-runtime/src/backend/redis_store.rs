@@ -453,7 +453,7 @@ mod tests {
         let before = runtime.block_on(store.read("k")).expect("up");
         store.invalidate_blocking("k", None).expect("up");
         store
-            .invalidate_blocking("k")
+            .invalidate_blocking("k", None)
             .expect("the connection is reused");
         let refused = runtime.block_on(store.fill("k", before.fence, b"old", TTL, None));
         assert!(!refused.expect("up"), "the fence moved");
