@@ -50,6 +50,11 @@ pub use cache_runtime::{
     KeyWriter, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, Weigher,
 };
 
+/// HTTP response caching for axum: a tower layer with ETags, `304 Not Modified` and
+/// invalidation by route (feature `axum`).
+#[cfg(feature = "axum")]
+pub use cache_runtime::http;
+
 /// What the attributes expand to. /!\ Not a stable API: it may change in any release. /!\
 #[doc(hidden)]
 pub mod __private {
