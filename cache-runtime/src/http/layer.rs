@@ -244,7 +244,10 @@ fn reply(
     stored.reply(Reply {
         not_modified,
         head,
-        cache_control: policy.cache_control(remaining, plan.identity.is_some()),
+        // max-age is the whole TTL and Age the entry's age: a client's freshness, max-age
+        // minus Age (RFC 9111 §4.2), is then the entry's remaining TTL. Writing the remaining
+        // TTL into max-age too would count the age twice.
+        cache_control: policy.cache_control(policy.ttl, plan.identity.is_some()),
         age,
         vary: &policy.vary,
         cache_status: HeaderValue::from_str(&status).unwrap_or(HeaderValue::from_static("cachet")),

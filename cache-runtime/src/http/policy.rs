@@ -153,16 +153,17 @@ impl CachePolicy {
         self
     }
 
-    /// The `Cache-Control` value for a response with `remaining` freshness; `personal` forces
-    /// `private` (the response was keyed by the user's identity).
-    pub fn cache_control(&self, remaining: Duration, personal: bool) -> String {
+    /// The `Cache-Control` value for a response whose freshness lifetime is `max_age` (sent
+    /// with an `Age` header); `personal` forces `private` (the response was keyed by the
+    /// user's identity).
+    pub fn cache_control(&self, max_age: Duration, personal: bool) -> String {
         let mut out = String::with_capacity(48);
         out.push_str(if self.private || personal {
             "private"
         } else {
             "public"
         });
-        let _ = write!(out, ", max-age={}", remaining.as_secs());
+        let _ = write!(out, ", max-age={}", max_age.as_secs());
         if self.no_cache {
             out.push_str(", no-cache");
         }
