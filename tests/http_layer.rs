@@ -185,6 +185,8 @@ fn app(backend: &str, service: Shared) -> Router {
                 .route("/cookie", get(cookie))
                 .route("/no-store", get(no_store))
                 .route("/error", get(error))
+                // Varies on a header this policy does not key on.
+                .route("/unkeyed-vary", get(greeting))
                 .route("/whoami", get(whoami))
                 .layer(cached(policy)),
         )
@@ -407,6 +409,7 @@ async fn scenarios(backend: &str) {
         ("/cookie", "cookie", "fwd=miss; detail=set-cookie"),
         ("/no-store", "no-store", "fwd=miss; detail=no-store"),
         ("/error", "error", "fwd=miss; detail=status"),
+        ("/unkeyed-vary", "greeting", "fwd=miss; detail=vary"),
     ] {
         for _ in 0..2 {
             let reply = http.get(path, &[]).await;
@@ -483,7 +486,11 @@ async fn scenarios(backend: &str) {
     assert_eq!(fr_again.text(), "bonjour");
     assert!(fr_again.header("cache-status").starts_with("cachet; hit"));
     assert_ne!(en.header("etag"), fr.header("etag"));
-    assert_eq!(service.runs("greeting"), 2);
+    assert_eq!(
+        service.runs("greeting"),
+        4,
+        "two more after the unkeyed route's two"
+    );
 
     // A client's `no-cache` runs the handler and replaces the entry.
     let forced = http
@@ -499,7 +506,7 @@ async fn scenarios(backend: &str) {
         "{}",
         forced.header("cache-status")
     );
-    assert_eq!(service.runs("greeting"), 3);
+    assert_eq!(service.runs("greeting"), 5);
     assert!(http
         .get("/greeting", &[("accept-language", "fr")])
         .await

@@ -123,6 +123,10 @@ impl CachePolicy {
     /// Caches responses to requests that carry `Authorization` or `Cookie`, keyed by the user
     /// `identity` returns (and sent `private`). Without it such requests are never cached, so a
     /// shared cache cannot hand one user's response to another.
+    ///
+    /// Derive the identity from *verified* credentials, for example an extension that an
+    /// authentication layer running before this one inserted: a value read from an unverified
+    /// header lets anyone who guesses it read that user's cached responses.
     pub fn identity<F>(mut self, identity: F) -> Self
     where
         F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,

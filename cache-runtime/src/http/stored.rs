@@ -163,9 +163,12 @@ impl StoredResponse {
             for (name, value) in &self.headers {
                 append(response.headers_mut(), name, value);
             }
-            response
-                .headers_mut()
-                .insert(CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+            // Stated for HEAD, which has no body to measure; never on a 204 (RFC 9110 §8.6).
+            if response.status() != StatusCode::NO_CONTENT {
+                response
+                    .headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+            }
             if !reply.head {
                 *response.body_mut() = Body::from(self.body.clone());
             }
