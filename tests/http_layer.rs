@@ -22,12 +22,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use redis::AsyncCommands;
 use support::redis_server::RedisServer;
+use tokio::sync::Notify;
 
 /// What the handlers count and serve; one per app (one app per backend).
 #[derive(Default)]
 struct Service {
     runs: Mutex<HashMap<&'static str, usize>>,
     names: Mutex<HashMap<u64, String>>,
+    /// The slow handler says it has read its data, then waits to be let go.
+    slow_read: Notify,
+    slow_go: Notify,
 }
 
 type Shared = Arc<Service>;
@@ -104,6 +108,20 @@ async fn put_note(State(service): State<Shared>, Path(id): Path<u64>, name: Stri
     StatusCode::NO_CONTENT
 }
 
+/// Reads its data, then waits: lets a test change the data while a load is under way.
+async fn get_slow(State(service): State<Shared>, Path(id): Path<u64>) -> String {
+    service.ran("slow");
+    let name = service.name(3000 + id);
+    service.slow_read.notify_one();
+    service.slow_go.notified().await;
+    name
+}
+
+async fn put_slow(State(service): State<Shared>, Path(id): Path<u64>, name: String) -> StatusCode {
+    service.names.lock().expect("lock").insert(3000 + id, name);
+    StatusCode::NO_CONTENT
+}
+
 async fn tagged(State(service): State<Shared>) -> impl IntoResponse {
     service.ran("tagged");
     ([("etag", "W/\"v7\"")], "tagged")
@@ -172,6 +190,10 @@ fn app(backend: &str, service: Shared) -> Router {
             get(get_note).put(put_note).layer(cached(policy.clone())),
         )
         .route(
+            "/slow/{id}",
+            get(get_slow).put(put_slow).layer(cached(policy.clone())),
+        )
+        .route(
             "/greeting",
             get(greeting).layer(cached(policy.clone().vary(["accept-language"]))),
         )
@@ -225,9 +247,13 @@ impl Http {
             .expect("bind a loopback port");
         let address = listener.local_addr().expect("address");
         tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        Http::with_base(format!("http://{address}"))
+    }
+
+    fn with_base(base: String) -> Http {
         Http {
             client: Client::builder(TokioExecutor::new()).build_http(),
-            base: format!("http://{address}"),
+            base,
         }
     }
 
@@ -396,6 +422,36 @@ async fn scenarios(backend: &str) {
         assert!(fresh.text().ends_with("renamed"), "{}", fresh.text());
         assert_eq!(service.runs(handler), 2, "{backend} {path}");
     }
+
+    // A load that read its data before a write cannot store it for later readers: it fills
+    // under the route's old generation, which the write's invalidation made unreachable.
+    let slow = tokio::spawn({
+        let base = http.base.clone();
+        async move { Http::with_base(base).get("/slow/1", &[]).await }
+    });
+    service.slow_read.notified().await;
+    assert_eq!(
+        http.send("PUT", "/slow/1", &[], "new").await.status,
+        StatusCode::NO_CONTENT
+    );
+    service.slow_go.notify_one();
+    let old = slow.await.expect("the slow request");
+    assert_eq!(
+        old.text(),
+        "user 3001",
+        "{backend}: it answers with what it read"
+    );
+    service.slow_go.notify_one();
+    let next = http.get("/slow/1", &[]).await;
+    assert_eq!(
+        next.text(),
+        "new",
+        "{backend}: never the old data after the write"
+    );
+    assert!(next
+        .header("cache-status")
+        .starts_with("cachet; fwd=miss; stored"));
+    assert_eq!(service.runs("slow"), 2);
 
     // A handler's own ETag is kept.
     let tagged = http.get("/tagged", &[]).await;
