@@ -68,6 +68,11 @@ pub use cache_runtime::{
     TieredBackend, TieredBackendBuilder, Weigher,
 };
 
+/// HTTP response caching for axum: a tower layer with ETags, `304 Not Modified` and
+/// invalidation by route (feature `axum`).
+#[cfg(feature = "axum")]
+pub use cache_runtime::http;
+
 /// What the attributes expand to. /!\ Not a stable API: it may change in any release. /!\
 #[doc(hidden)]
 pub mod __private {

@@ -11,6 +11,8 @@ mod call;
 mod envelope;
 mod error;
 mod flight;
+#[cfg(feature = "axum")]
+pub mod http;
 mod key;
 mod log_gate;
 mod registry;

@@ -1,0 +1,200 @@
+//! A route's caching policy: how long responses live, where, which request headers tell them
+//! apart, and what `Cache-Control` tells clients.
+
+use std::fmt;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderName, StatusCode};
+
+/// Derives the identity of a request's user, for routes that cache responses to requests with
+/// credentials (`Authorization`, `Cookie`). `None` means "unknown": the request runs uncached.
+pub type IdentityFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// How one route (or every route under a layer) caches its responses.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_runtime::http::CachePolicy;
+///
+/// let policy = CachePolicy::new(Duration::from_secs(60))
+///     .backend("redis")
+///     .vary(["accept-language"])
+///     .stale_while_revalidate(Duration::from_secs(30));
+/// assert_eq!(policy.cache_control(Duration::from_secs(42), false),
+///            "public, max-age=42, stale-while-revalidate=30");
+/// ```
+#[derive(Clone)]
+#[must_use = "a policy does nothing until given to `CacheLayer::new`"]
+pub struct CachePolicy {
+    pub(crate) ttl: Duration,
+    pub(crate) backend: String,
+    pub(crate) private: bool,
+    pub(crate) no_cache: bool,
+    pub(crate) no_store: bool,
+    pub(crate) stale_while_revalidate: Option<Duration>,
+    pub(crate) vary: Vec<HeaderName>,
+    pub(crate) identity: Option<IdentityFn>,
+    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) invalidate_on_write: bool,
+}
+
+impl CachePolicy {
+    /// Responses live `ttl` in the `memory` backend, are `public`, vary on nothing but method,
+    /// path and query, and are stored only with a success status (200, 203, 204).
+    pub fn new(ttl: Duration) -> Self {
+        CachePolicy {
+            ttl,
+            backend: "memory".to_owned(),
+            private: false,
+            no_cache: false,
+            no_store: false,
+            stale_while_revalidate: None,
+            vary: Vec::new(),
+            identity: None,
+            statuses: vec![
+                StatusCode::OK,
+                StatusCode::NON_AUTHORITATIVE_INFORMATION,
+                StatusCode::NO_CONTENT,
+            ],
+            max_body_bytes: 1024 * 1024,
+            invalidate_on_write: true,
+        }
+    }
+
+    /// The backend's name: `memory`, `memory.<name>`, `redis`, `redis.<name>` (default
+    /// `memory`).
+    pub fn backend(mut self, name: impl Into<String>) -> Self {
+        self.backend = name.into();
+        self
+    }
+
+    /// `Cache-Control: private`: browsers may keep the response, shared caches may not.
+    pub fn private(mut self) -> Self {
+        self.private = true;
+        self
+    }
+
+    /// `Cache-Control: no-cache`: clients revalidate before every reuse (cheap here: a `304`
+    /// from this cache).
+    pub fn no_cache(mut self) -> Self {
+        self.no_cache = true;
+        self
+    }
+
+    /// `Cache-Control: no-store`: clients keep nothing; this cache still serves the route.
+    pub fn no_store(mut self) -> Self {
+        self.no_store = true;
+        self
+    }
+
+    /// `Cache-Control: stale-while-revalidate=<secs>` for clients and proxies in front.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = Some(window);
+        self
+    }
+
+    /// Request headers whose values select a different response (`Vary`): each is part of the
+    /// key, and named in the response's `Vary`. A response whose own `Vary` names a header not
+    /// listed here is not stored, since entries could not be told apart.
+    ///
+    /// # Panics
+    /// If a name is not a valid header name: policies are built from constants at start-up.
+    pub fn vary<I, N>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: AsRef<str>,
+    {
+        for name in names {
+            let name = HeaderName::try_from(name.as_ref()).unwrap_or_else(|_| {
+                panic!("`{}` is not a valid header name", name.as_ref());
+            });
+            if !self.vary.contains(&name) {
+                self.vary.push(name);
+            }
+        }
+        self.vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        self
+    }
+
+    /// Caches responses to requests that carry `Authorization` or `Cookie`, keyed by the user
+    /// `identity` returns (and sent `private`). Without it such requests are never cached, so a
+    /// shared cache cannot hand one user's response to another.
+    ///
+    /// Derive the identity from *verified* credentials, for example an extension that an
+    /// authentication layer running before this one inserted: a value read from an unverified
+    /// header lets anyone who guesses it read that user's cached responses.
+    pub fn identity<F>(mut self, identity: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.identity = Some(Arc::new(identity));
+        self
+    }
+
+    /// Also stores responses with this status (by default only 200, 203 and 204 are stored).
+    pub fn cache_status(mut self, status: StatusCode) -> Self {
+        if !self.statuses.contains(&status) {
+            self.statuses.push(status);
+        }
+        self
+    }
+
+    /// The largest body stored (default 1 MiB); larger responses pass through.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Whether a successful `POST`/`PUT`/`PATCH`/`DELETE` through the layer removes the cached
+    /// `GET` responses of the same route and parameters (default `true`, as RFC 9111 §4.4 asks
+    /// of caches).
+    pub fn invalidate_on_write(mut self, enabled: bool) -> Self {
+        self.invalidate_on_write = enabled;
+        self
+    }
+
+    /// The `Cache-Control` value for a response whose freshness lifetime is `max_age` (sent
+    /// with an `Age` header); `personal` forces `private` (the response was keyed by the
+    /// user's identity).
+    pub fn cache_control(&self, max_age: Duration, personal: bool) -> String {
+        let mut out = String::with_capacity(48);
+        out.push_str(if self.private || personal {
+            "private"
+        } else {
+            "public"
+        });
+        let _ = write!(out, ", max-age={}", max_age.as_secs());
+        if self.no_cache {
+            out.push_str(", no-cache");
+        }
+        if self.no_store {
+            out.push_str(", no-store");
+        }
+        if let Some(window) = self.stale_while_revalidate {
+            let _ = write!(out, ", stale-while-revalidate={}", window.as_secs());
+        }
+        out
+    }
+}
+
+impl fmt::Debug for CachePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachePolicy")
+            .field("ttl", &self.ttl)
+            .field("backend", &self.backend)
+            .field("private", &self.private)
+            .field("no_cache", &self.no_cache)
+            .field("no_store", &self.no_store)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
+            .field("vary", &self.vary)
+            .field("identity", &self.identity.is_some())
+            .field("statuses", &self.statuses)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("invalidate_on_write", &self.invalidate_on_write)
+            .finish()
+    }
+}
