@@ -1,5 +1,6 @@
 //! The HTTP layer end to end: a real axum server on a loopback port, a real HTTP client, and the
-//! same scenarios over the memory backend and over a real redis-server.
+//! same scenarios over the memory backend and, against a real redis-server, the redis and
+//! tiered backends.
 
 mod support;
 
@@ -15,7 +16,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use cachet::http::{invalidate_route, CacheLayer, CachePolicy};
-use cachet::{configure, invalidates, RedisBackend};
+use cachet::{configure, invalidates, RedisBackend, TieredBackend};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -571,7 +572,7 @@ async fn scenarios(backend: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_layer_over_memory_and_redis() {
+async fn http_layer_over_memory_redis_and_tiered() {
     // One runtime for both, since a redis backend's connection lives on the runtime that first
     // used it.
     let server = RedisServer::start();
@@ -580,13 +581,21 @@ async fn http_layer_over_memory_and_redis() {
         .prefix("h")
         .build()
         .expect("valid configuration");
+    // The tiered backend under its own prefix, so that it starts cold.
+    let l2 = RedisBackend::builder()
+        .url(server.url())
+        .prefix("ht")
+        .build()
+        .expect("valid configuration");
     configure()
         .redis("redis", redis)
+        .tiered("tiered", TieredBackend::builder(l2).build())
         .install()
         .expect("configured once");
 
     scenarios("memory").await;
     scenarios("redis").await;
+    scenarios("tiered").await;
 
     // The redis run stored in Redis: the route generation of /users/2 is there.
     let mut raw = redis::Client::open(server.url())

@@ -252,6 +252,16 @@ async fn many_tasks_on_a_cold_redis_key_load_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_backend_scenarios() {
+    // A static is never dropped: stop the server when this test ends, even by a panic.
+    struct StopServer;
+    impl Drop for StopServer {
+        fn drop(&mut self) {
+            if let Ok(mut server) = server().try_lock() {
+                server.kill();
+            }
+        }
+    }
+    let _stop = StopServer;
     values_are_stored_in_redis_with_a_ttl_and_read_back().await;
     bad_bytes_are_a_miss_and_are_overwritten().await;
     a_slow_loader_cannot_store_old_data_after_an_invalidation().await;
