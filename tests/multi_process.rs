@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::redis_server::RedisServer;
+use support::start_line;
 
 const PROCESSES: usize = 4;
 const TASKS_PER_PROCESS: usize = 50;
@@ -43,20 +44,7 @@ fn four_processes_on_one_cold_key_load_once() {
         })
         .collect();
     // Each worker announces itself once connected; then all are released at once.
-    for _ in 0..PROCESSES {
-        let ready: Option<(String, String)> = redis::cmd("BLPOP")
-            .arg("mp:ready")
-            .arg(30)
-            .query(&mut redis)
-            .expect("blpop");
-        assert!(ready.is_some(), "a worker did not get ready within 30 s");
-    }
-    let () = redis::cmd("RPUSH")
-        .arg("mp:go")
-        .arg(vec!["go"; PROCESSES])
-        .query(&mut redis)
-        .map(|_: i64| ())
-        .expect("release the workers");
+    start_line::release(&mut redis, "mp", PROCESSES);
 
     let mut values = Vec::new();
     for worker in workers {
@@ -97,7 +85,7 @@ mod worker {
     use cachet::{cached, configure, RedisBackend};
     use tokio::sync::Barrier;
 
-    use super::{Duration, TASKS_PER_PROCESS};
+    use super::{start_line, Duration, TASKS_PER_PROCESS};
 
     static URL: OnceLock<String> = OnceLock::new();
 
@@ -143,23 +131,11 @@ mod worker {
             .expect("runtime");
         runtime.block_on(async {
             let client = redis::Client::open(url).expect("valid url");
-            let mut redis = client
+            let redis = client
                 .get_multiplexed_async_connection()
                 .await
                 .expect("connect");
-            let _: i64 = redis::cmd("RPUSH")
-                .arg("mp:ready")
-                .arg(std::process::id())
-                .query_async(&mut redis)
-                .await
-                .expect("announce");
-            let go: Option<(String, String)> = redis::cmd("BLPOP")
-                .arg("mp:go")
-                .arg(30)
-                .query_async(&mut redis)
-                .await
-                .expect("wait for go");
-            assert!(go.is_some(), "never released");
+            start_line::arrive(&redis, "mp").await;
 
             let barrier = Arc::new(Barrier::new(TASKS_PER_PROCESS));
             let tasks: Vec<_> = (0..TASKS_PER_PROCESS)

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use support::redis_server::RedisServer;
+use support::start_line;
 
 const READERS: usize = 3;
 const KEYS: u32 = 20;
@@ -63,19 +64,7 @@ fn reads_after_an_invalidation_never_see_the_old_value() {
     };
     let mut children: Vec<Child> = (0..READERS).map(|_| spawn("reader")).collect();
     children.push(spawn("writer"));
-    for _ in 0..children.len() {
-        let ready: Option<(String, String)> = redis::cmd("BLPOP")
-            .arg("tc:ready")
-            .arg(30)
-            .query(&mut redis)
-            .expect("blpop");
-        assert!(ready.is_some(), "a worker did not get ready within 30 s");
-    }
-    let _: i64 = redis::cmd("RPUSH")
-        .arg("tc:go")
-        .arg(vec!["go"; children.len()])
-        .query(&mut redis)
-        .expect("release the workers");
+    start_line::release(&mut redis, "tc", children.len());
 
     // Bus loss while the writer writes: kill cachet's subscriber connections (SUBSCRIBE; the
     // workers' latency probes use PSUBSCRIBE and are left alone).
@@ -311,23 +300,8 @@ mod worker {
         client
     }
 
-    /// Announces readiness and waits for the parent's go.
     async fn start_line() {
-        let mut redis = SOURCE.get().expect("connected").clone();
-        let _: i64 = redis::cmd("RPUSH")
-            .arg("tc:ready")
-            .arg(std::process::id())
-            .query_async(&mut redis)
-            .await
-            .expect("announce");
-        // BLPOP blocks its connection: use one of its own.
-        let go: Option<(String, String)> = redis::cmd("BLPOP")
-            .arg("tc:go")
-            .arg(30)
-            .query_async(&mut redis.clone())
-            .await
-            .expect("wait for go");
-        assert!(go.is_some(), "never released");
+        super::start_line::arrive(SOURCE.get().expect("connected"), "tc").await;
     }
 
     pub(super) fn reader(url: &str) {

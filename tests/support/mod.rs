@@ -2,3 +2,6 @@
 
 #[allow(dead_code)]
 pub mod redis_server;
+
+#[allow(dead_code)]
+pub mod start_line;
