@@ -3,6 +3,7 @@
 mod breaker;
 mod bus;
 mod memory;
+mod pending;
 mod redis;
 mod redis_keys;
 mod redis_store;
@@ -251,7 +252,7 @@ fn log_failed_invalidation(backend: &str, key: &str, error: &redis_store::StoreE
             key,
             %error,
             suppressed,
-            "invalidation did not reach redis; the entry lives until its ttl"
+            "invalidation did not reach redis; it is replayed before the next read that reaches redis"
         );
     }
 }

@@ -19,6 +19,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
 use super::breaker::{Breaker, BreakerPolicy, Permit};
+use super::pending::PendingInvalidations;
 use super::redis_keys::{EntryKeys, Role};
 
 /// Why a Redis operation did not happen; every case is a miss to the caller.
@@ -69,6 +70,7 @@ pub(crate) struct RedisStore {
     /// A plain connection for synchronous `#[invalidates]` functions, which cannot await; made
     /// on first use and dropped after an error, so the next use reconnects.
     blocking: std::sync::Mutex<Option<redis::Connection>>,
+    pending: PendingInvalidations,
     settings: RedisSettings,
     breaker: Breaker,
     fill_script: Script,
@@ -124,6 +126,7 @@ impl RedisStore {
             client,
             connection: tokio::sync::OnceCell::new(),
             blocking: std::sync::Mutex::new(None),
+            pending: PendingInvalidations::default(),
             breaker: Breaker::new(settings.breaker),
             settings,
             fill_script: Script::new(FILL),
@@ -184,6 +187,9 @@ impl RedisStore {
 
     /// Reads the value and the fence generation in one round trip.
     pub(crate) async fn read(&self, cache_key: &str) -> Result<Read, StoreError> {
+        if self.pending.any() {
+            self.replay_pending().await?;
+        }
         let keys = self.keys(cache_key);
         let mut connection = self.connection().await?;
         let (value, fence): (Option<Vec<u8>>, Option<i64>) = self
@@ -253,11 +259,39 @@ impl RedisStore {
         cache_key: &str,
         announce: Announce<'_>,
     ) -> Result<(), StoreError> {
-        let mut connection = self.connection().await?;
-        let invocation = self.invalidation(cache_key, announce);
-        let _generation: i64 = self
-            .guarded(invocation.invoke_async(&mut connection))
-            .await?;
+        let result = async {
+            let mut connection = self.connection().await?;
+            let invocation = self.invalidation(cache_key, announce);
+            let _generation: i64 = self
+                .guarded(invocation.invoke_async(&mut connection))
+                .await?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            self.keep_for_replay(cache_key, announce);
+        }
+        result
+    }
+
+    fn keep_for_replay(&self, cache_key: &str, announce: Announce<'_>) {
+        let announce = announce.map(|(channel, message)| (channel.to_owned(), message.to_owned()));
+        self.pending.push((cache_key.to_owned(), announce));
+    }
+
+    /// Replays invalidations that failed earlier, before anything is read that they should
+    /// have removed. Stops at the first failure (the rest stay queued).
+    async fn replay_pending(&self) -> Result<(), StoreError> {
+        let mut items = self.pending.take().into_iter();
+        while let Some((key, announce)) = items.next() {
+            let announce = announce.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
+            if let Err(error) = self.invalidate(&key, announce).await {
+                for (key, announce) in items {
+                    self.pending.push((key, announce));
+                }
+                return Err(error);
+            }
+        }
         Ok(())
     }
 
@@ -280,6 +314,9 @@ impl RedisStore {
             }
         });
         self.record(&result);
+        if result.is_err() {
+            self.keep_for_replay(cache_key, announce);
+        }
         result
     }
 
@@ -489,6 +526,30 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(store.breaker.is_closed());
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_lost_to_a_paused_redis_is_replayed_before_the_next_read() {
+        let server = RedisServer::start();
+        let store = store(&server);
+        assert!(store.fill("k", None, b"old", TTL, None).await.expect("up"));
+        server.pause();
+        assert!(store.invalidate("k", None).await.is_err(), "lost");
+        server.resume();
+        // The breaker may refuse until its probe interval has passed; bounded retry.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let read = loop {
+            match store.read("k").await {
+                Ok(read) => break read,
+                Err(_) => assert!(Instant::now() < deadline, "redis did not come back"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            read.value, None,
+            "the old value was removed before this read"
+        );
+        assert_eq!(read.fence, Some(1), "and the fence advanced");
     }
 
     #[tokio::test]
