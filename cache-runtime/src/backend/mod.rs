@@ -252,7 +252,8 @@ fn log_failed_invalidation(backend: &str, key: &str, error: &redis_store::StoreE
             key,
             %error,
             suppressed,
-            "invalidation did not reach redis; it is replayed before the next read that reaches redis"
+            "invalidation did not reach redis; it is replayed before the next read that \
+             reaches redis"
         );
     }
 }
