@@ -236,6 +236,15 @@ fn multi_thread() -> &'static Runtime {
     })
 }
 
+/// The configured memory backend (a clone shares its entries), for the store-floor bench.
+static MEMORY: OnceLock<MemoryBackend> = OnceLock::new();
+
+/// cachet's memory store used by hand, with the same key: the floor of a cachet memory hit.
+fn store_user(id: u64) -> Profile {
+    let memory = MEMORY.get().expect("set up");
+    memory.peek(user_key(id).as_str()).expect("warm")
+}
+
 fn redis_url() -> Option<String> {
     std::env::var("CACHET_BENCH_REDIS_URL").ok()
 }
@@ -245,10 +254,8 @@ fn redis_url() -> Option<String> {
 fn setup() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let mut config = configure().memory(
-            "memory",
-            MemoryBackend::builder().max_entries(200_000).build(),
-        );
+        let memory = MEMORY.get_or_init(|| MemoryBackend::builder().max_entries(200_000).build());
+        let mut config = configure().memory("memory", memory.clone());
         if let Some(url) = redis_url() {
             let backend = RedisBackend::builder()
                 .url(url)
@@ -304,6 +311,16 @@ fn memory_hit(c: &mut Criterion) {
     });
     group.bench_function("cachet_sync", |b| {
         b.iter(|| cachet_user_sync(black_box(next(&mut n, WARM))))
+    });
+    // The floors run in the same harness as what they floor: async next to the async fn.
+    group.bench_function("store", |b| {
+        b.to_async(&rt).iter(|| {
+            let id = next(&mut n, WARM);
+            async move { store_user(black_box(id)) }
+        })
+    });
+    group.bench_function("store_sync", |b| {
+        b.iter(|| store_user(black_box(next(&mut n, WARM))))
     });
     group.bench_function("moka_future", |b| {
         b.to_async(&rt)

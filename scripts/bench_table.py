@@ -24,6 +24,8 @@ ROWS = [
     ("1 memory hit", "memory_hit/cachet", "RwLock<HashMap> + clone", "memory_hit/locked_map", "", None),
     ("1 memory hit", "memory_hit/cachet", "cached #[cached] (async)", "memory_hit/cached_default", "", None),
     ("1 memory hit", "memory_hit/cachet", "cached ttl (async)", "memory_hit/cached_ttl", "< 1", lambda r: r < 1),
+    ("1 memory hit, sync fn", "memory_hit/cachet_sync", "cachet's store, by hand (floor)", "memory_hit/store_sync", "<= 1.3", lambda r: r <= 1.3),
+    ("1 memory hit, sync fn", "memory_hit/cachet_sync", "moka sync::Cache", "memory_hit/moka_sync", "", None),
     ("1 memory hit, sync fn", "memory_hit/cachet_sync", "cached #[cached] (sync)", "memory_hit/cached_default_sync", "", None),
     ("1 memory hit, sync fn", "memory_hit/cachet_sync", "cached ttl (sync)", "memory_hit/cached_ttl_sync", "< 1", lambda r: r < 1),
     ("2 contention, 64 tasks", "contention/cachet", "moka future::Cache", "contention/moka_future", "", None),
