@@ -103,7 +103,8 @@ async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &Cach
                         %error,
                         "unreadable cache entry; treating it as a miss (the next fill replaces it)"
                     );
-                    Lookup::Miss(read.fence)
+                    // A hit's read carries no fence; the fill that replaces the entry needs it.
+                    Lookup::Miss(redis.store.fence(key.as_str()).await.unwrap_or(None))
                 }
             },
         },

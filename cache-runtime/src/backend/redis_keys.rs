@@ -65,6 +65,38 @@ impl EntryKeys {
     }
 }
 
+/// One role's key, written straight into a command's argument (`cmd.arg(KeyArg {..})`): the
+/// hit path renders its key without building `EntryKeys` and a `String` per role first. Renders
+/// exactly what [`EntryKeys::key`] does.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyArg<'a> {
+    pub(crate) prefix: &'a str,
+    pub(crate) cache_key: &'a str,
+    pub(crate) role: Role,
+}
+
+impl redis::ToRedisArgs for KeyArg<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        // Writes into the command's buffer cannot fail.
+        let _ = arg.write_all(self.prefix.as_bytes());
+        let _ = arg.write_all(b":");
+        let _ = arg.write_all(itoa::Buffer::new().format(KEY_FORMAT).as_bytes());
+        let _ = arg.write_all(b":{");
+        if self.cache_key.len() > MAX_TAGGED_KEY {
+            let digest = xxhash_rust::xxh3::xxh3_128(self.cache_key.as_bytes());
+            let _ = write!(arg, "#h{digest:032x}");
+        } else {
+            let _ = arg.write_all(self.cache_key.as_bytes());
+        }
+        let _ = arg.write_all(b"}:");
+        let _ = arg.write_all(self.role.suffix().as_bytes());
+    }
+}
+
+impl redis::ToSingleRedisArg for KeyArg<'_> {}
+
 /// Checks an application prefix: non-empty, and free of the characters that carry structure.
 pub(crate) fn valid_prefix(prefix: &str) -> bool {
     !prefix.is_empty()
@@ -106,6 +138,23 @@ mod tests {
             hash_tag(&EntryKeys::new("p", &short).key(Role::Value)),
             short
         );
+    }
+
+    #[test]
+    fn a_key_argument_renders_what_entry_keys_render() {
+        use redis::ToRedisArgs;
+        let long = format!("q:<{}>", "x".repeat(5_000));
+        for cache_key in ["user:<42>", "", long.as_str()] {
+            for role in [Role::Value, Role::Lock, Role::Fence] {
+                let arg = KeyArg {
+                    prefix: "shop",
+                    cache_key,
+                    role,
+                };
+                let expected = EntryKeys::new("shop", cache_key).key(role);
+                assert_eq!(arg.to_redis_args(), vec![expected.into_bytes()]);
+            }
+        }
     }
 
     #[test]
