@@ -185,12 +185,7 @@ impl MemoryBackend {
     }
 
     pub(crate) fn insert(&self, key: CacheKey, value: AnyValue, ttl: Duration) {
-        let now = Instant::now();
-        // A ttl past the clock's range means "never" in practice.
-        let expires_at = now
-            .checked_add(ttl)
-            .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
-            .unwrap_or(now);
+        let expires_at = index::clock().saturating_add(ttl);
         // The index first: should moka refuse or evict the entry at once, its listener then
         // finds the value here to remove, and nothing stays that moka does not hold.
         self.index
