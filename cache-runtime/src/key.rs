@@ -280,7 +280,20 @@ impl KeyWriter<'_> {
     /// Kept as they are: ASCII letters and digits, ``-_.:@/+=,;!$&'()~^|` ``, and non-ASCII
     /// characters other than whitespace and controls (so names stay readable). Everything else,
     /// `%` itself included, becomes `%XX` per UTF-8 byte.
+    #[inline]
     pub fn write_str(&mut self, text: &str) {
+        // The common case, all ASCII and nothing to escape, is one table look-up a byte.
+        if text
+            .bytes()
+            .all(|byte| byte < 0x80 && KEPT_ASCII[usize::from(byte)])
+        {
+            self.0.push_str(text);
+        } else {
+            self.write_escaped(text);
+        }
+    }
+
+    fn write_escaped(&mut self, text: &str) {
         // Runs of kept characters are copied whole.
         let mut run = 0;
         for (at, ch) in text.char_indices() {
@@ -312,11 +325,28 @@ impl KeyWriter<'_> {
 
 fn is_kept(ch: char) -> bool {
     if ch.is_ascii() {
-        ch.is_ascii_alphanumeric() || "-_.:@/+=,;!$&'()~^|`".contains(ch)
+        KEPT_ASCII[ch as usize]
     } else {
         !ch.is_whitespace() && !ch.is_control()
     }
 }
+
+/// Which ASCII characters a key keeps as they are: letters, digits and ``-_.:@/+=,;!$&'()~^|` ``.
+const KEPT_ASCII: [bool; 128] = {
+    let mut kept = [false; 128];
+    let mut byte = 0;
+    while byte < 128 {
+        kept[byte] = (byte as u8).is_ascii_alphanumeric();
+        byte += 1;
+    }
+    let punctuation = b"-_.:@/+=,;!$&'()~^|`";
+    let mut i = 0;
+    while i < punctuation.len() {
+        kept[punctuation[i] as usize] = true;
+        i += 1;
+    }
+    kept
+};
 
 fn write_hex_upper(out: &mut Text, byte: u8) {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
@@ -353,12 +383,14 @@ macro_rules! int_key_parts {
 int_key_parts!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize);
 
 impl KeyPart for str {
+    #[inline]
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         out.write_str(self);
     }
 }
 
 impl KeyPart for String {
+    #[inline]
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         out.write_str(self);
     }
@@ -386,6 +418,7 @@ impl<T: KeyPart> KeyPart for Option<T> {
 }
 
 impl<T: KeyPart + ?Sized> KeyPart for &T {
+    #[inline]
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         (**self).write_key_part(out);
     }
