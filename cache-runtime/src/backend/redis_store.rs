@@ -144,7 +144,7 @@ impl RedisStore {
         &self,
         operation: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        if self.breaker.permit(Instant::now()) == Permit::Refused {
+        if self.breaker.permit_at(Instant::now) == Permit::Refused {
             return Err(StoreError::Refused);
         }
         let budget = self.settings.op_timeout;
