@@ -108,20 +108,30 @@ impl Text {
 
     #[inline]
     fn push_str(&mut self, text: &str) {
+        // Inlined into the caller with the literal's length known, so a template's text is a
+        // few stores; spilling to the heap is the rare case, kept out of line.
+        if let Text::Inline { len, bytes } = self {
+            let start = usize::from(*len);
+            if let Some(free) = bytes.get_mut(start..start + text.len()) {
+                free.copy_from_slice(text.as_bytes());
+                // At most `INLINE`, which is below 256.
+                *len = (start + text.len()) as u8;
+                return;
+            }
+        }
+        self.spill(text);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn spill(&mut self, text: &str) {
         match self {
-            Text::Inline { len, bytes } => {
-                let start = usize::from(*len);
-                let end = start + text.len();
-                if end <= INLINE {
-                    bytes[start..end].copy_from_slice(text.as_bytes());
-                    // `end <= INLINE < 256`, so it fits.
-                    *len = end as u8;
-                } else {
-                    let mut heap = String::with_capacity(end.max(2 * INLINE));
-                    heap.push_str(self.as_str());
-                    heap.push_str(text);
-                    *self = Text::Heap(heap);
-                }
+            Text::Inline { .. } => {
+                let current = self.as_str();
+                let mut heap = String::with_capacity((current.len() + text.len()).max(2 * INLINE));
+                heap.push_str(current);
+                heap.push_str(text);
+                *self = Text::Heap(heap);
             }
             Text::Heap(heap) => heap.push_str(text),
         }
