@@ -7,7 +7,9 @@
 //! call's key, and two templates with different literal text never share a key.
 
 use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use serde::Serialize;
 
@@ -15,19 +17,137 @@ use serde::Serialize;
 ///
 /// Build one with [`KeyBuilder`], the same way the `#[cached]` expansion does; use it with
 /// [`invalidate`](crate::invalidate) to remove an entry by hand.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CacheKey(String);
+#[derive(Clone)]
+pub struct CacheKey {
+    text: Text,
+    /// Set by a `:hash` part that failed to serialise (its text then holds `UNUSABLE`); a
+    /// flag, since every call asks and a substring search costs more than the rest of the key.
+    unusable: bool,
+}
 
 impl CacheKey {
     /// The key's text.
+    #[inline]
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.text.as_str()
     }
 
     /// Whether the key identifies its arguments. It does not when a `:hash` value failed to
     /// serialise; such a call runs uncached rather than risk sharing a key.
+    #[inline]
     pub fn is_usable(&self) -> bool {
-        !self.0.contains(UNUSABLE)
+        !self.unusable
+    }
+}
+
+// By text, as `Borrow<str>` requires: a key equals, hashes and orders as its `as_str()`.
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for CacheKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for CacheKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+/// Keys up to this many bytes are held inline, so that rendering the key of a hit, which every
+/// call does, allocates nothing; 46 makes a key 48 bytes, and covers `user:<id>`-style keys.
+const INLINE: usize = 46;
+
+/// A key's text: inline while it is short, on the heap beyond.
+#[derive(Clone)]
+enum Text {
+    /// Invariant: `bytes[..len]` is UTF-8, since only whole `&str`s are ever appended.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE],
+    },
+    Heap(String),
+}
+
+impl Default for Text {
+    #[inline]
+    fn default() -> Self {
+        Text::Inline {
+            len: 0,
+            bytes: [0; INLINE],
+        }
+    }
+}
+
+impl Text {
+    #[inline]
+    fn as_str(&self) -> &str {
+        match self {
+            Text::Inline { len, bytes } => {
+                let bytes = &bytes[..usize::from(*len)];
+                debug_assert!(std::str::from_utf8(bytes).is_ok());
+                // SAFETY: the invariant of `Inline`: only whole `&str`s were appended.
+                unsafe { std::str::from_utf8_unchecked(bytes) }
+            }
+            Text::Heap(text) => text,
+        }
+    }
+
+    #[inline]
+    fn push_str(&mut self, text: &str) {
+        // Inlined into the caller with the literal's length known, so a template's text is a
+        // few stores; spilling to the heap is the rare case, kept out of line.
+        if let Text::Inline { len, bytes } = self {
+            let start = usize::from(*len);
+            if let Some(free) = bytes.get_mut(start..start + text.len()) {
+                free.copy_from_slice(text.as_bytes());
+                // At most `INLINE`, which is below 256.
+                *len = (start + text.len()) as u8;
+                return;
+            }
+        }
+        self.spill(text);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn spill(&mut self, text: &str) {
+        match self {
+            Text::Inline { .. } => {
+                let current = self.as_str();
+                let mut heap = String::with_capacity((current.len() + text.len()).max(2 * INLINE));
+                heap.push_str(current);
+                heap.push_str(text);
+                *self = Text::Heap(heap);
+            }
+            Text::Heap(heap) => heap.push_str(text),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, ch: char) {
+        // The brackets around every value: one byte, stored without a copy loop.
+        if let (Text::Inline { len, bytes }, true) = (&mut *self, ch.is_ascii()) {
+            if usize::from(*len) < INLINE {
+                bytes[usize::from(*len)] = ch as u8;
+                *len += 1;
+                return;
+            }
+        }
+        self.push_str(ch.encode_utf8(&mut [0; 4]));
     }
 }
 
@@ -37,19 +157,19 @@ const UNUSABLE: &str = "<#!>";
 
 impl Borrow<str> for CacheKey {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -63,21 +183,32 @@ impl fmt::Display for CacheKey {
 /// let other = KeyBuilder::new().lit("user:1:").arg(&"admin").finish();
 /// assert_ne!(key, other);
 /// ```
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct KeyBuilder {
-    text: String,
+    text: Text,
+    unusable: bool,
+}
+
+// Every call builds its key, from the caller's crate: the small steps are `#[inline]` so that a
+// template's literal parts compile to stores, not calls.
+impl fmt::Debug for KeyBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyBuilder")
+            .field("text", &self.text.as_str())
+            .finish()
+    }
 }
 
 impl KeyBuilder {
     /// An empty key.
+    #[inline]
     pub fn new() -> Self {
-        KeyBuilder {
-            text: String::with_capacity(48),
-        }
+        KeyBuilder::default()
     }
 
     /// Appends literal template text. It must not contain `<`, `>`, `{` or `}`; the macros check
     /// this at compile time, and hand-built keys are checked in debug builds.
+    #[inline]
     pub fn lit(mut self, text: &str) -> Self {
         debug_assert!(
             !text.contains(['<', '>', '{', '}']),
@@ -88,6 +219,7 @@ impl KeyBuilder {
     }
 
     /// Appends one placeholder value.
+    #[inline]
     pub fn arg<T: KeyPart + ?Sized>(mut self, value: &T) -> Self {
         self.text.push('<');
         value.write_key_part(&mut KeyWriter(&mut self.text));
@@ -116,6 +248,7 @@ impl KeyBuilder {
                 );
             }
             self.text.push_str(UNUSABLE);
+            self.unusable = true;
             return self;
         }
         let digest = hasher.0.digest128();
@@ -126,8 +259,12 @@ impl KeyBuilder {
     }
 
     /// The finished key.
+    #[inline]
     pub fn finish(self) -> CacheKey {
-        CacheKey(self.text)
+        CacheKey {
+            text: self.text,
+            unusable: self.unusable,
+        }
     }
 }
 
@@ -140,7 +277,7 @@ impl bincode::enc::write::Writer for HashWriter {
     }
 }
 
-fn write_hex(out: &mut String, bytes: &[u8]) {
+fn write_hex(out: &mut Text, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for byte in bytes {
         out.push(DIGITS[usize::from(byte >> 4)] as char);
@@ -149,7 +286,7 @@ fn write_hex(out: &mut String, bytes: &[u8]) {
 }
 
 /// Where a [`KeyPart`] writes its value; it escapes what could break the key's structure.
-pub struct KeyWriter<'a>(&'a mut String);
+pub struct KeyWriter<'a>(&'a mut Text);
 
 impl KeyWriter<'_> {
     /// Writes text, percent-escaping every byte outside the characters that are safe in a key.
@@ -157,21 +294,38 @@ impl KeyWriter<'_> {
     /// Kept as they are: ASCII letters and digits, ``-_.:@/+=,;!$&'()~^|` ``, and non-ASCII
     /// characters other than whitespace and controls (so names stay readable). Everything else,
     /// `%` itself included, becomes `%XX` per UTF-8 byte.
+    #[inline]
     pub fn write_str(&mut self, text: &str) {
-        for ch in text.chars() {
-            if is_kept(ch) {
-                self.0.push(ch);
-            } else {
+        // The common case, all ASCII and nothing to escape, is one table look-up a byte.
+        if text
+            .bytes()
+            .all(|byte| byte < 0x80 && KEPT_ASCII[usize::from(byte)])
+        {
+            self.0.push_str(text);
+        } else {
+            self.write_escaped(text);
+        }
+    }
+
+    fn write_escaped(&mut self, text: &str) {
+        // Runs of kept characters are copied whole.
+        let mut run = 0;
+        for (at, ch) in text.char_indices() {
+            if !is_kept(ch) {
+                self.0.push_str(&text[run..at]);
                 let mut utf8 = [0; 4];
                 for byte in ch.encode_utf8(&mut utf8).bytes() {
                     self.0.push('%');
                     write_hex_upper(self.0, byte);
                 }
+                run = at + ch.len_utf8();
             }
         }
+        self.0.push_str(&text[run..]);
     }
 
     /// Writes an integer in decimal.
+    #[inline]
     pub fn write_int(&mut self, value: impl itoa::Integer) {
         self.0.push_str(itoa::Buffer::new().format(value));
     }
@@ -185,13 +339,30 @@ impl KeyWriter<'_> {
 
 fn is_kept(ch: char) -> bool {
     if ch.is_ascii() {
-        ch.is_ascii_alphanumeric() || "-_.:@/+=,;!$&'()~^|`".contains(ch)
+        KEPT_ASCII[ch as usize]
     } else {
         !ch.is_whitespace() && !ch.is_control()
     }
 }
 
-fn write_hex_upper(out: &mut String, byte: u8) {
+/// Which ASCII characters a key keeps as they are: letters, digits and ``-_.:@/+=,;!$&'()~^|` ``.
+const KEPT_ASCII: [bool; 128] = {
+    let mut kept = [false; 128];
+    let mut byte = 0;
+    while byte < 128 {
+        kept[byte] = (byte as u8).is_ascii_alphanumeric();
+        byte += 1;
+    }
+    let punctuation = b"-_.:@/+=,;!$&'()~^|`";
+    let mut i = 0;
+    while i < punctuation.len() {
+        kept[punctuation[i] as usize] = true;
+        i += 1;
+    }
+    kept
+};
+
+fn write_hex_upper(out: &mut Text, byte: u8) {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     out.push(DIGITS[usize::from(byte >> 4)] as char);
     out.push(DIGITS[usize::from(byte & 0xf)] as char);
@@ -216,6 +387,7 @@ pub trait KeyPart {
 macro_rules! int_key_parts {
     ($($ty:ty)*) => {$(
         impl KeyPart for $ty {
+            #[inline]
             fn write_key_part(&self, out: &mut KeyWriter<'_>) {
                 out.write_int(*self);
             }
@@ -225,12 +397,14 @@ macro_rules! int_key_parts {
 int_key_parts!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize);
 
 impl KeyPart for str {
+    #[inline]
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         out.write_str(self);
     }
 }
 
 impl KeyPart for String {
+    #[inline]
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         out.write_str(self);
     }
@@ -258,6 +432,7 @@ impl<T: KeyPart> KeyPart for Option<T> {
 }
 
 impl<T: KeyPart + ?Sized> KeyPart for &T {
+    #[inline]
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         (**self).write_key_part(out);
     }
@@ -431,6 +606,28 @@ mod tests {
         assert_eq!(forged.as_str(), "user:<1:admin>");
         assert_eq!(real.as_str(), "user:1:<admin>");
         assert_eq!(nested.as_str(), "user:<1%3E:%3Cadmin>");
+    }
+
+    #[test]
+    fn long_keys_move_to_the_heap_and_stay_equal_by_text() {
+        use std::collections::hash_map::DefaultHasher;
+        let hash = |value: &dyn Fn(&mut DefaultHasher)| {
+            let mut hasher = DefaultHasher::new();
+            value(&mut hasher);
+            hasher.finish()
+        };
+        for len in [0, 1, INLINE - 3, INLINE - 2, INLINE - 1, INLINE, 200] {
+            let text = "y".repeat(len);
+            let key = KeyBuilder::new().lit("k").arg(&text.as_str()).finish();
+            let expected = format!("k<{text}>");
+            assert_eq!(key.as_str(), expected);
+            assert_eq!(key.to_string(), expected);
+            assert_eq!(key, key.clone());
+            // `Borrow<str>`: a map of keys is searched by text.
+            assert_eq!(hash(&|h| key.hash(h)), hash(&|h| expected.as_str().hash(h)));
+        }
+        let escaped = KeyBuilder::new().arg(&"\u{e9} a".repeat(20)).finish();
+        assert_eq!(escaped.as_str(), format!("<{}>", "\u{e9}%20a".repeat(20)));
     }
 
     #[test]

@@ -138,8 +138,11 @@ impl<'a> L1Slot<'a> {
     }
 
     fn get<V: 'static + Clone>(&self, site: &Site, key: &CacheKey) -> Option<V> {
-        let any = self.tiered.l1.get_in_epoch(key.as_str(), self.epoch)?;
-        downcast::<V>(site, key.as_str(), &any)
+        self.tiered
+            .l1
+            .read_in_epoch(key.as_str(), self.epoch, |any| {
+                downcast::<V>(site, key.as_str(), any)
+            })
     }
 
     fn insert(&self, key: &CacheKey, value: AnyValue, l2_remaining: Duration) {
@@ -203,7 +206,11 @@ async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &Cach
                              replaces it)"
                         );
                     }
-                    Lookup::Miss(read.fence)
+                    // A hit's read carries no fence; the fill that replaces the entry needs it.
+                    match redis.store.fence(key.as_str()).await {
+                        Ok(fence) => Lookup::Miss(fence),
+                        Err(_) => Lookup::Unavailable,
+                    }
                 }
             },
         },

@@ -4,6 +4,7 @@
 //! This is what makes failing open cheap: a dead or half-open Redis costs a caller at most one
 //! timeout per probe interval, not one per call. Time is passed in, so tests need no sleeps.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,10 @@ pub(crate) enum Permit {
 pub(crate) struct Breaker {
     policy: BreakerPolicy,
     state: Mutex<State>,
+    /// Whether `state` is `Closed { failures: 0 }`, readable without the lock. Every operation
+    /// asks for a permit and reports its result; with Redis healthy, both then touch no lock
+    /// (which all tasks would contend for) and no clock.
+    healthy: AtomicBool,
 }
 
 impl Breaker {
@@ -62,7 +67,16 @@ impl Breaker {
         Breaker {
             policy,
             state: Mutex::new(State::Closed { failures: 0 }),
+            healthy: AtomicBool::new(true),
         }
+    }
+
+    /// [`permit`](Self::permit), reading the clock only if the breaker is not healthy.
+    pub(crate) fn permit_at(&self, now: impl FnOnce() -> Instant) -> Permit {
+        if self.healthy.load(Ordering::Acquire) {
+            return Permit::Allowed;
+        }
+        self.permit(now())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -86,12 +100,17 @@ impl Breaker {
     }
 
     pub(crate) fn record_success(&self) {
+        if self.healthy.load(Ordering::Acquire) {
+            return;
+        }
         *self.state() = State::Closed { failures: 0 };
+        self.healthy.store(true, Ordering::Release);
     }
 
     /// Records a failure; returns `true` when this failure opened the breaker (worth a log).
     pub(crate) fn record_failure(&self, now: Instant) -> bool {
         let mut state = self.state();
+        self.healthy.store(false, Ordering::Release);
         let open = State::Open {
             until: now + self.policy.probe_interval,
         };
@@ -128,6 +147,24 @@ mod tests {
             failures_to_open: 3,
             probe_interval: Duration::from_secs(1),
         })
+    }
+
+    #[test]
+    fn a_healthy_breaker_reads_no_clock_and_an_unhealthy_one_does() {
+        let (breaker, t0) = (breaker(), Instant::now());
+        let unread = || -> Instant { panic!("a healthy breaker needs no time") };
+        assert_eq!(breaker.permit_at(unread), Permit::Allowed);
+        breaker.record_success();
+        for _ in 0..3 {
+            breaker.record_failure(t0);
+        }
+        assert_eq!(breaker.permit_at(|| t0), Permit::Refused);
+        assert_eq!(
+            breaker.permit_at(|| t0 + Duration::from_secs(1)),
+            Permit::Probe
+        );
+        breaker.record_success();
+        assert_eq!(breaker.permit_at(unread), Permit::Allowed);
     }
 
     #[test]

@@ -1,6 +1,10 @@
-//! The in-process backend: typed values in a bounded moka cache, no serialisation.
+//! The in-process backend: typed values in a bounded moka cache, no serialisation, read through
+//! an index of its own (`index.rs`; why: ARCHITECTURE.md, "Hit path performance").
+
+mod index;
 
 use std::any::Any;
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +14,12 @@ use moka::Expiry;
 
 use crate::key::CacheKey;
 use crate::shape::AnyValue;
+
+use index::Index;
+
+/// One hit in this many (per thread) is also read through moka, so that its eviction policy
+/// still sees which keys are hot; the others cost it nothing.
+const POLICY_SAMPLE: u32 = 32;
 
 /// Weighs one entry for a byte bound: the key's text and the value, type-erased.
 pub type Weigher = Arc<dyn Fn(&str, &(dyn Any + Send + Sync)) -> u32 + Send + Sync>;
@@ -24,16 +34,16 @@ pub type Weigher = Arc<dyn Fn(&str, &(dyn Any + Send + Sync)) -> u32 + Send + Sy
 /// ```
 #[derive(Clone)]
 pub struct MemoryBackend {
+    /// The authority on what is held: bound, admission, eviction, expiry.
     cache: Cache<CacheKey, Entry>,
+    /// The read path: what `cache` holds, kept in step by its eviction listener.
+    index: Arc<Index>,
 }
 
 #[derive(Clone)]
 struct Entry {
     value: AnyValue,
     ttl: Duration,
-    /// The tiered backend's L1 epoch when the entry was stored (0 in a plain memory backend):
-    /// advancing the epoch turns every older entry into a miss at once.
-    epoch: u64,
 }
 
 struct PerEntryTtl;
@@ -93,7 +103,13 @@ impl MemoryBackendBuilder {
 
     /// The backend.
     pub fn build(self) -> MemoryBackend {
-        let builder = Cache::builder().expire_after(PerEntryTtl);
+        let index = Arc::new(Index::new());
+        let evicted = Arc::clone(&index);
+        let builder = Cache::builder()
+            .expire_after(PerEntryTtl)
+            .eviction_listener(move |key: Arc<CacheKey>, entry: Entry, _| {
+                evicted.remove_value(key.as_str(), &entry.value);
+            });
         let cache = match self.capacity {
             Capacity::Entries(entries) => builder.max_capacity(entries).build(),
             Capacity::Bytes(bytes) => {
@@ -111,7 +127,7 @@ impl MemoryBackendBuilder {
                     .build()
             }
         };
-        MemoryBackend { cache }
+        MemoryBackend { cache, index }
     }
 }
 
@@ -134,20 +150,59 @@ impl MemoryBackend {
         self.cache.run_pending_tasks();
     }
 
+    /// The type-erased read, for stores layered on this one (and the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn get(&self, key: &str) -> Option<AnyValue> {
-        self.cache.get(key).map(|entry| entry.value)
+        self.read(key, |value| Some(Arc::clone(value)))
+    }
+
+    /// What `read` makes of the value under `key`; `read` runs under a shard's read lock, so it
+    /// should only downcast and clone.
+    pub(crate) fn read<T>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&AnyValue) -> Option<T>,
+    ) -> Option<T> {
+        self.read_in_epoch(key, 0, read)
+    }
+
+    /// Tells moka about one hit in [`POLICY_SAMPLE`], so that its eviction policy still sees
+    /// which keys are hot.
+    fn sample_for_policy(&self, key: &str) {
+        thread_local! {
+            static HITS: Cell<u32> = const { Cell::new(0) };
+        }
+        let hits = HITS.with(|hits| {
+            hits.set(hits.get().wrapping_add(1));
+            hits.get()
+        });
+        if hits % POLICY_SAMPLE == 0 {
+            let _ = self.cache.get(key);
+        }
+    }
+
+    /// The store's own read, without a call site, key checks or single-flight: the floor that
+    /// the benchmarks hold a cached call's hit against. Not a stable API.
+    #[doc(hidden)]
+    pub fn peek<V: Clone + 'static>(&self, key: &str) -> Option<V> {
+        self.read(key, |value| value.downcast_ref::<V>().cloned())
     }
 
     pub(crate) fn insert(&self, key: CacheKey, value: AnyValue, ttl: Duration) {
         self.insert_in_epoch(key, value, ttl, 0);
     }
 
-    /// The value under `key` if it was stored in `epoch`.
-    pub(crate) fn get_in_epoch(&self, key: &str, epoch: u64) -> Option<AnyValue> {
-        self.cache
-            .get(key)
-            .filter(|entry| entry.epoch == epoch)
-            .map(|entry| entry.value)
+    /// What `read` makes of the value under `key`, if it was stored in `epoch` (a tiered
+    /// backend's L1 epoch; see `backend::bus`).
+    pub(crate) fn read_in_epoch<T>(
+        &self,
+        key: &str,
+        epoch: u64,
+        read: impl FnOnce(&AnyValue) -> Option<T>,
+    ) -> Option<T> {
+        let value = self.index.get(key, epoch, read)?;
+        self.sample_for_policy(key);
+        Some(value)
     }
 
     pub(crate) fn insert_in_epoch(
@@ -157,10 +212,16 @@ impl MemoryBackend {
         ttl: Duration,
         epoch: u64,
     ) {
-        self.cache.insert(key, Entry { value, ttl, epoch });
+        let expires_at = index::clock().saturating_add(ttl);
+        // The index first: should moka refuse or evict the entry at once, its listener then
+        // finds the value here to remove, and nothing stays that moka does not hold.
+        self.index
+            .insert(key.clone(), Arc::clone(&value), expires_at, epoch);
+        self.cache.insert(key, Entry { value, ttl });
     }
 
     pub(crate) fn invalidate(&self, key: &str) {
+        self.index.remove(key);
         self.cache.invalidate(key);
     }
 
@@ -232,5 +293,52 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let value = backend.get(key.as_str()).expect("the refill's TTL applies");
         assert_eq!(value.downcast_ref::<u8>(), Some(&2));
+    }
+
+    #[test]
+    fn the_index_holds_what_moka_holds() {
+        let backend = MemoryBackend::builder().max_bytes(1_000).build();
+        fill(&backend, 500, |n| Arc::new([n; 16]));
+        let held = (0..500u32)
+            .filter(|n| {
+                let key = KeyBuilder::new().lit("k:").arg(n).finish();
+                backend.get(key.as_str()).is_some()
+            })
+            .count();
+        backend.run_pending_tasks();
+        assert!(held > 0);
+        assert_eq!(backend.index.len() as u64, backend.entry_count());
+        assert_eq!(held as u64, backend.entry_count());
+    }
+
+    #[test]
+    fn an_expired_entry_is_a_miss_and_leaves_the_index() {
+        let backend = MemoryBackend::default();
+        let key = KeyBuilder::new().lit("k").finish();
+        backend.insert(key.clone(), Arc::new(1u8), Duration::from_millis(5));
+        assert!(backend.get(key.as_str()).is_some());
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(backend.get(key.as_str()).is_none(), "expired in the index");
+        // moka expires per-entry ttls through a timer wheel whose finest step is about a
+        // second; its listener then drops the entry from the index.
+        for _ in 0..50 {
+            backend.run_pending_tasks();
+            if backend.index.len() == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the expired entry is still in the index");
+    }
+
+    #[test]
+    fn invalidation_removes_from_both() {
+        let backend = MemoryBackend::default();
+        let key = KeyBuilder::new().lit("k").finish();
+        backend.insert(key.clone(), Arc::new(1u8), Duration::from_secs(60));
+        backend.invalidate(key.as_str());
+        assert!(backend.get(key.as_str()).is_none());
+        backend.run_pending_tasks();
+        assert_eq!((backend.index.len(), backend.entry_count()), (0, 0));
     }
 }

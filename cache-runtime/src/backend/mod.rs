@@ -160,12 +160,12 @@ impl Backend {
     }
 
     fn lookup<V: 'static + Clone>(&self, site: &Site, key: &str) -> Option<V> {
-        let any = match &self.inner.store {
-            Store::Memory(memory) => memory.get(key)?,
+        match &self.inner.store {
+            // Downcast and clone under the store's read lock: a hit moves no reference count.
+            Store::Memory(memory) => memory.read(key, |any| downcast::<V>(site, key, any)),
             // Read through the remote call path, which decodes envelopes.
-            Store::Redis(_) | Store::Tiered(_) => return None,
-        };
-        downcast::<V>(site, key, &any)
+            Store::Redis(_) | Store::Tiered(_) => None,
+        }
     }
 
     /// Classifies the leader's return value, and stores it unless the flight went stale.

@@ -71,6 +71,60 @@ pub(crate) fn bus_channel(prefix: &str) -> String {
     format!("{prefix}:{KEY_FORMAT}:bus")
 }
 
+/// One role's key, written straight into a command's argument (`cmd.arg(KeyArg {..})`): the
+/// hit path renders its key without building `EntryKeys` and a `String` per role first. Renders
+/// exactly what [`EntryKeys::key`] does.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyArg<'a> {
+    pub(crate) prefix: &'a str,
+    pub(crate) cache_key: &'a str,
+    pub(crate) role: Role,
+}
+
+impl redis::ToRedisArgs for KeyArg<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        let mut hashed = [0u8; 34];
+        let tag = if self.cache_key.len() > MAX_TAGGED_KEY {
+            let digest = xxhash_rust::xxh3::xxh3_128(self.cache_key.as_bytes());
+            let mut text = String::with_capacity(34);
+            let _ = write!(text, "#h{digest:032x}");
+            hashed.copy_from_slice(text.as_bytes());
+            &hashed[..]
+        } else {
+            self.cache_key.as_bytes()
+        };
+        let mut format = itoa::Buffer::new();
+        let parts: [&[u8]; 7] = [
+            self.prefix.as_bytes(),
+            b":",
+            format.format(KEY_FORMAT).as_bytes(),
+            b":{",
+            tag,
+            b"}:",
+            self.role.suffix().as_bytes(),
+        ];
+        // Assembled on the stack and written as one argument: the command's streaming writer
+        // costs more per piece than copying the pieces (callgrind: ~1,300 instructions a key).
+        let len = parts.iter().map(|part| part.len()).sum::<usize>();
+        let mut stack = [0u8; 320];
+        let mut heap = Vec::new();
+        let buffer = if len <= stack.len() {
+            &mut stack[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap[..]
+        };
+        let mut at = 0;
+        for part in parts {
+            buffer[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        out.write_arg(buffer);
+    }
+}
+
+impl redis::ToSingleRedisArg for KeyArg<'_> {}
+
 /// Checks an application prefix: non-empty, and free of the characters that carry structure.
 pub(crate) fn valid_prefix(prefix: &str) -> bool {
     !prefix.is_empty()
@@ -112,6 +166,30 @@ mod tests {
             hash_tag(&EntryKeys::new("p", &short).key(Role::Value)),
             short
         );
+    }
+
+    #[test]
+    fn a_key_argument_renders_what_entry_keys_render() {
+        use redis::ToRedisArgs;
+        let long = format!("q:<{}>", "x".repeat(5_000));
+        let long_prefix = "p".repeat(400);
+        let cases = [
+            ("shop", "user:<42>"),
+            ("shop", ""),
+            ("shop", long.as_str()),
+            (long_prefix.as_str(), "user:<42>"),
+        ];
+        for (prefix, cache_key) in cases {
+            for role in [Role::Value, Role::Lock, Role::Fence] {
+                let arg = KeyArg {
+                    prefix,
+                    cache_key,
+                    role,
+                };
+                let expected = EntryKeys::new(prefix, cache_key).key(role);
+                assert_eq!(arg.to_redis_args(), vec![expected.into_bytes()]);
+            }
+        }
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The Redis store: raw envelope bytes under the entry's keys, a load lock with an owner token,
 //! and a fence that stops a fill which began before an invalidation.
 //!
-//! Every operation is one round trip, bounded by a timeout, and gated by a circuit breaker:
-//! an error, a timeout or an open breaker is reported as [`StoreError`], which callers treat as
-//! a miss (fail open).
+//! Every operation is one round trip (a read that misses, two), bounded by a timeout, and gated
+//! by a circuit breaker: an error, a timeout or an open breaker is reported as [`StoreError`],
+//! which callers treat as a miss (fail open).
 //!
-//! Fence protocol: a reader fetches the value and the fence generation together (`MGET`). A
+//! Fence protocol: a reader fetches the value, and on a miss the fence generation (`read`). A
 //! loader carries the generation it saw; the fill script stores only if the fence still holds
 //! that generation, then releases the lock if the token is its own. An invalidation deletes the
 //! value and increments the fence (with a TTL longer than any load lease), so a fill that read
@@ -20,7 +20,7 @@ use redis::{Client, Script};
 
 use super::breaker::{Breaker, BreakerPolicy, Permit};
 use super::pending::PendingInvalidations;
-use super::redis_keys::{EntryKeys, Role};
+use super::redis_keys::{EntryKeys, KeyArg, Role};
 
 /// Why a Redis operation did not happen; every case is a miss to the caller.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +141,9 @@ impl RedisStore {
             .get_or_try_init(|| async {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.settings.connect_timeout))
-                    .set_response_timeout(Some(self.settings.op_timeout));
+                    // `guarded` bounds every operation, reconnection waits included; a second
+                    // timer per request inside the connection would only double the cost.
+                    .set_response_timeout(None);
                 ConnectionManager::new_lazy_with_config(self.client.clone(), config)
             })
             .await?;
@@ -157,7 +159,7 @@ impl RedisStore {
         &self,
         operation: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        if self.breaker.permit(Instant::now()) == Permit::Refused {
+        if self.breaker.permit_at(Instant::now) == Permit::Refused {
             return Err(StoreError::Refused);
         }
         let budget = self.settings.op_timeout;
@@ -185,22 +187,50 @@ impl RedisStore {
         }
     }
 
-    /// Reads the value and the fence generation in one round trip.
+    /// Reads the value: one round trip for a hit, a second for the fence generation on a miss.
+    ///
+    /// Not one `MGET` of both: its array reply costs the client about twice a `GET`'s to parse,
+    /// on every hit, for a fence only a miss needs (ARCHITECTURE.md, "Hit path performance").
+    /// Reading the fence after the value is as safe: either is read before the load starts, so
+    /// an invalidation after the fence read still fences the fill off, and one before it
+    /// happened before the load, whose value is then fresh. A hit carries no fence; a caller
+    /// that finds a hit's bytes unreadable asks [`fence`](Self::fence) before it reloads.
     pub(crate) async fn read(&self, cache_key: &str) -> Result<Read, StoreError> {
         if self.pending.any() {
             self.replay_pending().await?;
         }
-        let keys = self.keys(cache_key);
         let mut connection = self.connection().await?;
-        let (value, fence): (Option<Vec<u8>>, Option<i64>) = self
+        let value: Option<Vec<u8>> = self
             .guarded(
-                redis::cmd("MGET")
-                    .arg(keys.key(Role::Value))
-                    .arg(keys.key(Role::Fence))
+                redis::cmd("GET")
+                    .arg(self.key_arg(cache_key, Role::Value))
                     .query_async(&mut connection),
             )
             .await?;
+        if value.is_some() {
+            return Ok(Read { value, fence: None });
+        }
+        let fence = self.fence(cache_key).await?;
         Ok(Read { value, fence })
+    }
+
+    /// The entry's fence generation, which a fill must carry.
+    pub(crate) async fn fence(&self, cache_key: &str) -> Result<Option<i64>, StoreError> {
+        let mut connection = self.connection().await?;
+        self.guarded(
+            redis::cmd("GET")
+                .arg(self.key_arg(cache_key, Role::Fence))
+                .query_async(&mut connection),
+        )
+        .await
+    }
+
+    fn key_arg<'a>(&'a self, cache_key: &'a str, role: Role) -> KeyArg<'a> {
+        KeyArg {
+            prefix: &self.settings.prefix,
+            cache_key,
+            role,
+        }
     }
 
     /// Takes the load lock for `lease` if nobody holds it; returns the owner token if taken.

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Prints one Markdown table of criterion medians and ratios for benches/hit_path.rs.
+
+Usage: scripts/bench_table.py [target/criterion]
+
+Every ratio is cachet's median time divided by the other contender's (or the floor's) median
+time for the same work: below 1 means cachet is faster; for throughput rows (time per hit of all
+tasks together) below 1 means more hits per second. A missing bench shows as "-".
+"""
+
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion")
+LOADER_NS = 10e6  # the stampede loader sleeps 10 ms
+
+# (case, cachet bench, compared with, other bench or a constant in ns, target as text,
+#  target as a test on the ratio, or None)
+ROWS = [
+    ("1 memory hit", "memory_hit/cachet", "moka future::Cache (floor)", "memory_hit/moka_future", "", None),
+    ("1 memory hit", "memory_hit/cachet", "moka sync::Cache", "memory_hit/moka_sync", "", None),
+    ("1 memory hit", "memory_hit/cachet", "cachet's store, by hand (floor)", "memory_hit/store", "<= 1.3", lambda r: r <= 1.3),
+    ("1 memory hit", "memory_hit/cachet", "RwLock<HashMap> + clone", "memory_hit/locked_map", "", None),
+    ("1 memory hit", "memory_hit/cachet", "cached #[cached] (async)", "memory_hit/cached_default", "", None),
+    ("1 memory hit", "memory_hit/cachet", "cached ttl (async)", "memory_hit/cached_ttl", "< 1", lambda r: r < 1),
+    ("1 memory hit, sync fn", "memory_hit/cachet_sync", "cachet's store, by hand (floor)", "memory_hit/store_sync", "<= 1.3", lambda r: r <= 1.3),
+    ("1 memory hit, sync fn", "memory_hit/cachet_sync", "moka sync::Cache", "memory_hit/moka_sync", "", None),
+    ("1 memory hit, sync fn", "memory_hit/cachet_sync", "cached #[cached] (sync)", "memory_hit/cached_default_sync", "", None),
+    ("1 memory hit, sync fn", "memory_hit/cachet_sync", "cached ttl (sync)", "memory_hit/cached_ttl_sync", "< 1", lambda r: r < 1),
+    ("2 contention, 64 tasks", "contention/cachet", "moka future::Cache", "contention/moka_future", "", None),
+    ("2 contention, 64 tasks", "contention/cachet", "cached #[cached]", "contention/cached_default", "< 1", lambda r: r < 1),
+    ("2 contention, 64 tasks", "contention/cachet", "cached ttl", "contention/cached_ttl", "< 1", lambda r: r < 1),
+    ("3 key user:<id>", "key/cachet_one", "format!", "key/format_one", "", None),
+    ("3 key, two placeholders", "key/cachet_two", "format!", "key/format_two", "", None),
+    ("4 redis hit, sequential", "redis_hit/cachet_seq", "redis-rs GET + bincode", "redis_hit/raw_seq", "", None),
+    ("4 redis hit, 64 tasks", "redis_hit/cachet_par/64", "redis-rs GET + bincode", "redis_hit/raw_par/64", "<= 1.11", lambda r: r <= 1 / 0.9),
+    ("5 tiered warm hit", "memory_hit/tiered", "moka future::Cache", "memory_hit/moka_future", "<= 1.5 (pending)", lambda r: r <= 1.5),
+    ("6 miss, memory", "miss/cachet_memory", "moka get + insert", "miss/moka_sync", "", None),
+    ("6 miss, redis", "miss/cachet_redis", "redis-rs GET + SET", "miss/raw_redis", "", None),
+    ("7 stampede, 1000 callers", "stampede/cachet", "the 10 ms loader", LOADER_NS, "<= 2", lambda r: r <= 2),
+    ("7 stampede, 1000 callers", "stampede/cachet", "cached #[cached]", "stampede/cached", "", None),
+    ("7 stampede, 1000 callers", "stampede/cachet", "cached sync_writes", "stampede/cached_sync_writes", "", None),
+]
+
+THROUGHPUT = ("contention/", "redis_hit/cachet_par", "redis_hit/raw_par")
+
+
+def median_ns(bench):
+    if isinstance(bench, float):
+        return bench
+    path = ROOT / bench / "new" / "estimates.json"
+    try:
+        return json.loads(path.read_text())["median"]["point_estimate"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def show(ns, bench):
+    if ns is None:
+        return "-"
+    if isinstance(bench, str) and bench.startswith(THROUGHPUT):
+        return f"{ns:,.1f} ns ({1e3 / ns:,.2f} M/s)"
+    if ns >= 1e6:
+        return f"{ns / 1e6:,.2f} ms"
+    if ns >= 1e4:
+        return f"{ns / 1e3:,.1f} us"
+    return f"{ns:,.1f} ns"
+
+
+def main():
+    try:
+        loads = json.loads((ROOT / "stampede" / "loads.json").read_text())
+    except (OSError, ValueError):
+        loads = {}
+    print("| case | cachet | compared with | its median | ratio | target |")
+    print("|---|---|---|---|---|---|")
+    for case, ours, label, other, target, check in ROWS:
+        a, b = median_ns(ours), median_ns(other)
+        ratio = a / b if a is not None and b else None
+        verdict = ""
+        if check and ratio is not None:
+            verdict = " met" if check(ratio) else " MISSED"
+        if ours.startswith("stampede/"):
+            name = ours.split("/")[1]
+            label_loads = ""
+            if isinstance(other, str):
+                label_loads = f" ({loads.get(other.split('/')[1], '?')} loads)"
+            case = f"{case} ({loads.get(name, '?')} loads)"
+            label += label_loads
+        print(
+            f"| {case} | {show(a, ours)} | {label} | {show(b, other)} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}x'} | {target}{verdict} |"
+        )
+    print()
+    print("ratio = cachet's median / the other's median (below 1: cachet is faster).")
+
+
+if __name__ == "__main__":
+    main()
