@@ -56,7 +56,8 @@ impl Bus {
 
     /// True for the one caller that is to start the subscriber.
     pub(crate) fn claim_start(&self) -> bool {
-        !self.started.swap(true, Ordering::AcqRel)
+        // A load first: every hit asks, and a swap would write the shared cache line each time.
+        !self.started.load(Ordering::Acquire) && !self.started.swap(true, Ordering::AcqRel)
     }
 
     /// The epoch L1 entries must carry to be served, or `None` while L1 must not be used.
