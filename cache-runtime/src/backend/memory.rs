@@ -212,7 +212,7 @@ impl MemoryBackend {
         ttl: Duration,
         epoch: u64,
     ) {
-        let expires_at = index::clock().saturating_add(ttl);
+        let expires_at = index::after(index::clock(), ttl);
         // The index first: should moka refuse or evict the entry at once, its listener then
         // finds the value here to remove, and nothing stays that moka does not hold.
         self.index

@@ -9,7 +9,6 @@
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
 
 use hashbrown::HashTable;
 
@@ -29,41 +28,29 @@ struct Slot {
     hash: u64,
     key: CacheKey,
     value: AnyValue,
-    /// On [`clock`]'s time line.
-    expires_at: Duration,
+    expires_at: Moment,
     /// The tiered backend's L1 epoch when the entry was stored (0 in a plain memory backend):
     /// advancing the epoch turns every older entry into a miss at once.
     epoch: u64,
 }
 
-/// Time on a monotonic clock, for expiry. The kernel's coarse clock where there is one: it is
-/// read from memory the kernel updates each tick (about 3 ns), where `Instant::now()` reads the
-/// hardware counter (about 24 ns on the virtual machines measured, a fifth of a hit). The price
-/// is resolution: an entry can outlive its ttl by up to one tick (1 to 10 ms).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-pub(super) fn clock() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec; this clock id exists since Linux 2.6.32.
-    let failed = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } != 0;
-    if failed {
-        return precise_clock();
-    }
-    // A monotonic clock's fields are never negative.
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+/// A point on the clock that expiry is checked against: the kernel's coarse monotonic clock
+/// (`CLOCK_MONOTONIC_COARSE` on Linux, through `coarsetime`), read from memory the kernel
+/// updates each tick, about 3 ns, where `Instant::now()` reads the hardware counter (about 24 ns
+/// on the virtual machines measured, a fifth of a hit). The price is resolution: an entry can
+/// outlive its ttl by up to one tick (1 to 10 ms).
+pub(super) type Moment = coarsetime::Instant;
+
+/// Now, on [`Moment`]'s clock. Not `coarsetime::Instant::now()`, which also stores the reading
+/// in a global that every core's hits would then write.
+pub(super) fn clock() -> Moment {
+    coarsetime::Instant::now_without_cache_update()
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub(super) fn clock() -> Duration {
-    precise_clock()
-}
-
-#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
-fn precise_clock() -> Duration {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed()
+/// `at + ttl`, saturating (`coarsetime` counts in 32.32 fixed point, so a ttl of years fits).
+pub(super) fn after(at: Moment, ttl: std::time::Duration) -> Moment {
+    let ttl = ttl.min(std::time::Duration::from_secs(u64::from(u32::MAX) / 2));
+    at + coarsetime::Duration::from(ttl)
 }
 
 impl Index {
@@ -122,7 +109,7 @@ impl Index {
         }
     }
 
-    pub(super) fn insert(&self, key: CacheKey, value: AnyValue, expires_at: Duration, epoch: u64) {
+    pub(super) fn insert(&self, key: CacheKey, value: AnyValue, expires_at: Moment, epoch: u64) {
         let hash = self.hash(key.as_str());
         let mut table = self.write(hash);
         match table.find_mut(hash, |slot| slot.key == key) {
