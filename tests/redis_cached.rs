@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cachet::{cached, configure, invalidates, RedisBackend};
+use cachet::{cached, configure, RedisBackend};
 use redis::AsyncCommands;
 use support::redis_server::RedisServer;
-use tokio::sync::{Barrier, Mutex, Notify};
+use tokio::sync::{Barrier, Mutex};
 
 /// One server for this binary. The scenarios run in one test, on one runtime, since a backend's
 /// connection lives on the runtime that first used it (as in an application, which has one).
@@ -191,36 +191,11 @@ async fn a_paused_redis_costs_each_call_at_most_one_timeout() {
     }
 }
 
-static FENCE_LOADS: AtomicUsize = AtomicUsize::new(0);
-static SOURCE: AtomicUsize = AtomicUsize::new(1);
-static LOADER_READ: Notify = Notify::const_new();
-static LOADER_GO: Notify = Notify::const_new();
-
-#[cached(ttl = "60s", key = "fenced:<id>", backend = "redis")]
-async fn fenced(id: u64) -> usize {
-    let _ = id;
-    let value = SOURCE.load(Ordering::SeqCst);
-    if FENCE_LOADS.fetch_add(1, Ordering::SeqCst) == 0 {
-        LOADER_READ.notify_one();
-        LOADER_GO.notified().await;
-    }
-    value
-}
-
-#[invalidates("fenced:<id>")]
-async fn change_fenced(id: u64, value: usize) {
-    let _ = id;
-    SOURCE.store(value, Ordering::SeqCst);
-}
+fence_race!("redis");
 
 async fn a_slow_loader_cannot_store_old_data_after_an_invalidation() {
     let _server = server().lock().await;
-    let slow = tokio::spawn(fenced(1));
-    LOADER_READ.notified().await;
-    change_fenced(1, 2).await;
-    LOADER_GO.notify_one();
-    assert_eq!(slow.await.expect("completes"), 1);
-    assert_eq!(fenced(1).await, 2, "the old value was not stored in redis");
+    a_slow_loader_cannot_store_old_data().await;
 }
 
 static FLIGHT_LOADS: AtomicUsize = AtomicUsize::new(0);

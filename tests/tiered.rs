@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cachet::{cached, configure, invalidates, RedisBackend, TieredBackend};
+use cachet::{cached, configure, RedisBackend, TieredBackend};
 use support::redis_server::RedisServer;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 
 struct Fixture {
     server: RedisServer,
@@ -167,44 +167,13 @@ async fn an_l2_hit_fills_l1_for_no_longer_than_l2_keeps_the_entry() {
     );
 }
 
-static FENCE_LOADS: AtomicUsize = AtomicUsize::new(0);
-static FENCE_SOURCE: AtomicUsize = AtomicUsize::new(1);
-static LOADER_READ: Notify = Notify::const_new();
-static LOADER_GO: Notify = Notify::const_new();
-
-#[cached(ttl = "60s", key = "fenced:<id>", backend = "tiered")]
-async fn fenced(id: u64) -> usize {
-    let _ = id;
-    let value = FENCE_SOURCE.load(Ordering::SeqCst);
-    if FENCE_LOADS.fetch_add(1, Ordering::SeqCst) == 0 {
-        LOADER_READ.notify_one();
-        LOADER_GO.notified().await;
-    }
-    value
-}
-
-#[invalidates("fenced:<id>")]
-async fn change_fenced(id: u64, value: usize) {
-    let _ = id;
-    FENCE_SOURCE.store(value, Ordering::SeqCst);
-}
+fence_race!("tiered");
 
 async fn a_slow_loader_cannot_store_old_data_in_l1_or_l2() {
     let fixture = fixture().lock().await;
     item(0).await;
     fixture.tiered.l1_ready().await;
-    let slow = tokio::spawn(fenced(1));
-    LOADER_READ.notified().await;
-    change_fenced(1, 2).await;
-    LOADER_GO.notify_one();
-    assert_eq!(
-        slow.await.expect("completes"),
-        1,
-        "the caller gets what it loaded"
-    );
-    assert_eq!(fenced(1).await, 2, "neither L1 nor L2 kept the old value");
-    assert_eq!(fenced(1).await, 2);
-    assert_eq!(FENCE_LOADS.load(Ordering::SeqCst), 2);
+    a_slow_loader_cannot_store_old_data().await;
 }
 
 async fn a_lost_bus_drops_l1_so_a_missed_invalidation_serves_nothing_stale() {

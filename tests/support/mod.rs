@@ -5,3 +5,6 @@ pub mod redis_server;
 
 #[allow(dead_code)]
 pub mod start_line;
+
+#[allow(dead_code)]
+pub mod fence_race;
