@@ -44,15 +44,15 @@ where
             return shape.rebuild(value);
         }
     }
-    // `None` once Redis failed during this call: the rest of the call then leaves Redis alone,
+    // False once Redis failed during this call: the rest of the call then leaves Redis alone,
     // so a slow or dead Redis costs a caller at most one operation timeout.
-    let mut fence = None;
+    let mut available = true;
     if remote.l1.is_none() {
         // Redis alone: a hit needs no flight.
         match read::<S::Value>(site, redis, &key).await {
             Lookup::Hit(value, _) => return shape.rebuild(value),
-            Lookup::Miss(seen) => fence = Some(seen),
-            Lookup::Unavailable => {}
+            Lookup::Miss => {}
+            Lookup::Unavailable => available = false,
         }
     }
     let guard = loop {
@@ -67,7 +67,7 @@ where
             }
         }
     };
-    if remote.l1.is_some() {
+    if remote.l1.is_some() && available {
         // Tiered: L2 is read by the flight's leader, so that an invalidation arriving while it
         // reads marks the flight stale and keeps what it read out of L1.
         match read::<S::Value>(site, redis, &key).await {
@@ -75,24 +75,31 @@ where
                 share(guard, &key, &value, l1.as_ref(), remaining);
                 return shape.rebuild(value);
             }
-            Lookup::Miss(seen) => fence = Some(seen),
-            Lookup::Unavailable => {}
+            Lookup::Miss => {}
+            Lookup::Unavailable => available = false,
         }
     }
-    // Across processes: one loader per key; the others wait for its fill.
+    // Across processes: one loader per key, the others wait for its fill. The leader reads the
+    // fence generation its fill must carry and tries the lock in one round trip; the fence is
+    // read before the load starts, which is all the fence protocol needs.
+    let mut fence = None;
     let mut token = None;
-    if fence.is_some() {
-        match redis.store.try_lock(key.as_str(), LEASE).await {
-            Ok(Some(taken)) => token = Some(taken),
-            Ok(None) => match wait_for_fill::<S::Value>(site, redis, &key).await {
+    if available {
+        match redis.store.fence_and_lock(key.as_str(), LEASE).await {
+            Ok((seen, Some(taken))) => {
+                fence = Some(seen);
+                token = Some(taken);
+            }
+            Ok((_, None)) => match wait_for_fill::<S::Value>(site, redis, &key).await {
                 Lookup::Hit(value, remaining) => {
                     share(guard, &key, &value, l1.as_ref(), remaining);
                     return shape.rebuild(value);
                 }
-                Lookup::Miss(latest) => fence = Some(latest),
-                Lookup::Unavailable => fence = None,
+                // The lease ran out: load without the lock, under the latest fence.
+                Lookup::Miss => fence = redis.store.fence(key.as_str()).await.ok(),
+                Lookup::Unavailable => {}
             },
-            Err(_) => fence = None,
+            Err(_) => {}
         }
     }
     let ret = body.await;
@@ -175,17 +182,17 @@ fn share<V: 'static + Clone + Send + Sync>(
 enum Lookup<V> {
     /// A hit, with the time its L2 entry has left.
     Hit(V, Duration),
-    /// A miss, with the fence generation a fill must carry.
-    Miss(Option<i64>),
+    /// A miss (or an unreadable entry, which the next fill replaces).
+    Miss,
     /// Redis failed, timed out or is behind an open breaker: a miss that should not touch
     /// Redis again in this call (fail open).
     Unavailable,
 }
 
 async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &CacheKey) -> Lookup<V> {
-    match redis.store.read(key.as_str()).await {
-        Ok(read) => match read.value {
-            None => Lookup::Miss(read.fence),
+    match redis.store.get(key.as_str()).await {
+        Ok(value) => match value {
+            None => Lookup::Miss,
             Some(bytes) => match envelope::decode::<V, Bincode>(&bytes, site.version) {
                 // Redis' PX expires entries; the envelope's own bound also catches an entry
                 // whose key TTL was lost (a PERSIST, a restore from a dump).
@@ -193,7 +200,7 @@ async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &Cach
                     let remaining = Duration::from_millis(header.stale_until_ms - now_ms());
                     Lookup::Hit(value, remaining)
                 }
-                Ok(_) => Lookup::Miss(read.fence),
+                Ok(_) => Lookup::Miss,
                 Err(error) => {
                     static GATE: LogGate = LogGate::new();
                     if let Some(suppressed) = GATE.admit() {
@@ -206,11 +213,7 @@ async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &Cach
                              replaces it)"
                         );
                     }
-                    // A hit's read carries no fence; the fill that replaces the entry needs it.
-                    match redis.store.fence(key.as_str()).await {
-                        Ok(fence) => Lookup::Miss(fence),
-                        Err(_) => Lookup::Unavailable,
-                    }
+                    Lookup::Miss
                 }
             },
         },
@@ -230,7 +233,7 @@ async fn wait_for_fill<V: DeserializeOwned>(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(50));
         match read::<V>(site, redis, key).await {
-            Lookup::Miss(_) if Instant::now() < deadline => {}
+            Lookup::Miss if Instant::now() < deadline => {}
             done => return done,
         }
     }
@@ -329,7 +332,7 @@ mod tests {
         assert!(fill(envelope(now - 1)).await.expect("up"));
         assert!(matches!(
             read::<u64>(&SITE, &redis, &key).await,
-            Lookup::Miss(None)
+            Lookup::Miss
         ));
     }
 }

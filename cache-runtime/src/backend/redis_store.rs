@@ -34,6 +34,7 @@ pub(crate) enum StoreError {
 }
 
 /// What a read found: the envelope bytes, if any, and the fence generation to carry into a fill.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Read {
     pub(crate) value: Option<Vec<u8>>,
@@ -187,31 +188,63 @@ impl RedisStore {
         }
     }
 
-    /// Reads the value: one round trip for a hit, a second for the fence generation on a miss.
+    /// Reads the value: one `GET`, the hit path's only round trip.
     ///
-    /// Not one `MGET` of both: its array reply costs the client about twice a `GET`'s to parse,
-    /// on every hit, for a fence only a miss needs (ARCHITECTURE.md, "Hit path performance").
-    /// Reading the fence after the value is as safe: either is read before the load starts, so
-    /// an invalidation after the fence read still fences the fill off, and one before it
-    /// happened before the load, whose value is then fresh. A hit carries no fence; a caller
-    /// that finds a hit's bytes unreadable asks [`fence`](Self::fence) before it reloads.
-    pub(crate) async fn read(&self, cache_key: &str) -> Result<Read, StoreError> {
+    /// The fence generation a fill must carry is not read here but by the loading leader, with
+    /// its lock attempt ([`fence_and_lock`](Self::fence_and_lock)): a hit never needs it, and
+    /// an `MGET` of both costs the client about twice a `GET`'s parsing (ARCHITECTURE.md, "Hit
+    /// path performance"). Reading the fence after the value is as safe as reading both at
+    /// once: either is read before the load starts, so an invalidation after the fence read
+    /// still fences the fill off, and one before it happened before the load, whose value is
+    /// then fresh.
+    pub(crate) async fn get(&self, cache_key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         if self.pending.any() {
             self.replay_pending().await?;
         }
         let mut connection = self.connection().await?;
-        let value: Option<Vec<u8>> = self
+        self.guarded(
+            redis::cmd("GET")
+                .arg(self.key_arg(cache_key, Role::Value))
+                .query_async(&mut connection),
+        )
+        .await
+    }
+
+    /// The value and, on a miss, the fence generation: what a loader needs, in the tests.
+    #[cfg(test)]
+    pub(crate) async fn read(&self, cache_key: &str) -> Result<Read, StoreError> {
+        let value = self.get(cache_key).await?;
+        let fence = match value {
+            Some(_) => None,
+            None => self.fence(cache_key).await?,
+        };
+        Ok(Read { value, fence })
+    }
+
+    /// A loader's one round trip before it loads: the fence generation its fill must carry,
+    /// and the load lock for `lease` if nobody holds it (the owner token if taken).
+    pub(crate) async fn fence_and_lock(
+        &self,
+        cache_key: &str,
+        lease: Duration,
+    ) -> Result<(Option<i64>, Option<String>), StoreError> {
+        let token = format!("{:032x}", fastrand::u128(..));
+        let mut connection = self.connection().await?;
+        let (fence, taken): (Option<i64>, Option<String>) = self
             .guarded(
-                redis::cmd("GET")
-                    .arg(self.key_arg(cache_key, Role::Value))
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(self.key_arg(cache_key, Role::Fence))
+                    .cmd("SET")
+                    .arg(self.key_arg(cache_key, Role::Lock))
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(lease))
                     .query_async(&mut connection),
             )
             .await?;
-        if value.is_some() {
-            return Ok(Read { value, fence: None });
-        }
-        let fence = self.fence(cache_key).await?;
-        Ok(Read { value, fence })
+        Ok((fence, taken.map(|_| token)))
     }
 
     /// The entry's fence generation, which a fill must carry.
@@ -231,28 +264,6 @@ impl RedisStore {
             cache_key,
             role,
         }
-    }
-
-    /// Takes the load lock for `lease` if nobody holds it; returns the owner token if taken.
-    pub(crate) async fn try_lock(
-        &self,
-        cache_key: &str,
-        lease: Duration,
-    ) -> Result<Option<String>, StoreError> {
-        let token = format!("{:032x}", fastrand::u128(..));
-        let mut connection = self.connection().await?;
-        let taken: Option<String> = self
-            .guarded(
-                redis::cmd("SET")
-                    .arg(self.keys(cache_key).key(Role::Lock))
-                    .arg(&token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(lease))
-                    .query_async(&mut connection),
-            )
-            .await?;
-        Ok(taken.map(|_| token))
     }
 
     /// Stores `bytes` unless an invalidation moved the fence past `read_fence`, and releases
@@ -493,11 +504,20 @@ mod tests {
         let server = RedisServer::start();
         let store = store(&server);
         let lease = Duration::from_secs(10);
-        let token = store.try_lock("k", lease).await.expect("up").expect("free");
-        assert_eq!(store.try_lock("k", lease).await.expect("up"), None, "held");
+        let token = store
+            .fence_and_lock("k", lease)
+            .await
+            .expect("up")
+            .1
+            .expect("free");
+        assert_eq!(
+            store.fence_and_lock("k", lease).await.expect("up").1,
+            None,
+            "held"
+        );
         assert!(!store.release("k", "someone-else").await.expect("up"));
         assert_eq!(
-            store.try_lock("k", lease).await.expect("up"),
+            store.fence_and_lock("k", lease).await.expect("up").1,
             None,
             "still held"
         );
@@ -506,7 +526,12 @@ mod tests {
             .fill("k", None, b"v", TTL, Some(&token))
             .await
             .expect("up"));
-        assert!(store.try_lock("k", lease).await.expect("up").is_some());
+        assert!(store
+            .fence_and_lock("k", lease)
+            .await
+            .expect("up")
+            .1
+            .is_some());
     }
 
     #[test]
