@@ -4,13 +4,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backend::{downcast, follow, Next, RedisBackend, TieredBackend};
-use crate::envelope::{self, Bincode, Times};
+use crate::envelope::{self, now_ms, Bincode, Times};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
@@ -275,15 +275,6 @@ async fn fill<V: Serialize>(
             true
         }
     }
-}
-
-/// Wall-clock milliseconds, as envelopes record them (shared by every process).
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
 }
 
 #[cfg(test)]
