@@ -1,0 +1,4 @@
+#[cached(ttl = "60s", key = "user:<id>", backend = "tiered")]
+pub async fn get_user(id: u64, db: &Db) -> Result<User, DbError> {
+    db.load(id).await
+}
