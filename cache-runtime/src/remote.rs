@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::backend::{downcast, follow, Next, RedisBackend, TieredBackend};
+use crate::backend::{downcast, follow, Claim, Next, RedisBackend, TieredBackend};
 use crate::envelope::{self, now_ms, Bincode, Times};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
@@ -67,39 +67,49 @@ where
             }
         }
     };
-    if remote.l1.is_some() && available {
-        // Tiered: L2 is read by the flight's leader, so that an invalidation arriving while it
-        // reads marks the flight stale and keeps what it read out of L1.
-        match read::<S::Value>(site, redis, &key).await {
-            Lookup::Hit(value, remaining) => {
-                share(guard, &key, &value, l1.as_ref(), remaining);
-                return shape.rebuild(value);
-            }
-            Lookup::Miss => {}
-            Lookup::Unavailable => available = false,
-        }
-    }
-    // Across processes: one loader per key, the others wait for its fill. The leader reads the
-    // fence generation its fill must carry and tries the lock in one round trip; the fence is
-    // read before the load starts, which is all the fence protocol needs.
+    // Across processes: one loader per key, the others wait for its fill. One round trip tells
+    // the leader whether a fill landed since (for the tiered path, this is its L2 read: done by
+    // the leader, so that an invalidation arriving meanwhile marks the flight stale and keeps
+    // what it read out of L1), or gives it the fence generation its fill must carry and tries
+    // the lock. The fence is read before the load starts, which is all the fence protocol needs.
     let mut fence = None;
     let mut token = None;
     if available {
-        match redis.store.fence_and_lock(key.as_str(), LEASE).await {
-            Ok((seen, Some(taken))) => {
-                fence = Some(seen);
-                token = Some(taken);
-            }
-            Ok((_, None)) => match wait_for_fill::<S::Value>(site, redis, &key).await {
+        let claim = match redis.store.claim(key.as_str(), LEASE).await {
+            Ok(Claim::Filled(bytes)) => match decode::<S::Value>(site, &key, &bytes) {
                 Lookup::Hit(value, remaining) => {
                     share(guard, &key, &value, l1.as_ref(), remaining);
                     return shape.rebuild(value);
                 }
-                // The lease ran out: load without the lock, under the latest fence.
-                Lookup::Miss => fence = redis.store.fence(key.as_str()).await.ok(),
-                Lookup::Unavailable => {}
+                // Unreadable or past its time: reload over it, under the fence and the lock.
+                _ => redis
+                    .store
+                    .fence_and_lock(key.as_str(), LEASE)
+                    .await
+                    .map(|(fence, token)| Claim::Load { fence, token }),
             },
-            Err(_) => {}
+            other => other,
+        };
+        match claim {
+            Ok(Claim::Load {
+                fence: seen,
+                token: Some(taken),
+            }) => {
+                fence = Some(seen);
+                token = Some(taken);
+            }
+            Ok(Claim::Load { token: None, .. }) => {
+                match wait_for_fill::<S::Value>(site, redis, &key).await {
+                    Lookup::Hit(value, remaining) => {
+                        share(guard, &key, &value, l1.as_ref(), remaining);
+                        return shape.rebuild(value);
+                    }
+                    // The lease ran out: load without the lock, under the latest fence.
+                    Lookup::Miss => fence = redis.store.fence(key.as_str()).await.ok(),
+                    Lookup::Unavailable => {}
+                }
+            }
+            Ok(Claim::Filled(_)) | Err(_) => {}
         }
     }
     let ret = body.await;
@@ -191,33 +201,35 @@ enum Lookup<V> {
 
 async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &CacheKey) -> Lookup<V> {
     match redis.store.get(key.as_str()).await {
-        Ok(value) => match value {
-            None => Lookup::Miss,
-            Some(bytes) => match envelope::decode::<V, Bincode>(&bytes, site.version) {
-                // Redis' PX expires entries; the envelope's own bound also catches an entry
-                // whose key TTL was lost (a PERSIST, a restore from a dump).
-                Ok((header, value)) if header.stale_until_ms > now_ms() => {
-                    let remaining = Duration::from_millis(header.stale_until_ms - now_ms());
-                    Lookup::Hit(value, remaining)
-                }
-                Ok(_) => Lookup::Miss,
-                Err(error) => {
-                    static GATE: LogGate = LogGate::new();
-                    if let Some(suppressed) = GATE.admit() {
-                        tracing::warn!(
-                            function = site.function,
-                            key = key.as_str(),
-                            %error,
-                            suppressed,
-                            "unreadable cache entry; treating it as a miss (the next fill \
-                             replaces it)"
-                        );
-                    }
-                    Lookup::Miss
-                }
-            },
-        },
+        Ok(Some(bytes)) => decode(site, key, &bytes),
+        Ok(None) => Lookup::Miss,
         Err(_) => Lookup::Unavailable,
+    }
+}
+
+/// An entry's bytes as a hit, or a miss if they are unreadable (logged) or past their time.
+fn decode<V: DeserializeOwned>(site: &Site, key: &CacheKey, bytes: &[u8]) -> Lookup<V> {
+    match envelope::decode::<V, Bincode>(bytes, site.version) {
+        // Redis' PX expires entries; the envelope's own bound also catches an entry whose key
+        // TTL was lost (a PERSIST, a restore from a dump).
+        Ok((header, value)) if header.stale_until_ms > now_ms() => {
+            let remaining = Duration::from_millis(header.stale_until_ms - now_ms());
+            Lookup::Hit(value, remaining)
+        }
+        Ok(_) => Lookup::Miss,
+        Err(error) => {
+            static GATE: LogGate = LogGate::new();
+            if let Some(suppressed) = GATE.admit() {
+                tracing::warn!(
+                    function = site.function,
+                    key = key.as_str(),
+                    %error,
+                    suppressed,
+                    "unreadable cache entry; treating it as a miss (the next fill replaces it)"
+                );
+            }
+            Lookup::Miss
+        }
     }
 }
 

@@ -21,6 +21,8 @@ pub use memory::{MemoryBackend, MemoryBackendBuilder, Weigher};
 pub use redis::{RedisBackend, RedisBackendBuilder};
 pub use tiered::{TieredBackend, TieredBackendBuilder};
 
+pub(crate) use redis_store::Claim;
+
 use crate::flight::{Flights, Outcome, Role};
 use crate::key::CacheKey;
 use crate::shape::{AnyValue, Produced, ReturnShape};

@@ -77,6 +77,7 @@ pub(crate) struct RedisStore {
     fill_script: Script,
     invalidate_script: Script,
     release_script: Script,
+    claim_script: Script,
 }
 
 /// KEYS: value, fence, lock. ARGV: fence generation seen ("" for none), bytes, ttl ms, token.
@@ -110,6 +111,33 @@ return generation
 /// An invalidation message to publish with the deletion: (channel, message).
 pub(crate) type Announce<'a> = Option<(&'a str, &'a str)>;
 
+/// KEYS: value, fence, lock. ARGV: token, lease ms. The value if there is one (`{value}`);
+/// otherwise the fence generation and whether the lock was taken (`{false, fence, 0|1}`). One
+/// atomic step, so a leader that arrives just after another's fill takes that value instead of
+/// loading again.
+const CLAIM: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value then
+  return {value}
+end
+local fence = redis.call('GET', KEYS[2])
+local taken = redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
+return {false, fence, taken and 1 or 0}
+";
+
+/// What a loading leader found: someone's fill, or its go-ahead.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The entry was filled meanwhile: its bytes.
+    Filled(Vec<u8>),
+    /// Load: the fence generation the fill must carry, and the lock's owner token if this
+    /// caller took it (`None`: another process holds it).
+    Load {
+        fence: Option<i64>,
+        token: Option<String>,
+    },
+}
+
 /// KEYS: lock. ARGV: token. Compare-and-delete, so only the owner releases.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -133,6 +161,7 @@ impl RedisStore {
             fill_script: Script::new(FILL),
             invalidate_script: Script::new(INVALIDATE),
             release_script: Script::new(RELEASE),
+            claim_script: Script::new(CLAIM),
         })
     }
 
@@ -191,7 +220,7 @@ impl RedisStore {
     /// Reads the value: one `GET`, the hit path's only round trip.
     ///
     /// The fence generation a fill must carry is not read here but by the loading leader, with
-    /// its lock attempt ([`fence_and_lock`](Self::fence_and_lock)): a hit never needs it, and
+    /// its lock attempt ([`claim`](Self::claim)): a hit never needs it, and
     /// an `MGET` of both costs the client about twice a `GET`'s parsing (ARCHITECTURE.md, "Hit
     /// path performance"). Reading the fence after the value is as safe as reading both at
     /// once: either is read before the load starts, so an invalidation after the fence read
@@ -219,6 +248,29 @@ impl RedisStore {
             None => self.fence(cache_key).await?,
         };
         Ok(Read { value, fence })
+    }
+
+    /// A loading leader's one round trip: the value if another fill landed since its read,
+    /// else the fence generation and the lock ([`CLAIM`]).
+    pub(crate) async fn claim(
+        &self,
+        cache_key: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let token = format!("{:032x}", fastrand::u128(..));
+        let keys = self.keys(cache_key);
+        let mut connection = self.connection().await?;
+        let mut invocation = self.claim_script.prepare_invoke();
+        invocation
+            .key(keys.key(Role::Value))
+            .key(keys.key(Role::Fence))
+            .key(keys.key(Role::Lock))
+            .arg(&token)
+            .arg(millis(lease));
+        let reply: redis::Value = self
+            .guarded(invocation.invoke_async(&mut connection))
+            .await?;
+        parse_claim(reply, token).map_err(StoreError::Redis)
     }
 
     /// A loader's one round trip before it loads: the fence generation its fill must carry,
@@ -427,6 +479,31 @@ impl RedisStore {
     }
 }
 
+fn parse_claim(reply: redis::Value, token: String) -> redis::RedisResult<Claim> {
+    use redis::{FromRedisValue, Value};
+    let unexpected = || {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected reply to the claim script",
+        ))
+    };
+    let Value::Array(items) = reply else {
+        return Err(unexpected());
+    };
+    match <[Value; 1]>::try_from(items) {
+        Ok([value]) => Ok(Claim::Filled(Vec::<u8>::from_redis_value(value)?)),
+        Err(items) => {
+            let [_, fence, taken] = <[Value; 3]>::try_from(items).map_err(|_| unexpected())?;
+            let fence = Option::<i64>::from_redis_value(fence)?;
+            let taken = i64::from_redis_value(taken)? == 1;
+            Ok(Claim::Load {
+                fence,
+                token: taken.then_some(token),
+            })
+        }
+    }
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -497,6 +574,45 @@ mod tests {
             .fill("k", after.fence, b"stale", TTL, None)
             .await
             .expect("up"));
+    }
+
+    #[tokio::test]
+    async fn a_claim_returns_a_fill_or_the_fence_and_the_lock() {
+        let server = RedisServer::start();
+        let store = store(&server);
+        let lease = Duration::from_secs(10);
+        let Claim::Load {
+            fence: None,
+            token: Some(token),
+        } = store.claim("k", lease).await.expect("up")
+        else {
+            panic!("a cold key is ours to load");
+        };
+        assert_eq!(
+            store.claim("k", lease).await.expect("up"),
+            Claim::Load {
+                fence: None,
+                token: None
+            },
+            "the lock is held"
+        );
+        store.invalidate("k", None).await.expect("up");
+        assert!(matches!(
+            store.claim("k", lease).await.expect("up"),
+            Claim::Load {
+                fence: Some(1),
+                token: None
+            }
+        ));
+        assert!(store
+            .fill("k", Some(1), b"v", TTL, Some(&token))
+            .await
+            .expect("up"));
+        assert_eq!(
+            store.claim("k", lease).await.expect("up"),
+            Claim::Filled(b"v".to_vec()),
+            "a leader arriving after the fill takes it"
+        );
     }
 
     #[tokio::test]
