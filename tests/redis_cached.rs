@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cachet::{cached, configure, RedisBackend};
 use redis::AsyncCommands;
-use support::redis_server::RedisServer;
+use support::redis_server::{OnExit, RedisServer};
 use tokio::sync::{Barrier, Mutex};
 
 /// One server for this binary. The scenarios run in one test, on one runtime, since a backend's
@@ -227,16 +227,11 @@ async fn many_tasks_on_a_cold_redis_key_load_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_backend_scenarios() {
-    // A static is never dropped: stop the server when this test ends, even by a panic.
-    struct StopServer;
-    impl Drop for StopServer {
-        fn drop(&mut self) {
-            if let Ok(mut server) = server().try_lock() {
-                server.kill();
-            }
+    let _stop = OnExit(|| {
+        if let Ok(mut server) = server().try_lock() {
+            server.kill();
         }
-    }
-    let _stop = StopServer;
+    });
     values_are_stored_in_redis_with_a_ttl_and_read_back().await;
     bad_bytes_are_a_miss_and_are_overwritten().await;
     a_slow_loader_cannot_store_old_data_after_an_invalidation().await;

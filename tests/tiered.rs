@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cachet::{cached, configure, RedisBackend, TieredBackend};
-use support::redis_server::RedisServer;
+use support::redis_server::{OnExit, RedisServer};
 use tokio::sync::Mutex;
 
 struct Fixture {
@@ -257,16 +257,11 @@ async fn a_redis_restart_keeps_calls_working_and_leaves_nothing_stale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tiered_backend_scenarios() {
-    // A static is never dropped: stop the server when this test ends, even by a panic.
-    struct StopServer;
-    impl Drop for StopServer {
-        fn drop(&mut self) {
-            if let Ok(mut fixture) = fixture().try_lock() {
-                fixture.server.kill();
-            }
+    let _stop = OnExit(|| {
+        if let Ok(mut fixture) = fixture().try_lock() {
+            fixture.server.kill();
         }
-    }
-    let _stop = StopServer;
+    });
     a_warm_hit_makes_no_redis_round_trip().await;
     an_l2_hit_fills_l1_for_no_longer_than_l2_keeps_the_entry().await;
     a_slow_loader_cannot_store_old_data_in_l1_or_l2().await;

@@ -132,3 +132,13 @@ fn free_port() -> u16 {
         .map(|address| address.port())
         .expect("bind a free loopback port")
 }
+
+/// Runs its closure when dropped, unwinding from a panic included: a test whose server lives in
+/// a static (never dropped) uses it to stop the server when the test ends.
+pub struct OnExit<F: FnMut()>(pub F);
+
+impl<F: FnMut()> Drop for OnExit<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
