@@ -167,12 +167,15 @@ impl LeaderGuard<'_> {
     }
 
     fn finish(&mut self, outcome: Outcome, store: impl FnOnce()) {
-        self.completed = true;
         {
             let mut shard = self.flights.shard(self.key.as_str());
             if !self.flight.stale.load(Ordering::Acquire) {
+                // Should `store` panic (a user weigher, the store itself), the flight is not
+                // completed yet: the guard's `Drop` then abandons it, which wakes the followers
+                // and lets one of them lead, instead of leaving them waiting forever.
                 store();
             }
+            self.completed = true;
             if let Entry::Occupied(entry) = shard.entry(self.key.clone()) {
                 if Arc::ptr_eq(entry.get(), &self.flight) {
                     entry.remove();
@@ -232,6 +235,23 @@ mod tests {
         drop(leader);
         assert!(matches!(flight.wait_blocking(), Outcome::Abandoned));
         assert!(flights.is_empty());
+    }
+
+    #[test]
+    fn a_panicking_store_abandons_the_flight() {
+        let flights = Flights::new();
+        let Role::Leader(leader) = flights.join(&key("k")) else {
+            panic!("first caller must lead")
+        };
+        let Role::Follower(flight) = flights.join(&key("k")) else {
+            panic!("second caller must follow")
+        };
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            leader.complete(Outcome::Absent, || panic!("the store panics"));
+        }));
+        assert!(panicked.is_err());
+        assert!(matches!(flight.wait_blocking(), Outcome::Abandoned));
+        assert!(flights.is_empty(), "the next caller leads a new flight");
     }
 
     #[test]

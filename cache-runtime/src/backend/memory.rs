@@ -214,10 +214,23 @@ impl MemoryBackend {
     ) {
         let expires_at = index::after(index::clock(), ttl);
         // The index first: should moka refuse or evict the entry at once, its listener then
-        // finds the value here to remove, and nothing stays that moka does not hold.
+        // finds the value here to remove, and nothing stays that moka does not hold. Should
+        // moka's insert panic (a user weigher), the guard takes the entry out again.
         self.index
             .insert(key.clone(), Arc::clone(&value), expires_at, epoch);
-        self.cache.insert(key, Entry { value, ttl });
+        let unaccepted = Unaccepted {
+            index: &self.index,
+            key: &key,
+            value: &value,
+        };
+        self.cache.insert(
+            key.clone(),
+            Entry {
+                value: Arc::clone(&value),
+                ttl,
+            },
+        );
+        std::mem::forget(unaccepted);
     }
 
     pub(crate) fn invalidate(&self, key: &str) {
@@ -228,6 +241,20 @@ impl MemoryBackend {
     /// Drops every entry (lazily, in moka; entries stored after this call stay).
     pub(crate) fn invalidate_all(&self) {
         self.cache.invalidate_all();
+    }
+}
+
+/// Removes an index entry whose insert into moka did not return (it panicked), so that the index
+/// never serves what moka does not hold.
+struct Unaccepted<'a> {
+    index: &'a Index,
+    key: &'a CacheKey,
+    value: &'a AnyValue,
+}
+
+impl Drop for Unaccepted<'_> {
+    fn drop(&mut self) {
+        self.index.remove_value(self.key.as_str(), self.value);
     }
 }
 

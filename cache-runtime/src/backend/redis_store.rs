@@ -21,6 +21,7 @@ use redis::{Client, Script};
 use super::breaker::{Breaker, BreakerPolicy, Permit};
 use super::pending::PendingInvalidations;
 use super::redis_keys::{EntryKeys, KeyArg, Role};
+use crate::log_gate::LogGate;
 
 /// Why a Redis operation did not happen; every case is a miss to the caller.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +206,21 @@ impl RedisStore {
     fn record<T>(&self, result: &Result<T, StoreError>) {
         match result {
             Ok(_) => self.breaker.record_success(),
+            // Redis answered: the error is about this request (a key of another type, a
+            // script error), a miss for this call, and no sign that Redis is unwell. Counting
+            // it would let one bad key switch caching off for every key.
+            Err(StoreError::Redis(error)) if !is_transport_failure(error) => {
+                self.breaker.record_success();
+                static GATE: LogGate = LogGate::new();
+                if let Some(suppressed) = GATE.admit() {
+                    tracing::warn!(
+                        prefix = %self.settings.prefix,
+                        %error,
+                        suppressed,
+                        "redis refused a request; treating it as a miss"
+                    );
+                }
+            }
             Err(_) => {
                 if self.breaker.record_failure(Instant::now()) {
                     tracing::warn!(
@@ -502,6 +518,29 @@ fn parse_claim(reply: redis::Value, token: String) -> redis::RedisResult<Claim> 
             })
         }
     }
+}
+
+/// Whether `error` says Redis (or the way to it) is unwell, as opposed to an answer about one
+/// request: what the circuit breaker counts.
+fn is_transport_failure(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Io
+            | ErrorKind::AuthenticationFailed
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+            )
+    ) || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
 }
 
 fn millis(duration: Duration) -> u64 {
