@@ -24,8 +24,16 @@ fn server() -> &'static Mutex<RedisServer> {
             .op_timeout(OP_TIMEOUT)
             .build()
             .expect("valid configuration");
+        // A second application on the same Redis, under its own prefix.
+        let other_app = RedisBackend::builder()
+            .url(server.url())
+            .prefix("other-app")
+            .op_timeout(OP_TIMEOUT)
+            .build()
+            .expect("valid configuration");
         configure()
             .redis("redis", backend)
+            .redis("redis.other", other_app)
             .install()
             .expect("configured once");
         Mutex::new(server)
@@ -101,6 +109,45 @@ async fn bad_bytes_are_a_miss_and_are_overwritten() {
     // Another type's value under the same key: a miss for each, never a wrong value.
     assert_eq!(planted_as_text(1).await, "text 1");
     assert_eq!(planted(1).await, 1000);
+}
+
+#[cached(ttl = "60s", key = "owner:<id>", backend = "redis")]
+async fn owner(id: u64) -> String {
+    format!("owner {id}")
+}
+
+#[cached(ttl = "60s", key = "owner:<id>", backend = "redis.other")]
+async fn other_app_owner(id: u64) -> String {
+    format!("other app's owner {id}")
+}
+
+async fn an_entry_copied_under_another_key_is_a_miss() {
+    let server = server().lock().await;
+    let mut raw = raw(&server).await;
+    assert_eq!(owner(1).await, "owner 1");
+    // A valid envelope for the right type, under the wrong key: what COPY, RENAME, a restore
+    // into the wrong place or a bug elsewhere leave behind.
+    let copied: bool = redis::cmd("COPY")
+        .arg("t:1:{owner:<1>}:v")
+        .arg("t:1:{owner:<2>}:v")
+        .arg("REPLACE")
+        .query_async(&mut raw)
+        .await
+        .expect("copy");
+    assert!(copied);
+    assert_eq!(owner(2).await, "owner 2", "key 2 loads its own value");
+    assert_eq!(owner(2).await, "owner 2", "and its fill replaced the copy");
+    // The same cache key under another application's prefix: not that application's value.
+    let copied: bool = redis::cmd("COPY")
+        .arg("t:1:{owner:<1>}:v")
+        .arg("other-app:1:{owner:<1>}:v")
+        .arg("REPLACE")
+        .query_async(&mut raw)
+        .await
+        .expect("copy");
+    assert!(copied);
+    assert_eq!(other_app_owner(1).await, "other app's owner 1");
+    assert_eq!(owner(1).await, "owner 1", "the original still hits");
 }
 
 static FAILOPEN_LOADS: AtomicUsize = AtomicUsize::new(0);
@@ -234,6 +281,7 @@ async fn redis_backend_scenarios() {
     });
     values_are_stored_in_redis_with_a_ttl_and_read_back().await;
     bad_bytes_are_a_miss_and_are_overwritten().await;
+    an_entry_copied_under_another_key_is_a_miss().await;
     a_slow_loader_cannot_store_old_data_after_an_invalidation().await;
     many_tasks_on_a_cold_redis_key_load_once().await;
     a_paused_redis_costs_each_call_at_most_one_timeout().await;

@@ -11,20 +11,28 @@
 //! | offset | size | field                                                                    |
 //! |-------:|-----:|--------------------------------------------------------------------------|
 //! |      0 |    4 | magic, `b"CCHT"`                                                         |
-//! |      4 |    1 | envelope format version, `1`                                            |
+//! |      4 |    1 | envelope format version, `2`                                            |
 //! |      5 |    1 | codec id (`1`: bincode 2, serde, standard configuration)                |
 //! |      6 |    8 | type fingerprint: xxh3-64 of the type name then the schema version (u32) |
-//! |     14 |    8 | `created_at_ms`, unix milliseconds                                      |
-//! |     22 |    8 | `fresh_until_ms`, unix milliseconds                                     |
-//! |     30 |    8 | `stale_until_ms`, unix milliseconds                                     |
-//! |     38 |    4 | payload length in bytes (u32)                                           |
-//! |     42 |    8 | checksum: xxh3-64 of bytes `0..42` then the payload                     |
-//! |     50 |    … | payload, exactly `payload length` bytes                                 |
+//! |     14 |    8 | key hash: which entry the value was written for (the caller's hash)     |
+//! |     22 |    8 | `created_at_ms`, unix milliseconds                                      |
+//! |     30 |    8 | `fresh_until_ms`, unix milliseconds                                     |
+//! |     38 |    8 | `stale_until_ms`, unix milliseconds                                     |
+//! |     46 |    4 | payload length in bytes (u32)                                           |
+//! |     50 |    8 | checksum: xxh3-64 of bytes `0..50` then the payload                     |
+//! |     58 |    … | payload, exactly `payload length` bytes                                 |
 //!
 //! The magic and the format version come first and keep their place in every future version,
 //! so that a reader can always say *which* envelope it is looking at before parsing the rest.
 //! The checksum covers the timestamps as well as the payload: a flipped bit in
 //! `stale_until_ms` would otherwise silently keep a value alive for years.
+//!
+//! The key hash makes a value valid only where it was written: the bytes say nothing else
+//! about their key, so a good envelope copied under another key (`COPY`, `RENAME`, a restore
+//! into the wrong place) would otherwise be served as that key's value. Format 1 had no key
+//! hash; its entries are refused by version, a miss that the next fill overwrites.
+
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,13 +42,13 @@ use xxhash_rust::xxh3::Xxh3Default;
 pub(crate) const MAGIC: [u8; 4] = *b"CCHT";
 
 /// The envelope format this module writes, and the only one it reads.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 2;
 
 /// Length of the fixed header, in bytes.
-pub(crate) const HEADER_LEN: usize = 50;
+pub(crate) const HEADER_LEN: usize = 58;
 
 /// The part of the header the checksum covers, besides the payload: everything before it.
-const CHECKSUMMED_HEADER_LEN: usize = 42;
+const CHECKSUMMED_HEADER_LEN: usize = 50;
 
 /// The most a payload may make the decoder claim, in bytes: 16 MiB.
 ///
@@ -68,6 +76,15 @@ pub(crate) enum EnvelopeError {
     /// Written by a build with another envelope format.
     #[error("unsupported envelope format version {0}")]
     UnsupportedEnvelopeVersion(u8),
+    /// Written for another key: a valid entry copied, renamed or restored to where it does not
+    /// belong.
+    #[error("key hash mismatch: expected {expected:#018x}, found {found:#018x}")]
+    KeyMismatch {
+        /// The hash of the key being read.
+        expected: u64,
+        /// The hash in the header.
+        found: u64,
+    },
     /// Written with a codec this reader was not asked to use.
     #[error("unknown codec id {0}")]
     UnknownCodec(u8),
@@ -159,6 +176,8 @@ pub(crate) struct Header {
     pub(crate) codec: u8,
     /// The type fingerprint, see [`fingerprint`].
     pub(crate) fingerprint: u64,
+    /// The hash of the key the entry was written for.
+    pub(crate) key_hash: u64,
 }
 
 impl Header {
@@ -170,6 +189,17 @@ impl Header {
             fresh_until_ms: self.fresh_until_ms,
             stale_until_ms: self.stale_until_ms,
         }
+    }
+
+    /// How long the entry may still be served at `now_ms`, or `None` once it may not.
+    ///
+    /// The caller reads the clock once and passes it in: deciding "still alive?" on one
+    /// reading and computing "how long?" on a later one can underflow at the boundary.
+    pub(crate) fn remaining(&self, now_ms: u64) -> Option<Duration> {
+        self.stale_until_ms
+            .checked_sub(now_ms)
+            .filter(|&left| left > 0)
+            .map(Duration::from_millis)
     }
 }
 
@@ -186,10 +216,12 @@ pub(crate) fn fingerprint<T: ?Sized>(schema_version: u32) -> u64 {
     hasher.digest()
 }
 
-/// Wraps `value` in an envelope written with codec `C`.
+/// Wraps `value` in an envelope written with codec `C`, for the entry whose key hashes to
+/// `key_hash` (the caller decides what the hash covers; [`decode`] must be given the same).
 pub(crate) fn encode<T: Serialize, C: Codec>(
     value: &T,
     schema_version: u32,
+    key_hash: u64,
     times: Times,
 ) -> Result<Vec<u8>, EnvelopeError> {
     // The header is written last, in place, so that the payload is encoded straight into the
@@ -204,24 +236,32 @@ pub(crate) fn encode<T: Serialize, C: Codec>(
     }
     let payload_len = u32::try_from(payload_len)
         .map_err(|_| EnvelopeError::Encode("payload longer than u32::MAX".into()))?;
-    write_header(
-        &mut out,
-        C::ID,
-        fingerprint::<T>(schema_version),
-        times,
-        payload_len,
-    );
+    let ids = Ids {
+        codec: C::ID,
+        fingerprint: fingerprint::<T>(schema_version),
+        key_hash,
+    };
+    write_header(&mut out, ids, times, payload_len);
     Ok(out)
 }
 
+/// What an entry was written with and for: the header fields a reader must match.
+#[derive(Clone, Copy)]
+struct Ids {
+    codec: u8,
+    fingerprint: u64,
+    key_hash: u64,
+}
+
 /// Fills `out[..HEADER_LEN]`, checksum included, for the payload that follows it.
-fn write_header(out: &mut [u8], codec: u8, fingerprint: u64, times: Times, payload_len: u32) {
+fn write_header(out: &mut [u8], ids: Ids, times: Times, payload_len: u32) {
     let (header, payload) = out.split_at_mut(HEADER_LEN);
     let mut fields = Vec::with_capacity(CHECKSUMMED_HEADER_LEN);
     fields.extend_from_slice(&MAGIC);
     fields.push(FORMAT_VERSION);
-    fields.push(codec);
-    fields.extend_from_slice(&fingerprint.to_le_bytes());
+    fields.push(ids.codec);
+    fields.extend_from_slice(&ids.fingerprint.to_le_bytes());
+    fields.extend_from_slice(&ids.key_hash.to_le_bytes());
     fields.extend_from_slice(&times.created_at_ms.to_le_bytes());
     fields.extend_from_slice(&times.fresh_until_ms.to_le_bytes());
     fields.extend_from_slice(&times.stale_until_ms.to_le_bytes());
@@ -239,12 +279,14 @@ fn checksum(header: &[u8], payload: &[u8]) -> u64 {
     hasher.digest()
 }
 
-/// Reads a value of type `T` at `schema_version`, written with codec `C`, from an envelope.
+/// Reads a value of type `T` at `schema_version`, written with codec `C` for the key that
+/// hashes to `key_hash`, from an envelope.
 ///
 /// Any input is safe: malformed bytes give an error, never a panic or an unbounded allocation.
 pub(crate) fn decode<T: DeserializeOwned, C: Codec>(
     bytes: &[u8],
     schema_version: u32,
+    key_hash: u64,
 ) -> Result<(Header, T), EnvelopeError> {
     if bytes.is_empty() {
         return Err(EnvelopeError::Empty);
@@ -266,6 +308,7 @@ pub(crate) fn decode<T: DeserializeOwned, C: Codec>(
     let (_magic, _version) = (reader.array::<4>()?, reader.u8()?);
     let codec = reader.u8()?;
     let found = reader.u64()?;
+    let found_key_hash = reader.u64()?;
     let times = Times {
         created_at_ms: reader.u64()?,
         fresh_until_ms: reader.u64()?,
@@ -281,6 +324,12 @@ pub(crate) fn decode<T: DeserializeOwned, C: Codec>(
     let expected = fingerprint::<T>(schema_version);
     if found != expected {
         return Err(EnvelopeError::TypeMismatch { expected, found });
+    }
+    if found_key_hash != key_hash {
+        return Err(EnvelopeError::KeyMismatch {
+            expected: key_hash,
+            found: found_key_hash,
+        });
     }
     // A u32 always fits in usize on the targets we support; saturating keeps a hypothetical
     // 16-bit target on the error path instead of a wrap-around.
@@ -308,6 +357,7 @@ pub(crate) fn decode<T: DeserializeOwned, C: Codec>(
         stale_until_ms: times.stale_until_ms,
         codec,
         fingerprint: found,
+        key_hash,
     };
     Ok((header, value))
 }
@@ -389,8 +439,11 @@ mod tests {
         stale_until_ms: 1_700_000_600_000,
     };
 
+    /// The key hash the tests' envelopes are written for.
+    const KEY: u64 = 0x6b65_795f_6861_7368;
+
     fn envelope() -> Vec<u8> {
-        encode::<_, Bincode>(&profile(), 3, TIMES).expect("encodes")
+        encode::<_, Bincode>(&profile(), 3, KEY, TIMES).expect("encodes")
     }
 
     /// An envelope with a valid checksum around an arbitrary payload, as a hostile or buggy
@@ -399,12 +452,17 @@ mod tests {
         let mut out = vec![0; HEADER_LEN];
         out.extend_from_slice(payload);
         let len = u32::try_from(payload.len()).expect("small payload");
-        write_header(&mut out, Bincode::ID, fingerprint, TIMES, len);
+        let ids = Ids {
+            codec: Bincode::ID,
+            fingerprint,
+            key_hash: KEY,
+        };
+        write_header(&mut out, ids, TIMES, len);
         out
     }
 
     fn decode_profile(bytes: &[u8]) -> Result<(Header, Profile), EnvelopeError> {
-        decode::<Profile, Bincode>(bytes, 3)
+        decode::<Profile, Bincode>(bytes, 3, KEY)
     }
 
     #[test]
@@ -421,21 +479,23 @@ mod tests {
         assert_eq!(header.times(), TIMES);
         assert_eq!(header.codec, Bincode::ID);
         assert_eq!(header.fingerprint, fingerprint::<Profile>(3));
+        assert_eq!(header.key_hash, KEY);
     }
 
     #[test]
     fn header_layout_is_fixed() {
         let bytes = envelope();
         let payload_len = (bytes.len() - HEADER_LEN) as u32;
-        assert_eq!(bytes[4], 1);
+        assert_eq!(bytes[4], 2);
         assert_eq!(bytes[5], 1);
         assert_eq!(bytes[6..14], fingerprint::<Profile>(3).to_le_bytes());
-        assert_eq!(bytes[14..22], TIMES.created_at_ms.to_le_bytes());
-        assert_eq!(bytes[22..30], TIMES.fresh_until_ms.to_le_bytes());
-        assert_eq!(bytes[30..38], TIMES.stale_until_ms.to_le_bytes());
-        assert_eq!(bytes[38..42], payload_len.to_le_bytes());
-        let sum = checksum(&bytes[..42], &bytes[HEADER_LEN..]);
-        assert_eq!(bytes[42..50], sum.to_le_bytes());
+        assert_eq!(bytes[14..22], KEY.to_le_bytes());
+        assert_eq!(bytes[22..30], TIMES.created_at_ms.to_le_bytes());
+        assert_eq!(bytes[30..38], TIMES.fresh_until_ms.to_le_bytes());
+        assert_eq!(bytes[38..46], TIMES.stale_until_ms.to_le_bytes());
+        assert_eq!(bytes[46..50], payload_len.to_le_bytes());
+        let sum = checksum(&bytes[..50], &bytes[HEADER_LEN..]);
+        assert_eq!(bytes[50..58], sum.to_le_bytes());
     }
 
     #[test]
@@ -483,16 +543,78 @@ mod tests {
     #[test]
     fn unsupported_version() {
         let mut bytes = envelope();
-        bytes[4] = 2;
+        bytes[4] = 3;
         assert!(matches!(
             decode_profile(&bytes),
-            Err(EnvelopeError::UnsupportedEnvelopeVersion(2))
+            Err(EnvelopeError::UnsupportedEnvelopeVersion(3))
         ));
         // A future format may have a shorter header: the version is judged first.
         assert!(matches!(
             decode_profile(&bytes[..5]),
-            Err(EnvelopeError::UnsupportedEnvelopeVersion(2))
+            Err(EnvelopeError::UnsupportedEnvelopeVersion(3))
         ));
+    }
+
+    /// `String::from("format one")` at schema version 0 as format 1 wrote it, before the header
+    /// carried its key's hash.
+    const FORMAT_1: &str = "43434854010131c58169f47289980068e5cf8b0100006052e6cf8b010000c08f\
+                            eecf8b0100000b00000010a7d07c5dff27060a666f726d6174206f6e65";
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&text[at..at + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    #[test]
+    fn an_envelope_of_format_1_is_a_miss() {
+        let bytes = unhex(FORMAT_1);
+        assert!(matches!(
+            decode::<String, Bincode>(&bytes, 0, KEY),
+            Err(EnvelopeError::UnsupportedEnvelopeVersion(1))
+        ));
+        // Whatever key it is read for, and even if it was left truncated.
+        for len in [5, 20, bytes.len()] {
+            assert!(matches!(
+                decode::<String, Bincode>(&bytes[..len], 0, 0),
+                Err(EnvelopeError::UnsupportedEnvelopeVersion(1))
+            ));
+        }
+    }
+
+    #[test]
+    fn another_key() {
+        let bytes = envelope();
+        match decode::<Profile, Bincode>(&bytes, 3, KEY ^ 1) {
+            Err(EnvelopeError::KeyMismatch { expected, found }) => {
+                assert_eq!(expected, KEY ^ 1);
+                assert_eq!(found, KEY);
+            }
+            other => panic!("expected a key mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupted_key_hash() {
+        // Rewriting the key hash in place, without resealing, does not move an entry either.
+        let mut bytes = envelope();
+        bytes[14..22].copy_from_slice(&(KEY ^ 1).to_le_bytes());
+        assert!(matches!(
+            decode::<Profile, Bincode>(&bytes, 3, KEY ^ 1),
+            Err(EnvelopeError::ChecksumMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn remaining_time_at_the_boundary() {
+        let header = decode_profile(&envelope()).expect("decodes").0;
+        let end = TIMES.stale_until_ms;
+        assert_eq!(header.remaining(end - 1), Some(Duration::from_millis(1)));
+        assert_eq!(header.remaining(end), None);
+        assert_eq!(header.remaining(end + 1), None);
+        assert_eq!(header.remaining(0), Some(Duration::from_millis(end)));
+        assert_eq!(header.remaining(u64::MAX), None);
     }
 
     #[test]
@@ -507,7 +629,7 @@ mod tests {
 
     #[test]
     fn another_type() {
-        let bytes = encode::<_, Bincode>(&vec![1u8, 2, 3], 3, TIMES).expect("encodes");
+        let bytes = encode::<_, Bincode>(&vec![1u8, 2, 3], 3, KEY, TIMES).expect("encodes");
         match decode_profile(&bytes) {
             Err(EnvelopeError::TypeMismatch { expected, found }) => {
                 assert_eq!(expected, fingerprint::<Profile>(3));
@@ -519,7 +641,7 @@ mod tests {
 
     #[test]
     fn another_schema_version() {
-        let bytes = encode::<_, Bincode>(&profile(), 2, TIMES).expect("encodes");
+        let bytes = encode::<_, Bincode>(&profile(), 2, KEY, TIMES).expect("encodes");
         assert!(matches!(
             decode_profile(&bytes),
             Err(EnvelopeError::TypeMismatch { .. })
@@ -544,7 +666,7 @@ mod tests {
         payload.push(0);
         let bytes = sealed(fingerprint::<u32>(0), &payload);
         assert!(matches!(
-            decode::<u32, Bincode>(&bytes, 0),
+            decode::<u32, Bincode>(&bytes, 0, KEY),
             Err(EnvelopeError::LengthMismatch)
         ));
     }
@@ -552,7 +674,7 @@ mod tests {
     #[test]
     fn corrupted_timestamp() {
         let mut bytes = envelope();
-        bytes[31] ^= 0x80;
+        bytes[39] ^= 0x80;
         assert!(matches!(
             decode_profile(&bytes),
             Err(EnvelopeError::ChecksumMismatch { .. })
@@ -564,7 +686,7 @@ mod tests {
         // Bincode's `bool` is 0 or 1.
         let bytes = sealed(fingerprint::<bool>(0), &[7]);
         assert!(matches!(
-            decode::<bool, Bincode>(&bytes, 0),
+            decode::<bool, Bincode>(&bytes, 0, KEY),
             Err(EnvelopeError::Payload(_))
         ));
     }
@@ -577,18 +699,18 @@ mod tests {
         payload.extend_from_slice(b"abc");
         let bytes = sealed(fingerprint::<Vec<String>>(0), &payload);
         assert!(matches!(
-            decode::<Vec<String>, Bincode>(&bytes, 0),
+            decode::<Vec<String>, Bincode>(&bytes, 0, KEY),
             Err(EnvelopeError::Payload(_))
         ));
         // A string allocates its whole length up front: only the limit stands in the way.
         let bytes = sealed(fingerprint::<String>(0), &payload);
         assert!(matches!(
-            decode::<String, Bincode>(&bytes, 0),
+            decode::<String, Bincode>(&bytes, 0, KEY),
             Err(EnvelopeError::Payload(message)) if message.contains("LimitExceeded")
         ));
         let bytes = sealed(fingerprint::<Vec<u64>>(0), &payload);
         assert!(matches!(
-            decode::<Vec<u64>, Bincode>(&bytes, 0),
+            decode::<Vec<u64>, Bincode>(&bytes, 0, KEY),
             Err(EnvelopeError::Payload(_))
         ));
     }
@@ -597,7 +719,7 @@ mod tests {
     fn payload_over_the_limit_does_not_encode() {
         let big = vec![0u8; MAX_PAYLOAD_LEN + 1];
         assert!(matches!(
-            encode::<_, Bincode>(&big, 0, TIMES),
+            encode::<_, Bincode>(&big, 0, KEY, TIMES),
             Err(EnvelopeError::Encode(_))
         ));
     }
@@ -616,8 +738,19 @@ mod tests {
 
     proptest! {
         #[test]
+        fn remaining_time_is_what_is_left_and_never_underflows(
+            stale_until_ms in any::<u64>(),
+            now_ms in any::<u64>(),
+        ) {
+            let header = Header { stale_until_ms, ..decode_profile(&envelope()).expect("decodes").0 };
+            let expected = (stale_until_ms > now_ms)
+                .then(|| Duration::from_millis(stale_until_ms - now_ms));
+            prop_assert_eq!(header.remaining(now_ms), expected);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode::<Vec<String>, Bincode>(&bytes, 0);
+            let _ = decode::<Vec<String>, Bincode>(&bytes, 0, KEY);
         }
 
         #[test]
@@ -625,7 +758,7 @@ mod tests {
             payload in proptest::collection::vec(any::<u8>(), 0..512),
         ) {
             let bytes = sealed(fingerprint::<Vec<String>>(0), &payload);
-            let _ = decode::<Vec<String>, Bincode>(&bytes, 0);
+            let _ = decode::<Vec<String>, Bincode>(&bytes, 0, KEY);
         }
 
         #[test]

@@ -335,6 +335,12 @@ impl KeyWriter<'_> {
     pub fn write_none(&mut self) {
         self.0.push_str("%none");
     }
+
+    /// Writes the mark of a `Some` around another `Option`: `%some`, which escaping never
+    /// produces either. Only nested options write it (see [`KeyPart::write_key_part_in_some`]).
+    fn write_some(&mut self) {
+        self.0.push_str("%some");
+    }
 }
 
 fn is_kept(ch: char) -> bool {
@@ -370,7 +376,8 @@ fn write_hex_upper(out: &mut Text, byte: u8) {
 
 /// A value that can stand for a placeholder in a cache key.
 ///
-/// Implemented for integers, strings, `bool`, `char`, references to these and `Option` of them.
+/// Implemented for integers, strings, `bool`, `char`, references to these and `Option`s of them
+/// (nested too: `None` and `Some(None)` give different keys).
 /// For any other `Serialize` value, write the placeholder as `<name:hash>`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be part of a cache key",
@@ -382,6 +389,17 @@ fn write_hex_upper(out: &mut Text, byte: u8) {
 pub trait KeyPart {
     /// Writes this value into a key.
     fn write_key_part(&self, out: &mut KeyWriter<'_>);
+
+    /// Writes this value as the content of a `Some`.
+    ///
+    /// The default writes it as [`write_key_part`](Self::write_key_part) does, so `Some(x)`
+    /// renders like `x`. `Option` writes a `%some` mark first, so that `Some(None)` renders
+    /// differently from `None`, at every level of nesting. An impl that forwards to another
+    /// `KeyPart` (a wrapper, a smart pointer) should forward this method too.
+    #[inline]
+    fn write_key_part_in_some(&self, out: &mut KeyWriter<'_>) {
+        self.write_key_part(out);
+    }
 }
 
 macro_rules! int_key_parts {
@@ -422,12 +440,21 @@ impl KeyPart for char {
     }
 }
 
+/// `None` is `%none` and `Some(x)` is `x`, unless `x` is itself an `Option`: then it is
+/// `%some` followed by `x`'s own rendering. So every nesting depth has its own keys
+/// (`%none`, `%some%none`, `%some%some%none`, ...), while a plain `Option<T>` renders as it
+/// always has.
 impl<T: KeyPart> KeyPart for Option<T> {
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         match self {
-            Some(value) => value.write_key_part(out),
+            Some(value) => value.write_key_part_in_some(out),
             None => out.write_none(),
         }
+    }
+
+    fn write_key_part_in_some(&self, out: &mut KeyWriter<'_>) {
+        out.write_some();
+        self.write_key_part(out);
     }
 }
 
@@ -436,11 +463,19 @@ impl<T: KeyPart + ?Sized> KeyPart for &T {
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         (**self).write_key_part(out);
     }
+
+    fn write_key_part_in_some(&self, out: &mut KeyWriter<'_>) {
+        (**self).write_key_part_in_some(out);
+    }
 }
 
 impl<T: KeyPart + ?Sized> KeyPart for &mut T {
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         (**self).write_key_part(out);
+    }
+
+    fn write_key_part_in_some(&self, out: &mut KeyWriter<'_>) {
+        (**self).write_key_part_in_some(out);
     }
 }
 
@@ -448,11 +483,19 @@ impl<T: KeyPart + ?Sized> KeyPart for Box<T> {
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         (**self).write_key_part(out);
     }
+
+    fn write_key_part_in_some(&self, out: &mut KeyWriter<'_>) {
+        (**self).write_key_part_in_some(out);
+    }
 }
 
 impl<T: KeyPart + ?Sized> KeyPart for std::sync::Arc<T> {
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         (**self).write_key_part(out);
+    }
+
+    fn write_key_part_in_some(&self, out: &mut KeyWriter<'_>) {
+        (**self).write_key_part_in_some(out);
     }
 }
 
@@ -571,6 +614,41 @@ mod tests {
             prop_assert_eq!(lits_a.join("\u{0}"), template_text(&a));
         }
 
+        /// Every level of a nested `Option` is told apart: `None`, `Some(None)` and
+        /// `Some(Some(None))` are three keys, and no inner value renders like a mark.
+        #[test]
+        fn nested_options_give_distinct_keys(
+            a in nested_u8(), b in nested_u8(),
+            c in nested_string(), d in nested_string(),
+            e in proptest::option::of(proptest::option::of(any::<bool>())),
+            f in proptest::option::of(proptest::option::of(any::<bool>())),
+        ) {
+            let render = |value: &dyn Fn(KeyBuilder) -> KeyBuilder| {
+                value(KeyBuilder::new().lit("n:")).lit(":end").finish()
+            };
+            prop_assert_eq!(a == b, render(&|k| k.arg(&a)) == render(&|k| k.arg(&b)));
+            prop_assert_eq!(c == d, render(&|k| k.arg(&c)) == render(&|k| k.arg(&d)));
+            prop_assert_eq!(e == f, render(&|k| k.arg(&e)) == render(&|k| k.arg(&f)));
+            // Through references, as expansions pass arguments, and through a `Box`.
+            let by_ref = c.as_ref().map(|inner| inner.as_ref());
+            prop_assert_eq!(render(&|k| k.arg(&by_ref)), render(&|k| k.arg(&c)));
+            let boxed = c.clone().map(Box::new);
+            prop_assert_eq!(render(&|k| k.arg(&boxed)), render(&|k| k.arg(&c)));
+            // A template with one nesting depth, each value of any depth: still one key each.
+            let (ka, kc) = (render(&|k| k.arg(&a)), render(&|k| k.arg(&c)));
+            prop_assert_eq!(structure(ka.as_str()).1.len(), 1);
+            prop_assert_eq!(structure(kc.as_str()).1.len(), 1);
+        }
+
+        /// `:hash` keys tell nested options apart too: bincode writes one tag byte per level.
+        #[test]
+        fn hashed_nested_options_give_distinct_keys(a in nested_u8(), b in nested_u8()) {
+            let render = |value: &Option<Option<Option<u8>>>| {
+                KeyBuilder::new().lit("h:").hashed(value).finish()
+            };
+            prop_assert_eq!(a == b, render(&a) == render(&b));
+        }
+
         /// Escaping is reversible, so distinct strings stay distinct and nothing structural leaks.
         #[test]
         fn escaped_values_hold_no_structural_character(s in any::<String>()) {
@@ -579,6 +657,48 @@ mod tests {
             let structural = ['<', '>', '{', '}', '*', '?', '[', ']', ' '];
             prop_assert!(!inner.contains(structural), "{:?}", inner);
             prop_assert_eq!(percent_decode(inner), s);
+        }
+    }
+
+    /// Every shape of `Option<Option<Option<u8>>>`, each depth equally likely.
+    fn nested_u8() -> impl Strategy<Value = Option<Option<Option<u8>>>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(None)),
+            Just(Some(Some(None))),
+            any::<u8>().prop_map(|n| Some(Some(Some(n)))),
+        ]
+    }
+
+    /// Every shape of `Option<Option<String>>`, with strings that look like the marks.
+    fn nested_string() -> impl Strategy<Value = Option<Option<String>>> {
+        let marks = prop_oneof![
+            value(),
+            Just("%some".to_string()),
+            Just("%some%none".to_string()),
+            Just(String::new()),
+        ];
+        prop_oneof![
+            Just(None),
+            Just(Some(None)),
+            marks.prop_map(|text| Some(Some(text))),
+        ]
+    }
+
+    #[test]
+    fn every_level_of_a_nested_option_has_its_own_key() {
+        let render = |value: Option<Option<Option<&str>>>| KeyBuilder::new().arg(&value).finish();
+        let keys = [
+            render(None),
+            render(Some(None)),
+            render(Some(Some(None))),
+            render(Some(Some(Some("")))),
+            render(Some(Some(Some("%none")))),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
         }
     }
 
@@ -653,6 +773,17 @@ mod tests {
             .arg(&None::<u8>)
             .finish();
         assert_eq!(key.as_str(), "t:<-7><true><x><Zo\u{eb}%20O'Neil><%none>");
+        // A plain option's `Some` renders its value; a `Some` around an option is marked.
+        let nested = KeyBuilder::new()
+            .arg(&Some(5u8))
+            .arg(&Some(None::<u8>))
+            .arg(&Some(Some(5u8)))
+            .arg(&Some(Some(Some("%some"))))
+            .finish();
+        assert_eq!(
+            nested.as_str(),
+            "<5><%some%none><%some5><%some%some%25some>"
+        );
     }
 
     #[test]

@@ -76,7 +76,7 @@ where
     let mut token = None;
     if available {
         let claim = match redis.store.claim(key.as_str(), LEASE).await {
-            Ok(Claim::Filled(bytes)) => match decode::<S::Value>(site, &key, &bytes) {
+            Ok(Claim::Filled(bytes)) => match decode::<S::Value>(site, redis, &key, &bytes) {
                 Lookup::Hit(value, remaining) => {
                     share(guard, &key, &value, l1.as_ref(), remaining);
                     return shape.rebuild(value);
@@ -201,22 +201,29 @@ enum Lookup<V> {
 
 async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &CacheKey) -> Lookup<V> {
     match redis.store.get(key.as_str()).await {
-        Ok(Some(bytes)) => decode(site, key, &bytes),
+        Ok(Some(bytes)) => decode(site, redis, key, &bytes),
         Ok(None) => Lookup::Miss,
         Err(_) => Lookup::Unavailable,
     }
 }
 
-/// An entry's bytes as a hit, or a miss if they are unreadable (logged) or past their time.
-fn decode<V: DeserializeOwned>(site: &Site, key: &CacheKey, bytes: &[u8]) -> Lookup<V> {
-    match envelope::decode::<V, Bincode>(bytes, site.version) {
+/// An entry's bytes as a hit, or a miss if they are unreadable (logged), written for another
+/// key (copied there) or past their time.
+fn decode<V: DeserializeOwned>(
+    site: &Site,
+    redis: &RedisBackend,
+    key: &CacheKey,
+    bytes: &[u8],
+) -> Lookup<V> {
+    let key_hash = redis.entry_hash(key.as_str());
+    match envelope::decode::<V, Bincode>(bytes, site.version, key_hash) {
         // Redis' PX expires entries; the envelope's own bound also catches an entry whose key
-        // TTL was lost (a PERSIST, a restore from a dump).
-        Ok((header, value)) if header.stale_until_ms > now_ms() => {
-            let remaining = Duration::from_millis(header.stale_until_ms - now_ms());
-            Lookup::Hit(value, remaining)
-        }
-        Ok(_) => Lookup::Miss,
+        // TTL was lost (a PERSIST, a restore from a dump). One clock reading decides both
+        // whether and how long.
+        Ok((header, value)) => match header.remaining(now_ms()) {
+            Some(remaining) => Lookup::Hit(value, remaining),
+            None => Lookup::Miss,
+        },
         Err(error) => {
             static GATE: LogGate = LogGate::new();
             if let Some(suppressed) = GATE.admit() {
@@ -268,7 +275,8 @@ async fn fill<V: Serialize>(
         fresh_until_ms: now.saturating_add(ttl),
         stale_until_ms: now.saturating_add(ttl),
     };
-    match envelope::encode::<V, Bincode>(value, site.version, times) {
+    let key_hash = redis.entry_hash(key.as_str());
+    match envelope::encode::<V, Bincode>(value, site.version, key_hash, times) {
         Ok(bytes) => redis
             .store
             .fill(key.as_str(), fence, &bytes, site.ttl, token)
@@ -320,7 +328,8 @@ mod tests {
                 fresh_until_ms: stale_until_ms,
                 stale_until_ms,
             };
-            envelope::encode::<u64, Bincode>(&7, 0, times).expect("encodes")
+            let key_hash = redis.entry_hash("k");
+            envelope::encode::<u64, Bincode>(&7, 0, key_hash, times).expect("encodes")
         };
         let ttl = Duration::from_secs(60);
         let fill = |bytes: Vec<u8>| {

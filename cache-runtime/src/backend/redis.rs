@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::redis_keys::valid_prefix;
+use super::redis_keys::{entry_hash, entry_hash_seed, valid_prefix};
 use super::redis_store::{RedisSettings, RedisStore};
 use crate::error::ConfigError;
 
@@ -27,6 +27,8 @@ pub struct RedisBackend {
     pub(crate) store: Arc<RedisStore>,
     redacted_url: String,
     prefix: String,
+    /// [`entry_hash_seed`] of the prefix, so that hashing a key costs one pass over the key.
+    entry_hash_seed: u64,
 }
 
 /// Configures a [`RedisBackend`].
@@ -41,6 +43,12 @@ impl RedisBackend {
     /// A builder. The URL is required; everything else has a default.
     pub fn builder() -> RedisBackendBuilder {
         RedisBackendBuilder::default()
+    }
+
+    /// The hash an envelope of this backend carries for `cache_key`: prefix and key, so that a
+    /// value copied to another key, or to another application's prefix, is a miss there.
+    pub(crate) fn entry_hash(&self, cache_key: &str) -> u64 {
+        entry_hash(self.entry_hash_seed, cache_key)
     }
 }
 
@@ -98,6 +106,7 @@ impl RedisBackendBuilder {
         Ok(RedisBackend {
             store: Arc::new(store),
             redacted_url,
+            entry_hash_seed: entry_hash_seed(&prefix),
             prefix,
         })
     }

@@ -65,6 +65,19 @@ impl EntryKeys {
     }
 }
 
+/// The seed of [`entry_hash`] for one application prefix: computed once per backend.
+pub(crate) fn entry_hash_seed(prefix: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(prefix.as_bytes())
+}
+
+/// Which entry an envelope belongs to: xxh3-64 of the cache key, seeded by the prefix's hash
+/// ([`entry_hash_seed`]). The prefix is in it so that an entry copied into another
+/// application's keys is a miss there too; the role and the key layout version are not, since
+/// a value is only ever read from a value key of the layout that wrote it.
+pub(crate) fn entry_hash(seed: u64, cache_key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(cache_key.as_bytes(), seed)
+}
+
 /// The pub/sub channel a tiered backend announces invalidations on: one per prefix, so that
 /// services sharing a Redis under different prefixes do not hear each other.
 pub(crate) fn bus_channel(prefix: &str) -> String {
@@ -190,6 +203,23 @@ mod tests {
                 assert_eq!(arg.to_redis_args(), vec![expected.into_bytes()]);
             }
         }
+    }
+
+    #[test]
+    fn entry_hashes_differ_by_key_and_by_prefix() {
+        let shop = entry_hash_seed("shop");
+        let hashes = [
+            entry_hash(shop, "user:<1>"),
+            entry_hash(shop, "user:<2>"),
+            entry_hash(entry_hash_seed("shop2"), "user:<1>"),
+            entry_hash(entry_hash_seed("sho"), "puser:<1>"),
+        ];
+        for (i, a) in hashes.iter().enumerate() {
+            for b in &hashes[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(hashes[0], entry_hash(entry_hash_seed("shop"), "user:<1>"));
     }
 
     #[test]
