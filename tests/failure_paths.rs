@@ -195,7 +195,10 @@ async fn a_panicking_store_wakes_the_followers_and_one_takes_over() {
     started.await;
     let mut followers: Vec<_> = (0..50).map(|_| Box::pin(weighed(4))).collect();
     for follower in &mut followers {
-        assert!(poll_once(follower).is_pending(), "followers join the flight");
+        assert!(
+            poll_once(follower).is_pending(),
+            "followers join the flight"
+        );
     }
     WEIGHED_GO.notify_one();
     assert!(
@@ -273,8 +276,16 @@ async fn lost_tiered_invalidations_are_replayed() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        assert_eq!(lost_in_writer(5).await, 2, "a tiered read served an invalidated value");
-        assert_eq!(lost_reader(5).await, 2, "a tiered read served an invalidated value");
+        assert_eq!(
+            lost_in_writer(5).await,
+            2,
+            "a tiered read served an invalidated value"
+        );
+        assert_eq!(
+            lost_reader(5).await,
+            2,
+            "a tiered read served an invalidated value"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -85,20 +85,24 @@ where
 {
     let ret = body();
     if success.succeeded(&ret) {
-        for backend in registry::global().backends() {
-            for key in &keys {
-                backend.invalidate_blocking(key.as_str());
+        let backends = registry::global().backends();
+        // Each remote backend on a thread of its own, so that a call costs one operation
+        // timeout however many backends a frozen Redis holds up.
+        std::thread::scope(|scope| {
+            for backend in backends.iter().filter(|backend| backend.is_remote()) {
+                scope.spawn(|| backend.invalidate_blocking(&keys));
             }
-        }
+            for backend in backends.iter().filter(|backend| !backend.is_remote()) {
+                backend.invalidate_blocking(&keys);
+            }
+        });
     }
     ret
 }
 
 async fn invalidate_all(keys: &[CacheKey]) {
     for backend in registry::global().backends() {
-        for key in keys {
-            backend.invalidate(key.as_str()).await;
-        }
+        backend.invalidate(keys).await;
     }
 }
 

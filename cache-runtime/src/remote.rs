@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::backend::{downcast, follow, Claim, Next, RedisBackend, TieredBackend};
+use crate::backend::{
+    downcast, follow, Claim, HeldLock, Next, RedisBackend, TieredBackend, LEASE, SAFETY_POLL,
+};
 use crate::envelope::{self, now_ms, Bincode, Times};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
@@ -17,8 +19,8 @@ use crate::log_gate::LogGate;
 use crate::shape::{AnyValue, Produced, ReturnShape};
 use crate::site::Site;
 
-/// How long a lock holder may load before others give up waiting and load themselves.
-const LEASE: Duration = Duration::from_secs(10);
+/// How long a caller waits for another process's load before it loads itself.
+const WAIT_LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs an async `#[cached]` function whose backend is remote (Redis, or tiered: an in-process
 /// L1 in front of Redis).
@@ -72,51 +74,25 @@ where
     // the leader, so that an invalidation arriving meanwhile marks the flight stale and keeps
     // what it read out of L1), or gives it the fence generation its fill must carry and tries
     // the lock. The fence is read before the load starts, which is all the fence protocol needs.
-    let mut fence = None;
-    let mut token = None;
-    if available {
-        let claim = match redis.store.claim(key.as_str(), LEASE).await {
-            Ok(Claim::Filled(bytes)) => match decode::<S::Value>(site, redis, &key, &bytes) {
-                Lookup::Hit(value, remaining) => {
-                    share(guard, &key, &value, l1.as_ref(), remaining);
-                    return shape.rebuild(value);
-                }
-                // Unreadable or past its time: reload over it, under the fence and the lock.
-                _ => redis
-                    .store
-                    .fence_and_lock(key.as_str(), LEASE)
-                    .await
-                    .map(|(fence, token)| Claim::Load { fence, token }),
-            },
-            other => other,
-        };
-        match claim {
-            Ok(Claim::Load {
-                fence: seen,
-                token: Some(taken),
-            }) => {
-                fence = Some(seen);
-                token = Some(taken);
+    let permit = if available {
+        match claim::<S::Value>(site, redis, &key).await {
+            Claimed::Hit(value, remaining) => {
+                share(guard, &key, &value, l1.as_ref(), remaining);
+                return shape.rebuild(value);
             }
-            Ok(Claim::Load { token: None, .. }) => {
-                match wait_for_fill::<S::Value>(site, redis, &key).await {
-                    Lookup::Hit(value, remaining) => {
-                        share(guard, &key, &value, l1.as_ref(), remaining);
-                        return shape.rebuild(value);
-                    }
-                    // The lease ran out: load without the lock, under the latest fence.
-                    Lookup::Miss => fence = redis.store.fence(key.as_str()).await.ok(),
-                    Lookup::Unavailable => {}
-                }
-            }
-            Ok(Claim::Filled(_)) | Err(_) => {}
+            Claimed::Load(permit) => Some(permit),
+            Claimed::Unavailable => None,
         }
-    }
+    } else {
+        None
+    };
+    // From here the lock (if held) is renewed while the body runs, and released by its guard
+    // should the body panic or this future be dropped.
     let ret = body.await;
     match shape.produced(&ret) {
         Produced::Value(value) => {
-            let current = match fence {
-                Some(fence) => fill(site, redis, &key, value, fence, token.as_deref()).await,
+            let current = match permit {
+                Some(permit) => fill(site, redis, &key, value, permit).await,
                 None => true,
             };
             // A fill the fence refused loaded across an invalidation: callers get the value
@@ -125,8 +101,12 @@ where
             share(guard, &key, value, l1, site.ttl);
         }
         produced => {
-            if let Some(token) = &token {
-                let _ = redis.store.release(key.as_str(), token).await;
+            // Nothing to store: free the key at once, waking other processes' waiters.
+            if let Some(LoadPermit {
+                lock: Some(lock), ..
+            }) = permit
+            {
+                lock.release().await;
             }
             let outcome = match produced {
                 Produced::Absent => Outcome::Absent,
@@ -136,6 +116,73 @@ where
         }
     }
     ret
+}
+
+/// What a leader may do after its claim: load, with the fence generation its fill must carry
+/// and, unless it gave up waiting for another process, the lock.
+struct LoadPermit {
+    fence: Option<i64>,
+    lock: Option<HeldLock>,
+}
+
+enum Claimed<V> {
+    /// Another process's fill, with the time its entry has left.
+    Hit(V, Duration),
+    Load(LoadPermit),
+    /// Redis failed: load without touching it again in this call.
+    Unavailable,
+}
+
+/// The leader's claim: someone's fill, or the lock. While another process holds the lock, waits
+/// to be woken by its fill or release (`backend::redis_wake`), claiming again each time, for at
+/// most [`WAIT_LIMIT`]; then loads without the lock.
+async fn claim<V: DeserializeOwned>(
+    site: &Site,
+    redis: &RedisBackend,
+    key: &CacheKey,
+) -> Claimed<V> {
+    let store = redis.store();
+    let started = Instant::now();
+    let mut over_unreadable = false;
+    let mut waiting = None;
+    let mut poll = Duration::from_millis(2);
+    loop {
+        // Listening before the claim: a wake-up published after it is not missed.
+        let wake = waiting.as_ref().map(crate::backend::Waiting::listen);
+        let (fence, token) = match store.claim(key.as_str(), LEASE, over_unreadable).await {
+            Ok(Claim::Filled(bytes)) => match decode::<V>(site, redis, key, &bytes) {
+                Lookup::Hit(value, remaining) => return Claimed::Hit(value, remaining),
+                // Unreadable or past its time: reload over it, under the fence and the lock.
+                _ => {
+                    over_unreadable = true;
+                    continue;
+                }
+            },
+            Ok(Claim::Load { fence, token }) => (fence, token),
+            Err(_) => return Claimed::Unavailable,
+        };
+        if let Some(token) = token {
+            let lock = Some(HeldLock::new(store, key.as_str(), token));
+            return Claimed::Load(LoadPermit { fence, lock });
+        }
+        if started.elapsed() >= WAIT_LIMIT {
+            return Claimed::Load(LoadPermit { fence, lock: None });
+        }
+        match wake {
+            // Registered now; claim again at once, listening.
+            None => waiting = Some(store.wait_for_holder(key.as_str())),
+            Some(wake) => {
+                let wait = if store.wakeups_up() {
+                    SAFETY_POLL
+                } else {
+                    // No subscription to be woken through: poll, backing off.
+                    poll = (poll * 2).min(Duration::from_millis(50));
+                    poll
+                };
+                let _ = tokio::time::timeout(wait, wake).await;
+            }
+        }
+    }
 }
 
 /// A tiered backend's L1 as one call sees it: the epoch it started in.
@@ -200,7 +247,7 @@ enum Lookup<V> {
 }
 
 async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &CacheKey) -> Lookup<V> {
-    match redis.store.get(key.as_str()).await {
+    match redis.store().get(key.as_str()).await {
         Ok(Some(bytes)) => decode(site, redis, key, &bytes),
         Ok(None) => Lookup::Miss,
         Err(_) => Lookup::Unavailable,
@@ -240,33 +287,14 @@ fn decode<V: DeserializeOwned>(
     }
 }
 
-/// Waits for another process's fill, polling with bounded backoff until the lease runs out.
-async fn wait_for_fill<V: DeserializeOwned>(
-    site: &Site,
-    redis: &RedisBackend,
-    key: &CacheKey,
-) -> Lookup<V> {
-    let deadline = Instant::now() + LEASE;
-    let mut delay = Duration::from_millis(2);
-    loop {
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(50));
-        match read::<V>(site, redis, key).await {
-            Lookup::Miss if Instant::now() < deadline => {}
-            done => return done,
-        }
-    }
-}
-
-/// Stores `value` in Redis under the fence; false only if the fence refused it (an
-/// invalidation landed during the load).
+/// Stores `value` in Redis under the fence, releasing the lock; false only if the fence refused
+/// it (an invalidation landed during the load).
 async fn fill<V: Serialize>(
     site: &Site,
     redis: &RedisBackend,
     key: &CacheKey,
     value: &V,
-    fence: Option<i64>,
-    token: Option<&str>,
+    permit: LoadPermit,
 ) -> bool {
     let now = now_ms();
     let ttl = u64::try_from(site.ttl.as_millis()).unwrap_or(u64::MAX);
@@ -276,12 +304,25 @@ async fn fill<V: Serialize>(
         stale_until_ms: now.saturating_add(ttl),
     };
     let key_hash = redis.entry_hash(key.as_str());
+    let LoadPermit { fence, lock } = permit;
     match envelope::encode::<V, Bincode>(value, site.version, key_hash, times) {
-        Ok(bytes) => redis
-            .store
-            .fill(key.as_str(), fence, &bytes, site.ttl, token)
-            .await
-            .unwrap_or(true),
+        Ok(bytes) => {
+            let token = lock.as_ref().map(HeldLock::token);
+            let filled = redis
+                .store()
+                .fill(key.as_str(), fence, &bytes, site.ttl, token)
+                .await;
+            match (filled, lock) {
+                (Ok(stored), lock) => {
+                    if let Some(lock) = lock {
+                        lock.released_by_fill();
+                    }
+                    stored
+                }
+                // The lock's guard releases it.
+                (Err(_), _) => true,
+            }
+        }
         Err(error) => {
             static GATE: LogGate = LogGate::new();
             if let Some(suppressed) = GATE.admit() {
@@ -291,6 +332,9 @@ async fn fill<V: Serialize>(
                     suppressed,
                     "value could not be encoded; it is returned but not cached"
                 );
+            }
+            if let Some(lock) = lock {
+                lock.release().await;
             }
             true
         }
@@ -333,7 +377,7 @@ mod tests {
         };
         let ttl = Duration::from_secs(60);
         let fill = |bytes: Vec<u8>| {
-            let store = Arc::clone(&redis.store);
+            let store = Arc::clone(redis.store());
             async move { store.fill("k", None, &bytes, ttl, None).await }
         };
         assert!(fill(envelope(now + 60_000)).await.expect("up"));

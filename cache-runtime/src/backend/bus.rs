@@ -18,6 +18,11 @@ use redis::Client;
 
 use crate::log_gate::LogGate;
 
+/// A bus message that tells every process to drop its whole L1 (the invalidation queue
+/// overflowed somewhere, so which keys changed is not known). Not `<origin> <key>`-shaped, so
+/// a process of an older version ignores it.
+pub(crate) const FLUSH_MESSAGE: &str = "*";
+
 /// The bus state of one tiered backend.
 pub(crate) struct Bus {
     /// Identifies this backend instance's messages, so that it does not act on its own.
@@ -112,6 +117,12 @@ impl Bus {
         was_up
     }
 
+    /// Turns every L1 entry stored so far into a miss, the bus staying up.
+    fn flush_epoch(&self) {
+        self.state.fetch_add(2, Ordering::AcqRel);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The key a message invalidates, unless the message is this instance's own.
     fn key_of<'a>(&self, message: &'a str) -> Option<&'a str> {
         let (origin, key) = message.split_once(' ')?;
@@ -180,7 +191,9 @@ impl Bus {
                 message = stream.next() => {
                     let Some(message) = message else { return true };
                     let Ok(payload) = message.get_payload::<String>() else { continue };
-                    if let Some(key) = self.key_of(&payload) {
+                    if payload == FLUSH_MESSAGE {
+                        self.flush_epoch();
+                    } else if let Some(key) = self.key_of(&payload) {
                         self.received.fetch_add(1, Ordering::Relaxed);
                         if !invalidate(key) {
                             return false;

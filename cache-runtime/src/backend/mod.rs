@@ -5,8 +5,11 @@ mod bus;
 mod memory;
 mod pending;
 mod redis;
+mod redis_blocking;
 mod redis_keys;
+mod redis_lock;
 mod redis_store;
+mod redis_wake;
 /// The same real-redis-server helper the integration tests use.
 #[cfg(test)]
 #[allow(dead_code)] // not every helper method is used here
@@ -21,7 +24,9 @@ pub use memory::{MemoryBackend, MemoryBackendBuilder, Weigher};
 pub use redis::{RedisBackend, RedisBackendBuilder};
 pub use tiered::{TieredBackend, TieredBackendBuilder};
 
+pub(crate) use redis_lock::{HeldLock, LEASE};
 pub(crate) use redis_store::Claim;
+pub(crate) use redis_wake::{Waiting, SAFETY_POLL};
 
 use crate::flight::{Flights, Outcome, Role};
 use crate::key::CacheKey;
@@ -194,24 +199,46 @@ impl Backend {
         }
     }
 
-    /// Removes `key`; a remote store's failure is logged (the entry may then live until its
-    /// TTL, which the log says).
-    pub(crate) async fn invalidate(&self, key: &str) {
-        self.inner.flights.invalidate(key);
+    /// Whether this backend's store is reached over the network.
+    pub(crate) fn is_remote(&self) -> bool {
+        !matches!(self.inner.store, Store::Memory(_))
+    }
+
+    /// Removes `keys`; a remote store's failure is logged, and the invalidations are replayed
+    /// once Redis answers. Once one fails, the others of the call are queued without being
+    /// tried, so a call costs at most one operation timeout.
+    pub(crate) async fn invalidate(&self, keys: &[CacheKey]) {
+        for key in keys {
+            self.inner.flights.invalidate(key.as_str());
+        }
         match &self.inner.store {
-            Store::Memory(memory) => memory.invalidate(key),
+            Store::Memory(memory) => keys.iter().for_each(|key| memory.invalidate(key.as_str())),
             Store::Redis(redis) => {
-                if let Err(error) = redis.store.invalidate(key, None).await {
-                    log_failed_invalidation(&self.inner.name, key, &error);
+                let mut reachable = true;
+                for key in keys {
+                    let key = key.as_str();
+                    if !reachable {
+                        redis.store().keep_for_replay(key, None);
+                    } else if let Err(error) = redis.store().invalidate(key, None).await {
+                        log_failed_invalidation(&self.inner.name, key, &error);
+                        reachable = false;
+                    }
                 }
             }
             Store::Tiered(tiered) => {
-                let (channel, message) = tiered.bus.announcement(key);
-                let announce = Some((channel.as_str(), message.as_str()));
-                if let Err(error) = tiered.l2.store.invalidate(key, announce).await {
-                    log_failed_invalidation(&self.inner.name, key, &error);
+                let mut reachable = true;
+                for key in keys {
+                    let key = key.as_str();
+                    let (channel, message) = tiered.bus.announcement(key);
+                    let announce = Some((channel.as_str(), message.as_str()));
+                    if !reachable {
+                        tiered.l2.store().keep_for_replay(key, announce);
+                    } else if let Err(error) = tiered.l2.store().invalidate(key, announce).await {
+                        log_failed_invalidation(&self.inner.name, key, &error);
+                        reachable = false;
+                    }
+                    self.invalidate_l1(tiered, key);
                 }
-                self.invalidate_l1(tiered, key);
             }
         }
     }
@@ -223,24 +250,42 @@ impl Backend {
         tiered.l1.invalidate(key);
     }
 
-    /// Removes `key` without awaiting, for synchronous `#[invalidates]` functions: a remote
-    /// store is reached over a blocking connection (bounded by the store's timeouts).
-    pub(crate) fn invalidate_blocking(&self, key: &str) {
-        self.inner.flights.invalidate(key);
+    /// [`invalidate`](Self::invalidate) without awaiting, for synchronous `#[invalidates]`
+    /// functions: a remote store is reached over a blocking connection, bounded by the store's
+    /// operation timeout.
+    pub(crate) fn invalidate_blocking(&self, keys: &[CacheKey]) {
+        for key in keys {
+            self.inner.flights.invalidate(key.as_str());
+        }
         match &self.inner.store {
-            Store::Memory(memory) => memory.invalidate(key),
+            Store::Memory(memory) => keys.iter().for_each(|key| memory.invalidate(key.as_str())),
             Store::Redis(redis) => {
-                if let Err(error) = redis.store.invalidate_blocking(key, None) {
-                    log_failed_invalidation(&self.inner.name, key, &error);
+                let mut reachable = true;
+                for key in keys {
+                    let key = key.as_str();
+                    if !reachable {
+                        redis.store().keep_for_replay(key, None);
+                    } else if let Err(error) = redis.store().invalidate_blocking(key, None) {
+                        log_failed_invalidation(&self.inner.name, key, &error);
+                        reachable = false;
+                    }
                 }
             }
             Store::Tiered(tiered) => {
-                let (channel, message) = tiered.bus.announcement(key);
-                let announce = Some((channel.as_str(), message.as_str()));
-                if let Err(error) = tiered.l2.store.invalidate_blocking(key, announce) {
-                    log_failed_invalidation(&self.inner.name, key, &error);
+                let mut reachable = true;
+                for key in keys {
+                    let key = key.as_str();
+                    let (channel, message) = tiered.bus.announcement(key);
+                    let announce = Some((channel.as_str(), message.as_str()));
+                    if !reachable {
+                        tiered.l2.store().keep_for_replay(key, announce);
+                    } else if let Err(error) = tiered.l2.store().invalidate_blocking(key, announce)
+                    {
+                        log_failed_invalidation(&self.inner.name, key, &error);
+                        reachable = false;
+                    }
+                    self.invalidate_l1(tiered, key);
                 }
-                self.invalidate_l1(tiered, key);
             }
         }
     }

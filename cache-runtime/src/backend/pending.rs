@@ -1,59 +1,122 @@
-//! Invalidations that did not reach Redis, kept to be replayed once it answers again.
+//! Invalidations that did not reach Redis, kept until Redis confirms them.
 //!
 //! Failing open means a mutation succeeds while Redis is unreachable; its invalidation is then
-//! lost, and if Redis comes back with its data (a network blip, a pause, not a restart) other
-//! processes would read the old value until its TTL. Replaying the lost invalidations on the
-//! first read that reaches Redis again shrinks that window to the breaker's probe interval.
+//! lost, and if Redis comes back with its data (a network blip, a pause, not a restart) every
+//! process would read the old value until its TTL. So a failed invalidation is kept here and
+//! replayed: in batches, before the operations of later calls and by a background task, until
+//! Redis confirms it. Until then its key is *pending*: this process reads nothing of it from
+//! Redis and stores nothing there.
+//!
+//! The queue is bounded. Past the bound the keys themselves are not kept, but their loss is:
+//! the queue *overflows*, every key counts as pending, and the replay ends with a purge of every
+//! entry under the prefix, since which ones are stale is no longer known.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::log_gate::LogGate;
 
-/// At most this many are kept; beyond it the oldest are dropped (and that is logged): a bound on
-/// memory during a long outage, after which entries live until their TTL as before.
+/// At most this many keys are kept; past it, the queue overflows.
 pub(crate) const MAX_PENDING: usize = 10_000;
 
-/// One lost invalidation: the cache key, and the bus announcement to repeat with it, if any.
-pub(crate) type Pending = (String, Option<(String, String)>);
+/// The bus announcement to repeat with a replayed invalidation: (channel, message).
+pub(crate) type Announcement = Option<(String, String)>;
 
 #[derive(Default)]
 pub(crate) struct PendingInvalidations {
-    items: Mutex<Vec<Pending>>,
-    /// Lets the read path check for work with one relaxed load.
+    items: Mutex<HashMap<String, Announcement>>,
+    /// Lets every operation check for work with one relaxed load. Cleared only when nothing is
+    /// pending, never before a replay is confirmed.
     any: AtomicBool,
+    /// The queue overflowed: every key counts as pending until a purge has run.
+    overflowed: AtomicBool,
+    /// One replay at a time; the others go on without waiting for it.
+    replaying: AtomicBool,
+}
+
+/// Held by the one caller replaying; dropping it (on return, cancellation or panic) lets the
+/// next one in.
+pub(crate) struct Replaying<'a>(&'a PendingInvalidations);
+
+impl Drop for Replaying<'_> {
+    fn drop(&mut self) {
+        self.0.replaying.store(false, Ordering::Release);
+    }
 }
 
 impl PendingInvalidations {
-    pub(crate) fn push(&self, pending: Pending) {
-        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        if items.iter().any(|(key, _)| *key == pending.0) {
-            return;
-        }
-        if items.len() >= MAX_PENDING {
-            items.remove(0);
-            static GATE: LogGate = LogGate::new();
-            if let Some(suppressed) = GATE.admit() {
-                tracing::error!(
-                    suppressed,
-                    "more than {MAX_PENDING} invalidations are waiting for redis; the oldest \
-                     are dropped and those entries live until their ttl"
-                );
+    fn items(&self) -> MutexGuard<'_, HashMap<String, Announcement>> {
+        // Every critical section is a lookup, an insert, a removal or a copy.
+        self.items.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn push(&self, key: &str, announcement: Announcement) {
+        let mut items = self.items();
+        if items.len() >= MAX_PENDING && !items.contains_key(key) {
+            if !self.overflowed.swap(true, Ordering::AcqRel) {
+                static GATE: LogGate = LogGate::new();
+                if let Some(suppressed) = GATE.admit() {
+                    tracing::error!(
+                        suppressed,
+                        "more than {MAX_PENDING} invalidations are waiting for redis; caching \
+                         through redis stops in this process, and once redis answers every \
+                         entry under this prefix is deleted, since which are stale is no \
+                         longer known"
+                    );
+                }
             }
+        } else {
+            items.insert(key.to_owned(), announcement);
         }
-        items.push(pending);
         self.any.store(true, Ordering::Release);
     }
 
-    /// Whether anything waits; cheap enough for every read.
+    /// Whether anything waits; cheap enough for every operation.
     pub(crate) fn any(&self) -> bool {
         self.any.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn take(&self) -> Vec<Pending> {
-        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        self.any.store(false, Ordering::Release);
-        std::mem::take(&mut *items)
+    /// Whether `key` must be left alone in Redis: its invalidation is not confirmed yet.
+    pub(crate) fn holds(&self, key: &str) -> bool {
+        self.any() && (self.overflowed() || self.items().contains_key(key))
+    }
+
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// The right to replay, unless another caller is replaying.
+    pub(crate) fn start_replay(&self) -> Option<Replaying<'_>> {
+        (!self.replaying.swap(true, Ordering::AcqRel)).then_some(Replaying(self))
+    }
+
+    /// Up to `most` pending invalidations, left in place until [`confirm`](Self::confirm).
+    pub(crate) fn batch(&self, most: usize) -> Vec<(String, Announcement)> {
+        self.items()
+            .iter()
+            .take(most)
+            .map(|(key, announcement)| (key.clone(), announcement.clone()))
+            .collect()
+    }
+
+    /// Redis confirmed these invalidations (and the purge, if `purged`).
+    pub(crate) fn confirm<'k>(&self, keys: impl IntoIterator<Item = &'k str>, purged: bool) {
+        let mut items = self.items();
+        for key in keys {
+            items.remove(key);
+        }
+        if purged {
+            self.overflowed.store(false, Ordering::Release);
+        }
+        if items.is_empty() && !self.overflowed() {
+            self.any.store(false, Ordering::Release);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.items().len()
     }
 }
 
@@ -62,19 +125,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_kept_once_and_bounded() {
+    fn keys_stay_pending_until_confirmed() {
         let pending = PendingInvalidations::default();
         assert!(!pending.any());
-        pending.push(("a".to_owned(), None));
-        pending.push(("a".to_owned(), None));
-        for n in 0..MAX_PENDING {
-            pending.push((n.to_string(), None));
-        }
-        assert!(pending.any());
-        let items = pending.take();
-        assert_eq!(items.len(), MAX_PENDING);
-        assert_eq!(items[0].0, "0", "the oldest (`a`) was dropped");
+        pending.push("a", None);
+        pending.push("a", None);
+        pending.push("b", None);
+        assert_eq!(pending.len(), 2);
+        let batch = pending.batch(10);
+        assert_eq!(batch.len(), 2);
+        assert!(pending.holds("a"), "a batch taken is not yet confirmed");
+        pending.confirm(["a"], false);
+        assert!(!pending.holds("a") && pending.holds("b") && pending.any());
+        pending.confirm(["b"], false);
         assert!(!pending.any());
-        assert!(pending.take().is_empty());
+    }
+
+    #[test]
+    fn an_overflow_makes_every_key_pending_until_a_purge() {
+        let pending = PendingInvalidations::default();
+        for n in 0..=MAX_PENDING {
+            pending.push(&n.to_string(), None);
+        }
+        assert!(pending.overflowed());
+        assert!(pending.holds("never invalidated"));
+        let keys: Vec<String> = pending
+            .batch(usize::MAX)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        pending.confirm(keys.iter().map(String::as_str), false);
+        assert!(pending.any(), "still overflowed");
+        pending.confirm([], true);
+        assert!(!pending.any() && !pending.holds("0"));
+    }
+
+    #[test]
+    fn one_replayer_at_a_time() {
+        let pending = PendingInvalidations::default();
+        let first = pending.start_replay().expect("free");
+        assert!(pending.start_replay().is_none());
+        drop(first);
+        assert!(pending.start_replay().is_some());
     }
 }

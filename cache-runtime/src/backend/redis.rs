@@ -45,6 +45,10 @@ impl RedisBackend {
         RedisBackendBuilder::default()
     }
 
+    pub(crate) fn store(&self) -> &Arc<RedisStore> {
+        &self.store
+    }
+
     /// The hash an envelope of this backend carries for `cache_key`: prefix and key, so that a
     /// value copied to another key, or to another application's prefix, is a miss there.
     pub(crate) fn entry_hash(&self, cache_key: &str) -> u64 {
@@ -104,7 +108,7 @@ impl RedisBackendBuilder {
             reason: redact_in(&error.to_string(), &url),
         })?;
         Ok(RedisBackend {
-            store: Arc::new(store),
+            store,
             redacted_url,
             entry_hash_seed: entry_hash_seed(&prefix),
             prefix,

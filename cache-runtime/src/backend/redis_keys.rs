@@ -23,6 +23,9 @@ pub(crate) enum Role {
     Lock,
     /// The fence an invalidation leaves against late fills.
     Fence,
+    /// Set while callers in other processes wait for the lock holder: its fill or release then
+    /// wakes them ([`wake_channel`]).
+    Waiters,
 }
 
 impl Role {
@@ -31,6 +34,7 @@ impl Role {
             Role::Value => "v",
             Role::Lock => "l",
             Role::Fence => "f",
+            Role::Waiters => "w",
         }
     }
 }
@@ -82,6 +86,12 @@ pub(crate) fn entry_hash(seed: u64, cache_key: &str) -> u64 {
 /// services sharing a Redis under different prefixes do not hear each other.
 pub(crate) fn bus_channel(prefix: &str) -> String {
     format!("{prefix}:{KEY_FORMAT}:bus")
+}
+
+/// The pub/sub channel a lock holder's fill or release wakes waiting processes on, with the
+/// cache key as the message: one per prefix, like [`bus_channel`].
+pub(crate) fn wake_channel(prefix: &str) -> String {
+    format!("{prefix}:{KEY_FORMAT}:wake")
 }
 
 /// One role's key, written straight into a command's argument (`cmd.arg(KeyArg {..})`): the

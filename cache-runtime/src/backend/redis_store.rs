@@ -1,18 +1,24 @@
 //! The Redis store: raw envelope bytes under the entry's keys, a load lock with an owner token,
 //! and a fence that stops a fill which began before an invalidation.
 //!
-//! Every operation is one round trip (a read that misses, two), bounded by a timeout, and gated
-//! by a circuit breaker: an error, a timeout or an open breaker is reported as [`StoreError`],
-//! which callers treat as a miss (fail open).
+//! Every operation is one round trip, bounded by a timeout, and gated by a circuit breaker: an
+//! error, a timeout or an open breaker is reported as [`StoreError`], which callers treat as a
+//! miss (fail open).
 //!
-//! Fence protocol: a reader fetches the value, and on a miss the fence generation (`read`). A
-//! loader carries the generation it saw; the fill script stores only if the fence still holds
-//! that generation, then releases the lock if the token is its own. An invalidation deletes the
-//! value and increments the fence (with a TTL longer than any load lease), so a fill that read
-//! the old generation is refused. If the fence expires during an over-long load, the generation
-//! read (`n`) no longer matches (`nil`), so the error is on the safe side; only a loader that
-//! saw *no* fence and outlives a whole fence TTL could store late, which the lease bounds.
+//! Fence protocol: a loading leader's claim reads the entry's fence, creating it with a random
+//! generation if it is missing; the fill script stores only if the fence still holds that
+//! generation. An invalidation deletes the value and increments the fence (with a TTL longer
+//! than any load), so a fill that saw the old generation is refused. A fence that expired during
+//! an over-long load, or that a restarted, empty Redis lost, no longer matches either: every
+//! error is on the safe side.
+//!
+//! Lock protocol: the claim takes the lock (`SET NX PX`, a random owner token) or, if another
+//! process holds it, flags the entry as waited on; the holder renews it while loading
+//! (`redis_lock`), and its fill or release, seeing the flag, publishes a wake-up
+//! (`redis_wake`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -20,7 +26,9 @@ use redis::{Client, Script};
 
 use super::breaker::{Breaker, BreakerPolicy, Permit};
 use super::pending::PendingInvalidations;
-use super::redis_keys::{EntryKeys, KeyArg, Role};
+use super::redis_blocking::{BlockingConnections, Unsent};
+use super::redis_keys::{wake_channel, EntryKeys, KeyArg, Role};
+use super::redis_wake::{Waiting, Wakeups};
 use crate::log_gate::LogGate;
 
 /// Why a Redis operation did not happen; every case is a miss to the caller.
@@ -32,6 +40,8 @@ pub(crate) enum StoreError {
     Timeout(Duration),
     #[error("redis error: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("an invalidation of this key has not reached redis yet")]
+    Pending,
 }
 
 /// What a read found: the envelope bytes, if any, and the fence generation to carry into a fill.
@@ -64,25 +74,35 @@ impl Default for RedisSettings {
     }
 }
 
+/// Pending invalidations replayed per round trip: a pipeline of this many script calls.
+const REPLAY_BATCH: usize = 200;
+
 pub(crate) struct RedisStore {
+    /// This store, for the background tasks it starts (replay), which must not keep it alive.
+    this: Weak<RedisStore>,
     client: Client,
     /// Made on first use, inside the caller's Tokio runtime: creating a `ConnectionManager`
     /// spawns its driver, which needs a runtime that configuration time may not have.
     connection: tokio::sync::OnceCell<ConnectionManager>,
-    /// A plain connection for synchronous `#[invalidates]` functions, which cannot await; made
-    /// on first use and dropped after an error, so the next use reconnects.
-    blocking: std::sync::Mutex<Option<redis::Connection>>,
+    /// Plain connections for synchronous `#[invalidates]` functions, which cannot await.
+    blocking: BlockingConnections,
     pending: PendingInvalidations,
+    wakeups: Arc<Wakeups>,
+    wake_channel: String,
     settings: RedisSettings,
     breaker: Breaker,
     fill_script: Script,
     invalidate_script: Script,
     release_script: Script,
     claim_script: Script,
+    renew_script: Script,
+    /// Whether the background replayer runs (`replay_in_background`).
+    replayer_running: AtomicBool,
 }
 
-/// KEYS: value, fence, lock. ARGV: fence generation seen ("" for none), bytes, ttl ms, token.
-/// Returns 1 if stored, 0 if fenced off.
+/// KEYS: value, fence, lock, waiters. ARGV: fence generation seen, bytes, ttl ms, token, wake
+/// channel, cache key. Returns 1 if stored, 0 if fenced off. Releases the lock if `token` owns
+/// it, and wakes the key's waiters in other processes.
 const FILL: &str = r"
 local fence = redis.call('GET', KEYS[2])
 local stored = 0
@@ -92,6 +112,9 @@ if (fence or '') == ARGV[1] then
 end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
   redis.call('DEL', KEYS[3])
+end
+if redis.call('DEL', KEYS[4]) == 1 then
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
 end
 return stored
 ";
@@ -112,17 +135,28 @@ return generation
 /// An invalidation message to publish with the deletion: (channel, message).
 pub(crate) type Announce<'a> = Option<(&'a str, &'a str)>;
 
-/// KEYS: value, fence, lock. ARGV: token, lease ms. The value if there is one (`{value}`);
-/// otherwise the fence generation and whether the lock was taken (`{false, fence, 0|1}`). One
-/// atomic step, so a leader that arrives just after another's fill takes that value instead of
-/// loading again.
+/// KEYS: value, fence, lock, waiters. ARGV: token, lease ms, a random fence generation, fence
+/// ttl ms, waiters ttl ms, "1" to ignore the value (it was unreadable).
+/// The value if there is one (`{value}`); otherwise the fence generation and whether the lock
+/// was taken (`{false, fence, 0|1}`). One atomic step, so a leader that arrives just after
+/// another's fill takes that value instead of loading again. A missing fence is created with a
+/// random generation, so that a fill after the server lost its keys (a restart) is refused.
 const CLAIM: &str = r"
-local value = redis.call('GET', KEYS[1])
-if value then
-  return {value}
+if ARGV[6] ~= '1' then
+  local value = redis.call('GET', KEYS[1])
+  if value then
+    return {value}
+  end
 end
 local fence = redis.call('GET', KEYS[2])
+if not fence then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  fence = ARGV[3]
+end
 local taken = redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
+if not taken then
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[5])
+end
 return {false, fence, taken and 1 or 0}
 ";
 
@@ -139,10 +173,23 @@ pub(crate) enum Claim {
     },
 }
 
-/// KEYS: lock. ARGV: token. Compare-and-delete, so only the owner releases.
+/// KEYS: lock, waiters. ARGV: token, wake channel, cache key. Compare-and-delete, so only the
+/// owner releases; a release wakes the key's waiters.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  if redis.call('DEL', KEYS[2]) == 1 then
+    redis.call('PUBLISH', ARGV[2], ARGV[3])
+  end
+  return 1
+end
+return 0
+";
+
+/// KEYS: lock. ARGV: token, lease ms. Extends the lease if `token` still owns the lock.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 ";
@@ -150,20 +197,26 @@ return 0
 impl RedisStore {
     /// Creates the store without connecting: a store whose server is down still serves
     /// (uncached) and connects when the server comes back.
-    pub(crate) fn new(url: &str, settings: RedisSettings) -> Result<Self, redis::RedisError> {
+    pub(crate) fn new(url: &str, settings: RedisSettings) -> Result<Arc<Self>, redis::RedisError> {
         let client = Client::open(url)?;
-        Ok(RedisStore {
+        let wake_channel = wake_channel(&settings.prefix);
+        Ok(Arc::new_cyclic(|this| RedisStore {
+            this: Weak::clone(this),
+            blocking: BlockingConnections::new(client.clone()),
             client,
             connection: tokio::sync::OnceCell::new(),
-            blocking: std::sync::Mutex::new(None),
             pending: PendingInvalidations::default(),
+            wakeups: Arc::new(Wakeups::new(wake_channel.clone())),
+            wake_channel,
             breaker: Breaker::new(settings.breaker),
             settings,
             fill_script: Script::new(FILL),
             invalidate_script: Script::new(INVALIDATE),
             release_script: Script::new(RELEASE),
             claim_script: Script::new(CLAIM),
-        })
+            renew_script: Script::new(RENEW),
+            replayer_running: AtomicBool::new(false),
+        }))
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
@@ -221,6 +274,7 @@ impl RedisStore {
                     );
                 }
             }
+            Err(StoreError::Pending) => {}
             Err(_) => {
                 if self.breaker.record_failure(Instant::now()) {
                     tracing::warn!(
@@ -233,6 +287,20 @@ impl RedisStore {
         }
     }
 
+    /// What every operation on `cache_key` does first while invalidations are pending: replay
+    /// one batch (one round trip, so a call pays a bounded time for it), then refuse the key
+    /// if its own invalidation is still unconfirmed, so nothing stale is read or stored.
+    async fn settle_pending(&self, cache_key: &str) -> Result<(), StoreError> {
+        if !self.pending.any() {
+            return Ok(());
+        }
+        self.replay_batch().await?;
+        if self.pending.holds(cache_key) {
+            return Err(StoreError::Pending);
+        }
+        Ok(())
+    }
+
     /// Reads the value: one `GET`, the hit path's only round trip.
     ///
     /// The fence generation a fill must carry is not read here but by the loading leader, with
@@ -243,9 +311,7 @@ impl RedisStore {
     /// still fences the fill off, and one before it happened before the load, whose value is
     /// then fresh.
     pub(crate) async fn get(&self, cache_key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        if self.pending.any() {
-            self.replay_pending().await?;
-        }
+        self.settle_pending(cache_key).await?;
         let mut connection = self.connection().await?;
         self.guarded(
             redis::cmd("GET")
@@ -266,13 +332,16 @@ impl RedisStore {
         Ok(Read { value, fence })
     }
 
-    /// A loading leader's one round trip: the value if another fill landed since its read,
-    /// else the fence generation and the lock ([`CLAIM`]).
+    /// A loading leader's one round trip: the value if another fill landed since its read
+    /// (unless `over_unreadable`: the value it found could not be decoded), else the fence
+    /// generation and the lock ([`CLAIM`]).
     pub(crate) async fn claim(
         &self,
         cache_key: &str,
         lease: Duration,
+        over_unreadable: bool,
     ) -> Result<Claim, StoreError> {
+        self.settle_pending(cache_key).await?;
         let token = format!("{:032x}", fastrand::u128(..));
         let keys = self.keys(cache_key);
         let mut connection = self.connection().await?;
@@ -281,41 +350,23 @@ impl RedisStore {
             .key(keys.key(Role::Value))
             .key(keys.key(Role::Fence))
             .key(keys.key(Role::Lock))
+            .key(keys.key(Role::Waiters))
             .arg(&token)
-            .arg(millis(lease));
+            .arg(millis(lease))
+            // Far from the small generations invalidations count from a missing fence, and
+            // positive, so INCR keeps working.
+            .arg(fastrand::i64(1 << 40..i64::MAX / 2))
+            .arg(millis(self.settings.fence_ttl))
+            .arg(millis(lease * 2))
+            .arg(if over_unreadable { "1" } else { "" });
         let reply: redis::Value = self
             .guarded(invocation.invoke_async(&mut connection))
             .await?;
         parse_claim(reply, token).map_err(StoreError::Redis)
     }
 
-    /// A loader's one round trip before it loads: the fence generation its fill must carry,
-    /// and the load lock for `lease` if nobody holds it (the owner token if taken).
-    pub(crate) async fn fence_and_lock(
-        &self,
-        cache_key: &str,
-        lease: Duration,
-    ) -> Result<(Option<i64>, Option<String>), StoreError> {
-        let token = format!("{:032x}", fastrand::u128(..));
-        let mut connection = self.connection().await?;
-        let (fence, taken): (Option<i64>, Option<String>) = self
-            .guarded(
-                redis::pipe()
-                    .cmd("GET")
-                    .arg(self.key_arg(cache_key, Role::Fence))
-                    .cmd("SET")
-                    .arg(self.key_arg(cache_key, Role::Lock))
-                    .arg(&token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(lease))
-                    .query_async(&mut connection),
-            )
-            .await?;
-        Ok((fence, taken.map(|_| token)))
-    }
-
     /// The entry's fence generation, which a fill must carry.
+    #[cfg(test)]
     pub(crate) async fn fence(&self, cache_key: &str) -> Result<Option<i64>, StoreError> {
         let mut connection = self.connection().await?;
         self.guarded(
@@ -334,8 +385,9 @@ impl RedisStore {
         }
     }
 
-    /// Stores `bytes` unless an invalidation moved the fence past `read_fence`, and releases
-    /// the lock held by `token`: one script, one round trip. Returns whether it stored.
+    /// Stores `bytes` unless an invalidation moved the fence past `read_fence`, releases the
+    /// lock held by `token` and wakes the key's waiters: one script, one round trip. Returns
+    /// whether it stored.
     pub(crate) async fn fill(
         &self,
         cache_key: &str,
@@ -344,6 +396,7 @@ impl RedisStore {
         ttl: Duration,
         token: Option<&str>,
     ) -> Result<bool, StoreError> {
+        self.settle_pending(cache_key).await?;
         let keys = self.keys(cache_key);
         let mut connection = self.connection().await?;
         let fence = read_fence.map(|g| g.to_string()).unwrap_or_default();
@@ -352,23 +405,30 @@ impl RedisStore {
             .key(keys.key(Role::Value))
             .key(keys.key(Role::Fence))
             .key(keys.key(Role::Lock))
+            .key(keys.key(Role::Waiters))
             .arg(fence)
             .arg(bytes)
             .arg(millis(ttl).max(1))
-            .arg(token.unwrap_or(""));
+            .arg(token.unwrap_or(""))
+            .arg(&self.wake_channel)
+            .arg(cache_key);
         let stored: i64 = self
             .guarded(invocation.invoke_async(&mut connection))
             .await?;
         Ok(stored == 1)
     }
 
-    /// Deletes the value and advances the fence (and publishes `announce`, if any).
+    /// Deletes the value and advances the fence (and publishes `announce`, if any). If it does
+    /// not reach Redis, it is kept and replayed until it does.
     pub(crate) async fn invalidate(
         &self,
         cache_key: &str,
         announce: Announce<'_>,
     ) -> Result<(), StoreError> {
         let result = async {
+            if self.pending.any() {
+                self.replay_batch().await?;
+            }
             let mut connection = self.connection().await?;
             let invocation = self.invalidation(cache_key, announce);
             let _generation: i64 = self
@@ -377,84 +437,178 @@ impl RedisStore {
             Ok(())
         }
         .await;
-        if result.is_err() {
-            self.keep_for_replay(cache_key, announce);
+        match &result {
+            Ok(()) => self.pending.confirm([cache_key], false),
+            Err(_) => self.keep_for_replay(cache_key, announce),
         }
         result
     }
 
-    fn keep_for_replay(&self, cache_key: &str, announce: Announce<'_>) {
+    /// Queues an invalidation for replay without trying it now: for the further keys of a call
+    /// whose first invalidation found Redis unreachable (one timeout per call).
+    pub(crate) fn keep_for_replay(&self, cache_key: &str, announce: Announce<'_>) {
         let announce = announce.map(|(channel, message)| (channel.to_owned(), message.to_owned()));
-        self.pending.push((cache_key.to_owned(), announce));
+        self.pending.push(cache_key, announce);
+        self.replay_in_background();
     }
 
-    /// Replays invalidations that failed earlier, before anything is read that they should
-    /// have removed. Stops at the first failure (the rest stay queued).
-    async fn replay_pending(&self) -> Result<(), StoreError> {
-        let mut items = self.pending.take().into_iter();
-        while let Some((key, announce)) = items.next() {
-            let announce = announce.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
-            if let Err(error) = self.invalidate(&key, announce).await {
-                for (key, announce) in items {
-                    self.pending.push((key, announce));
-                }
-                return Err(error);
+    /// Replays one batch of pending invalidations in one round trip, unless another caller is
+    /// replaying. Each stays pending until Redis confirms it.
+    async fn replay_batch(&self) -> Result<(), StoreError> {
+        let Some(_replaying) = self.pending.start_replay() else {
+            return Ok(());
+        };
+        let batch = self.pending.batch(REPLAY_BATCH);
+        if !batch.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.invalidate_script).ignore();
+            for (key, announce) in &batch {
+                let announce = announce.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
+                pipe.invoke_script(&self.invalidation(key, announce))
+                    .ignore();
             }
+            let mut connection = self.connection().await?;
+            self.guarded(pipe.query_async::<()>(&mut connection))
+                .await?;
+            self.pending
+                .confirm(batch.iter().map(|(key, _)| key.as_str()), false);
+            tracing::info!(
+                prefix = %self.settings.prefix,
+                replayed = batch.len(),
+                "replayed invalidations that had not reached redis"
+            );
+        }
+        if self.pending.overflowed() && self.pending.batch(1).is_empty() {
+            self.purge().await?;
+            self.pending.confirm([], true);
         }
         Ok(())
     }
 
+    /// Keeps replaying until nothing is pending, in a task of its own, so that a process that
+    /// only writes (and never reads again) still delivers its invalidations once Redis answers.
+    fn replay_in_background(&self) {
+        if self.replayer_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to replay on: the next operation that reaches Redis replays.
+            self.replayer_running.store(false, Ordering::Release);
+            return;
+        };
+        let mut replayer = Replayer(Some(Weak::clone(&self.this)));
+        runtime.spawn(async move {
+            loop {
+                let Some(store) = replayer.0.as_ref().and_then(Weak::upgrade) else {
+                    return;
+                };
+                let _ = store.replay_batch().await;
+                if !store.pending.any() {
+                    store.replayer_running.store(false, Ordering::Release);
+                    // Something queued between the check and the flag found the flag still
+                    // set and left it to this task: carry on, unless another task took over.
+                    if !store.pending.any() || store.replayer_running.swap(true, Ordering::AcqRel) {
+                        replayer.disarm();
+                        return;
+                    }
+                }
+                let pause = store.settings.breaker.probe_interval / 4;
+                drop(store);
+                tokio::time::sleep(pause).await;
+            }
+        });
+    }
+
+    /// Deletes every entry under the prefix and advances every fence (so loads under way store
+    /// nothing), and tells tiered peers to drop their L1: what a replay ends with after the
+    /// queue overflowed, since the lost keys are no longer known. O(keys under the prefix), for
+    /// a rare disaster, one `SCAN` page per round trip.
+    async fn purge(&self) -> Result<(), StoreError> {
+        let pattern = format!(
+            "{}:{}:*",
+            self.settings.prefix,
+            super::redis_keys::KEY_FORMAT
+        );
+        let fence_ttl = millis(self.settings.fence_ttl);
+        let mut connection = self.connection().await?;
+        let mut cursor = 0u64;
+        let mut purged = 0usize;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .guarded(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1_000)
+                        .query_async(&mut connection),
+                )
+                .await?;
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                match key.last() {
+                    Some(b'v') => {
+                        pipe.cmd("DEL").arg(key).ignore();
+                        purged += 1;
+                    }
+                    Some(b'f') => {
+                        pipe.cmd("INCR").arg(key).ignore();
+                        pipe.cmd("PEXPIRE").arg(key).arg(fence_ttl).ignore();
+                    }
+                    _ => {}
+                }
+            }
+            self.guarded(pipe.query_async::<()>(&mut connection))
+                .await?;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: Result<(), _> = self
+            .guarded(
+                redis::cmd("PUBLISH")
+                    .arg(super::redis_keys::bus_channel(&self.settings.prefix))
+                    .arg(super::bus::FLUSH_MESSAGE)
+                    .query_async(&mut connection),
+            )
+            .await;
+        tracing::warn!(
+            prefix = %self.settings.prefix,
+            purged,
+            "the invalidation queue had overflowed: every entry under the prefix was deleted"
+        );
+        Ok(())
+    }
+
     /// [`invalidate`](Self::invalidate) for a caller that cannot await: the same script over a
-    /// plain connection whose connect, read and write are bounded by the store's timeouts.
+    /// plain connection, the whole call bounded by the operation timeout.
     pub(crate) fn invalidate_blocking(
         &self,
         cache_key: &str,
         announce: Announce<'_>,
     ) -> Result<(), StoreError> {
         if self.breaker.permit(Instant::now()) == Permit::Refused {
+            self.keep_for_replay(cache_key, announce);
             return Err(StoreError::Refused);
         }
-        let result = self.invalidate_on_blocking_connection(cache_key, announce);
-        let result = result.map_err(|error| {
-            if error.is_timeout() {
-                StoreError::Timeout(self.settings.op_timeout)
-            } else {
-                StoreError::Redis(error)
-            }
-        });
-        self.record(&result);
-        if result.is_err() {
-            self.keep_for_replay(cache_key, announce);
-        }
-        result
-    }
-
-    fn invalidate_on_blocking_connection(
-        &self,
-        cache_key: &str,
-        announce: Announce<'_>,
-    ) -> redis::RedisResult<()> {
-        let mut slot = self
+        let invocation = self.invalidation(cache_key, announce);
+        let budget = self.settings.op_timeout;
+        let result = match self
             .blocking
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let connection = match slot.as_mut() {
-            Some(connection) => connection,
-            None => {
-                let connection = self
-                    .client
-                    .get_connection_with_timeout(self.settings.connect_timeout)?;
-                connection.set_read_timeout(Some(self.settings.op_timeout))?;
-                connection.set_write_timeout(Some(self.settings.op_timeout))?;
-                slot.insert(connection)
-            }
+            .run(budget, self.settings.connect_timeout, |connection| {
+                invocation.invoke::<i64>(connection)
+            }) {
+            Ok(Ok(_generation)) => Ok(()),
+            Ok(Err(error)) if error.is_timeout() => Err(StoreError::Timeout(budget)),
+            Ok(Err(error)) | Err(Unsent::Connect(error)) => Err(StoreError::Redis(error)),
+            Err(Unsent::Deadline) => Err(StoreError::Timeout(budget)),
         };
-        let result = self
-            .invalidation(cache_key, announce)
-            .invoke::<i64>(connection)
-            .map(|_| ());
-        if result.is_err() {
-            *slot = None;
+        self.record(&result);
+        match &result {
+            Ok(()) => self.pending.confirm([cache_key], false),
+            Err(_) => self.keep_for_replay(cache_key, announce),
         }
         result
     }
@@ -481,17 +635,69 @@ impl RedisStore {
         &self.settings
     }
 
-    /// Releases the lock if `token` still owns it.
+    /// Registers the caller as waiting for `cache_key`'s lock holder (`redis_wake`).
+    pub(crate) fn wait_for_holder(&self, cache_key: &str) -> Waiting<'_> {
+        self.wakeups.register(&self.client, cache_key)
+    }
+
+    /// Whether a wake-up published now is sure to reach this process.
+    pub(crate) fn wakeups_up(&self) -> bool {
+        self.wakeups.is_up()
+    }
+
+    /// Releases the lock if `token` still owns it, waking the key's waiters.
     pub(crate) async fn release(&self, cache_key: &str, token: &str) -> Result<bool, StoreError> {
+        let keys = self.keys(cache_key);
         let mut connection = self.connection().await?;
         let mut invocation = self.release_script.prepare_invoke();
         invocation
-            .key(self.keys(cache_key).key(Role::Lock))
-            .arg(token);
+            .key(keys.key(Role::Lock))
+            .key(keys.key(Role::Waiters))
+            .arg(token)
+            .arg(&self.wake_channel)
+            .arg(cache_key);
         let released: i64 = self
             .guarded(invocation.invoke_async(&mut connection))
             .await?;
         Ok(released == 1)
+    }
+
+    /// Extends the lock's lease if `token` still owns it; false if it does not.
+    pub(crate) async fn renew(
+        &self,
+        cache_key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        let mut invocation = self.renew_script.prepare_invoke();
+        invocation
+            .key(self.keys(cache_key).key(Role::Lock))
+            .arg(token)
+            .arg(millis(lease));
+        let renewed: i64 = self
+            .guarded(invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(renewed == 1)
+    }
+}
+
+/// The background replayer's claim on [`RedisStore::replayer_running`]: cleared when its task
+/// ends other than by finding nothing pending (dropped with its runtime, say), so that a later
+/// failure starts another.
+struct Replayer(Option<Weak<RedisStore>>);
+
+impl Replayer {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Replayer {
+    fn drop(&mut self) {
+        if let Some(store) = self.0.as_ref().and_then(Weak::upgrade) {
+            store.replayer_running.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -553,7 +759,7 @@ mod tests {
 
     use crate::backend::test_redis_server::RedisServer;
 
-    fn store(server: &RedisServer) -> RedisStore {
+    fn store(server: &RedisServer) -> Arc<RedisStore> {
         let settings = RedisSettings {
             prefix: "test".to_owned(),
             op_timeout: Duration::from_millis(200),
@@ -621,72 +827,101 @@ mod tests {
         let store = store(&server);
         let lease = Duration::from_secs(10);
         let Claim::Load {
-            fence: None,
+            fence: Some(seeded),
             token: Some(token),
-        } = store.claim("k", lease).await.expect("up")
+        } = store.claim("k", lease, false).await.expect("up")
         else {
-            panic!("a cold key is ours to load");
+            panic!("a cold key is ours to load, under a fence of its own making");
         };
         assert_eq!(
-            store.claim("k", lease).await.expect("up"),
+            store.claim("k", lease, false).await.expect("up"),
             Claim::Load {
-                fence: None,
+                fence: Some(seeded),
                 token: None
             },
             "the lock is held"
         );
         store.invalidate("k", None).await.expect("up");
-        assert!(matches!(
-            store.claim("k", lease).await.expect("up"),
+        assert_eq!(
+            store.claim("k", lease, false).await.expect("up"),
             Claim::Load {
-                fence: Some(1),
+                fence: Some(seeded + 1),
                 token: None
             }
-        ));
+        );
+        assert!(
+            !store
+                .fill("k", Some(seeded), b"old", TTL, None)
+                .await
+                .expect("up"),
+            "a load that claimed before the invalidation is fenced off"
+        );
         assert!(store
-            .fill("k", Some(1), b"v", TTL, Some(&token))
+            .fill("k", Some(seeded + 1), b"v", TTL, Some(&token))
             .await
             .expect("up"));
         assert_eq!(
-            store.claim("k", lease).await.expect("up"),
+            store.claim("k", lease, false).await.expect("up"),
             Claim::Filled(b"v".to_vec()),
             "a leader arriving after the fill takes it"
+        );
+        assert!(
+            matches!(
+                store.claim("k", lease, true).await.expect("up"),
+                Claim::Load { token: Some(_), .. }
+            ),
+            "over an unreadable value, the claim takes the lock"
         );
     }
 
     #[tokio::test]
-    async fn only_the_owner_releases_the_lock() {
+    async fn a_fill_after_the_server_lost_its_keys_is_refused() {
+        let mut server = RedisServer::start();
+        let store = store(&server);
+        let lease = Duration::from_secs(10);
+        let Claim::Load { fence, .. } = store.claim("k", lease, false).await.expect("up") else {
+            panic!("cold");
+        };
+        // Restarted empty: the fence (and any invalidation it recorded) is gone.
+        server.restart();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stored = loop {
+            match store.fill("k", fence, b"old", TTL, None).await {
+                Ok(stored) => break stored,
+                Err(_) => assert!(Instant::now() < deadline, "redis did not come back"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            !stored,
+            "a fill whose fence the server lost must be refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_releases_or_renews_the_lock() {
         let server = RedisServer::start();
         let store = store(&server);
         let lease = Duration::from_secs(10);
-        let token = store
-            .fence_and_lock("k", lease)
-            .await
-            .expect("up")
-            .1
-            .expect("free");
-        assert_eq!(
-            store.fence_and_lock("k", lease).await.expect("up").1,
-            None,
-            "held"
-        );
+        let take = |store: Arc<RedisStore>| async move {
+            match store.claim("k", lease, true).await.expect("up") {
+                Claim::Load { token, .. } => token,
+                Claim::Filled(_) => panic!("the value is ignored"),
+            }
+        };
+        let token = take(Arc::clone(&store)).await.expect("free");
+        assert_eq!(take(Arc::clone(&store)).await, None, "held");
         assert!(!store.release("k", "someone-else").await.expect("up"));
-        assert_eq!(
-            store.fence_and_lock("k", lease).await.expect("up").1,
-            None,
-            "still held"
-        );
+        assert!(!store.renew("k", "someone-else", lease).await.expect("up"));
+        assert!(store.renew("k", &token, lease).await.expect("up"));
+        assert_eq!(take(Arc::clone(&store)).await, None, "still held");
         // The fill releases the lock of its own token in the same round trip.
+        let fence = store.fence("k").await.expect("up");
         assert!(store
-            .fill("k", None, b"v", TTL, Some(&token))
+            .fill("k", fence, b"v", TTL, Some(&token))
             .await
             .expect("up"));
-        assert!(store
-            .fence_and_lock("k", lease)
-            .await
-            .expect("up")
-            .1
-            .is_some());
+        assert!(take(Arc::clone(&store)).await.is_some());
     }
 
     #[test]

@@ -185,7 +185,7 @@ where
         },
     );
     if plan.revalidate {
-        backend.invalidate(key.as_str()).await;
+        backend.invalidate(std::slice::from_ref(&key)).await;
     }
 
     let conditional: HeaderMap = parts
