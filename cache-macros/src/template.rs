@@ -29,6 +29,16 @@ impl Template {
     pub(crate) fn parse(lit: &LitStr) -> Result<Template, Error> {
         let text = lit.value();
         let fail = |message: String| Err(Error::new(lit.span(), message));
+        // Literal text cannot hold braces and every placeholder renders as `<...>`, so the empty
+        // template is the only one whose key, the Redis Cluster hash tag, is empty.
+        if text.is_empty() {
+            return fail(
+                "empty key template: every call would share one key, and on Redis Cluster its \
+                 hash tag would be empty (`{}`)\n\
+                 help: write literal text and placeholders, as in \"user:<id>\""
+                    .to_owned(),
+            );
+        }
         let mut segments = Vec::new();
         let mut rest = text.as_str();
         while !rest.is_empty() {
