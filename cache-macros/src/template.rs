@@ -5,6 +5,8 @@ use syn::{Error, LitStr};
 
 /// A parsed template: literal text and placeholders, in order.
 pub(crate) struct Template {
+    /// The template as written, where errors about it and the code built from it point.
+    pub(crate) lit: LitStr,
     pub(crate) segments: Vec<Segment>,
 }
 
@@ -26,7 +28,7 @@ pub(crate) struct Placeholder {
 
 impl Template {
     /// Parses `lit`; errors point at the literal and quote the offending part.
-    pub(crate) fn parse(lit: &LitStr) -> Result<Template, Error> {
+    pub(crate) fn parse(lit: LitStr) -> Result<Template, Error> {
         let text = lit.value();
         let fail = |message: String| Err(Error::new(lit.span(), message));
         // Literal text cannot hold braces and every placeholder renders as `<...>`, so the empty
@@ -74,10 +76,10 @@ impl Template {
                     "unclosed `<` in key template {text:?}\nhelp: close the placeholder with `>`"
                 ));
             }
-            segments.push(Segment::Placeholder(parse_placeholder(inner, &text, lit)?));
+            segments.push(Segment::Placeholder(parse_placeholder(inner, &text, &lit)?));
             rest = &rest[close + 1..];
         }
-        Ok(Template { segments })
+        Ok(Template { lit, segments })
     }
 
     pub(crate) fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
