@@ -2,14 +2,14 @@
 //! run in order (parse the arguments and the function, validate, generate); nothing here checks
 //! anything.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned, ToTokens};
-use syn::{Error, ItemFn, Path};
+use syn::{Error, Ident, ItemFn, Path};
 
 use crate::args::{CachedArgs, InvalidatesArgs};
 use crate::signature::Signature;
 use crate::template::{Segment, Template};
-use crate::validate::{self, Cached, Entry, Invalidates, Key, Shape};
+use crate::validate::{self, Cached, Entry, Invalidates, Key, KeyParam, Shape};
 
 /// `#[cached]`: on error, the function unchanged plus every error of the attribute.
 pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -86,62 +86,86 @@ fn gen_cached(cached: &Cached) -> TokenStream {
         Key::Default {
             params,
             with_self_type,
-        } => {
-            let parts = params.iter().enumerate().map(|(index, param)| {
-                let separator = if index == 0 { "(" } else { "," };
-                let name = &param.name;
-                let value = quote_spanned!(param.span=> &#name);
-                quote!(.lit(#separator).arg(#value))
-            });
-            let close = if params.is_empty() { "()" } else { ")" };
-            let self_type = with_self_type
-                .then(|| quote!(.lit("::").arg(#krate::__private::type_name::<Self>())));
-            quote! {
-                #krate::__private::KeyBuilder::new()
-                    .lit(#krate::__private::concat!(#krate::__private::module_path!(), #fn_suffix))
-                    #self_type
-                    #(#parts)*
-                    .lit(#close)
-                    .finish()
-            }
-        }
+        } => gen_default_key(params, *with_self_type, krate),
     };
-    let shape = match shape {
-        Shape::OkOnly => quote!(OkOnly),
-        Shape::SomeOnly => quote!(SomeOnly),
-        Shape::Whole => quote!(Whole),
-    };
-    // Spanned at the return type, so that a value that cannot be cached is reported there.
+    // Spanned at the return type, the crate path too, so that a value that cannot be cached is
+    // reported once, there: rustc keeps one of the errors of one bound at one span.
     let ret_span = syn::spanned::Spanned::span(return_type);
-    let shape = quote_spanned!(ret_span=> #krate::__private::#shape);
-    let entry_fn = match entry {
-        Entry::Remote => quote!(cached_remote),
-        Entry::Async => quote!(cached),
-        Entry::Sync => quote!(cached_sync),
+    let shape = match shape {
+        Shape::OkOnly => "OkOnly",
+        Shape::SomeOnly => "SomeOnly",
+        Shape::Whole => "Whole",
     };
-    let entry_fn = quote_spanned!(ret_span=> #krate::__private::#entry_fn::<#return_type, _, _>);
+    let shape = Ident::new(shape, ret_span);
+    let entry_fn = match entry {
+        Entry::Remote => "cached_remote",
+        Entry::Async => "cached",
+        Entry::Sync => "cached_sync",
+    };
+    let entry_fn = Ident::new(entry_fn, ret_span);
+    let krate_at_ret = respan(krate.to_token_stream(), ret_span);
+    let entry_fn = quote_spanned! {ret_span=>
+        #krate_at_ret::__private::#entry_fn::<#return_type, #krate_at_ret::__private::#shape>
+    };
     let call = match entry {
         Entry::Async | Entry::Remote => quote_spanned! {ret_span=>
-            #entry_fn(&__CACHET_SITE, #shape, __cachet_key, async move #block).await
+            #entry_fn(&__CACHET_SITE, __cachet_key, async move #block).await
         },
         Entry::Sync => quote_spanned! {ret_span=>
-            #entry_fn(&__CACHET_SITE, #shape, __cachet_key, move || #block)
+            #entry_fn(&__CACHET_SITE, __cachet_key, move || #block)
         },
     };
     quote! {
         #(#attrs)*
         #vis #sig {
-            static __CACHET_SITE: #krate::__private::Site = #krate::__private::Site {
-                function: #krate::__private::concat!(#krate::__private::module_path!(), #fn_suffix),
-                template: #template,
-                backend: #backend,
-                ttl: #krate::__private::Duration::from_millis(#ttl_millis),
-                version: #version,
-                state: #krate::__private::SiteState::new(),
-            };
+            static __CACHET_SITE: #krate::__private::Site = #krate::__private::Site::new(
+                #krate::__private::concat!(#krate::__private::module_path!(), #fn_suffix),
+                #template,
+                #backend,
+                #ttl_millis,
+                #version,
+            );
             let __cachet_key = #key;
             #call
         }
+    }
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|token| {
+            let mut token = match token {
+                TokenTree::Group(group) => {
+                    TokenTree::Group(Group::new(group.delimiter(), respan(group.stream(), span)))
+                }
+                other => other,
+            };
+            token.set_span(span);
+            token
+        })
+        .collect()
+}
+
+/// `module::function(<a>,<b>)`: the site's function path, then the parameters.
+fn gen_default_key(params: &[KeyParam], with_self_type: bool, krate: &Path) -> TokenStream {
+    let parts = params.iter().enumerate().map(|(index, param)| {
+        let separator = if index == 0 { "(" } else { "," };
+        let name = &param.name;
+        let value = quote_spanned!(param.span=> &#name);
+        quote!(.lit(#separator).arg(#value))
+    });
+    let close = if params.is_empty() { "()" } else { ")" };
+    let self_type =
+        with_self_type.then(|| quote!(.lit("::").arg(#krate::__private::type_name::<Self>())));
+    quote! {
+        #krate::__private::KeyBuilder::new()
+            .lit(__CACHET_SITE.function())
+            #self_type
+            #(#parts)*
+            .lit(#close)
+            .finish()
     }
 }
 
