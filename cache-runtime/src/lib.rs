@@ -22,7 +22,7 @@ mod site;
 
 pub use backend::{
     MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, TieredBackend,
-    TieredBackendBuilder, Weigher,
+    TieredBackendBuilder,
 };
 pub use call::invalidate;
 pub use error::ConfigError;
