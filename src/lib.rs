@@ -65,7 +65,7 @@ pub use cache_macros::{cached, invalidates};
 pub use cache_runtime::{
     configure, invalidate, CacheKey, CacheValue, Config, ConfigError, KeyBuilder, KeyPart,
     KeyWriter, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder,
-    TieredBackend, TieredBackendBuilder, Weigher,
+    TieredBackend, TieredBackendBuilder,
 };
 
 /// HTTP response caching for axum: a tower layer with ETags, `304 Not Modified` and

@@ -1,12 +1,14 @@
-//! The attributes' arguments, parsed into typed structs. Every problem is collected, so the user
-//! sees all of them at once.
+//! The attributes' arguments, parsed into typed values. Parsing never stops at a bad option: each
+//! problem is recorded and the next option parsed, so the user sees all of them at once. Rules
+//! that relate two options, or an option and the function, are in `validate.rs`.
 
 use proc_macro2::{Span, TokenStream};
 use syn::meta::ParseNestedMeta;
-use syn::parse::Parser;
+use syn::parse::{ParseStream, Parser};
 use syn::{Error, Ident, LitInt, LitStr, Path, Token};
 
 use crate::suggest::closest;
+use crate::template::Template;
 
 const CACHED_OPTIONS: &[&str] = &[
     "ttl",
@@ -18,19 +20,23 @@ const CACHED_OPTIONS: &[&str] = &[
     "skip",
     "returns",
 ];
-const BACKEND_KINDS: &[&str] = &["memory", "redis", "tiered"];
 
-/// `#[cached(...)]`.
+/// `#[cached(...)]`, as written: an option left out is `None` (its default is chosen in
+/// `validate.rs`).
 #[derive(Default)]
 pub(crate) struct CachedArgs {
-    pub(crate) ttl: Option<(u64, Span)>,
-    pub(crate) key: Option<LitStr>,
-    pub(crate) backend: Option<LitStr>,
+    /// In milliseconds; never zero.
+    pub(crate) ttl_millis: Option<u64>,
+    /// `ttl` was written, perhaps misspelt or with a bad value that is already reported: the
+    /// missing-`ttl` error would only repeat that report.
+    pub(crate) ttl_written: bool,
+    pub(crate) key: Option<Template>,
+    pub(crate) backend: Option<BackendName>,
     pub(crate) cache_none: Option<Span>,
     pub(crate) version: Option<u32>,
     pub(crate) crate_path: Option<Path>,
-    pub(crate) skip: Option<(Span, Vec<Ident>)>,
-    pub(crate) returns: Option<(Returns, Span)>,
+    pub(crate) skip: Option<Vec<Ident>>,
+    pub(crate) returns: Option<Returns>,
 }
 
 /// How the return value holds what is cached; stated for type aliases.
@@ -43,8 +49,85 @@ pub(crate) enum Returns {
 
 /// `#[invalidates("tpl", ...)]`.
 pub(crate) struct InvalidatesArgs {
-    pub(crate) templates: Vec<LitStr>,
+    pub(crate) templates: Vec<Template>,
     pub(crate) crate_path: Option<Path>,
+}
+
+/// `backend = "..."`: a kind, and the instance's name as written (`memory.sessions`), which the
+/// runtime looks up in its registry.
+pub(crate) struct BackendName {
+    pub(crate) kind: BackendKind,
+    pub(crate) name: String,
+    pub(crate) span: Span,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum BackendKind {
+    Memory,
+    Redis,
+    Tiered,
+}
+
+impl BackendKind {
+    const ALL: [(&'static str, BackendKind); 3] = [
+        ("memory", BackendKind::Memory),
+        ("redis", BackendKind::Redis),
+        ("tiered", BackendKind::Tiered),
+    ];
+
+    /// A remote backend does network I/O on every call.
+    pub(crate) fn is_remote(self) -> bool {
+        self != BackendKind::Memory
+    }
+}
+
+impl BackendName {
+    /// The backend of a `#[cached]` without `backend = ...`: the in-process one, which exists
+    /// with no configuration.
+    pub(crate) fn default_memory() -> BackendName {
+        BackendName {
+            kind: BackendKind::Memory,
+            name: "memory".to_owned(),
+            span: Span::call_site(),
+        }
+    }
+
+    /// `<kind>` or `<kind>.<instance>`.
+    fn parse(lit: &LitStr) -> Result<BackendName, Error> {
+        let name = lit.value();
+        let (kind, instance) = match name.split_once('.') {
+            Some((kind, instance)) => (kind, Some(instance)),
+            None => (name.as_str(), None),
+        };
+        let kinds = BackendKind::ALL.map(|(kind, _)| kind);
+        let Some(&(_, parsed)) = BackendKind::ALL.iter().find(|(known, _)| *known == kind) else {
+            let hint = match closest(kind, kinds) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => format!("available: {}", list(&kinds)),
+            };
+            return Err(Error::new(
+                lit.span(),
+                format!("unknown backend `{kind}`\nhelp: {hint} (a named instance is written `<kind>.<name>`)"),
+            ));
+        };
+        if let Some(instance) = instance {
+            if instance.is_empty()
+                || !instance
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(Error::new(
+                    lit.span(),
+                    format!("invalid backend instance name `{instance}`\nhelp: use letters, digits, `_` and `-`, as in `{kind}.sessions`"),
+                ));
+            }
+        }
+        Ok(BackendName {
+            kind: parsed,
+            name,
+            span: lit.span(),
+        })
+    }
 }
 
 /// Records a value once; a second occurrence is an error on the second key.
@@ -61,14 +144,31 @@ fn set_once<T>(slot: &mut Option<T>, value: T, meta: &ParseNestedMeta, errors: &
     }
 }
 
+/// Records a parsed value once, or its error.
+fn set_parsed<T>(
+    slot: &mut Option<T>,
+    parsed: Result<T, Error>,
+    meta: &ParseNestedMeta,
+    errors: &mut Vec<Error>,
+) {
+    match parsed {
+        Ok(value) => set_once(slot, value, meta, errors),
+        Err(error) => errors.push(error),
+    }
+}
+
 impl CachedArgs {
-    pub(crate) fn parse(tokens: TokenStream) -> Result<CachedArgs, Error> {
+    /// Parses every option it can; the problems go to `errors`. A syntax error ends the parse
+    /// (what follows it cannot be read), leaving the options before it.
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut Vec<Error>) -> CachedArgs {
         let mut args = CachedArgs::default();
-        let mut errors = Vec::new();
-        let parser = syn::meta::parser(|meta| args.parse_option(&meta, &mut errors));
-        parser.parse2(tokens)?;
-        combine(errors)?;
-        Ok(args)
+        let parser = syn::meta::parser(|meta| args.parse_option(&meta, errors));
+        if let Err(error) = parser.parse2(tokens) {
+            errors.push(error);
+            // The options after a syntax error were never read: `ttl` may be among them.
+            args.ttl_written = true;
+        }
+        args
     }
 
     fn parse_option(&mut self, meta: &ParseNestedMeta, errors: &mut Vec<Error>) -> syn::Result<()> {
@@ -80,36 +180,24 @@ impl CachedArgs {
         match name.as_str() {
             // ttl = "90s" | ttl = 90
             "ttl" => {
+                self.ttl_written = true;
                 let value = meta.value()?;
-                let parsed = if value.peek(LitInt) {
-                    let lit: LitInt = value.parse()?;
-                    lit.base10_parse::<u64>()
-                        .map(|secs| (secs.saturating_mul(1000), lit.span()))
+                let ttl = if value.peek(LitInt) {
+                    ttl_from_secs(&value.parse()?)
                 } else {
-                    let lit: LitStr = value.parse()?;
-                    parse_ttl(&lit).map(|millis| (millis, lit.span()))
+                    ttl_from_str(&value.parse()?)
                 };
-                match parsed {
-                    Ok((0, span)) => errors.push(Error::new(
-                        span,
-                        "ttl must be greater than zero\nhelp: to turn caching off, remove the attribute",
-                    )),
-                    Ok(ttl) => set_once(&mut self.ttl, ttl, meta, errors),
-                    Err(error) => errors.push(error),
-                }
+                set_parsed(&mut self.ttl_millis, ttl, meta, errors);
             }
             // key = "user:<id>"
             "key" => {
                 let lit: LitStr = meta.value()?.parse()?;
-                set_once(&mut self.key, lit, meta, errors);
+                set_parsed(&mut self.key, Template::parse(lit), meta, errors);
             }
             // backend = "memory" | "memory.sessions"
             "backend" => {
                 let lit: LitStr = meta.value()?.parse()?;
-                if let Err(error) = check_backend(&lit) {
-                    errors.push(error);
-                }
-                set_once(&mut self.backend, lit, meta, errors);
+                set_parsed(&mut self.backend, BackendName::parse(&lit), meta, errors);
             }
             // cache_none
             "cache_none" => {
@@ -117,33 +205,21 @@ impl CachedArgs {
                     errors.push(meta.error("`cache_none` takes no value: write `cache_none`"));
                     skip_value(meta)?;
                 }
-                set_once(
-                    &mut self.cache_none,
-                    meta.path
-                        .get_ident()
-                        .map_or_else(Span::call_site, Ident::span),
-                    meta,
-                    errors,
-                );
+                let span = meta
+                    .path
+                    .get_ident()
+                    .map_or_else(Span::call_site, Ident::span);
+                set_once(&mut self.cache_none, span, meta, errors);
             }
             // version = 2
             "version" => {
                 let lit: LitInt = meta.value()?.parse()?;
-                match lit.base10_parse::<u32>() {
-                    Ok(version) => set_once(&mut self.version, version, meta, errors),
-                    Err(error) => errors.push(error),
-                }
+                set_parsed(&mut self.version, lit.base10_parse::<u32>(), meta, errors);
             }
             // crate = "cachet"
             "crate" => {
                 let lit: LitStr = meta.value()?.parse()?;
-                match lit.parse::<Path>() {
-                    Ok(path) => set_once(&mut self.crate_path, path, meta, errors),
-                    Err(_) => errors.push(Error::new(
-                        lit.span(),
-                        "`crate` must be a path, as in `crate = \"cachet\"`",
-                    )),
-                }
+                set_parsed(&mut self.crate_path, parse_crate_path(&lit), meta, errors);
             }
             // skip(db, logger)
             "skip" => {
@@ -155,33 +231,27 @@ impl CachedArgs {
                     }
                     Ok(())
                 })?;
-                let span = meta
-                    .path
-                    .get_ident()
-                    .map_or_else(Span::call_site, Ident::span);
-                set_once(&mut self.skip, (span, names), meta, errors);
+                set_once(&mut self.skip, names, meta, errors);
             }
             // returns = "result" | "option" | "value"
             "returns" => {
                 let lit: LitStr = meta.value()?.parse()?;
                 let returns = match lit.value().as_str() {
-                    "result" => Some(Returns::Result),
-                    "option" => Some(Returns::Option),
-                    "value" => Some(Returns::Value),
-                    _ => None,
-                };
-                match returns {
-                    Some(returns) => {
-                        set_once(&mut self.returns, (returns, lit.span()), meta, errors)
-                    }
-                    None => errors.push(Error::new(
+                    "result" => Ok(Returns::Result),
+                    "option" => Ok(Returns::Option),
+                    "value" => Ok(Returns::Value),
+                    _ => Err(Error::new(
                         lit.span(),
                         "`returns` is one of \"result\", \"option\" or \"value\"",
                     )),
-                }
+                };
+                set_parsed(&mut self.returns, returns, meta, errors);
             }
             _ => {
-                let hint = match closest(&name, CACHED_OPTIONS.iter().copied()) {
+                let near = closest(&name, CACHED_OPTIONS.iter().copied());
+                // A misspelt `ttl` is reported here, with the fix; "needs a `ttl`" would repeat it.
+                self.ttl_written |= near == Some("ttl");
+                let hint = match near {
                     Some(near) => format!("help: did you mean `{near}`?"),
                     None => format!("help: the options are {}", list(CACHED_OPTIONS)),
                 };
@@ -194,24 +264,25 @@ impl CachedArgs {
 }
 
 impl InvalidatesArgs {
-    pub(crate) fn parse(tokens: TokenStream, attr_span: Span) -> Result<InvalidatesArgs, Error> {
+    /// Parses the templates and `crate = "..."`; the problems go to `errors`.
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut Vec<Error>) -> InvalidatesArgs {
         let mut templates = Vec::new();
+        let mut written = 0;
         let mut crate_path = None;
-        let mut errors = Vec::new();
-        let parser = |input: syn::parse::ParseStream| {
+        let parser = |input: ParseStream| {
             while !input.is_empty() {
                 if input.peek(LitStr) {
-                    templates.push(input.parse::<LitStr>()?);
+                    written += 1;
+                    match Template::parse(input.parse::<LitStr>()?) {
+                        Ok(template) => templates.push(template),
+                        Err(error) => errors.push(error),
+                    }
                 } else if input.peek(Token![crate]) {
                     input.parse::<Token![crate]>()?;
                     input.parse::<Token![=]>()?;
-                    let lit: LitStr = input.parse()?;
-                    match lit.parse::<Path>() {
+                    match parse_crate_path(&input.parse()?) {
                         Ok(path) => crate_path = Some(path),
-                        Err(_) => errors.push(Error::new(
-                            lit.span(),
-                            "`crate` must be a path, as in `crate = \"cachet\"`",
-                        )),
+                        Err(error) => errors.push(error),
                     }
                 } else {
                     return Err(input.error(
@@ -224,18 +295,17 @@ impl InvalidatesArgs {
             }
             Ok(())
         };
-        parser.parse2(tokens)?;
-        if templates.is_empty() {
+        let complete = parser.parse2(tokens).map_err(|error| errors.push(error));
+        if written == 0 && complete.is_ok() {
             errors.push(Error::new(
-                attr_span,
+                Span::call_site(),
                 "`#[invalidates]` needs at least one key template\nhelp: write `#[invalidates(\"user:<id>\")]`",
             ));
         }
-        combine(errors)?;
-        Ok(InvalidatesArgs {
+        InvalidatesArgs {
             templates,
             crate_path,
-        })
+        }
     }
 }
 
@@ -248,8 +318,14 @@ fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
     Ok(())
 }
 
-/// Parses a duration string into milliseconds.
-fn parse_ttl(lit: &LitStr) -> Result<u64, Error> {
+/// `ttl = 90`: seconds.
+fn ttl_from_secs(lit: &LitInt) -> Result<u64, Error> {
+    let secs = lit.base10_parse::<u64>()?;
+    nonzero_ttl(secs.saturating_mul(1000), lit.span())
+}
+
+/// `ttl = "90s"`, `"1h 30m"`: a duration.
+fn ttl_from_str(lit: &LitStr) -> Result<u64, Error> {
     let duration = humantime::parse_duration(&lit.value()).map_err(|error| {
         Error::new(
             lit.span(),
@@ -259,38 +335,29 @@ fn parse_ttl(lit: &LitStr) -> Result<u64, Error> {
             ),
         )
     })?;
-    Ok(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+    nonzero_ttl(
+        u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        lit.span(),
+    )
 }
 
-fn check_backend(lit: &LitStr) -> Result<(), Error> {
-    let name = lit.value();
-    let (kind, instance) = match name.split_once('.') {
-        Some((kind, instance)) => (kind, Some(instance)),
-        None => (name.as_str(), None),
-    };
-    if !BACKEND_KINDS.contains(&kind) {
-        let hint = match closest(kind, BACKEND_KINDS.iter().copied()) {
-            Some(near) => format!("did you mean `{near}`?"),
-            None => format!("available: {}", list(BACKEND_KINDS)),
-        };
+fn nonzero_ttl(millis: u64, span: Span) -> Result<u64, Error> {
+    if millis == 0 {
         return Err(Error::new(
-            lit.span(),
-            format!("unknown backend `{kind}`\nhelp: {hint} (a named instance is written `<kind>.<name>`)"),
+            span,
+            "ttl must be greater than zero\nhelp: to turn caching off, remove the attribute",
         ));
     }
-    if let Some(instance) = instance {
-        if instance.is_empty()
-            || !instance
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(Error::new(
-                lit.span(),
-                format!("invalid backend instance name `{instance}`\nhelp: use letters, digits, `_` and `-`, as in `{kind}.sessions`"),
-            ));
-        }
-    }
-    Ok(())
+    Ok(millis)
+}
+
+fn parse_crate_path(lit: &LitStr) -> Result<Path, Error> {
+    lit.parse::<Path>().map_err(|_| {
+        Error::new(
+            lit.span(),
+            "`crate` must be a path, as in `crate = \"cachet\"`",
+        )
+    })
 }
 
 pub(crate) fn list(names: &[&str]) -> String {
@@ -299,16 +366,4 @@ pub(crate) fn list(names: &[&str]) -> String {
         .map(|name| format!("`{name}`"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Folds errors into one, or `Ok` if there are none.
-pub(crate) fn combine(errors: Vec<Error>) -> Result<(), Error> {
-    let mut errors = errors.into_iter();
-    let Some(mut combined) = errors.next() else {
-        return Ok(());
-    };
-    for error in errors {
-        combined.combine(error);
-    }
-    Err(combined)
 }

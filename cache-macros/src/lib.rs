@@ -1,7 +1,11 @@
 //! Procedural macros of cachet. Use them through the `cachet` crate, which documents them.
 //!
-//! The crate is laid out by phase: [`args`] parses the attribute, [`template`] parses key
-//! templates, [`signature`] reads the function, and [`expand`] writes the thin wrapper.
+//! The crate is laid out by phase, as thiserror-impl is: `args.rs` parses the attribute into
+//! typed values (key templates through `template.rs`), `signature.rs` reads the function,
+//! `validate.rs` checks what relates the two and fills in the defaults, and `expand.rs` writes
+//! the thin wrapper. Every phase records its errors and the next one still runs, so one
+//! attribute's problems are all reported together; on error the function is emitted unchanged
+//! next to them.
 
 extern crate proc_macro;
 
@@ -10,6 +14,7 @@ mod expand;
 mod signature;
 mod suggest;
 mod template;
+mod validate;
 
 use proc_macro::TokenStream;
 

@@ -1,90 +1,118 @@
-//! What the macros need to know about the annotated function.
+//! What the macros need to know about the annotated function, read once from its signature.
 
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
 use syn::{Error, FnArg, GenericArgument, ItemFn, Pat, PathArguments, ReturnType, Type};
 
 use crate::args::Returns;
+
+/// The annotated function, as the checks and the expansion see it.
+pub(crate) struct Signature<'a> {
+    pub(crate) function: &'a ItemFn,
+    pub(crate) params: Vec<Param>,
+    pub(crate) is_async: bool,
+    /// The declared return type; `None` for a function that returns `()` implicitly.
+    pub(crate) output: Option<&'a Type>,
+    /// The shape its return type's last segment suggests (`Result`, `Option`, anything else).
+    pub(crate) detected_returns: Returns,
+}
 
 /// A parameter that a key can name.
 pub(crate) struct Param {
     pub(crate) name: syn::Ident,
     /// The whole parameter (`id: u64`), where errors about it point.
-    pub(crate) span_tokens: proc_macro2::TokenStream,
+    pub(crate) tokens: TokenStream,
     pub(crate) is_receiver: bool,
     /// A destructured parameter has no name a key could use.
     pub(crate) named: bool,
 }
 
-pub(crate) fn params(function: &ItemFn) -> Vec<Param> {
-    function
-        .sig
-        .inputs
-        .iter()
-        .map(|input| match input {
-            FnArg::Receiver(receiver) => Param {
-                name: syn::Ident::new("self", receiver.self_token.span),
-                span_tokens: quote::quote!(#receiver),
-                is_receiver: true,
-                named: true,
-            },
-            FnArg::Typed(typed) => {
-                let (name, named) = match &*typed.pat {
-                    Pat::Ident(ident) => (ident.ident.clone(), true),
-                    other => (
-                        syn::Ident::new("_", syn::spanned::Spanned::span(other)),
-                        false,
-                    ),
-                };
-                Param {
-                    name,
-                    span_tokens: quote::quote!(#typed),
-                    is_receiver: false,
-                    named,
-                }
-            }
-        })
-        .collect()
+impl Param {
+    pub(crate) fn span(&self) -> Span {
+        syn::spanned::Spanned::span(&self.tokens)
+    }
 }
 
-/// The return shape: stated by `returns = ...`, or read from the return type's last segment.
-pub(crate) fn returns(function: &ItemFn, stated: Option<Returns>) -> Returns {
-    if let Some(stated) = stated {
-        return stated;
+impl<'a> Signature<'a> {
+    /// Reads `function`; a function the macros cannot wrap at all (`const fn`) is an error in
+    /// `errors`, and the rest is still read so that the other checks run.
+    pub(crate) fn read(function: &'a ItemFn, attribute: &str, errors: &mut Vec<Error>) -> Self {
+        if let Some(constness) = &function.sig.constness {
+            errors.push(Error::new(
+                constness.span,
+                format!(
+                    "`#[{attribute}]` cannot be used on a `const fn`: a cache runs at run time"
+                ),
+            ));
+        }
+        let output = match &function.sig.output {
+            ReturnType::Type(_, ty) => Some(&**ty),
+            ReturnType::Default => None,
+        };
+        Signature {
+            function,
+            params: function.sig.inputs.iter().map(param).collect(),
+            is_async: function.sig.asyncness.is_some(),
+            output,
+            detected_returns: output.map_or(Returns::Value, detect_returns),
+        }
     }
-    match last_segment(&function.sig.output) {
-        Some(segment) if segment == "Result" => Returns::Result,
-        Some(segment) if segment == "Option" => Returns::Option,
+
+    /// The parameter named `name`, if the function has one a key can use.
+    pub(crate) fn param(&self, name: &str) -> Option<&Param> {
+        self.params
+            .iter()
+            .find(|param| param.named && param.name == name)
+    }
+
+    pub(crate) fn has_receiver(&self) -> bool {
+        self.params.iter().any(|param| param.is_receiver)
+    }
+}
+
+fn param(input: &FnArg) -> Param {
+    match input {
+        FnArg::Receiver(receiver) => Param {
+            name: syn::Ident::new("self", receiver.self_token.span),
+            tokens: receiver.to_token_stream(),
+            is_receiver: true,
+            named: true,
+        },
+        FnArg::Typed(typed) => {
+            let (name, named) = match &*typed.pat {
+                Pat::Ident(ident) => (ident.ident.clone(), true),
+                other => (
+                    syn::Ident::new("_", syn::spanned::Spanned::span(other)),
+                    false,
+                ),
+            };
+            Param {
+                name,
+                tokens: typed.to_token_stream(),
+                is_receiver: false,
+                named,
+            }
+        }
+    }
+}
+
+/// `Result<..>` and `Option<..>` by their last path segment, so that `std::result::Result<..>`
+/// counts; an alias of either needs `returns = "..."`.
+fn detect_returns(ty: &Type) -> Returns {
+    let Type::Path(path) = ty else {
+        return Returns::Value;
+    };
+    let Some(segment) = path.path.segments.last() else {
+        return Returns::Value;
+    };
+    let generic = matches!(
+        &segment.arguments,
+        PathArguments::AngleBracketed(args)
+            if args.args.iter().any(|arg| matches!(arg, GenericArgument::Type(_)))
+    );
+    match segment.ident.to_string().as_str() {
+        "Result" if generic => Returns::Result,
+        "Option" if generic => Returns::Option,
         _ => Returns::Value,
     }
-}
-
-fn last_segment(output: &ReturnType) -> Option<String> {
-    let ReturnType::Type(_, ty) = output else {
-        return None;
-    };
-    let Type::Path(path) = &**ty else {
-        return None;
-    };
-    let segment = path.path.segments.last()?;
-    match &segment.arguments {
-        PathArguments::AngleBracketed(args)
-            if args
-                .args
-                .iter()
-                .any(|arg| matches!(arg, GenericArgument::Type(_))) =>
-        {
-            Some(segment.ident.to_string())
-        }
-        _ => None,
-    }
-}
-
-/// Rejects functions the macros cannot wrap.
-pub(crate) fn check_function(function: &ItemFn, attribute: &str) -> Result<(), Error> {
-    if let Some(constness) = &function.sig.constness {
-        return Err(Error::new(
-            constness.span,
-            format!("`#[{attribute}]` cannot be used on a `const fn`: a cache runs at run time"),
-        ));
-    }
-    Ok(())
 }

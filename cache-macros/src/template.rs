@@ -5,6 +5,8 @@ use syn::{Error, LitStr};
 
 /// A parsed template: literal text and placeholders, in order.
 pub(crate) struct Template {
+    /// The template as written, where errors about it and the code built from it point.
+    pub(crate) lit: LitStr,
     pub(crate) segments: Vec<Segment>,
 }
 
@@ -26,9 +28,19 @@ pub(crate) struct Placeholder {
 
 impl Template {
     /// Parses `lit`; errors point at the literal and quote the offending part.
-    pub(crate) fn parse(lit: &LitStr) -> Result<Template, Error> {
+    pub(crate) fn parse(lit: LitStr) -> Result<Template, Error> {
         let text = lit.value();
         let fail = |message: String| Err(Error::new(lit.span(), message));
+        // Literal text cannot hold braces and every placeholder renders as `<...>`, so the empty
+        // template is the only one whose key, the Redis Cluster hash tag, is empty.
+        if text.is_empty() {
+            return fail(
+                "empty key template: every call would share one key, and on Redis Cluster its \
+                 hash tag would be empty (`{}`)\n\
+                 help: write literal text and placeholders, as in \"user:<id>\""
+                    .to_owned(),
+            );
+        }
         let mut segments = Vec::new();
         let mut rest = text.as_str();
         while !rest.is_empty() {
@@ -64,10 +76,10 @@ impl Template {
                     "unclosed `<` in key template {text:?}\nhelp: close the placeholder with `>`"
                 ));
             }
-            segments.push(Segment::Placeholder(parse_placeholder(inner, &text, lit)?));
+            segments.push(Segment::Placeholder(parse_placeholder(inner, &text, &lit)?));
             rest = &rest[close + 1..];
         }
-        Ok(Template { segments })
+        Ok(Template { lit, segments })
     }
 
     pub(crate) fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {

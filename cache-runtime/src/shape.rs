@@ -30,7 +30,24 @@ pub enum Produced<'a, V> {
     Failed,
 }
 
-/// The way a return type `R` holds its cacheable value.
+/// How a return type `R` holds the part a cache keeps, whatever that part's type.
+///
+/// The shapes implement this without bounds, and each entry point that expansions call states
+/// `Part: CacheValue` itself. That bound is then what fails for a value that cannot be cached,
+/// and rustc reports it with [`CacheValue`]'s message; a bound inside the shapes' impls would be
+/// reported as a missing `Clone`, against the shape.
+pub trait Holds<R>: Copy + Default + Send + Sync + 'static {
+    /// The cached part of `R`.
+    type Part;
+    /// Classifies a fresh return value.
+    fn produced(self, ret: &R) -> Produced<'_, Self::Part>;
+    /// Rebuilds the return value from a cached part.
+    fn rebuild(self, part: Self::Part) -> R;
+    /// The return value for [`Produced::Absent`].
+    fn absent(self) -> Option<R>;
+}
+
+/// A [`Holds`] whose part can be cached: what the call paths work with.
 pub trait ReturnShape<R>: Copy + Send + Sync + 'static {
     /// The cached part of `R`.
     type Value: CacheValue;
@@ -42,12 +59,32 @@ pub trait ReturnShape<R>: Copy + Send + Sync + 'static {
     fn absent(self) -> Option<R>;
 }
 
+impl<R, S> ReturnShape<R> for S
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    type Value = S::Part;
+
+    fn produced(self, ret: &R) -> Produced<'_, S::Part> {
+        Holds::produced(self, ret)
+    }
+
+    fn rebuild(self, value: S::Part) -> R {
+        Holds::rebuild(self, value)
+    }
+
+    fn absent(self) -> Option<R> {
+        Holds::absent(self)
+    }
+}
+
 /// Shape of `Result<T, E>`: only `Ok(T)` is cached.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct OkOnly;
 
-impl<T: CacheValue, E> ReturnShape<Result<T, E>> for OkOnly {
-    type Value = T;
+impl<T, E> Holds<Result<T, E>> for OkOnly {
+    type Part = T;
 
     fn produced(self, ret: &Result<T, E>) -> Produced<'_, T> {
         match ret {
@@ -66,11 +103,11 @@ impl<T: CacheValue, E> ReturnShape<Result<T, E>> for OkOnly {
 }
 
 /// Shape of `Option<T>`: only `Some(T)` is cached.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct SomeOnly;
 
-impl<T: CacheValue> ReturnShape<Option<T>> for SomeOnly {
-    type Value = T;
+impl<T> Holds<Option<T>> for SomeOnly {
+    type Part = T;
 
     fn produced(self, ret: &Option<T>) -> Produced<'_, T> {
         match ret {
@@ -89,11 +126,11 @@ impl<T: CacheValue> ReturnShape<Option<T>> for SomeOnly {
 }
 
 /// Shape of any other type (and of `Option` with `cache_none`): the whole value is cached.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Whole;
 
-impl<R: CacheValue> ReturnShape<R> for Whole {
-    type Value = R;
+impl<R> Holds<R> for Whole {
+    type Part = R;
 
     fn produced(self, ret: &R) -> Produced<'_, R> {
         Produced::Value(ret)

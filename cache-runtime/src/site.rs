@@ -7,36 +7,36 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::registry;
 
-/// One `#[cached]` function: every field is a constant written by the macro.
+/// One `#[cached]` function: constants the macro writes, and what the runtime learns about
+/// them. Built with [`Site::new`] in a `static`.
 ///
 /// Not a stable API: the macro and the runtime are released together and pinned exactly.
 #[derive(Debug)]
 pub struct Site {
     /// The function's path, `module::name`.
-    pub function: &'static str,
+    pub(crate) function: &'static str,
     /// The key template as written, or the default key's description.
-    pub template: &'static str,
+    pub(crate) template: &'static str,
     /// The backend's name, such as `"memory"` or `"memory.sessions"`.
-    pub backend: &'static str,
+    pub(crate) backend: &'static str,
     /// How long an entry lives.
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
     /// The value's schema version, part of the type fingerprint of serialised values.
-    pub version: u32,
-    /// Per-site runtime state; always [`SiteState::new()`].
-    pub state: SiteState,
+    pub(crate) version: u32,
+    pub(crate) state: SiteState,
 }
 
 /// What a [`Site`] learns at run time: its backend, and which warnings it has already logged.
 #[derive(Debug)]
-pub struct SiteState {
+pub(crate) struct SiteState {
     backend: OnceLock<Option<Backend>>,
     warned_type_mismatch: AtomicBool,
 }
 
 impl SiteState {
-    /// Empty state, for the macro's `static`.
+    /// Empty state, for a site in a `static`.
     #[allow(clippy::new_without_default)] // used in `static` initialisers, which need a const fn
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         SiteState {
             backend: OnceLock::new(),
             warned_type_mismatch: AtomicBool::new(false),
@@ -45,6 +45,31 @@ impl SiteState {
 }
 
 impl Site {
+    /// The site of the function at `function` (`module::name`), keyed by `template` (or the
+    /// default key, described), storing in the backend named `backend` for `ttl_millis`, with
+    /// values of schema `version`.
+    pub const fn new(
+        function: &'static str,
+        template: &'static str,
+        backend: &'static str,
+        ttl_millis: u64,
+        version: u32,
+    ) -> Site {
+        Site {
+            function,
+            template,
+            backend,
+            ttl: Duration::from_millis(ttl_millis),
+            version,
+            state: SiteState::new(),
+        }
+    }
+
+    /// The function's path, `module::name`: the default key starts with it.
+    pub const fn function(&self) -> &'static str {
+        self.function
+    }
+
     /// The backend this site stores in, resolved once. `None` when no backend of that name is
     /// configured: the function then runs uncached, and the error is logged once per site.
     pub(crate) fn backend(&self) -> Option<&Backend> {
@@ -76,6 +101,7 @@ impl Site {
         {
             tracing::warn!(
                 function = self.function,
+                template = self.template,
                 key,
                 expected,
                 "a cache entry under this key holds another type (two functions' templates \

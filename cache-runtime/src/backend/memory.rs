@@ -22,7 +22,7 @@ use index::Index;
 const POLICY_SAMPLE: u32 = 32;
 
 /// Weighs one entry for a byte bound: the key's text and the value, type-erased.
-pub type Weigher = Arc<dyn Fn(&str, &(dyn Any + Send + Sync)) -> u32 + Send + Sync>;
+type Weigher = Arc<dyn Fn(&str, &(dyn Any + Send + Sync)) -> u32 + Send + Sync>;
 
 /// An in-process cache backend (moka), holding values as they are, without serialisation.
 ///

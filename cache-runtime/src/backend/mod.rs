@@ -20,7 +20,7 @@ mod tiered;
 use std::fmt;
 use std::sync::Arc;
 
-pub use memory::{MemoryBackend, MemoryBackendBuilder, Weigher};
+pub use memory::{MemoryBackend, MemoryBackendBuilder};
 pub use redis::{RedisBackend, RedisBackendBuilder};
 pub use tiered::{TieredBackend, TieredBackendBuilder};
 

@@ -23,8 +23,6 @@ pub type IdentityFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 ///     .backend("redis")
 ///     .vary(["accept-language"])
 ///     .stale_while_revalidate(Duration::from_secs(30));
-/// assert_eq!(policy.cache_control(Duration::from_secs(42), false),
-///            "public, max-age=42, stale-while-revalidate=30");
 /// ```
 #[derive(Clone)]
 #[must_use = "a policy does nothing until given to `CacheLayer::new`"]
@@ -160,7 +158,7 @@ impl CachePolicy {
     /// The `Cache-Control` value for a response whose freshness lifetime is `max_age` (sent
     /// with an `Age` header); `personal` forces `private` (the response was keyed by the
     /// user's identity).
-    pub fn cache_control(&self, max_age: Duration, personal: bool) -> String {
+    pub(crate) fn cache_control(&self, max_age: Duration, personal: bool) -> String {
         let mut out = String::with_capacity(48);
         out.push_str(if self.private || personal {
             "private"
@@ -196,5 +194,22 @@ impl fmt::Debug for CachePolicy {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("invalidate_on_write", &self.invalidate_on_write)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_states_the_policy() {
+        let policy = CachePolicy::new(Duration::from_secs(60))
+            .backend("redis")
+            .vary(["accept-language"])
+            .stale_while_revalidate(Duration::from_secs(30));
+        assert_eq!(
+            policy.cache_control(Duration::from_secs(42), false),
+            "public, max-age=42, stale-while-revalidate=30"
+        );
     }
 }

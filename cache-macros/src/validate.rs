@@ -1,0 +1,275 @@
+//! The rules that relate two options, or an option and the function, and the defaults of the
+//! options left out. What one option means on its own is checked while parsing it (`args.rs`,
+//! `template.rs`); what the function must be, while reading it (`signature.rs`). The result is
+//! a description the expansion only has to write out.
+
+use proc_macro2::Span;
+use syn::{Error, Ident, ItemFn, Path, Type};
+
+use crate::args::{BackendName, CachedArgs, InvalidatesArgs, Returns};
+use crate::signature::Signature;
+use crate::suggest::closest;
+use crate::template::Template;
+
+/// A valid `#[cached]`.
+pub(crate) struct Cached<'a> {
+    pub(crate) function: &'a ItemFn,
+    pub(crate) krate: Path,
+    pub(crate) ttl_millis: u64,
+    pub(crate) backend: BackendName,
+    pub(crate) version: u32,
+    pub(crate) key: Key,
+    pub(crate) shape: Shape,
+    pub(crate) entry: Entry,
+    pub(crate) return_type: &'a Type,
+}
+
+/// Where a cached call's key comes from.
+pub(crate) enum Key {
+    /// `key = "..."`.
+    Template(Template),
+    /// `module::function(<a>,<b>)` over the parameters not skipped; a method's key also holds
+    /// its receiver's type, since two types in one module may have methods of one name.
+    Default {
+        params: Vec<KeyParam>,
+        with_self_type: bool,
+    },
+}
+
+/// A parameter in the default key.
+pub(crate) struct KeyParam {
+    pub(crate) name: Ident,
+    /// The whole parameter (`db: &Db`): a type that cannot be a key part is reported there.
+    pub(crate) span: Span,
+}
+
+/// Which part of the return value is cached (the runtime's shape types).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Shape {
+    OkOnly,
+    SomeOnly,
+    Whole,
+}
+
+/// The runtime entry point the expansion calls.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Entry {
+    Async,
+    Sync,
+    Remote,
+}
+
+/// A valid `#[invalidates]`.
+pub(crate) struct Invalidates<'a> {
+    pub(crate) function: &'a ItemFn,
+    pub(crate) krate: Path,
+    pub(crate) templates: Vec<Template>,
+    /// Only an `Ok` invalidates a function that returns `Result`; any return does otherwise.
+    pub(crate) only_if_ok: bool,
+}
+
+/// Checks a `#[cached]` and fills in its defaults. `errors` holds what parsing found; the result
+/// reports those and this phase's together.
+pub(crate) fn cached<'a>(
+    args: CachedArgs,
+    signature: &Signature<'a>,
+    mut errors: Vec<Error>,
+) -> Result<Cached<'a>, Error> {
+    if args.ttl_millis.is_none() && !args.ttl_written {
+        errors.push(missing_ttl());
+    }
+    let returns = args.returns.unwrap_or(signature.detected_returns);
+    if let Some(span) = args.cache_none {
+        if returns != Returns::Option {
+            errors.push(Error::new(
+                span,
+                "`cache_none` only applies to functions that return `Option<_>`\n\
+                 help: if the return type is an alias of `Option`, add `returns = \"option\"`",
+            ));
+        }
+    }
+    let backend = args.backend.unwrap_or_else(BackendName::default_memory);
+    if backend.kind.is_remote() && !signature.is_async {
+        errors.push(Error::new(
+            backend.span,
+            "a remote backend does network I/O, so it needs an `async fn`\n\
+             help: make the function `async`, or use `backend = \"memory\"`",
+        ));
+    }
+    if signature.output.is_none() {
+        errors.push(returns_nothing(signature));
+    }
+    if let (Some(_), Some(key)) = (&args.skip, &args.key) {
+        errors.push(Error::new(
+            key.lit.span(),
+            "`skip` has no effect with an explicit `key`: the template names the parameters it uses",
+        ));
+    }
+    for name in args.skip.iter().flatten() {
+        if signature.param(&name.to_string()).is_none() {
+            let name_text = name.to_string();
+            errors.push(unknown_param(name.span(), &name_text, signature, "skip"));
+        }
+    }
+    let key = match args.key {
+        Some(template) => {
+            check_placeholders(&template, signature, &mut errors);
+            Key::Template(template)
+        }
+        None => default_key(
+            args.skip.as_deref().unwrap_or_default(),
+            signature,
+            &mut errors,
+        ),
+    };
+    if let Some(error) = combine(errors) {
+        return Err(error);
+    }
+    // Both are reported above when missing; these only name the value each error promised.
+    let Some(ttl_millis) = args.ttl_millis else {
+        return Err(missing_ttl());
+    };
+    let Some(return_type) = signature.output else {
+        return Err(returns_nothing(signature));
+    };
+    Ok(Cached {
+        function: signature.function,
+        krate: crate_path(args.crate_path),
+        ttl_millis,
+        entry: match (backend.kind.is_remote(), signature.is_async) {
+            (true, _) => Entry::Remote,
+            (false, true) => Entry::Async,
+            (false, false) => Entry::Sync,
+        },
+        backend,
+        version: args.version.unwrap_or(0),
+        key,
+        shape: match (returns, args.cache_none.is_some()) {
+            (Returns::Result, _) => Shape::OkOnly,
+            (Returns::Option, false) => Shape::SomeOnly,
+            (Returns::Option, true) | (Returns::Value, _) => Shape::Whole,
+        },
+        return_type,
+    })
+}
+
+/// Checks an `#[invalidates]`; see [`cached`].
+pub(crate) fn invalidates<'a>(
+    args: InvalidatesArgs,
+    signature: &Signature<'a>,
+    mut errors: Vec<Error>,
+) -> Result<Invalidates<'a>, Error> {
+    for template in &args.templates {
+        check_placeholders(template, signature, &mut errors);
+    }
+    if let Some(error) = combine(errors) {
+        return Err(error);
+    }
+    Ok(Invalidates {
+        function: signature.function,
+        krate: crate_path(args.crate_path),
+        templates: args.templates,
+        only_if_ok: signature.detected_returns == Returns::Result,
+    })
+}
+
+/// The path the expansion names the facade by: `crate = "..."`, or `::cachet`.
+fn crate_path(stated: Option<Path>) -> Path {
+    stated.unwrap_or_else(|| syn::parse_quote!(::cachet))
+}
+
+fn missing_ttl() -> Error {
+    Error::new(
+        Span::call_site(),
+        "`#[cached]` needs a `ttl`\nhelp: write `#[cached(ttl = \"60s\")]`",
+    )
+}
+
+fn returns_nothing(signature: &Signature) -> Error {
+    Error::new_spanned(
+        &signature.function.sig.ident,
+        "`#[cached]` on a function that returns nothing would only skip its side effects",
+    )
+}
+
+/// Every placeholder names a parameter.
+fn check_placeholders(template: &Template, signature: &Signature, errors: &mut Vec<Error>) {
+    for placeholder in template.placeholders() {
+        if signature.param(&placeholder.root).is_none() {
+            errors.push(unknown_param(
+                template.lit.span(),
+                &placeholder.text,
+                signature,
+                "template",
+            ));
+        }
+    }
+}
+
+fn default_key(skipped: &[Ident], signature: &Signature, errors: &mut Vec<Error>) -> Key {
+    if let Some(param) = signature.function.sig.generics.type_params().next() {
+        errors.push(Error::new_spanned(
+            param,
+            format!(
+                "a generic function needs an explicit `key`: the default key does not tell `{}` apart\n\
+                 help: add `key = \"...\"` with a template that differs for each type",
+                param.ident
+            ),
+        ));
+    }
+    let mut params = Vec::new();
+    for param in &signature.params {
+        if param.is_receiver || skipped.contains(&param.name) {
+            continue;
+        }
+        if !param.named {
+            errors.push(Error::new_spanned(
+                &param.tokens,
+                "a destructured parameter cannot be part of the default key\n\
+                 help: bind it to a name, or give an explicit `key = \"...\"`",
+            ));
+            continue;
+        }
+        params.push(KeyParam {
+            name: param.name.clone(),
+            span: param.span(),
+        });
+    }
+    Key::Default {
+        params,
+        with_self_type: signature.has_receiver(),
+    }
+}
+
+fn unknown_param(span: Span, name: &str, signature: &Signature, what: &str) -> Error {
+    let names: Vec<String> = signature
+        .params
+        .iter()
+        .filter(|p| p.named)
+        .map(|p| p.name.to_string())
+        .collect();
+    let bare = name.trim_start_matches('<').trim_end_matches('>');
+    let root = bare.split(['.', ':']).next().unwrap_or(bare);
+    let mut message = format!(
+        "`{name}` in the {what} names no parameter of `{}`",
+        signature.function.sig.ident
+    );
+    if let Some(near) = closest(root, names.iter().map(String::as_str)) {
+        message.push_str(&format!("\nhelp: did you mean `{near}`?"));
+    }
+    if names.is_empty() {
+        message.push_str("\nhelp: the function has no parameters");
+    } else {
+        let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        message.push_str(&format!("\nhelp: the parameters are {}", list.join(", ")));
+    }
+    Error::new(span, message)
+}
+
+/// Folds errors into one, which reports them all.
+pub(crate) fn combine(errors: Vec<Error>) -> Option<Error> {
+    errors.into_iter().reduce(|mut combined, error| {
+        combined.combine(error);
+        combined
+    })
+}

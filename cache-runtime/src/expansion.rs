@@ -1,0 +1,64 @@
+//! What macro expansions name. /!\ Not a stable API: it changes with every release, and the
+//! macros are pinned to the runtime of the same version. /!\
+//!
+//! The entry points take the return type and its shape as type arguments
+//! (`cached::<Result<User, E>, OkOnly>`): the return type fixes the type of the body, so that
+//! `?` in it converts to the declared error, and a shape given as a type lets the bound
+//! `Part: CacheValue` fail alone, reported with `CacheValue`'s message at the return type.
+
+use core::future::Future;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use crate::call::{invalidating, invalidating_sync};
+pub use crate::key::KeyBuilder;
+pub use crate::shape::{Always, IfOk, OkOnly, SomeOnly, Whole};
+pub use crate::site::Site;
+pub use core::any::type_name;
+pub use core::concat;
+pub use core::module_path;
+
+use crate::key::CacheKey;
+use crate::shape::{CacheValue, Holds};
+
+// In-crate tests that build a site field by field import it from here.
+#[cfg(test)]
+pub(crate) use crate::site::SiteState;
+
+/// Runs an async `#[cached]` function on the memory backend: a hit returns the cached value; a
+/// miss runs `body` once per key across concurrent callers and stores what `S` says is cached.
+pub fn cached<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    body: impl Future<Output = R>,
+) -> impl Future<Output = R>
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    crate::call::cached(site, S::default(), key, body)
+}
+
+/// Runs a synchronous `#[cached]` function; followers block their thread while they wait.
+pub fn cached_sync<R, S>(site: &'static Site, key: CacheKey, body: impl FnOnce() -> R) -> R
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    crate::call::cached_sync(site, S::default(), key, body)
+}
+
+/// Runs an async `#[cached]` function on a remote backend (Redis, or tiered: an in-process L1 in
+/// front of Redis).
+pub fn cached_remote<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    body: impl Future<Output = R>,
+) -> impl Future<Output = R>
+where
+    S: Holds<R>,
+    S::Part: CacheValue + Serialize + DeserializeOwned,
+{
+    crate::remote::cached_remote(site, S::default(), key, body)
+}

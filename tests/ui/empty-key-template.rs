@@ -1,0 +1,9 @@
+#[allow(unused_imports)]
+use cachet::{cached, invalidates};
+
+#[cached(ttl = "60s", key = "")]
+async fn get_user(id: u64) -> Result<String, String> {
+    Ok(format!("user {id}"))
+}
+
+fn main() {}

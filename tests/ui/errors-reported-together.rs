@@ -1,0 +1,10 @@
+#[allow(unused_imports)]
+use cachet::{cached, invalidates};
+
+// An argument error, a signature error and cross-field errors, all in one report.
+#[cached(key = "user:<idd>", backend = "memroy")]
+const fn get_user(id: u64) -> u64 {
+    id
+}
+
+fn main() {}

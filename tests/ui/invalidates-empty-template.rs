@@ -1,0 +1,10 @@
+#[allow(unused_imports)]
+use cachet::{cached, invalidates};
+
+#[invalidates("user:<id>", "")]
+async fn rename_user(id: u64, name: String) -> Result<(), String> {
+    let _ = (id, name);
+    Ok(())
+}
+
+fn main() {}
