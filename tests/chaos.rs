@@ -508,10 +508,13 @@ impl History {
             _ => false,
         };
         if failed {
-            report.failed.push(format!(
-                "{call:?} (its own loader: {})",
-                own_outcome.unwrap_or("did not run")
-            ));
+            report.failed.push(
+                &call.site,
+                format!(
+                    "{call:?} (its own loader: {})",
+                    own_outcome.unwrap_or("did not run")
+                ),
+            );
         }
     }
 
@@ -552,11 +555,14 @@ impl History {
             report.slow_fixed_bound += 1;
         }
         if took > 2 * micros(OP_TIMEOUT) + loader_us {
-            report.slow.push(format!(
-                "{call:?} took {} ms; loads of its key meanwhile: {} ms",
-                took / 1_000,
-                loader_us / 1_000
-            ));
+            report.slow.push(
+                &call.site,
+                format!(
+                    "{call:?} took {} ms; loads of its key meanwhile: {} ms",
+                    took / 1_000,
+                    loader_us / 1_000
+                ),
+            );
         }
     }
 
@@ -584,11 +590,52 @@ impl History {
         if excused {
             report.stale_excused += 1;
         } else {
-            report.stale.push(format!(
+            report.stale.push(
+                &call.site,
+                format!(
                 "{call:?} read v{version}, but v{newest} was acknowledged {} ms before it began",
                 (call.start - at) / 1_000
-            ));
+            ),
+            );
         }
+    }
+}
+
+/// What one check found: a count per site, and the findings themselves.
+#[derive(Debug, Default)]
+struct Findings {
+    by_site: std::collections::BTreeMap<String, usize>,
+    examples: Vec<String>,
+}
+
+impl Findings {
+    fn push(&mut self, site: &str, finding: String) {
+        *self.by_site.entry(site.to_owned()).or_default() += 1;
+        self.examples.push(finding);
+    }
+
+    fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+}
+
+/// The count, then the count per site: `36 (tiered-option 30, redis-result 6)`.
+impl std::fmt::Display for Findings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.len())?;
+        if !self.is_empty() {
+            let sites: Vec<String> = self
+                .by_site
+                .iter()
+                .map(|(site, count)| format!("{site} {count}"))
+                .collect();
+            write!(f, " ({})", sites.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -616,9 +663,9 @@ struct Report {
     fresh_checked: usize,
     slowest_fresh_us: u64,
     l1_flushes: Vec<u64>,
-    failed: Vec<String>,
-    slow: Vec<String>,
-    stale: Vec<String>,
+    failed: Findings,
+    slow: Findings,
+    stale: Findings,
     not_fresh: Vec<Fresh>,
 }
 
@@ -656,9 +703,9 @@ impl Report {
             self.fresh_checked,
             self.slowest_fresh_us / 1_000,
             elapsed.as_secs_f64(),
-            self.failed.len(),
-            self.slow.len(),
-            self.stale.len(),
+            self.failed,
+            self.slow,
+            self.stale,
             self.not_fresh.len(),
             self.fresh_checked,
         )
@@ -677,14 +724,14 @@ impl Report {
             problems.push(format!(
                 "{} calls failed (fail-open broken):{}",
                 self.failed.len(),
-                examples(&self.failed)
+                examples(&self.failed.examples)
             ));
         }
         if !self.slow.is_empty() {
             problems.push(format!(
                 "{} calls took longer than 2 x op_timeout + loader time outside pauses:{}",
                 self.slow.len(),
-                examples(&self.slow)
+                examples(&self.slow.examples)
             ));
         }
         if !self.stale.is_empty() {
@@ -692,7 +739,7 @@ impl Report {
                 "{} reads returned a version older than an invalidation acknowledged more than \
                  {BUS_BOUND:?} before, with redis reachable:{}",
                 self.stale.len(),
-                examples(&self.stale)
+                examples(&self.stale.examples)
             ));
         }
         if !self.not_fresh.is_empty() {
@@ -1038,8 +1085,11 @@ mod worker {
             .expect("runtime");
         runtime.block_on(async {
             let client = redis::Client::open(var(DB_URL)).expect("valid url");
+            // No response timeout (redis-rs' default is 500 ms): the start lines block in
+            // `BLPOP` until the slowest worker arrives, and the database is never faulted.
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
             let connection = client
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .expect("connect to the database redis");
             DB.set(connection).expect("once");
