@@ -5,7 +5,7 @@
 //! key's current version, incremented by writers). It re-executes itself as `WORKERS` worker
 //! processes. Each worker has four cached sites over the cache redis: a `Result` and an `Option`
 //! site on `backend = "redis"`, and the same two on `backend = "tiered"`. For `CACHETTE_CHAOS_SECS`
-//! (default 20 s) readers call the sites over a few hot keys while a writer per worker increments
+//! (default 20 s) readers call the sites over 16 keys (4 of them hot) while a writer per worker increments
 //! a key's version in the database and then calls the `#[invalidates]` function for it. Loaders
 //! read the version, take 5-50 ms, and at random panic, return `Err` or `None`; some callers are
 //! cancelled mid-load (a short `tokio::time::timeout` drops the future while the body runs).
@@ -26,7 +26,7 @@
 //!    the call's interval, summed. Why not a fixed `2 x max load`: a caller may legitimately sit
 //!    through a chain of loads, each by a leader or lock holder that panicked, was cancelled,
 //!    returned `Err`/`None`, or saw its fill refused by an invalidation, and then run its own
-//!    (with an invalidation about every 200 ms per key such chains are common), so a fixed bound
+//!    (with an invalidation every ~400 ms per hot key such chains are common), so a fixed bound
 //!    would fail correct code. The sum never flags waiting for real loader work, and it does flag
 //!    waiting for nothing: a caller blocked on a lease nobody holds, or a wedged flight, while no
 //!    load of its key runs. The fixed reading (`2 x op_timeout + 2 x 50 ms`) is printed too.
@@ -41,7 +41,8 @@
 //!    worker polls every key on every site until it returns the database's version, for at most
 //!    `FRESH_BOUND`; the keys that never did are reported.
 //!
-//! Any non-zero count fails the run (exit 1, with examples). The seed is printed;
+//! Any non-zero count fails the run (exit 1, with examples), and so does a run too thin to mean
+//! anything (too few calls or writes, a kind of fault or injection that never happened). The seed is printed;
 //! `CACHETTE_CHAOS_SEED` replays the same schedule of choices (faults, plans, keys), though not
 //! the same interleaving. `CACHETTE_CHAOS_LOG=<file>` writes the merged history there.
 
@@ -208,7 +209,20 @@ fn controller() -> Result<(), Vec<String>> {
 
     let started = Instant::now();
     start_line::release(&mut db, "chaos:start", WORKERS);
+    let released_at = now_us();
     let faults = inject_faults(&mut cache, run, &mut rng);
+    let timeline: Vec<String> = faults
+        .iter()
+        .map(|fault| {
+            format!(
+                "{:?} at {:.2} s for {} ms",
+                fault.kind,
+                (fault.start - released_at) as f64 / 1e6,
+                (fault.end - fault.start) / 1_000
+            )
+        })
+        .collect();
+    println!("chaos: faults: {}", timeline.join(", "));
     // The cache redis is healthy again (every fault ends with it running); the workers check
     // that every key reaches its fresh version.
     start_line::release(&mut db, "chaos:settle", WORKERS);
