@@ -64,6 +64,7 @@ const READERS_PER_WORKER: usize = 6;
 const HOT_KEYS: u32 = 4;
 const KEYS: u32 = 16;
 const OP_TIMEOUT: Duration = Duration::from_millis(200);
+const OP_TIMEOUT_US: u64 = OP_TIMEOUT.as_micros() as u64;
 const HEARTBEAT: Duration = Duration::from_millis(200);
 /// The circuit breaker's probe interval: the runtime's default, not configurable.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -510,9 +511,12 @@ impl History {
                     .get(&(call.site.clone(), call.key))
                     .is_some_and(|loads| {
                         loads.iter().any(|load| {
+                            // The leader's flight stays joinable after its loader returned
+                            // None, while it releases its Redis lock (one operation, bounded
+                            // by op_timeout): a caller arriving then shares that None.
                             load.proc == call.proc
                                 && load.outcome == "none"
-                                && load.end >= call.start
+                                && load.end + OP_TIMEOUT_US >= call.start
                                 && load.end <= call.end
                         })
                     });

@@ -172,6 +172,35 @@ async fn waiters_of_a_holder_that_stores_nothing_are_woken() {
     );
 }
 
+static PANIC_HOLDER_STARTED: Notify = Notify::const_new();
+
+#[cached(ttl = "60s", key = "panicked:<id>", backend = "redis")]
+async fn panics_in_a(id: u64) -> u64 {
+    PANIC_HOLDER_STARTED.notify_one();
+    tokio::time::sleep(HOLD).await;
+    panic!("the loader of {id} panics");
+}
+
+#[cached(ttl = "60s", key = "panicked:<id>", backend = "redis.b")]
+async fn after_panic_in_b(id: u64) -> u64 {
+    id
+}
+
+async fn waiters_of_a_holder_whose_loader_panics_are_woken() {
+    let _server = server().lock().await;
+    let begun = Instant::now();
+    let started = PANIC_HOLDER_STARTED.notified();
+    let holder = tokio::spawn(panics_in_a(7));
+    started.await;
+    assert_eq!(after_panic_in_b(7).await, 7);
+    let waited = begun.elapsed();
+    assert!(holder.await.expect_err("panicked").is_panic());
+    assert!(
+        waited < HOLD + Duration::from_millis(100),
+        "after the holder's panic, the waiter took {waited:?} (its load: {HOLD:?})"
+    );
+}
+
 // ---- 3. A panic in the store step wakes the followers; one takes over. ----
 
 static PANIC_IN_WEIGHER: AtomicBool = AtomicBool::new(false);
@@ -529,6 +558,7 @@ async fn failure_path_scenarios() {
         a_panicking_store_wakes_the_followers_and_one_takes_over,
         a_cancelled_leader_frees_the_redis_lock_at_once,
         waiters_of_a_holder_that_stores_nothing_are_woken,
+        waiters_of_a_holder_whose_loader_panics_are_woken,
         one_bad_key_does_not_open_the_breaker,
         sync_invalidations_against_a_frozen_redis_cost_one_timeout_each,
         lost_tiered_invalidations_are_replayed,

@@ -101,18 +101,19 @@ where
             share(guard, &key, value, l1, site.ttl);
         }
         produced => {
-            // Nothing to store: free the key at once, waking other processes' waiters.
+            let outcome = match produced {
+                Produced::Absent => Outcome::Absent,
+                _ => Outcome::Failed,
+            };
+            // This process's followers first; then free the key at once, waking other
+            // processes' waiters.
+            guard.complete(outcome, || {});
             if let Some(LoadPermit {
                 lock: Some(lock), ..
             }) = permit
             {
                 lock.release().await;
             }
-            let outcome = match produced {
-                Produced::Absent => Outcome::Absent,
-                _ => Outcome::Failed,
-            };
-            guard.complete(outcome, || {});
         }
     }
     ret

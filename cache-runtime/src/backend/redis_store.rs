@@ -294,7 +294,7 @@ impl RedisStore {
         if !self.pending.any() {
             return Ok(());
         }
-        self.replay_batch().await?;
+        let _replayed = self.replay_batch().await?;
         if self.pending.holds(cache_key) {
             return Err(StoreError::Pending);
         }
@@ -359,10 +359,36 @@ impl RedisStore {
             .arg(millis(self.settings.fence_ttl))
             .arg(millis(lease * 2))
             .arg(if over_unreadable { "1" } else { "" });
-        let reply: redis::Value = self
-            .guarded(invocation.invoke_async(&mut connection))
-            .await?;
-        parse_claim(reply, token).map_err(StoreError::Redis)
+        let reply = self.guarded(invocation.invoke_async(&mut connection)).await;
+        if let Err(StoreError::Timeout(_)) = reply {
+            self.release_unowned(cache_key, &token, connection);
+        }
+        parse_claim(reply?, token).map_err(StoreError::Redis)
+    }
+
+    /// A claim that timed out may still take the lock later (a paused server runs the queued
+    /// script when it resumes), for a token nobody holds: every caller would then wait out the
+    /// lease. The release, sent after it on the same connection, runs after it; it bypasses the
+    /// breaker, since it must follow the claim wherever the claim went.
+    fn release_unowned(&self, cache_key: &str, token: &str, mut connection: ConnectionManager) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let keys = self.keys(cache_key);
+        // EVAL with the text: it cannot fail for a script cache the restart emptied.
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(RELEASE)
+            .arg(2)
+            .arg(keys.key(Role::Lock))
+            .arg(keys.key(Role::Waiters))
+            .arg(token)
+            .arg(&self.wake_channel)
+            .arg(cache_key);
+        let bound = super::redis_lock::LEASE;
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(bound, command.query_async::<i64>(&mut connection)).await;
+        });
     }
 
     /// The entry's fence generation, which a fill must carry.
@@ -427,7 +453,7 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let result = async {
             if self.pending.any() {
-                self.replay_batch().await?;
+                let _replayed = self.replay_batch().await?;
             }
             let mut connection = self.connection().await?;
             let invocation = self.invalidation(cache_key, announce);
@@ -453,10 +479,10 @@ impl RedisStore {
     }
 
     /// Replays one batch of pending invalidations in one round trip, unless another caller is
-    /// replaying. Each stays pending until Redis confirms it.
-    async fn replay_batch(&self) -> Result<(), StoreError> {
+    /// replaying (then `false`). Each stays pending until Redis confirms it.
+    async fn replay_batch(&self) -> Result<bool, StoreError> {
         let Some(_replaying) = self.pending.start_replay() else {
-            return Ok(());
+            return Ok(false);
         };
         let batch = self.pending.batch(REPLAY_BATCH);
         if !batch.is_empty() {
@@ -482,7 +508,7 @@ impl RedisStore {
             self.purge().await?;
             self.pending.confirm([], true);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Keeps replaying until nothing is pending, in a task of its own, so that a process that
@@ -502,7 +528,7 @@ impl RedisStore {
                 let Some(store) = replayer.0.as_ref().and_then(Weak::upgrade) else {
                     return;
                 };
-                let _ = store.replay_batch().await;
+                let replayed = matches!(store.replay_batch().await, Ok(true));
                 if !store.pending.any() {
                     store.replayer_running.store(false, Ordering::Release);
                     // Something queued between the check and the flag found the flag still
@@ -511,6 +537,10 @@ impl RedisStore {
                         replayer.disarm();
                         return;
                     }
+                }
+                if replayed {
+                    // Redis answers: the next batch at once.
+                    continue;
                 }
                 let pause = store.settings.breaker.probe_interval / 4;
                 drop(store);
@@ -758,6 +788,7 @@ mod tests {
     use super::*;
 
     use crate::backend::test_redis_server::RedisServer;
+    use futures_util::StreamExt;
 
     fn store(server: &RedisServer) -> Arc<RedisStore> {
         let settings = RedisSettings {
@@ -995,6 +1026,93 @@ mod tests {
             "the old value was removed before this read"
         );
         assert_eq!(read.fence, Some(1), "and the fence advanced");
+    }
+
+    #[tokio::test]
+    async fn an_overflowed_queue_ends_in_a_purge_of_the_prefix() {
+        use crate::backend::pending::MAX_PENDING;
+        let server = RedisServer::start();
+        let store = store(&server);
+        let mut raw = redis::Client::open(server.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let mut bus = redis::Client::open(server.url())
+            .expect("url")
+            .get_async_pubsub()
+            .await
+            .expect("subscribe");
+        bus.subscribe(super::super::redis_keys::bus_channel("test"))
+            .await
+            .expect("subscribe");
+        let Claim::Load { fence, .. } = store.claim("loading", TTL, false).await.expect("up")
+        else {
+            panic!("cold");
+        };
+        for key in ["a", "b"] {
+            assert!(store.fill(key, None, b"old", TTL, None).await.expect("up"));
+        }
+        server.kill();
+        // More lost invalidations than are kept, none of them of `a`, `b` or `loading`.
+        for n in 0..=MAX_PENDING {
+            store.keep_for_replay(&format!("lost {n}"), None);
+        }
+        assert!(store.pending.overflowed());
+        assert!(
+            store.pending.holds("a"),
+            "after an overflow no key is read from redis"
+        );
+        server.restart();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while store.pending.any() {
+            assert!(Instant::now() < deadline, "the replay did not finish");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Restarted empty, so re-plant what the purge must remove, then overflow again.
+        let _: () = redis::cmd("SET")
+            .arg("test:1:{a}:v")
+            .arg("old")
+            .query_async(&mut raw)
+            .await
+            .expect("set");
+        let _: () = redis::cmd("SET")
+            .arg("test:1:{loading}:f")
+            .arg(fence.expect("seeded"))
+            .query_async(&mut raw)
+            .await
+            .expect("set");
+        store.pending.push("x", None);
+        for n in 0..MAX_PENDING {
+            store.pending.push(&format!("lost {n}"), None);
+        }
+        assert!(store.pending.overflowed());
+        while store.pending.any() {
+            store.replay_batch().await.expect("up");
+        }
+        let held: Option<Vec<u8>> = redis::cmd("GET")
+            .arg("test:1:{a}:v")
+            .query_async(&mut raw)
+            .await
+            .expect("get");
+        assert_eq!(held, None, "the purge deleted the entry");
+        assert!(
+            !store
+                .fill("loading", fence, b"old", TTL, None)
+                .await
+                .expect("up"),
+            "and advanced the fence of a load under way"
+        );
+        let message = tokio::time::timeout(Duration::from_secs(5), bus.on_message().next())
+            .await
+            .expect("a bus message")
+            .expect("open");
+        assert_eq!(
+            message.get_payload::<String>().expect("text"),
+            crate::backend::bus::FLUSH_MESSAGE,
+            "tiered peers are told to drop their L1"
+        );
+        assert_eq!(store.get("a").await.expect("usable again"), None);
     }
 
     #[tokio::test]
