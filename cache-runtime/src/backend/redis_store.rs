@@ -119,12 +119,18 @@ end
 return stored
 ";
 
-/// KEYS: value, fence. ARGV: fence ttl ms, bus channel ("" for none), bus message.
-/// Publishing in the same script makes "deleted" and "announced" one atomic step: no process can
-/// see the deletion without the message being on its way.
+/// KEYS: value, fence. ARGV: fence ttl ms, bus channel ("" for none), bus message, a random
+/// generation. Publishing in the same script makes "deleted" and "announced" one atomic step: no
+/// process can see the deletion without the message being on its way. A fence that is not a
+/// number (written by something else) is replaced by the random generation: the script cannot
+/// fail on what the keys hold, so a replayed batch cannot be stuck on one bad key.
 const INVALIDATE: &str = r"
 redis.call('DEL', KEYS[1])
-local generation = redis.call('INCR', KEYS[2])
+local generation = redis.pcall('INCR', KEYS[2])
+if type(generation) == 'table' then
+  redis.call('SET', KEYS[2], ARGV[4])
+  generation = tonumber(ARGV[4])
+end
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('PUBLISH', ARGV[2], ARGV[3])
@@ -353,9 +359,7 @@ impl RedisStore {
             .key(keys.key(Role::Waiters))
             .arg(&token)
             .arg(millis(lease))
-            // Far from the small generations invalidations count from a missing fence, and
-            // positive, so INCR keeps working.
-            .arg(fastrand::i64(1 << 40..i64::MAX / 2))
+            .arg(random_generation())
             .arg(millis(self.settings.fence_ttl))
             .arg(millis(lease * 2))
             .arg(if over_unreadable { "1" } else { "" });
@@ -589,8 +593,10 @@ impl RedisStore {
                     _ => {}
                 }
             }
-            self.guarded(pipe.query_async::<()>(&mut connection))
-                .await?;
+            if !pipe.is_empty() {
+                self.guarded(pipe.query_async::<()>(&mut connection))
+                    .await?;
+            }
             if next == 0 {
                 break;
             }
@@ -652,7 +658,8 @@ impl RedisStore {
             .key(keys.key(Role::Fence))
             .arg(millis(self.settings.fence_ttl))
             .arg(channel)
-            .arg(message);
+            .arg(message)
+            .arg(random_generation());
         invocation
     }
 
@@ -754,6 +761,12 @@ fn parse_claim(reply: redis::Value, token: String) -> redis::RedisResult<Claim> 
             })
         }
     }
+}
+
+/// A fence generation for a fence that is missing or unusable: far from the small numbers `INCR`
+/// counts from a missing key, and positive, so `INCR` keeps working on it.
+fn random_generation() -> i64 {
+    fastrand::i64(1 << 40..i64::MAX / 2)
 }
 
 /// Whether `error` says Redis (or the way to it) is unwell, as opposed to an answer about one
@@ -1031,21 +1044,8 @@ mod tests {
     #[tokio::test]
     async fn an_overflowed_queue_ends_in_a_purge_of_the_prefix() {
         use crate::backend::pending::MAX_PENDING;
-        let server = RedisServer::start();
+        let mut server = RedisServer::start();
         let store = store(&server);
-        let mut raw = redis::Client::open(server.url())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        let mut bus = redis::Client::open(server.url())
-            .expect("url")
-            .get_async_pubsub()
-            .await
-            .expect("subscribe");
-        bus.subscribe(super::super::redis_keys::bus_channel("test"))
-            .await
-            .expect("subscribe");
         let Claim::Load { fence, .. } = store.claim("loading", TTL, false).await.expect("up")
         else {
             panic!("cold");
@@ -1070,6 +1070,19 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Restarted empty, so re-plant what the purge must remove, then overflow again.
+        let mut raw = redis::Client::open(server.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let mut bus = redis::Client::open(server.url())
+            .expect("url")
+            .get_async_pubsub()
+            .await
+            .expect("subscribe");
+        bus.subscribe(super::super::redis_keys::bus_channel("test"))
+            .await
+            .expect("subscribe");
         let _: () = redis::cmd("SET")
             .arg("test:1:{a}:v")
             .arg("old")
