@@ -1031,7 +1031,7 @@ mod tests {
     #[tokio::test]
     async fn an_overflowed_queue_ends_in_a_purge_of_the_prefix() {
         use crate::backend::pending::MAX_PENDING;
-        let server = RedisServer::start();
+        let mut server = RedisServer::start();
         let store = store(&server);
         let mut raw = redis::Client::open(server.url())
             .expect("url")
