@@ -10,6 +10,9 @@ mod redis_keys;
 mod redis_lock;
 mod redis_store;
 mod redis_wake;
+/// Reproductions of the review of issue 11's change.
+#[cfg(test)]
+mod review_findings;
 /// The same real-redis-server helper the integration tests use.
 #[cfg(test)]
 #[allow(dead_code)] // not every helper method is used here
