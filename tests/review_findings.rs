@@ -249,11 +249,12 @@ fn a_caller_cancelled_during_its_claim_leaves_an_orphan_lock() {
         assert!(cancelled.is_err(), "cancelled while its claim was held");
         assert_eq!(CLAIM_LOADS.load(Ordering::SeqCst), 0, "during the claim");
         drop(unpause);
-        // The claim the cancelled caller sent now runs.
+        // The claim the cancelled caller sent now runs (it leaves the fence it makes; the lock
+        // it takes may already be released again).
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
             let held: bool = redis::cmd("EXISTS")
-                .arg("c:1:{claimed:<1>}:l")
+                .arg("c:1:{claimed:<1>}:f")
                 .query_async(&mut raw)
                 .await
                 .expect("raw exists");

@@ -44,6 +44,17 @@ pub(crate) enum StoreError {
     Pending,
 }
 
+impl StoreError {
+    /// Whether Redis (or the way to it) failed, as opposed to answering about this request.
+    pub(crate) fn is_transport(&self) -> bool {
+        match self {
+            StoreError::Refused | StoreError::Timeout(_) => true,
+            StoreError::Redis(error) => is_transport_failure(error),
+            StoreError::Pending => false,
+        }
+    }
+}
+
 /// What a read found: the envelope bytes, if any, and the fence generation to carry into a fill.
 #[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +157,9 @@ pub(crate) type Announce<'a> = Option<(&'a str, &'a str)>;
 /// The value if there is one (`{value}`); otherwise the fence generation and whether the lock
 /// was taken (`{false, fence, 0|1}`). One atomic step, so a leader that arrives just after
 /// another's fill takes that value instead of loading again. A missing fence is created with a
-/// random generation, so that a fill after the server lost its keys (a restart) is refused.
+/// random generation, so that a fill after the server lost its keys (a restart) is refused. A
+/// lock key no holder of ours could have written (another type, no expiry, a lease longer than
+/// ours) is foreign bytes: deleted, so that it cannot stall every miss.
 const CLAIM: &str = r"
 if ARGV[6] ~= '1' then
   local value = redis.call('GET', KEYS[1])
@@ -158,6 +171,13 @@ local fence = redis.call('GET', KEYS[2])
 if not fence then
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
   fence = ARGV[3]
+end
+local kind = redis.call('TYPE', KEYS[3])['ok']
+if kind ~= 'none' then
+  local pttl = redis.call('PTTL', KEYS[3])
+  if kind ~= 'string' or pttl < 0 or pttl > tonumber(ARGV[2]) then
+    redis.call('DEL', KEYS[3])
+  end
 end
 local taken = redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
 if not taken then
@@ -300,7 +320,15 @@ impl RedisStore {
         if !self.pending.any() {
             return Ok(());
         }
-        let _replayed = self.replay_batch().await?;
+        match self.replay_batch(false).await {
+            // Redis is unwell: so would this operation be; one timeout per call.
+            Err(error) if error.is_transport() => return Err(error),
+            _ => {}
+        }
+        if self.pending.overflowed() {
+            // The purge is the background replayer's, never a caller's: it walks the keyspace.
+            self.replay_in_background();
+        }
         if self.pending.holds(cache_key) {
             return Err(StoreError::Pending);
         }
@@ -363,17 +391,26 @@ impl RedisStore {
             .arg(millis(self.settings.fence_ttl))
             .arg(millis(lease * 2))
             .arg(if over_unreadable { "1" } else { "" });
+        // Until its reply is in hand, the claim may take the lock for a token nobody will hold
+        // (the caller cancelled, or gave up at the timeout while a paused server kept the
+        // script to run on resume): the guard then sends a release after it.
+        let mut unanswered = UnansweredClaim {
+            store: self,
+            cache_key,
+            token: &token,
+            connection: Some(connection.clone()),
+        };
         let reply = self.guarded(invocation.invoke_async(&mut connection)).await;
-        if let Err(StoreError::Timeout(_)) = reply {
-            self.release_unowned(cache_key, &token, connection);
+        if matches!(reply, Ok(_) | Err(StoreError::Refused)) {
+            unanswered.connection = None;
         }
+        drop(unanswered);
         parse_claim(reply?, token).map_err(StoreError::Redis)
     }
 
-    /// A claim that timed out may still take the lock later (a paused server runs the queued
-    /// script when it resumes), for a token nobody holds: every caller would then wait out the
-    /// lease. The release, sent after it on the same connection, runs after it; it bypasses the
-    /// breaker, since it must follow the claim wherever the claim went.
+    /// Releases `token`'s lock after a claim whose reply never came: sent on the claim's own
+    /// connection, it runs after the claim wherever the claim went; it bypasses the breaker for
+    /// the same reason.
     fn release_unowned(&self, cache_key: &str, token: &str, mut connection: ConnectionManager) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -457,7 +494,10 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let result = async {
             if self.pending.any() {
-                let _replayed = self.replay_batch().await?;
+                match self.replay_batch(false).await {
+                    Err(error) if error.is_transport() => return Err(error),
+                    _ => {}
+                }
             }
             let mut connection = self.connection().await?;
             let invocation = self.invalidation(cache_key, announce);
@@ -483,32 +523,58 @@ impl RedisStore {
     }
 
     /// Replays one batch of pending invalidations in one round trip, unless another caller is
-    /// replaying (then `false`). Each stays pending until Redis confirms it.
-    async fn replay_batch(&self) -> Result<bool, StoreError> {
+    /// replaying (then `false`); after an overflow, once the queue is empty, `may_purge` lets it
+    /// run the purge. Each invalidation stays pending until Redis confirms it; one that Redis
+    /// refuses for itself (a reply error about its keys) is dropped, logged, so that it cannot
+    /// hold up the others forever.
+    async fn replay_batch(&self, may_purge: bool) -> Result<bool, StoreError> {
         let Some(_replaying) = self.pending.start_replay() else {
             return Ok(false);
         };
         let batch = self.pending.batch(REPLAY_BATCH);
         if !batch.is_empty() {
             let mut pipe = redis::pipe();
+            pipe.ignore_errors();
             pipe.load_script(&self.invalidate_script).ignore();
             for (key, announce) in &batch {
                 let announce = announce.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
-                pipe.invoke_script(&self.invalidation(key, announce))
-                    .ignore();
+                pipe.invoke_script(&self.invalidation(key, announce));
             }
             let mut connection = self.connection().await?;
-            self.guarded(pipe.query_async::<()>(&mut connection))
-                .await?;
-            self.pending
-                .confirm(batch.iter().map(|(key, _)| key.as_str()), false);
+            let results: Vec<redis::RedisResult<redis::Value>> =
+                self.guarded(pipe.query_async(&mut connection)).await?;
+            let mut confirmed = Vec::with_capacity(batch.len());
+            let mut transport = None;
+            for ((key, _), result) in batch.iter().zip(&results) {
+                match result {
+                    Ok(_) => confirmed.push(key.as_str()),
+                    Err(error) if is_transport_failure(error) => transport = Some(error.clone()),
+                    Err(error) => {
+                        static GATE: LogGate = LogGate::new();
+                        if let Some(suppressed) = GATE.admit() {
+                            tracing::error!(
+                                prefix = %self.settings.prefix,
+                                key = key.as_str(),
+                                %error,
+                                suppressed,
+                                "redis refused a replayed invalidation; dropping it"
+                            );
+                        }
+                        confirmed.push(key.as_str());
+                    }
+                }
+            }
+            self.pending.confirm(confirmed.iter().copied(), false);
             tracing::info!(
                 prefix = %self.settings.prefix,
-                replayed = batch.len(),
+                replayed = confirmed.len(),
                 "replayed invalidations that had not reached redis"
             );
+            if let Some(error) = transport {
+                return Err(StoreError::Redis(error));
+            }
         }
-        if self.pending.overflowed() && self.pending.batch(1).is_empty() {
+        if may_purge && self.pending.overflowed() && self.pending.batch(1).is_empty() {
             self.purge().await?;
             self.pending.confirm([], true);
         }
@@ -532,7 +598,7 @@ impl RedisStore {
                 let Some(store) = replayer.0.as_ref().and_then(Weak::upgrade) else {
                     return;
                 };
-                let replayed = matches!(store.replay_batch().await, Ok(true));
+                let replayed = matches!(store.replay_batch(true).await, Ok(true));
                 if !store.pending.any() {
                     store.replayer_running.store(false, Ordering::Release);
                     // Something queued between the check and the flag found the flag still
@@ -553,8 +619,7 @@ impl RedisStore {
         });
     }
 
-    /// Deletes every entry under the prefix and advances every fence (so loads under way store
-    /// nothing), and tells tiered peers to drop their L1: what a replay ends with after the
+    /// Deletes every entry and every fence under the prefix (so loads under way store nothing), and tells tiered peers to drop their L1: what a replay ends with after the
     /// queue overflowed, since the lost keys are no longer known. O(keys under the prefix), for
     /// a rare disaster, one `SCAN` page per round trip.
     async fn purge(&self) -> Result<(), StoreError> {
@@ -563,7 +628,6 @@ impl RedisStore {
             self.settings.prefix,
             super::redis_keys::KEY_FORMAT
         );
-        let fence_ttl = millis(self.settings.fence_ttl);
         let mut connection = self.connection().await?;
         let mut cursor = 0u64;
         let mut purged = 0usize;
@@ -586,9 +650,10 @@ impl RedisStore {
                         pipe.cmd("DEL").arg(key).ignore();
                         purged += 1;
                     }
+                    // Deleted, not advanced: a fence may hold foreign bytes, and a fill needs
+                    // the fence it saw, while a claim after this makes a new one.
                     Some(b'f') => {
-                        pipe.cmd("INCR").arg(key).ignore();
-                        pipe.cmd("PEXPIRE").arg(key).arg(fence_ttl).ignore();
+                        pipe.cmd("DEL").arg(key).ignore();
                     }
                     _ => {}
                 }
@@ -716,6 +781,25 @@ impl RedisStore {
             .guarded(invocation.invoke_async(&mut connection))
             .await?;
         Ok(renewed == 1)
+    }
+}
+
+/// A claim under way: dropped before its reply (cancelled, timed out, failed in transit), it
+/// releases the lock the claim may take.
+struct UnansweredClaim<'a> {
+    store: &'a RedisStore,
+    cache_key: &'a str,
+    token: &'a str,
+    /// `None` once the reply is in hand.
+    connection: Option<ConnectionManager>,
+}
+
+impl Drop for UnansweredClaim<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.store
+                .release_unowned(self.cache_key, self.token, connection);
+        }
     }
 }
 
@@ -1101,7 +1185,7 @@ mod tests {
         }
         assert!(store.pending.overflowed());
         while store.pending.any() {
-            store.replay_batch().await.expect("up");
+            store.replay_batch(true).await.expect("up");
         }
         let held: Option<Vec<u8>> = redis::cmd("GET")
             .arg("test:1:{a}:v")
@@ -1114,7 +1198,7 @@ mod tests {
                 .fill("loading", fence, b"old", TTL, None)
                 .await
                 .expect("up"),
-            "and advanced the fence of a load under way"
+            "and removed the fence of a load under way"
         );
         let message = tokio::time::timeout(Duration::from_secs(5), bus.on_message().next())
             .await
