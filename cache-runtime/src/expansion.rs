@@ -22,10 +22,6 @@ pub use core::module_path;
 use crate::key::CacheKey;
 use crate::shape::{CacheValue, Holds};
 
-// In-crate tests that build a site field by field import it from here.
-#[cfg(test)]
-pub(crate) use crate::site::SiteState;
-
 /// Runs an async `#[cached]` function on the memory backend: a hit returns the cached value; a
 /// miss runs `body` once per key across concurrent callers and stores what `S` says is cached.
 pub fn cached<R, S>(
@@ -60,5 +56,5 @@ where
     S: Holds<R>,
     S::Part: CacheValue + Serialize + DeserializeOwned,
 {
-    crate::remote::cached_remote(site, S::default(), key, body)
+    crate::call::cached_remote(site, S::default(), key, body)
 }

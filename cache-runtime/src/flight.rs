@@ -100,16 +100,6 @@ impl Flights {
             flight.stale.store(true, Ordering::Release);
         }
     }
-
-    #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.shards.iter().all(|shard| {
-            shard
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_empty()
-        })
-    }
 }
 
 impl Flight {
@@ -203,6 +193,15 @@ impl Drop for LeaderGuard<'_> {
 mod tests {
     use super::*;
 
+    fn is_empty(flights: &Flights) -> bool {
+        flights.shards.iter().all(|shard| {
+            shard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        })
+    }
+
     fn key(text: &str) -> CacheKey {
         crate::KeyBuilder::new().lit(text).finish()
     }
@@ -220,7 +219,7 @@ mod tests {
         leader.complete(Outcome::Absent, || stored = true);
         assert!(stored);
         assert!(matches!(flight.wait_blocking(), Outcome::Absent));
-        assert!(flights.is_empty());
+        assert!(is_empty(&flights));
     }
 
     #[test]
@@ -234,7 +233,7 @@ mod tests {
         };
         drop(leader);
         assert!(matches!(flight.wait_blocking(), Outcome::Abandoned));
-        assert!(flights.is_empty());
+        assert!(is_empty(&flights));
     }
 
     #[test]
@@ -251,7 +250,7 @@ mod tests {
         }));
         assert!(panicked.is_err());
         assert!(matches!(flight.wait_blocking(), Outcome::Abandoned));
-        assert!(flights.is_empty(), "the next caller leads a new flight");
+        assert!(is_empty(&flights), "the next caller leads a new flight");
     }
 
     #[test]
@@ -272,6 +271,6 @@ mod tests {
         );
         next.complete(Outcome::Absent, || stored = true);
         assert!(stored);
-        assert!(flights.is_empty());
+        assert!(is_empty(&flights));
     }
 }

@@ -16,7 +16,6 @@ pub mod http;
 mod key;
 mod log_gate;
 mod registry;
-mod remote;
 mod shape;
 mod site;
 

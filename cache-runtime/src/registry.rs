@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 
 use crate::backend::{Backend, MemoryBackend, RedisBackend, Store, TieredBackend};
 use crate::error::ConfigError;
+use crate::site::Site;
 
 static GLOBAL: OnceLock<Registry> = OnceLock::new();
 
@@ -25,6 +26,27 @@ impl Registry {
 /// application configured nothing before the first call.
 pub(crate) fn global() -> &'static Registry {
     GLOBAL.get_or_init(|| Config::default().into_registry())
+}
+
+/// The backend `site` stores in, resolved once per site. `None` when no backend of that name is
+/// configured: the function then runs uncached, and the error is logged once per site.
+pub(crate) fn backend_of(site: &Site) -> Option<&Backend> {
+    site.resolved_backend()
+        .get_or_init(|| {
+            let found = global().backend(site.backend_name()).cloned();
+            if found.is_none() {
+                tracing::error!(
+                    function = site.function(),
+                    backend = site.backend_name(),
+                    "cache backend `{}` is not configured; `{}` runs uncached (configure it \
+                     with `cachet::configure()` before the first call)",
+                    site.backend_name(),
+                    site.function(),
+                );
+            }
+            found
+        })
+        .as_ref()
 }
 
 /// Starts a configuration of the process's backends.

@@ -5,7 +5,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::backend::Backend;
-use crate::registry;
 
 /// One `#[cached]` function: constants the macro writes, and what the runtime learns about
 /// them. Built with [`Site::new`] in a `static`.
@@ -14,21 +13,21 @@ use crate::registry;
 #[derive(Debug)]
 pub struct Site {
     /// The function's path, `module::name`.
-    pub(crate) function: &'static str,
+    function: &'static str,
     /// The key template as written, or the default key's description.
-    pub(crate) template: &'static str,
+    template: &'static str,
     /// The backend's name, such as `"memory"` or `"memory.sessions"`.
-    pub(crate) backend: &'static str,
+    backend: &'static str,
     /// How long an entry lives.
-    pub(crate) ttl: Duration,
+    ttl: Duration,
     /// The value's schema version, part of the type fingerprint of serialised values.
-    pub(crate) version: u32,
-    pub(crate) state: SiteState,
+    version: u32,
+    state: SiteState,
 }
 
 /// What a [`Site`] learns at run time: its backend, and which warnings it has already logged.
 #[derive(Debug)]
-pub(crate) struct SiteState {
+struct SiteState {
     backend: OnceLock<Option<Backend>>,
     warned_type_mismatch: AtomicBool,
 }
@@ -36,7 +35,7 @@ pub(crate) struct SiteState {
 impl SiteState {
     /// Empty state, for a site in a `static`.
     #[allow(clippy::new_without_default)] // used in `static` initialisers, which need a const fn
-    pub(crate) const fn new() -> Self {
+    const fn new() -> Self {
         SiteState {
             backend: OnceLock::new(),
             warned_type_mismatch: AtomicBool::new(false),
@@ -70,26 +69,24 @@ impl Site {
         self.function
     }
 
-    /// The backend this site stores in, resolved once. `None` when no backend of that name is
-    /// configured: the function then runs uncached, and the error is logged once per site.
-    pub(crate) fn backend(&self) -> Option<&Backend> {
-        self.state
-            .backend
-            .get_or_init(|| {
-                let found = registry::global().backend(self.backend).cloned();
-                if found.is_none() {
-                    tracing::error!(
-                        function = self.function,
-                        backend = self.backend,
-                        "cache backend `{}` is not configured; `{}` runs uncached (configure it \
-                         with `cachet::configure()` before the first call)",
-                        self.backend,
-                        self.function,
-                    );
-                }
-                found
-            })
-            .as_ref()
+    /// The name of the backend this site stores in.
+    pub(crate) fn backend_name(&self) -> &'static str {
+        self.backend
+    }
+
+    /// How long an entry lives.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The value's schema version, part of the type fingerprint of serialised values.
+    pub(crate) fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Where the registry keeps the backend it resolved for this site (`registry::backend_of`).
+    pub(crate) fn resolved_backend(&self) -> &OnceLock<Option<Backend>> {
+        &self.state.backend
     }
 
     /// Logs, once per site, that a key held a value of another type.

@@ -21,9 +21,9 @@ use crate::http::key::{route_builder, variant_key, Variant};
 use crate::http::policy::CachePolicy;
 use crate::http::stored::{store, Refusal, Reply, StoredResponse};
 use crate::http::CACHE_STATUS;
-use crate::remote::cached_remote;
+use crate::call::cached_remote;
 use crate::shape::{OkOnly, Whole};
-use crate::site::{Site, SiteState};
+use crate::site::Site;
 
 /// Caches the responses of the routes it wraps, following one [`CachePolicy`].
 ///
@@ -50,24 +50,22 @@ impl CacheLayer {
         // Sites are `&'static` (the macro makes them `static`); a layer's live as long as the
         // process, so leaking two per layer built is the whole cost.
         let backend: &'static str = Box::leak(policy.backend.clone().into_boxed_str());
-        let responses = Box::leak(Box::new(Site {
-            function: "cachet::http response",
-            template: "http:<METHOD>:<route>|g<generation>|q<query>|h:<name><value>|u<identity>",
+        let responses = Box::leak(Box::new(Site::new(
+            "cachet::http response",
+            "http:<METHOD>:<route>|g<generation>|q<query>|h:<name><value>|u<identity>",
             backend,
-            ttl: policy.ttl,
-            version: 1,
-            state: SiteState::new(),
-        }));
+            millis(policy.ttl),
+            1,
+        )));
         // A generation that outlives its variants keeps them reachable until their own TTL;
         // one that ends sooner only costs a miss.
-        let generations = Box::leak(Box::new(Site {
-            function: "cachet::http route generation",
-            template: "http:<METHOD>:<route>",
+        let generations = Box::leak(Box::new(Site::new(
+            "cachet::http route generation",
+            "http:<METHOD>:<route>",
             backend,
-            ttl: policy.ttl.saturating_mul(2),
-            version: 1,
-            state: SiteState::new(),
-        }));
+            millis(policy.ttl.saturating_mul(2)),
+            1,
+        )));
         CacheLayer {
             shared: Arc::new(Shared {
                 policy,
@@ -152,7 +150,7 @@ where
         Ok(plan) => plan,
         Err(detail) => return bypass(inner, parts, body, detail).await,
     };
-    let Some(backend) = shared.responses.backend() else {
+    let Some(backend) = crate::registry::backend_of(shared.responses) else {
         return bypass(inner, parts, body, "backend").await;
     };
     let param = |name: &str| {
@@ -372,4 +370,8 @@ fn set_status(response: &mut Response<Body>, status: &str) {
     if let Ok(value) = HeaderValue::from_str(status) {
         response.headers_mut().insert(CACHE_STATUS, value);
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -16,12 +16,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use redis::Client;
 
+use super::super::redis::FLUSH_MESSAGE;
 use crate::log_gate::LogGate;
-
-/// A bus message that tells every process to drop its whole L1 (the invalidation queue
-/// overflowed somewhere, so which keys changed is not known). Not `<origin> <key>`-shaped, so
-/// a process of an older version ignores it.
-pub(crate) const FLUSH_MESSAGE: &str = "*";
 
 /// The bus state of one tiered backend.
 pub(crate) struct Bus {

@@ -26,9 +26,10 @@ use redis::{Client, Script};
 
 use super::breaker::{Breaker, BreakerPolicy, Permit};
 use super::pending::PendingInvalidations;
-use super::redis_blocking::{BlockingConnections, Unsent};
-use super::redis_keys::{wake_channel, EntryKeys, KeyArg, Role};
-use super::redis_wake::{Waiting, Wakeups};
+use super::blocking::{BlockingConnections, Unsent};
+use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
+use super::scripts::{CLAIM, FILL, INVALIDATE, RELEASE, RENEW};
+use super::wake::{Waiting, Wakeups};
 use crate::log_gate::LogGate;
 
 /// Why a Redis operation did not happen; every case is a miss to the caller.
@@ -53,14 +54,6 @@ impl StoreError {
             StoreError::Pending => false,
         }
     }
-}
-
-/// What a read found: the envelope bytes, if any, and the fence generation to carry into a fill.
-#[cfg(test)]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Read {
-    pub(crate) value: Option<Vec<u8>>,
-    pub(crate) fence: Option<i64>,
 }
 
 /// Settings of one Redis store.
@@ -111,80 +104,11 @@ pub(crate) struct RedisStore {
     replayer_running: AtomicBool,
 }
 
-/// KEYS: value, fence, lock, waiters. ARGV: fence generation seen, bytes, ttl ms, token, wake
-/// channel, cache key. Returns 1 if stored, 0 if fenced off. Releases the lock if `token` owns
-/// it, and wakes the key's waiters in other processes.
-const FILL: &str = r"
-local fence = redis.call('GET', KEYS[2])
-local stored = 0
-if (fence or '') == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  stored = 1
-end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
-  redis.call('DEL', KEYS[3])
-end
-if redis.call('DEL', KEYS[4]) == 1 then
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
-end
-return stored
-";
 
-/// KEYS: value, fence. ARGV: fence ttl ms, bus channel ("" for none), bus message, a random
-/// generation. Publishing in the same script makes "deleted" and "announced" one atomic step: no
-/// process can see the deletion without the message being on its way. A fence that is not a
-/// number (written by something else) is replaced by the random generation: the script cannot
-/// fail on what the keys hold, so a replayed batch cannot be stuck on one bad key.
-const INVALIDATE: &str = r"
-redis.call('DEL', KEYS[1])
-local generation = redis.pcall('INCR', KEYS[2])
-if type(generation) == 'table' then
-  redis.call('SET', KEYS[2], ARGV[4])
-  generation = tonumber(ARGV[4])
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-if ARGV[2] ~= '' then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-end
-return generation
-";
 
 /// An invalidation message to publish with the deletion: (channel, message).
 pub(crate) type Announce<'a> = Option<(&'a str, &'a str)>;
 
-/// KEYS: value, fence, lock, waiters. ARGV: token, lease ms, a random fence generation, fence
-/// ttl ms, waiters ttl ms, "1" to ignore the value (it was unreadable).
-/// The value if there is one (`{value}`); otherwise the fence generation and whether the lock
-/// was taken (`{false, fence, 0|1}`). One atomic step, so a leader that arrives just after
-/// another's fill takes that value instead of loading again. A missing fence is created with a
-/// random generation, so that a fill after the server lost its keys (a restart) is refused. A
-/// lock key no holder of ours could have written (another type, no expiry, a lease longer than
-/// ours) is foreign bytes: deleted, so that it cannot stall every miss.
-const CLAIM: &str = r"
-if ARGV[6] ~= '1' then
-  local value = redis.call('GET', KEYS[1])
-  if value then
-    return {value}
-  end
-end
-local fence = redis.call('GET', KEYS[2])
-if not fence then
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-  fence = ARGV[3]
-end
-local kind = redis.call('TYPE', KEYS[3])['ok']
-if kind ~= 'none' then
-  local pttl = redis.call('PTTL', KEYS[3])
-  if kind ~= 'string' or pttl < 0 or pttl > tonumber(ARGV[2]) then
-    redis.call('DEL', KEYS[3])
-  end
-end
-local taken = redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
-if not taken then
-  redis.call('SET', KEYS[4], '1', 'PX', ARGV[5])
-end
-return {false, fence, taken and 1 or 0}
-";
 
 /// What a loading leader found: someone's fill, or its go-ahead.
 #[derive(Debug, PartialEq, Eq)]
@@ -199,26 +123,7 @@ pub(crate) enum Claim {
     },
 }
 
-/// KEYS: lock, waiters. ARGV: token, wake channel, cache key. Compare-and-delete, so only the
-/// owner releases; a release wakes the key's waiters.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  if redis.call('DEL', KEYS[2]) == 1 then
-    redis.call('PUBLISH', ARGV[2], ARGV[3])
-  end
-  return 1
-end
-return 0
-";
 
-/// KEYS: lock. ARGV: token, lease ms. Extends the lease if `token` still owns the lock.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-";
 
 impl RedisStore {
     /// Creates the store without connecting: a store whose server is down still serves
@@ -355,17 +260,6 @@ impl RedisStore {
         .await
     }
 
-    /// The value and, on a miss, the fence generation: what a loader needs, in the tests.
-    #[cfg(test)]
-    pub(crate) async fn read(&self, cache_key: &str) -> Result<Read, StoreError> {
-        let value = self.get(cache_key).await?;
-        let fence = match value {
-            Some(_) => None,
-            None => self.fence(cache_key).await?,
-        };
-        Ok(Read { value, fence })
-    }
-
     /// A loading leader's one round trip: the value if another fill landed since its read
     /// (unless `over_unreadable`: the value it found could not be decoded), else the fence
     /// generation and the lock ([`CLAIM`]).
@@ -426,22 +320,10 @@ impl RedisStore {
             .arg(token)
             .arg(&self.wake_channel)
             .arg(cache_key);
-        let bound = super::redis_lock::LEASE;
+        let bound = super::lock::LEASE;
         runtime.spawn(async move {
             let _ = tokio::time::timeout(bound, command.query_async::<i64>(&mut connection)).await;
         });
-    }
-
-    /// The entry's fence generation, which a fill must carry.
-    #[cfg(test)]
-    pub(crate) async fn fence(&self, cache_key: &str) -> Result<Option<i64>, StoreError> {
-        let mut connection = self.connection().await?;
-        self.guarded(
-            redis::cmd("GET")
-                .arg(self.key_arg(cache_key, Role::Fence))
-                .query_async(&mut connection),
-        )
-        .await
     }
 
     fn key_arg<'a>(&'a self, cache_key: &'a str, role: Role) -> KeyArg<'a> {
@@ -626,7 +508,7 @@ impl RedisStore {
         let pattern = format!(
             "{}:{}:*",
             self.settings.prefix,
-            super::redis_keys::KEY_FORMAT
+            super::keys::KEY_FORMAT
         );
         let mut connection = self.connection().await?;
         let mut cursor = 0u64;
@@ -670,8 +552,8 @@ impl RedisStore {
         let _: Result<(), _> = self
             .guarded(
                 redis::cmd("PUBLISH")
-                    .arg(super::redis_keys::bus_channel(&self.settings.prefix))
-                    .arg(super::bus::FLUSH_MESSAGE)
+                    .arg(super::keys::bus_channel(&self.settings.prefix))
+                    .arg(super::keys::FLUSH_MESSAGE)
                     .query_async(&mut connection),
             )
             .await;
@@ -881,350 +763,4 @@ fn millis(duration: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    use crate::backend::test_redis_server::RedisServer;
-    use futures_util::StreamExt;
-
-    fn store(server: &RedisServer) -> Arc<RedisStore> {
-        let settings = RedisSettings {
-            prefix: "test".to_owned(),
-            op_timeout: Duration::from_millis(200),
-            breaker: BreakerPolicy {
-                failures_to_open: 2,
-                probe_interval: Duration::from_millis(300),
-            },
-            ..RedisSettings::default()
-        };
-        RedisStore::new(&server.url(), settings).expect("valid url")
-    }
-
-    const TTL: Duration = Duration::from_secs(60);
-
-    #[tokio::test]
-    async fn a_fill_is_read_back_in_one_round_trip() {
-        let server = RedisServer::start();
-        let store = store(&server);
-        let miss = store.read("k").await.expect("redis is up");
-        assert_eq!(
-            miss,
-            Read {
-                value: None,
-                fence: None
-            }
-        );
-        assert!(store
-            .fill("k", miss.fence, b"bytes", TTL, None)
-            .await
-            .expect("up"));
-        assert_eq!(
-            store.read("k").await.expect("up").value.as_deref(),
-            Some(&b"bytes"[..])
-        );
-    }
-
-    #[tokio::test]
-    async fn a_fill_that_read_before_an_invalidation_is_refused() {
-        let server = RedisServer::start();
-        let store = store(&server);
-        let before = store.read("k").await.expect("up");
-        store.invalidate("k", None).await.expect("up");
-        assert!(!store
-            .fill("k", before.fence, b"old", TTL, None)
-            .await
-            .expect("up"));
-        assert_eq!(store.read("k").await.expect("up").value, None);
-
-        let after = store.read("k").await.expect("up");
-        assert_eq!(after.fence, Some(1));
-        assert!(store
-            .fill("k", after.fence, b"new", TTL, None)
-            .await
-            .expect("up"));
-        store.invalidate("k", None).await.expect("up");
-        assert!(!store
-            .fill("k", after.fence, b"stale", TTL, None)
-            .await
-            .expect("up"));
-    }
-
-    #[tokio::test]
-    async fn a_claim_returns_a_fill_or_the_fence_and_the_lock() {
-        let server = RedisServer::start();
-        let store = store(&server);
-        let lease = Duration::from_secs(10);
-        let Claim::Load {
-            fence: Some(seeded),
-            token: Some(token),
-        } = store.claim("k", lease, false).await.expect("up")
-        else {
-            panic!("a cold key is ours to load, under a fence of its own making");
-        };
-        assert_eq!(
-            store.claim("k", lease, false).await.expect("up"),
-            Claim::Load {
-                fence: Some(seeded),
-                token: None
-            },
-            "the lock is held"
-        );
-        store.invalidate("k", None).await.expect("up");
-        assert_eq!(
-            store.claim("k", lease, false).await.expect("up"),
-            Claim::Load {
-                fence: Some(seeded + 1),
-                token: None
-            }
-        );
-        assert!(
-            !store
-                .fill("k", Some(seeded), b"old", TTL, None)
-                .await
-                .expect("up"),
-            "a load that claimed before the invalidation is fenced off"
-        );
-        assert!(store
-            .fill("k", Some(seeded + 1), b"v", TTL, Some(&token))
-            .await
-            .expect("up"));
-        assert_eq!(
-            store.claim("k", lease, false).await.expect("up"),
-            Claim::Filled(b"v".to_vec()),
-            "a leader arriving after the fill takes it"
-        );
-        assert!(
-            matches!(
-                store.claim("k", lease, true).await.expect("up"),
-                Claim::Load { token: Some(_), .. }
-            ),
-            "over an unreadable value, the claim takes the lock"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_fill_after_the_server_lost_its_keys_is_refused() {
-        let mut server = RedisServer::start();
-        let store = store(&server);
-        let lease = Duration::from_secs(10);
-        let Claim::Load { fence, .. } = store.claim("k", lease, false).await.expect("up") else {
-            panic!("cold");
-        };
-        // Restarted empty: the fence (and any invalidation it recorded) is gone.
-        server.restart();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let stored = loop {
-            match store.fill("k", fence, b"old", TTL, None).await {
-                Ok(stored) => break stored,
-                Err(_) => assert!(Instant::now() < deadline, "redis did not come back"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert!(
-            !stored,
-            "a fill whose fence the server lost must be refused"
-        );
-    }
-
-    #[tokio::test]
-    async fn only_the_owner_releases_or_renews_the_lock() {
-        let server = RedisServer::start();
-        let store = store(&server);
-        let lease = Duration::from_secs(10);
-        let take = |store: Arc<RedisStore>| async move {
-            match store.claim("k", lease, true).await.expect("up") {
-                Claim::Load { token, .. } => token,
-                Claim::Filled(_) => panic!("the value is ignored"),
-            }
-        };
-        let token = take(Arc::clone(&store)).await.expect("free");
-        assert_eq!(take(Arc::clone(&store)).await, None, "held");
-        assert!(!store.release("k", "someone-else").await.expect("up"));
-        assert!(!store.renew("k", "someone-else", lease).await.expect("up"));
-        assert!(store.renew("k", &token, lease).await.expect("up"));
-        assert_eq!(take(Arc::clone(&store)).await, None, "still held");
-        // The fill releases the lock of its own token in the same round trip.
-        let fence = store.fence("k").await.expect("up");
-        assert!(store
-            .fill("k", fence, b"v", TTL, Some(&token))
-            .await
-            .expect("up"));
-        assert!(take(Arc::clone(&store)).await.is_some());
-    }
-
-    #[test]
-    fn a_blocking_invalidation_fences_like_the_async_one() {
-        let server = RedisServer::start();
-        let store = store(&server);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let before = runtime.block_on(store.read("k")).expect("up");
-        store.invalidate_blocking("k", None).expect("up");
-        store
-            .invalidate_blocking("k", None)
-            .expect("the connection is reused");
-        let refused = runtime.block_on(store.fill("k", before.fence, b"old", TTL, None));
-        assert!(!refused.expect("up"), "the fence moved");
-        let after = runtime.block_on(store.read("k")).expect("up");
-        assert_eq!(after.fence, Some(2));
-    }
-
-    #[tokio::test]
-    async fn a_dead_redis_opens_the_breaker_and_a_restarted_one_closes_it() {
-        let mut server = RedisServer::start();
-        let store = store(&server);
-        store.read("k").await.expect("up");
-        server.kill();
-        assert!(store.read("k").await.is_err());
-        assert!(store.read("k").await.is_err());
-        let refused = Instant::now();
-        assert!(matches!(store.read("k").await, Err(StoreError::Refused)));
-        assert!(
-            refused.elapsed() < Duration::from_millis(50),
-            "no network wait"
-        );
-        server.restart();
-        // The breaker lets a probe through after its interval; retry until then, bounded.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match store.read("k").await {
-                Ok(read) => {
-                    assert_eq!(read.value, None);
-                    break;
-                }
-                Err(_) => assert!(Instant::now() < deadline, "redis did not come back"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(store.breaker.is_closed());
-    }
-
-    #[tokio::test]
-    async fn an_invalidation_lost_to_a_paused_redis_is_replayed_before_the_next_read() {
-        let server = RedisServer::start();
-        let store = store(&server);
-        assert!(store.fill("k", None, b"old", TTL, None).await.expect("up"));
-        server.pause();
-        assert!(store.invalidate("k", None).await.is_err(), "lost");
-        server.resume();
-        // The breaker may refuse until its probe interval has passed; bounded retry.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let read = loop {
-            match store.read("k").await {
-                Ok(read) => break read,
-                Err(_) => assert!(Instant::now() < deadline, "redis did not come back"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert_eq!(
-            read.value, None,
-            "the old value was removed before this read"
-        );
-        assert_eq!(read.fence, Some(1), "and the fence advanced");
-    }
-
-    #[tokio::test]
-    async fn an_overflowed_queue_ends_in_a_purge_of_the_prefix() {
-        use crate::backend::pending::MAX_PENDING;
-        let mut server = RedisServer::start();
-        let store = store(&server);
-        let Claim::Load { fence, .. } = store.claim("loading", TTL, false).await.expect("up")
-        else {
-            panic!("cold");
-        };
-        for key in ["a", "b"] {
-            assert!(store.fill(key, None, b"old", TTL, None).await.expect("up"));
-        }
-        server.kill();
-        // More lost invalidations than are kept, none of them of `a`, `b` or `loading`.
-        for n in 0..=MAX_PENDING {
-            store.keep_for_replay(&format!("lost {n}"), None);
-        }
-        assert!(store.pending.overflowed());
-        assert!(
-            store.pending.holds("a"),
-            "after an overflow no key is read from redis"
-        );
-        server.restart();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while store.pending.any() {
-            assert!(Instant::now() < deadline, "the replay did not finish");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // Restarted empty, so re-plant what the purge must remove, then overflow again.
-        let mut raw = redis::Client::open(server.url())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        let mut bus = redis::Client::open(server.url())
-            .expect("url")
-            .get_async_pubsub()
-            .await
-            .expect("subscribe");
-        bus.subscribe(super::super::redis_keys::bus_channel("test"))
-            .await
-            .expect("subscribe");
-        let _: () = redis::cmd("SET")
-            .arg("test:1:{a}:v")
-            .arg("old")
-            .query_async(&mut raw)
-            .await
-            .expect("set");
-        let _: () = redis::cmd("SET")
-            .arg("test:1:{loading}:f")
-            .arg(fence.expect("seeded"))
-            .query_async(&mut raw)
-            .await
-            .expect("set");
-        store.pending.push("x", None);
-        for n in 0..MAX_PENDING {
-            store.pending.push(&format!("lost {n}"), None);
-        }
-        assert!(store.pending.overflowed());
-        while store.pending.any() {
-            store.replay_batch(true).await.expect("up");
-        }
-        let held: Option<Vec<u8>> = redis::cmd("GET")
-            .arg("test:1:{a}:v")
-            .query_async(&mut raw)
-            .await
-            .expect("get");
-        assert_eq!(held, None, "the purge deleted the entry");
-        assert!(
-            !store
-                .fill("loading", fence, b"old", TTL, None)
-                .await
-                .expect("up"),
-            "and removed the fence of a load under way"
-        );
-        let message = tokio::time::timeout(Duration::from_secs(5), bus.on_message().next())
-            .await
-            .expect("a bus message")
-            .expect("open");
-        assert_eq!(
-            message.get_payload::<String>().expect("text"),
-            crate::backend::bus::FLUSH_MESSAGE,
-            "tiered peers are told to drop their L1"
-        );
-        assert_eq!(store.get("a").await.expect("usable again"), None);
-    }
-
-    #[tokio::test]
-    async fn a_paused_redis_costs_at_most_the_timeout() {
-        let server = RedisServer::start();
-        let store = store(&server);
-        store.read("k").await.expect("up");
-        server.pause();
-        let started = Instant::now();
-        assert!(store.read("k").await.is_err());
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            started.elapsed()
-        );
-        server.resume();
-    }
-}
+mod tests;

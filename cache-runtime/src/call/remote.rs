@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::backend::{
-    downcast, follow, Claim, HeldLock, Next, RedisBackend, TieredBackend, LEASE, SAFETY_POLL,
-};
+use super::follow::{downcast, follow, Next};
+use crate::backend::{Claim, HeldLock, RedisBackend, TieredBackend, LEASE, SAFETY_POLL};
+use crate::registry;
 use crate::envelope::{self, now_ms, Bincode, Times};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
@@ -30,17 +30,17 @@ where
     S::Value: Serialize + DeserializeOwned,
     F: Future<Output = R>,
 {
-    let Some(backend) = site.backend().filter(|_| key.is_usable()) else {
+    let Some(backend) = registry::backend_of(site).filter(|_| key.is_usable()) else {
         return body.await;
     };
     let Some(remote) = backend.remote() else {
-        return crate::call::cached(site, shape, key, body).await;
+        return super::local::cached(site, shape, key, body).await;
     };
     let redis = remote.l2;
     // L1 is usable only in an epoch of a live bus subscription; see `backend::bus`.
     let l1 = remote
         .l1
-        .and_then(|tiered| Some(L1Slot::new(tiered, tiered.bus.l1_epoch()?, site)));
+        .and_then(|tiered| Some(L1Slot::new(tiered, tiered.l1_epoch()?, site)));
     if let Some(l1) = &l1 {
         if let Some(value) = l1.get::<S::Value>(site, &key) {
             return shape.rebuild(value);
@@ -98,7 +98,7 @@ where
             // A fill the fence refused loaded across an invalidation: callers get the value
             // (they asked before the invalidation returned), L1 does not.
             let l1 = l1.as_ref().filter(|_| current);
-            share(guard, &key, value, l1, site.ttl);
+            share(guard, &key, value, l1, site.ttl());
         }
         produced => {
             let outcome = match produced {
@@ -198,25 +198,19 @@ impl<'a> L1Slot<'a> {
         L1Slot {
             tiered,
             epoch,
-            site_ttl: site.ttl,
+            site_ttl: site.ttl(),
         }
     }
 
     fn get<V: 'static + Clone>(&self, site: &Site, key: &CacheKey) -> Option<V> {
-        self.tiered
-            .l1
-            .read_in_epoch(key.as_str(), self.epoch, |any| {
-                downcast::<V>(site, key.as_str(), any)
-            })
+        self.tiered.l1_get(key.as_str(), self.epoch, |any| {
+            downcast::<V>(site, key.as_str(), any)
+        })
     }
 
     fn insert(&self, key: &CacheKey, value: AnyValue, l2_remaining: Duration) {
-        let ttl = l2_remaining.min(self.tiered.l1_max_ttl).min(self.site_ttl);
-        if !ttl.is_zero() {
-            self.tiered
-                .l1
-                .insert_in_epoch(key.clone(), value, ttl, self.epoch);
-        }
+        self.tiered
+            .l1_insert(key, value, l2_remaining, self.site_ttl, self.epoch);
     }
 }
 
@@ -264,7 +258,7 @@ fn decode<V: DeserializeOwned>(
     bytes: &[u8],
 ) -> Lookup<V> {
     let key_hash = redis.entry_hash(key.as_str());
-    match envelope::decode::<V, Bincode>(bytes, site.version, key_hash) {
+    match envelope::decode::<V, Bincode>(bytes, site.version(), key_hash) {
         // Redis' PX expires entries; the envelope's own bound also catches an entry whose key
         // TTL was lost (a PERSIST, a restore from a dump). One clock reading decides both
         // whether and how long.
@@ -276,7 +270,7 @@ fn decode<V: DeserializeOwned>(
             static GATE: LogGate = LogGate::new();
             if let Some(suppressed) = GATE.admit() {
                 tracing::warn!(
-                    function = site.function,
+                    function = site.function(),
                     key = key.as_str(),
                     %error,
                     suppressed,
@@ -298,7 +292,7 @@ async fn fill<V: Serialize>(
     permit: LoadPermit,
 ) -> bool {
     let now = now_ms();
-    let ttl = u64::try_from(site.ttl.as_millis()).unwrap_or(u64::MAX);
+    let ttl = u64::try_from(site.ttl().as_millis()).unwrap_or(u64::MAX);
     let times = Times {
         created_at_ms: now,
         fresh_until_ms: now.saturating_add(ttl),
@@ -306,12 +300,12 @@ async fn fill<V: Serialize>(
     };
     let key_hash = redis.entry_hash(key.as_str());
     let LoadPermit { fence, lock } = permit;
-    match envelope::encode::<V, Bincode>(value, site.version, key_hash, times) {
+    match envelope::encode::<V, Bincode>(value, site.version(), key_hash, times) {
         Ok(bytes) => {
             let token = lock.as_ref().map(HeldLock::token);
             let filled = redis
                 .store()
-                .fill(key.as_str(), fence, &bytes, site.ttl, token)
+                .fill(key.as_str(), fence, &bytes, site.ttl(), token)
                 .await;
             match (filled, lock) {
                 (Ok(stored), lock) => {
@@ -328,7 +322,7 @@ async fn fill<V: Serialize>(
             static GATE: LogGate = LogGate::new();
             if let Some(suppressed) = GATE.admit() {
                 tracing::warn!(
-                    function = site.function,
+                    function = site.function(),
                     %error,
                     suppressed,
                     "value could not be encoded; it is returned but not cached"
@@ -346,17 +340,9 @@ async fn fill<V: Serialize>(
 mod tests {
     use super::*;
     use crate::backend::test_redis_server::RedisServer;
-    use crate::expansion::SiteState;
     use crate::key::KeyBuilder;
 
-    static SITE: Site = Site {
-        function: "t",
-        template: "t",
-        backend: "redis",
-        ttl: Duration::from_secs(60),
-        version: 0,
-        state: SiteState::new(),
-    };
+    static SITE: Site = Site::new("t", "t", "redis", 60_000, 0);
 
     #[tokio::test]
     async fn an_envelope_past_its_stale_time_is_a_miss_even_without_a_key_ttl() {

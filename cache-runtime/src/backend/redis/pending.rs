@@ -113,11 +113,6 @@ impl PendingInvalidations {
             self.any.store(false, Ordering::Release);
         }
     }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.items().len()
-    }
 }
 
 #[cfg(test)]
@@ -131,7 +126,7 @@ mod tests {
         pending.push("a", None);
         pending.push("a", None);
         pending.push("b", None);
-        assert_eq!(pending.len(), 2);
+        assert_eq!(pending.items().len(), 2);
         let batch = pending.batch(10);
         assert_eq!(batch.len(), 2);
         assert!(pending.holds("a"), "a batch taken is not yet confirmed");

@@ -88,6 +88,11 @@ pub(crate) fn bus_channel(prefix: &str) -> String {
     format!("{prefix}:{KEY_FORMAT}:bus")
 }
 
+/// A bus message that tells every process to drop its whole L1 (the invalidation queue
+/// overflowed somewhere, so which keys changed is not known). Not `<origin> <key>`-shaped, so
+/// a process of an older version ignores it.
+pub(crate) const FLUSH_MESSAGE: &str = "*";
+
 /// The pub/sub channel a lock holder's fill or release wakes waiting processes on, with the
 /// cache key as the message: one per prefix, like [`bus_channel`].
 pub(crate) fn wake_channel(prefix: &str) -> String {

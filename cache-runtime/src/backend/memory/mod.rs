@@ -182,7 +182,9 @@ impl MemoryBackend {
     }
 
     /// The store's own read, without a call site, key checks or single-flight: the floor that
-    /// the benchmarks hold a cached call's hit against. Not a stable API.
+    /// the benchmarks hold a cached call's hit against. Only with the `bench-internals` feature,
+    /// which the workspace's own benchmarks enable; not an API.
+    #[cfg(feature = "bench-internals")]
     #[doc(hidden)]
     pub fn peek<V: Clone + 'static>(&self, key: &str) -> Option<V> {
         self.read(key, |value| value.downcast_ref::<V>().cloned())

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::redis_store::RedisStore;
+use super::store::RedisStore;
 
 /// How long a lock lives without renewal: the longest a dead holder keeps others waiting.
 pub(crate) const LEASE: Duration = Duration::from_secs(3);

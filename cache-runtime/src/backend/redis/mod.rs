@@ -1,12 +1,33 @@
-//! The public face of the Redis backend: its configuration.
+//! The Redis backend: its configuration (here), and the store it builds (`store.rs`) with the
+//! pieces the store is made of: key layout (`keys.rs`), scripts (`scripts.rs`), circuit
+//! breaker (`breaker.rs`), pending invalidations (`pending.rs`), the load lock as its holder
+//! keeps it (`lock.rs`), waking waiters (`wake.rs`) and the blocking connections of
+//! synchronous invalidations (`blocking.rs`).
+
+mod blocking;
+mod breaker;
+mod keys;
+mod lock;
+mod pending;
+mod scripts;
+mod store;
+mod wake;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::redis_keys::{entry_hash, entry_hash_seed, valid_prefix};
-use super::redis_store::{RedisSettings, RedisStore};
+pub(crate) use keys::{bus_channel, FLUSH_MESSAGE};
+pub(crate) use lock::{HeldLock, LEASE};
+pub(crate) use store::{Announce, Claim, RedisStore, StoreError};
+pub(crate) use wake::{Waiting, SAFETY_POLL};
+
+use keys::{entry_hash, entry_hash_seed, valid_prefix};
+use store::RedisSettings;
+
 use crate::error::ConfigError;
+use crate::key::CacheKey;
+use crate::log_gate::LogGate;
 
 /// A backend shared by every process of a service, in Redis.
 ///
@@ -24,7 +45,7 @@ use crate::error::ConfigError;
 /// ```
 #[derive(Clone)]
 pub struct RedisBackend {
-    pub(crate) store: Arc<RedisStore>,
+    store: Arc<RedisStore>,
     redacted_url: String,
     prefix: String,
     /// [`entry_hash_seed`] of the prefix, so that hashing a key costs one pass over the key.
@@ -47,6 +68,62 @@ impl RedisBackend {
 
     pub(crate) fn store(&self) -> &Arc<RedisStore> {
         &self.store
+    }
+
+    /// Deletes `keys` and advances their fences. Once one fails (Redis unreachable), the rest
+    /// are queued without being tried, so a call costs at most one operation timeout; every
+    /// failed one is replayed once Redis answers (`pending.rs`).
+    pub(crate) async fn invalidate(&self, backend: &str, keys: &[CacheKey]) {
+        self.invalidate_announced(backend, keys, |_| None::<(String, String)>)
+            .await;
+    }
+
+    /// [`invalidate`](Self::invalidate), publishing `announce(key)` on the bus with each
+    /// deletion, in the same script.
+    pub(crate) async fn invalidate_announced<A: Announcement>(
+        &self,
+        backend: &str,
+        keys: &[CacheKey],
+        announce: impl Fn(&str) -> A,
+    ) {
+        let mut reachable = true;
+        for key in keys {
+            let key = key.as_str();
+            let announcement = announce(key);
+            let announcement = announcement.as_announce();
+            if !reachable {
+                self.store.keep_for_replay(key, announcement);
+            } else if let Err(error) = self.store.invalidate(key, announcement).await {
+                log_failed_invalidation(backend, key, &error);
+                reachable = false;
+            }
+        }
+    }
+
+    /// [`invalidate`](Self::invalidate) over a blocking connection.
+    pub(crate) fn invalidate_blocking(&self, backend: &str, keys: &[CacheKey]) {
+        self.invalidate_announced_blocking(backend, keys, |_| None::<(String, String)>);
+    }
+
+    /// [`invalidate_announced`](Self::invalidate_announced) over a blocking connection.
+    pub(crate) fn invalidate_announced_blocking<A: Announcement>(
+        &self,
+        backend: &str,
+        keys: &[CacheKey],
+        announce: impl Fn(&str) -> A,
+    ) {
+        let mut reachable = true;
+        for key in keys {
+            let key = key.as_str();
+            let announcement = announce(key);
+            let announcement = announcement.as_announce();
+            if !reachable {
+                self.store.keep_for_replay(key, announcement);
+            } else if let Err(error) = self.store.invalidate_blocking(key, announcement) {
+                log_failed_invalidation(backend, key, &error);
+                reachable = false;
+            }
+        }
     }
 
     /// The hash an envelope of this backend carries for `cache_key`: prefix and key, so that a
@@ -113,6 +190,37 @@ impl RedisBackendBuilder {
             entry_hash_seed: entry_hash_seed(&prefix),
             prefix,
         })
+    }
+}
+
+/// A bus message to publish with an invalidation: none, or a (channel, message) pair.
+pub(crate) trait Announcement {
+    fn as_announce(&self) -> Announce<'_>;
+}
+
+impl Announcement for Option<(String, String)> {
+    fn as_announce(&self) -> Announce<'_> {
+        self.as_ref()
+            .map(|(channel, message)| (channel.as_str(), message.as_str()))
+    }
+}
+
+impl Announcement for (String, String) {
+    fn as_announce(&self) -> Announce<'_> {
+        Some((self.0.as_str(), self.1.as_str()))
+    }
+}
+
+fn log_failed_invalidation(backend: &str, key: &str, error: &StoreError) {
+    static GATE: LogGate = LogGate::new();
+    if let Some(suppressed) = GATE.admit() {
+        tracing::error!(
+            backend,
+            key,
+            %error,
+            suppressed,
+            "invalidation did not reach redis; it is replayed once redis answers"
+        );
     }
 }
 

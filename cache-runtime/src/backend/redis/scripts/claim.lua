@@ -1,0 +1,23 @@
+if ARGV[6] ~= '1' then
+  local value = redis.call('GET', KEYS[1])
+  if value then
+    return {value}
+  end
+end
+local fence = redis.call('GET', KEYS[2])
+if not fence then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  fence = ARGV[3]
+end
+local kind = redis.call('TYPE', KEYS[3])['ok']
+if kind ~= 'none' then
+  local pttl = redis.call('PTTL', KEYS[3])
+  if kind ~= 'string' or pttl < 0 or pttl > tonumber(ARGV[2]) then
+    redis.call('DEL', KEYS[3])
+  end
+end
+local taken = redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
+if not taken then
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[5])
+end
+return {false, fence, taken and 1 or 0}

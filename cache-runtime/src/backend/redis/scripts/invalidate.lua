@@ -1,0 +1,11 @@
+redis.call('DEL', KEYS[1])
+local generation = redis.pcall('INCR', KEYS[2])
+if type(generation) == 'table' then
+  redis.call('SET', KEYS[2], ARGV[4])
+  generation = tonumber(ARGV[4])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return generation

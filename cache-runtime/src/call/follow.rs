@@ -1,0 +1,45 @@
+//! What a follower of an in-process flight does with its leader's outcome, on every path.
+
+use crate::flight::Outcome;
+use crate::shape::{AnyValue, ReturnShape};
+use crate::site::Site;
+
+/// What a follower does next with its leader's outcome.
+pub(super) enum Next<R> {
+    /// Return this.
+    Return(R),
+    /// Run the body itself, uncached (the leader failed, or stored another type).
+    RunUncached,
+    /// Look again; one of the followers leads the next flight.
+    Retry,
+}
+
+/// Interprets a leader's outcome for one follower.
+pub(super) fn follow<R, S: ReturnShape<R>>(
+    site: &Site,
+    shape: S,
+    key: &str,
+    outcome: Outcome,
+) -> Next<R> {
+    match outcome {
+        Outcome::Value(any) => match downcast::<S::Value>(site, key, &any) {
+            Some(value) => Next::Return(shape.rebuild(value)),
+            None => Next::RunUncached,
+        },
+        Outcome::Absent => shape.absent().map_or(Next::Retry, Next::Return),
+        Outcome::Failed => Next::RunUncached,
+        Outcome::Abandoned => Next::Retry,
+    }
+}
+
+/// The value as the site's type; another type under the key (two sites' templates making one
+/// key) is a miss, logged once per site.
+pub(super) fn downcast<V: 'static + Clone>(site: &Site, key: &str, any: &AnyValue) -> Option<V> {
+    match any.downcast_ref::<V>() {
+        Some(value) => Some(value.clone()),
+        None => {
+            site.warn_type_mismatch(key, std::any::type_name::<V>());
+            None
+        }
+    }
+}

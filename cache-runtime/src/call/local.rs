@@ -1,0 +1,127 @@
+//! The in-process call path (memory backends): read the store, and on a miss lead or follow
+//! the key's flight; the leader runs the body and stores what the shape says is cacheable.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::follow::{downcast, follow, Next};
+use crate::backend::{Backend, MemoryBackend};
+use crate::flight::{Flight, LeaderGuard, Outcome, Role};
+use crate::key::CacheKey;
+use crate::registry;
+use crate::shape::{AnyValue, Produced, ReturnShape};
+use crate::site::Site;
+
+/// What a caller does next after looking at the cache.
+enum Step<'a, V> {
+    Hit(V),
+    Lead(LeaderGuard<'a>),
+    Follow(Arc<Flight>),
+}
+
+/// Runs an async `#[cached]` function: a hit returns the cached value; a miss runs `body` once
+/// per key across concurrent callers and stores what `shape` says is cacheable.
+pub(crate) async fn cached<R, S, F>(site: &'static Site, shape: S, key: CacheKey, body: F) -> R
+where
+    S: ReturnShape<R>,
+    F: Future<Output = R>,
+{
+    let Some((backend, memory)) = memory_of(site, &key) else {
+        return body.await;
+    };
+    let guard = loop {
+        match step::<S::Value>(backend, memory, site, &key) {
+            Step::Hit(value) => return shape.rebuild(value),
+            Step::Lead(guard) => break guard,
+            Step::Follow(flight) => match follow(site, shape, key.as_str(), flight.wait().await) {
+                Next::Return(ret) => return ret,
+                Next::RunUncached => return body.await,
+                Next::Retry => {}
+            },
+        }
+    };
+    let ret = body.await;
+    complete(memory, site, shape, key, guard, &ret);
+    ret
+}
+
+/// Runs a synchronous `#[cached]` function; followers block their thread while they wait.
+pub(crate) fn cached_sync<R, S, F>(site: &'static Site, shape: S, key: CacheKey, body: F) -> R
+where
+    S: ReturnShape<R>,
+    F: FnOnce() -> R,
+{
+    let Some((backend, memory)) = memory_of(site, &key) else {
+        return body();
+    };
+    let guard = loop {
+        match step::<S::Value>(backend, memory, site, &key) {
+            Step::Hit(value) => return shape.rebuild(value),
+            Step::Lead(guard) => break guard,
+            Step::Follow(flight) => {
+                match follow(site, shape, key.as_str(), flight.wait_blocking()) {
+                    Next::Return(ret) => return ret,
+                    Next::RunUncached => return body(),
+                    Next::Retry => {}
+                }
+            }
+        }
+    };
+    let ret = body();
+    complete(memory, site, shape, key, guard, &ret);
+    ret
+}
+
+/// The site's backend and its memory store, unless the call runs uncached (no such backend, an
+/// unusable key). A remote backend here is a macro bug; the call then runs uncached too.
+fn memory_of<'s>(site: &'s Site, key: &CacheKey) -> Option<(&'s Backend, &'s MemoryBackend)> {
+    let backend = registry::backend_of(site).filter(|_| key.is_usable())?;
+    Some((backend, backend.memory()?))
+}
+
+/// Reads the key; on a miss, joins or leads its flight.
+fn step<'b, V: 'static + Clone>(
+    backend: &'b Backend,
+    memory: &MemoryBackend,
+    site: &Site,
+    key: &CacheKey,
+) -> Step<'b, V> {
+    // Downcast and clone under the store's read lock: a hit moves no reference count.
+    let lookup = || memory.read(key.as_str(), |any| downcast::<V>(site, key.as_str(), any));
+    if let Some(value) = lookup() {
+        return Step::Hit(value);
+    }
+    match backend.flights().join(key) {
+        Role::Leader(guard) => {
+            // Another leader may have filled the key between our read and our join.
+            if let Some(value) = lookup() {
+                guard.complete(Outcome::Abandoned, || {});
+                return Step::Hit(value);
+            }
+            Step::Lead(guard)
+        }
+        Role::Follower(flight) => Step::Follow(flight),
+    }
+}
+
+/// Classifies the leader's return value, and stores it unless the flight went stale.
+fn complete<R, S: ReturnShape<R>>(
+    memory: &MemoryBackend,
+    site: &Site,
+    shape: S,
+    key: CacheKey,
+    guard: LeaderGuard<'_>,
+    ret: &R,
+) {
+    match shape.produced(ret) {
+        Produced::Value(value) => {
+            let value: AnyValue = Arc::new(value.clone());
+            let shared = Arc::clone(&value);
+            guard.complete(Outcome::Value(shared), || {
+                memory.insert(key, value, site.ttl());
+            });
+        }
+        Produced::Absent => guard.complete(Outcome::Absent, || {}),
+        Produced::Failed => guard.complete(Outcome::Failed, || {}),
+    }
+}

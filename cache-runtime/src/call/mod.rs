@@ -1,0 +1,71 @@
+//! The call paths: what a `#[cached]` or `#[invalidates]` call does, above the stores it uses.
+//! `local.rs` is the in-process path (memory backends), `remote.rs` the Redis and tiered one,
+//! `follow.rs` what a follower of an in-process flight does with its leader's outcome; here,
+//! the entry points the expansions reach (through `crate::expansion`) and invalidation.
+//!
+//! Calls flow down: call -> registry (which backend) -> backend (which store) -> the store's
+//! own modules. Nothing below imports from here.
+
+mod follow;
+mod local;
+mod remote;
+
+use std::future::Future;
+
+pub(crate) use local::{cached, cached_sync};
+pub(crate) use remote::cached_remote;
+
+use crate::key::CacheKey;
+use crate::registry;
+use crate::shape::Success;
+
+/// Runs an async `#[invalidates]` function, then removes `keys` from every backend if `success`
+/// says the call succeeded. The keys are built before the body runs, since it takes the
+/// arguments.
+pub async fn invalidating<R, C, F, const N: usize>(success: C, keys: [CacheKey; N], body: F) -> R
+where
+    C: Success<R>,
+    F: Future<Output = R>,
+{
+    let ret = body.await;
+    if success.succeeded(&ret) {
+        invalidate_all(&keys).await;
+    }
+    ret
+}
+
+/// Runs a synchronous `#[invalidates]` function; see [`invalidating`]. Remote backends are
+/// reached over a blocking connection, bounded by their timeouts.
+pub fn invalidating_sync<R, C, F, const N: usize>(success: C, keys: [CacheKey; N], body: F) -> R
+where
+    C: Success<R>,
+    F: FnOnce() -> R,
+{
+    let ret = body();
+    if success.succeeded(&ret) {
+        let backends = registry::global().backends();
+        // Each remote backend on a thread of its own, so that a call costs one operation
+        // timeout however many backends a frozen Redis holds up.
+        std::thread::scope(|scope| {
+            for backend in backends.iter().filter(|backend| backend.is_remote()) {
+                scope.spawn(|| backend.invalidate_blocking(&keys));
+            }
+            for backend in backends.iter().filter(|backend| !backend.is_remote()) {
+                backend.invalidate_blocking(&keys);
+            }
+        });
+    }
+    ret
+}
+
+async fn invalidate_all(keys: &[CacheKey]) {
+    for backend in registry::global().backends() {
+        backend.invalidate(keys).await;
+    }
+}
+
+/// Removes `key` from every configured backend, as a successful `#[invalidates]` call does.
+/// A load of that key already under way will not store its result.
+pub async fn invalidate(key: &CacheKey) {
+    invalidate_all(std::slice::from_ref(key)).await;
+}
