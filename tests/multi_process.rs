@@ -144,7 +144,7 @@ mod worker {
     use cachet::{cached, configure, RedisBackend};
     use tokio::sync::Barrier;
 
-    use super::{start_line, Duration, LOAD, TASKS_PER_PROCESS};
+    use super::{start_line, LOAD, TASKS_PER_PROCESS};
 
     static URL: OnceLock<String> = OnceLock::new();
 
