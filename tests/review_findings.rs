@@ -237,40 +237,58 @@ impl Drop for Unpause {
 fn a_caller_cancelled_during_its_claim_leaves_an_orphan_lock() {
     run(async {
         let mut raw = raw().await;
-        let unpause = Unpause;
-        let _: () = redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(2_000)
-            .arg("WRITE")
-            .query_async(&mut raw)
-            .await
-            .expect("client pause");
-        let cancelled = tokio::time::timeout(Duration::from_millis(100), claimed_in_a(1)).await;
-        assert!(cancelled.is_err(), "cancelled while its claim was held");
-        assert_eq!(CLAIM_LOADS.load(Ordering::SeqCst), 0, "during the claim");
-        drop(unpause);
-        // The claim the cancelled caller sent now runs (it leaves the fence it makes; the lock
-        // it takes may already be released again).
-        let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            let held: bool = redis::cmd("EXISTS")
-                .arg("c:1:{claimed:<1>}:f")
+        // A first miss loads the scripts into Redis: a claim sent before that would only get a
+        // NOSCRIPT reply (and nothing to leave behind) while its caller is cancelled.
+        assert_eq!(claimed_in_b(0).await, 100);
+        // The cancellation must come while the claim is in flight, not before it was sent (a
+        // slow machine may still be in the read): later each attempt, on a fresh key.
+        // Past op_timeout (200 ms) the claim times out instead, and the call loads.
+        for (id, cancel_after) in [(1u64, 100u64), (2, 150), (3, 180), (4, 190)] {
+            let unpause = Unpause;
+            let _: () = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(2_000)
+                .arg("WRITE")
                 .query_async(&mut raw)
                 .await
-                .expect("raw exists");
-            if held {
-                break;
+                .expect("client pause");
+            let cancel = Duration::from_millis(cancel_after);
+            let loads = CLAIM_LOADS.load(Ordering::SeqCst);
+            let cancelled = tokio::time::timeout(cancel, claimed_in_a(id)).await;
+            drop(unpause);
+            if cancelled.is_ok() {
+                continue;
             }
-            assert!(Instant::now() < deadline, "the claim never ran");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(
+                CLAIM_LOADS.load(Ordering::SeqCst),
+                loads,
+                "during the claim"
+            );
+            // The claim the cancelled caller sent now runs (it leaves the fence it makes; the
+            // lock it takes may already be released again).
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let mut ran = false;
+            while !ran && Instant::now() < deadline {
+                ran = redis::cmd("EXISTS")
+                    .arg(format!("c:1:{{claimed:<{id}>}}:f"))
+                    .query_async(&mut raw)
+                    .await
+                    .expect("raw exists");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if !ran {
+                continue;
+            }
+            let begun = Instant::now();
+            assert_eq!(claimed_in_b(id).await, id + 100);
+            let waited = begun.elapsed();
+            assert!(
+                waited < BOUND,
+                "the next caller waited {waited:?} for a lock no live caller holds"
+            );
+            return;
         }
-        let begun = Instant::now();
-        assert_eq!(claimed_in_b(1).await, 101);
-        let waited = begun.elapsed();
-        assert!(
-            waited < BOUND,
-            "the next caller waited {waited:?} for a lock no live caller holds"
-        );
+        panic!("no attempt cancelled a caller while its claim was in flight");
     });
 }
 
