@@ -11,11 +11,11 @@ use serde::Serialize;
 
 use super::follow::{downcast, follow, Next};
 use crate::backend::{Claim, HeldLock, RedisBackend, TieredBackend, LEASE, SAFETY_POLL};
-use crate::registry;
 use crate::envelope::{self, now_ms, Bincode, Times};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
+use crate::registry;
 use crate::shape::{AnyValue, Produced, ReturnShape};
 use crate::site::Site;
 

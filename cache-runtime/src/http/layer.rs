@@ -15,13 +15,13 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::call::cached_remote;
 use crate::envelope::now_ms;
 use crate::http::etag::if_none_match;
 use crate::http::key::{route_builder, variant_key, Variant};
 use crate::http::policy::CachePolicy;
 use crate::http::stored::{store, Refusal, Reply, StoredResponse};
 use crate::http::CACHE_STATUS;
-use crate::call::cached_remote;
 use crate::shape::{OkOnly, Whole};
 use crate::site::Site;
 

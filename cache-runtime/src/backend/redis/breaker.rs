@@ -131,7 +131,6 @@ impl Breaker {
             }
         }
     }
-
 }
 
 #[cfg(test)]

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
-use super::breaker::{Breaker, BreakerPolicy, Permit};
-use super::pending::PendingInvalidations;
 use super::blocking::{BlockingConnections, Unsent};
+use super::breaker::{Breaker, BreakerPolicy, Permit};
 use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
+use super::pending::PendingInvalidations;
 use super::scripts::{CLAIM, FILL, INVALIDATE, RELEASE, RENEW};
 use super::wake::{Waiting, Wakeups};
 use crate::log_gate::LogGate;
@@ -104,11 +104,8 @@ pub(crate) struct RedisStore {
     replayer_running: AtomicBool,
 }
 
-
-
 /// An invalidation message to publish with the deletion: (channel, message).
 pub(crate) type Announce<'a> = Option<(&'a str, &'a str)>;
-
 
 /// What a loading leader found: someone's fill, or its go-ahead.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,8 +119,6 @@ pub(crate) enum Claim {
         token: Option<String>,
     },
 }
-
-
 
 impl RedisStore {
     /// Creates the store without connecting: a store whose server is down still serves
@@ -505,11 +500,7 @@ impl RedisStore {
     /// queue overflowed, since the lost keys are no longer known. O(keys under the prefix), for
     /// a rare disaster, one `SCAN` page per round trip.
     async fn purge(&self) -> Result<(), StoreError> {
-        let pattern = format!(
-            "{}:{}:*",
-            self.settings.prefix,
-            super::keys::KEY_FORMAT
-        );
+        let pattern = format!("{}:{}:*", self.settings.prefix, super::keys::KEY_FORMAT);
         let mut connection = self.connection().await?;
         let mut cursor = 0u64;
         let mut purged = 0usize;

@@ -252,8 +252,7 @@ async fn an_invalidation_lost_to_a_paused_redis_is_replayed_before_the_next_read
 async fn an_overflowed_queue_ends_in_a_purge_of_the_prefix() {
     let mut server = RedisServer::start();
     let store = store(&server);
-    let Claim::Load { fence, .. } = store.claim("loading", TTL, false).await.expect("up")
-    else {
+    let Claim::Load { fence, .. } = store.claim("loading", TTL, false).await.expect("up") else {
         panic!("cold");
     };
     for key in ["a", "b"] {
@@ -356,7 +355,6 @@ struct Read {
     value: Option<Vec<u8>>,
     fence: Option<i64>,
 }
-
 
 /// The value and, on a miss, the fence generation: what a loader needs.
 async fn read(store: &RedisStore, cache_key: &str) -> Result<Read, StoreError> {
