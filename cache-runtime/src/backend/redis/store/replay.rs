@@ -1,0 +1,221 @@
+//! Replaying invalidations that did not reach Redis (`pending.rs` keeps them): one batch per
+//! operation of later calls, the rest by a background task, and the purge after an overflow.
+
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+
+use super::super::keys::{bus_channel, FLUSH_MESSAGE, KEY_FORMAT};
+use super::{is_transport_failure, Announce, RedisStore, StoreError};
+use crate::log_gate::LogGate;
+
+/// Pending invalidations replayed per round trip: a pipeline of this many script calls.
+const REPLAY_BATCH: usize = 200;
+
+impl RedisStore {
+    /// What every operation on `cache_key` does first while invalidations are pending: replay
+    /// one batch (one round trip, so a call pays a bounded time for it), then refuse the key
+    /// if its own invalidation is still unconfirmed, so nothing stale is read or stored.
+    pub(super) async fn settle_pending(&self, cache_key: &str) -> Result<(), StoreError> {
+        if !self.pending.any() {
+            return Ok(());
+        }
+        match self.replay_batch(false).await {
+            // Redis is unwell: so would this operation be; one timeout per call.
+            Err(error) if error.is_transport() => return Err(error),
+            _ => {}
+        }
+        if self.pending.overflowed() {
+            // The purge is the background replayer's, never a caller's: it walks the keyspace.
+            self.replay_in_background();
+        }
+        if self.pending.holds(cache_key) {
+            return Err(StoreError::Pending);
+        }
+        Ok(())
+    }
+
+    /// Queues an invalidation for replay without trying it now: for the further keys of a call
+    /// whose first invalidation found Redis unreachable (one timeout per call).
+    pub(crate) fn keep_for_replay(&self, cache_key: &str, announce: Announce<'_>) {
+        let announce = announce.map(|(channel, message)| (channel.to_owned(), message.to_owned()));
+        self.pending.push(cache_key, announce);
+        self.replay_in_background();
+    }
+
+    /// Replays one batch of pending invalidations in one round trip, unless another caller is
+    /// replaying (then `false`); after an overflow, once the queue is empty, `may_purge` lets it
+    /// run the purge. Each invalidation stays pending until Redis confirms it; one that Redis
+    /// refuses for itself (a reply error about its keys) is dropped, logged, so that it cannot
+    /// hold up the others forever.
+    pub(super) async fn replay_batch(&self, may_purge: bool) -> Result<bool, StoreError> {
+        let Some(_replaying) = self.pending.start_replay() else {
+            return Ok(false);
+        };
+        let batch = self.pending.batch(REPLAY_BATCH);
+        if !batch.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            pipe.load_script(&self.invalidate_script).ignore();
+            for (key, announce) in &batch {
+                let announce = announce.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
+                pipe.invoke_script(&self.invalidation(key, announce));
+            }
+            let mut connection = self.connection().await?;
+            let results: Vec<redis::RedisResult<redis::Value>> =
+                self.guarded(pipe.query_async(&mut connection)).await?;
+            let mut confirmed = Vec::with_capacity(batch.len());
+            let mut transport = None;
+            for ((key, _), result) in batch.iter().zip(&results) {
+                match result {
+                    Ok(_) => confirmed.push(key.as_str()),
+                    Err(error) if is_transport_failure(error) => transport = Some(error.clone()),
+                    Err(error) => {
+                        static GATE: LogGate = LogGate::new();
+                        if let Some(suppressed) = GATE.admit() {
+                            tracing::error!(
+                                prefix = %self.settings.prefix,
+                                key = key.as_str(),
+                                %error,
+                                suppressed,
+                                "redis refused a replayed invalidation; dropping it"
+                            );
+                        }
+                        confirmed.push(key.as_str());
+                    }
+                }
+            }
+            self.pending.confirm(confirmed.iter().copied(), false);
+            tracing::info!(
+                prefix = %self.settings.prefix,
+                replayed = confirmed.len(),
+                "replayed invalidations that had not reached redis"
+            );
+            if let Some(error) = transport {
+                return Err(StoreError::Redis(error));
+            }
+        }
+        if may_purge && self.pending.overflowed() && self.pending.batch(1).is_empty() {
+            self.purge().await?;
+            self.pending.confirm([], true);
+        }
+        Ok(true)
+    }
+
+    /// Keeps replaying until nothing is pending, in a task of its own, so that a process that
+    /// only writes (and never reads again) still delivers its invalidations once Redis answers.
+    pub(super) fn replay_in_background(&self) {
+        if self.replayer_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to replay on: the next operation that reaches Redis replays.
+            self.replayer_running.store(false, Ordering::Release);
+            return;
+        };
+        let mut replayer = Replayer(Some(Weak::clone(&self.this)));
+        runtime.spawn(async move {
+            loop {
+                let Some(store) = replayer.0.as_ref().and_then(Weak::upgrade) else {
+                    return;
+                };
+                let replayed = matches!(store.replay_batch(true).await, Ok(true));
+                if !store.pending.any() {
+                    store.replayer_running.store(false, Ordering::Release);
+                    // Something queued between the check and the flag found the flag still
+                    // set and left it to this task: carry on, unless another task took over.
+                    if !store.pending.any() || store.replayer_running.swap(true, Ordering::AcqRel) {
+                        replayer.disarm();
+                        return;
+                    }
+                }
+                if replayed {
+                    // Redis answers: the next batch at once.
+                    continue;
+                }
+                let pause = store.settings.breaker.probe_interval / 4;
+                drop(store);
+                tokio::time::sleep(pause).await;
+            }
+        });
+    }
+
+    /// Deletes every entry and every fence under the prefix (so loads under way store nothing),
+    /// and tells tiered peers to drop their L1: what a replay ends with after the queue
+    /// overflowed, since the lost keys are no longer known. O(keys under the prefix), for a rare
+    /// disaster, one `SCAN` page per round trip.
+    async fn purge(&self) -> Result<(), StoreError> {
+        let pattern = format!("{}:{}:*", self.settings.prefix, KEY_FORMAT);
+        let mut connection = self.connection().await?;
+        let mut cursor = 0u64;
+        let mut purged = 0usize;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .guarded(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1_000)
+                        .query_async(&mut connection),
+                )
+                .await?;
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                match key.last() {
+                    Some(b'v') => {
+                        pipe.cmd("DEL").arg(key).ignore();
+                        purged += 1;
+                    }
+                    // Deleted, not advanced: a fence may hold foreign bytes, and a fill needs
+                    // the fence it saw, while a claim after this makes a new one.
+                    Some(b'f') => {
+                        pipe.cmd("DEL").arg(key).ignore();
+                    }
+                    _ => {}
+                }
+            }
+            if !pipe.is_empty() {
+                self.guarded(pipe.query_async::<()>(&mut connection))
+                    .await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: Result<(), _> = self
+            .guarded(
+                redis::cmd("PUBLISH")
+                    .arg(bus_channel(&self.settings.prefix))
+                    .arg(FLUSH_MESSAGE)
+                    .query_async(&mut connection),
+            )
+            .await;
+        tracing::warn!(
+            prefix = %self.settings.prefix,
+            purged,
+            "the invalidation queue had overflowed: every entry under the prefix was deleted"
+        );
+        Ok(())
+    }
+}
+
+/// The background replayer's claim on [`RedisStore::replayer_running`]: cleared when its task
+/// ends other than by finding nothing pending (dropped with its runtime, say), so that a later
+/// failure starts another.
+struct Replayer(Option<Weak<RedisStore>>);
+
+impl Replayer {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Replayer {
+    fn drop(&mut self) {
+        if let Some(store) = self.0.as_ref().and_then(Weak::upgrade) {
+            store.replayer_running.store(false, Ordering::Release);
+        }
+    }
+}
