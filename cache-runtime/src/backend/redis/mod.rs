@@ -20,7 +20,7 @@ use std::time::Duration;
 pub(crate) use keys::{bus_channel, FLUSH_MESSAGE};
 pub(crate) use lock::{HeldLock, LEASE};
 pub(crate) use store::{Announce, Claim, RedisStore, StoreError};
-pub(crate) use wake::{Waiting, SAFETY_POLL};
+pub(crate) use wake::{resubscribe_backoff, Waiting, SAFETY_POLL};
 
 use keys::{entry_hash, entry_hash_seed, valid_prefix};
 use store::RedisSettings;
@@ -86,16 +86,12 @@ impl RedisBackend {
         keys: &[CacheKey],
         announce: impl Fn(&str) -> A,
     ) {
-        let mut reachable = true;
+        let mut call = OneTimeoutPerCall::new(&self.store, backend);
         for key in keys {
-            let key = key.as_str();
-            let announcement = announce(key);
-            let announcement = announcement.as_announce();
-            if !reachable {
-                self.store.keep_for_replay(key, announcement);
-            } else if let Err(error) = self.store.invalidate(key, announcement).await {
-                log_failed_invalidation(backend, key, &error);
-                reachable = false;
+            let (key, announcement) = (key.as_str(), announce(key.as_str()));
+            if call.reachable(key, announcement.as_announce()) {
+                let result = self.store.invalidate(key, announcement.as_announce()).await;
+                call.record(key, result);
             }
         }
     }
@@ -112,16 +108,14 @@ impl RedisBackend {
         keys: &[CacheKey],
         announce: impl Fn(&str) -> A,
     ) {
-        let mut reachable = true;
+        let mut call = OneTimeoutPerCall::new(&self.store, backend);
         for key in keys {
-            let key = key.as_str();
-            let announcement = announce(key);
-            let announcement = announcement.as_announce();
-            if !reachable {
-                self.store.keep_for_replay(key, announcement);
-            } else if let Err(error) = self.store.invalidate_blocking(key, announcement) {
-                log_failed_invalidation(backend, key, &error);
-                reachable = false;
+            let (key, announcement) = (key.as_str(), announce(key.as_str()));
+            if call.reachable(key, announcement.as_announce()) {
+                let result = self
+                    .store
+                    .invalidate_blocking(key, announcement.as_announce());
+                call.record(key, result);
             }
         }
     }
@@ -190,6 +184,39 @@ impl RedisBackendBuilder {
             entry_hash_seed: entry_hash_seed(&prefix),
             prefix,
         })
+    }
+}
+
+/// The invalidations of one call: once one fails (Redis unreachable), the rest are queued for
+/// replay without being tried, so that the call costs at most one operation timeout.
+struct OneTimeoutPerCall<'a> {
+    store: &'a RedisStore,
+    backend: &'a str,
+    reachable: bool,
+}
+
+impl<'a> OneTimeoutPerCall<'a> {
+    fn new(store: &'a RedisStore, backend: &'a str) -> Self {
+        OneTimeoutPerCall {
+            store,
+            backend,
+            reachable: true,
+        }
+    }
+
+    /// Whether to try `key` now; if not, it is queued.
+    fn reachable(&self, key: &str, announce: Announce<'_>) -> bool {
+        if !self.reachable {
+            self.store.keep_for_replay(key, announce);
+        }
+        self.reachable
+    }
+
+    fn record(&mut self, key: &str, result: Result<(), StoreError>) {
+        if let Err(error) = result {
+            log_failed_invalidation(self.backend, key, &error);
+            self.reachable = false;
+        }
     }
 }
 

@@ -123,15 +123,21 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// How a lost pub/sub subscription is retried (wake-ups here, the tiered bus too): jittered,
+/// 20 ms to 2 s, for ever.
+pub(crate) fn resubscribe_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+}
+
 /// Keeps the wake subscription alive while the store exists, resubscribing with jittered
 /// backoff; waiters poll while it is down.
 async fn subscribe(wakeups: Weak<Wakeups>, client: Client) {
     const TIMEOUT: Duration = Duration::from_secs(1);
-    let backoff = ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(20))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .without_max_times();
+    let backoff = resubscribe_backoff();
     let mut delays = backoff.build();
     loop {
         let Some(channel) = wakeups.upgrade().map(|w| w.channel.clone()) else {

@@ -12,11 +12,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use redis::Client;
 
-use super::super::redis::FLUSH_MESSAGE;
+use super::super::redis::{resubscribe_backoff, FLUSH_MESSAGE};
 use crate::log_gate::LogGate;
 
 /// The bus state of one tiered backend.
@@ -135,11 +135,7 @@ impl Bus {
         invalidate: impl Fn(&str) -> bool,
         flush: impl Fn(),
     ) {
-        let backoff = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_secs(2))
-            .with_jitter()
-            .without_max_times();
+        let backoff = resubscribe_backoff();
         let mut delays = backoff.build();
         loop {
             if let Ok(Ok(mut pubsub)) =
