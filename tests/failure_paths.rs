@@ -389,6 +389,76 @@ async fn change_write_only(id: u64) {
     let _ = id;
 }
 
+// ---- 4b. An invalidation whose caller is cancelled still reaches every backend. ----
+
+static CANCELLED_SOURCE: AtomicUsize = AtomicUsize::new(1);
+
+#[cached(ttl = "60s", key = "cancel-inv:<id>", backend = "tiered")]
+async fn cancel_inv_reader(id: u64) -> usize {
+    let _ = id;
+    CANCELLED_SOURCE.load(Ordering::SeqCst)
+}
+
+#[invalidates("cancel-inv:<id>")]
+async fn change_cancel_inv(id: u64) {
+    let _ = id;
+}
+
+/// Resumes paused clients even if the scenario fails.
+struct Unpause<'a>(&'a RedisServer);
+
+impl Drop for Unpause<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut connection) = redis::Client::open(self.0.url())
+            .expect("url")
+            .get_connection()
+        {
+            let _: Result<(), _> = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut connection);
+        }
+    }
+}
+
+async fn a_cancelled_invalidation_still_reaches_every_backend() {
+    let server = server().lock().await;
+    let mut raw = raw(&server).await;
+    assert_eq!(cancel_inv_reader(1).await, 1);
+    let held = |raw: &mut redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        async move {
+            let value: Option<Vec<u8>> = redis::cmd("GET")
+                .arg("ft:1:{cancel-inv:<1>}:v")
+                .query_async(&mut raw)
+                .await
+                .expect("raw get");
+            value.is_some()
+        }
+    };
+    assert!(held(&mut raw).await, "stored in the tiered backend's L2");
+    CANCELLED_SOURCE.store(2, Ordering::SeqCst);
+    // Writes wait (reads do not): the first backend's invalidation script stalls, and the
+    // caller gives up while it does, as an axum client that disconnects would.
+    let unpause = Unpause(&server);
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_000)
+        .arg("WRITE")
+        .query_async(&mut raw)
+        .await
+        .expect("client pause");
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), change_cancel_inv(1)).await;
+    assert!(cancelled.is_err(), "cancelled mid-invalidation");
+    drop(unpause);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while held(&mut raw).await {
+        assert!(
+            Instant::now() < deadline,
+            "the tiered backend still holds the value its cancelled invalidation was for"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cancel_inv_reader(1).await, 2);
+}
+
 // ---- 5. Replay does not race its readers, and is batched. ----
 
 const QUEUED: u64 = 3_000;
@@ -562,6 +632,7 @@ async fn failure_path_scenarios() {
         one_bad_key_does_not_open_the_breaker,
         sync_invalidations_against_a_frozen_redis_cost_one_timeout_each,
         lost_tiered_invalidations_are_replayed,
+        a_cancelled_invalidation_still_reaches_every_backend,
         a_process_that_only_writes_replays_in_the_background,
         a_replay_keeps_keys_pending_until_confirmed,
     );

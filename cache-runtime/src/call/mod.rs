@@ -29,9 +29,24 @@ where
 {
     let ret = body.await;
     if success.succeeded(&ret) {
-        invalidate_all(&keys).await;
+        invalidate_to_the_end(Vec::from(keys)).await;
     }
     ret
+}
+
+/// Invalidates `keys` in every backend, in a task of its own when a Tokio runtime is there: the
+/// mutation has happened, so a caller that gives up (a client that disconnects, a timeout) must
+/// not leave some backends holding the old values. Without a runtime, the caller's own future
+/// does it.
+async fn invalidate_to_the_end(keys: Vec<CacheKey>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            let invalidation = runtime.spawn(async move { invalidate_all(&keys).await });
+            // A panic in a backend's invalidation is the task's; the call itself succeeded.
+            let _ = invalidation.await;
+        }
+        Err(_) => invalidate_all(&keys).await,
+    }
 }
 
 /// Runs a synchronous `#[invalidates]` function; see [`invalidating`]. Remote backends are
@@ -67,5 +82,5 @@ async fn invalidate_all(keys: &[CacheKey]) {
 /// Removes `key` from every configured backend, as a successful `#[invalidates]` call does.
 /// A load of that key already under way will not store its result.
 pub async fn invalidate(key: &CacheKey) {
-    invalidate_all(std::slice::from_ref(key)).await;
+    invalidate_to_the_end(vec![key.clone()]).await;
 }
