@@ -87,7 +87,15 @@ impl Drop for HeldLock {
                 std::mem::take(&mut self.token),
             );
             runtime.spawn(async move {
-                let _ = store.release(&key, &token).await;
+                // Retried while Redis is unreachable (a pause, an open breaker), within the
+                // lease: afterwards the lock has expired anyway.
+                let deadline = tokio::time::Instant::now() + LEASE;
+                while let Err(error) = store.release(&key, &token).await {
+                    if !error.is_transport() || tokio::time::Instant::now() >= deadline {
+                        return;
+                    }
+                    tokio::time::sleep(super::SAFETY_POLL).await;
+                }
             });
         }
     }

@@ -291,8 +291,20 @@ impl RedisStore {
             .arg(&self.wake_channel)
             .arg(cache_key);
         let bound = super::lock::LEASE;
+        let store = Weak::clone(&self.this);
+        let (key, token) = (cache_key.to_owned(), token.to_owned());
+        let op_timeout = self.settings.op_timeout;
         runtime.spawn(async move {
             let _ = tokio::time::timeout(bound, command.query_async::<i64>(&mut connection)).await;
+            // The claim may still run after that release: the connection it went out on may
+            // have been replaced (a reconnect) while the server held it. The token is this
+            // claim's alone, so releasing it again is always right; twice more within the lease
+            // bounds such an orphan lock to about a third of the lease instead of all of it.
+            for pause in [op_timeout, bound / 3] {
+                tokio::time::sleep(pause).await;
+                let Some(store) = store.upgrade() else { return };
+                let _ = store.release(&key, &token).await;
+            }
         });
     }
 
