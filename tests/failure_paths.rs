@@ -57,14 +57,6 @@ fn server() -> &'static Mutex<RedisServer> {
     })
 }
 
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("valid url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
-
 /// Calls `probe` until it reports that Redis answers again through the backend (its breaker
 /// lets a probe through once per interval), bounded.
 async fn until_recovered<F, Fut>(mut probe: F)
@@ -267,7 +259,7 @@ async fn lost_in_writer(id: u64) -> usize {
 
 async fn lost_tiered_invalidations_are_replayed() {
     let server = server().lock().await;
-    let raw = raw(&server).await;
+    let raw = server.connection().await;
     // Until both instances store through Redis again (an earlier pause opened their breakers).
     for backend in ["tiered", "tiered.b"] {
         let attempt = AtomicUsize::new(0);
@@ -358,7 +350,7 @@ async fn write_only_reader(id: u64) -> usize {
 async fn a_process_that_only_writes_replays_in_the_background() {
     let server = server().lock().await;
     assert_eq!(write_only_reader(6).await, 1);
-    let mut raw = raw(&server).await;
+    let mut raw = server.connection().await;
     server.pause();
     open_every_breaker().await;
     WRITE_ONLY_SOURCE.store(2, Ordering::SeqCst);
@@ -512,7 +504,7 @@ async fn wrong_type() -> u64 {
 async fn one_bad_key_does_not_open_the_breaker() {
     let server = server().lock().await;
     until_recovered(probe_recovered).await;
-    let mut raw = raw(&server).await;
+    let mut raw = server.connection().await;
     let _: () = redis::cmd("RPUSH")
         .arg("f:1:{wrong-type}:v")
         .arg("not a string")

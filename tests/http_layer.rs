@@ -598,11 +598,7 @@ async fn http_layer_over_memory_redis_and_tiered() {
     scenarios("tiered").await;
 
     // The redis run stored in Redis: the route generation of /users/2 is there.
-    let mut raw = redis::Client::open(server.url())
-        .expect("valid url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut raw = server.connection().await;
     let exists: bool = raw
         .exists("h:1:{http:GET:/users/<2>}:v")
         .await
