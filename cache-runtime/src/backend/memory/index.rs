@@ -50,7 +50,7 @@ pub(super) type Moment = coarsetime::Instant;
 /// the code that ships. On a hit it costs a few instructions next to the clock read: `Coarse` is
 /// the `Arc`'s null niche, so choosing the arm is a load from the index (never written after
 /// construction) and a branch that always goes one way (callgrind: 7 of ~537 instructions per
-/// hit, ARCHITECTURE.md "Hit path performance").
+/// read, ARCHITECTURE.md "Hit path performance").
 pub(super) enum Clock {
     /// The kernel's coarse monotonic clock (see [`Moment`]).
     Coarse,
