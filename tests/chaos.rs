@@ -53,7 +53,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::redis_server::RedisServer;
+use support::redis_server::{self, RedisServer};
 use support::start_line;
 
 const WORKERS: usize = 3;
@@ -179,10 +179,6 @@ fn controller() -> Result<(), Vec<String>> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut cache = RedisServer::start();
     let database = RedisServer::start();
-    let mut db = redis::Client::open(database.url())
-        .expect("valid url")
-        .get_connection()
-        .expect("connect to the database redis");
 
     let exe = std::env::current_exe().expect("own path");
     let mut pids = Vec::new();
@@ -209,7 +205,7 @@ fn controller() -> Result<(), Vec<String>> {
     drop(done_tx);
 
     let started = Instant::now();
-    start_line::release(&mut db, "chaos:start", WORKERS);
+    start_line::release(&database.url(), "chaos:start", WORKERS);
     let released_at = now_us();
     let faults = inject_faults(&mut cache, run, &mut rng);
     let timeline: Vec<String> = faults
@@ -226,7 +222,7 @@ fn controller() -> Result<(), Vec<String>> {
     println!("chaos: faults: {}", timeline.join(", "));
     // The cache redis is healthy again (every fault ends with it running); the workers check
     // that every key reaches its fresh version.
-    start_line::release(&mut db, "chaos:settle", WORKERS);
+    start_line::release(&database.url(), "chaos:settle", WORKERS);
 
     let deadline = Instant::now() + FRESH_BOUND + HARD_DEADLINE;
     let mut logs = vec![String::new(); WORKERS];
@@ -301,10 +297,7 @@ fn inject_faults(cache: &mut RedisServer, run: Duration, rng: &mut fastrand::Rng
             }
             FaultKind::Restart => cache.restart(),
             FaultKind::SubscriberKill => {
-                let mut redis = redis::Client::open(cache.url())
-                    .expect("valid url")
-                    .get_connection_with_timeout(Duration::from_secs(5))
-                    .expect("connect to the cache redis");
+                let mut redis = cache.blocking_connection();
                 let _: i64 = redis::cmd("CLIENT")
                     .arg("KILL")
                     .arg("TYPE")
@@ -826,9 +819,9 @@ mod worker {
     use redis::aio::MultiplexedConnection;
 
     use super::{
-        env_u64, now_us, run_length, start_line, CACHE_URL, DB_URL, FRESH_BOUND, HARD_DEADLINE,
-        HEARTBEAT, HOT_KEYS, KEYS, MAX_LOAD_MS, MIN_LOAD_MS, OP_TIMEOUT, READERS_PER_WORKER,
-        WORKER_INDEX, WORKER_SEED,
+        env_u64, now_us, redis_server, run_length, start_line, CACHE_URL, DB_URL, FRESH_BOUND,
+        HARD_DEADLINE, HEARTBEAT, HOT_KEYS, KEYS, MAX_LOAD_MS, MIN_LOAD_MS, OP_TIMEOUT,
+        READERS_PER_WORKER, WORKER_INDEX, WORKER_SEED,
     };
 
     const INJECTED: &str = "chaos: injected loader panic";
@@ -1102,21 +1095,14 @@ mod worker {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let client = redis::Client::open(var(DB_URL)).expect("valid url");
-            // No response timeout (redis-rs' default is 500 ms): the start lines block in
-            // `BLPOP` until the slowest worker arrives, and the database is never faulted.
-            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-            let connection = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .expect("connect to the database redis");
-            DB.set(connection).expect("once");
+            DB.set(redis_server::connect(&var(DB_URL)).await)
+                .expect("once");
             // Connect every site and start the bus before the clock starts.
             for site in SiteId::ALL {
                 call(site, 0, Plan::plain()).await;
             }
             tiered.l1_ready().await;
-            start_line::arrive(DB.get().expect("connected"), "chaos:start").await;
+            start_line::arrive(&var(DB_URL), "chaos:start").await;
 
             let end = Instant::now() + run;
             let mut rng = fastrand::Rng::with_seed(seed);
@@ -1132,7 +1118,7 @@ mod worker {
                 lines.extend(task.await.expect("a worker task"));
             }
 
-            start_line::arrive(DB.get().expect("connected"), "chaos:settle").await;
+            start_line::arrive(&var(DB_URL), "chaos:settle").await;
             lines.extend(fresh_check().await);
             lines.push(format!("stats {proc} {}", tiered.l1_flushes()));
             lines.append(&mut LOADS.lock().unwrap_or_else(|e| e.into_inner()));

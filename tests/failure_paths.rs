@@ -57,14 +57,6 @@ fn server() -> &'static Mutex<RedisServer> {
     })
 }
 
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("valid url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
-
 /// Calls `probe` until it reports that Redis answers again through the backend (its breaker
 /// lets a probe through once per interval), bounded.
 async fn until_recovered<F, Fut>(mut probe: F)
@@ -267,7 +259,7 @@ async fn lost_in_writer(id: u64) -> usize {
 
 async fn lost_tiered_invalidations_are_replayed() {
     let server = server().lock().await;
-    let raw = raw(&server).await;
+    let raw = server.connection().await;
     // Until both instances store through Redis again (an earlier pause opened their breakers).
     for backend in ["tiered", "tiered.b"] {
         let attempt = AtomicUsize::new(0);
@@ -358,7 +350,7 @@ async fn write_only_reader(id: u64) -> usize {
 async fn a_process_that_only_writes_replays_in_the_background() {
     let server = server().lock().await;
     assert_eq!(write_only_reader(6).await, 1);
-    let mut raw = raw(&server).await;
+    let mut raw = server.connection().await;
     server.pause();
     open_every_breaker().await;
     WRITE_ONLY_SOURCE.store(2, Ordering::SeqCst);
@@ -404,23 +396,9 @@ async fn change_cancel_inv(id: u64) {
     let _ = id;
 }
 
-/// Resumes paused clients even if the scenario fails.
-struct Unpause<'a>(&'a RedisServer);
-
-impl Drop for Unpause<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut connection) = redis::Client::open(self.0.url())
-            .expect("url")
-            .get_connection()
-        {
-            let _: Result<(), _> = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut connection);
-        }
-    }
-}
-
 async fn a_cancelled_invalidation_still_reaches_every_backend() {
     let server = server().lock().await;
-    let mut raw = raw(&server).await;
+    let mut raw = server.connection().await;
     assert_eq!(cancel_inv_reader(1).await, 1);
     let held = |raw: &mut redis::aio::MultiplexedConnection| {
         let mut raw = raw.clone();
@@ -437,14 +415,7 @@ async fn a_cancelled_invalidation_still_reaches_every_backend() {
     CANCELLED_SOURCE.store(2, Ordering::SeqCst);
     // Writes wait (reads do not): the first backend's invalidation script stalls, and the
     // caller gives up while it does, as an axum client that disconnects would.
-    let unpause = Unpause(&server);
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1_000)
-        .arg("WRITE")
-        .query_async(&mut raw)
-        .await
-        .expect("client pause");
+    let unpause = server.pause_writes(1_000);
     let cancelled = tokio::time::timeout(Duration::from_millis(50), change_cancel_inv(1)).await;
     assert!(cancelled.is_err(), "cancelled mid-invalidation");
     drop(unpause);
@@ -582,7 +553,7 @@ async fn wrong_type() -> u64 {
 async fn one_bad_key_does_not_open_the_breaker() {
     let server = server().lock().await;
     until_recovered(probe_recovered).await;
-    let mut raw = raw(&server).await;
+    let mut raw = server.connection().await;
     let _: () = redis::cmd("RPUSH")
         .arg("f:1:{wrong-type}:v")
         .arg("not a string")

@@ -282,11 +282,29 @@ impl Http {
     }
 }
 
+/// Every scenario against one backend's app, in order: each counts handler runs on top of the
+/// earlier ones' (and the first response is revalidated by the next three).
 async fn scenarios(backend: &str) {
     let service = Shared::default();
     let http = Http::start(app(backend, Arc::clone(&service))).await;
+    let first = a_miss_stores_and_a_hit_serves_it(backend, &http, &service).await;
+    if_none_match_gets_a_304(backend, &http, &service, &first).await;
+    head_is_answered_from_the_get_entry(&http, &service, &first).await;
+    a_put_removes_every_variant_of_its_route(backend, &http, &service, &first).await;
+    a_write_leaves_other_entries_alone(&http).await;
+    invalidate_route_and_a_layer_write_make_a_miss(backend, &http, &service).await;
+    a_load_older_than_a_write_stores_nothing(backend, &http, &service).await;
+    a_handlers_own_etag_is_kept(&http, &service).await;
+    unshareable_responses_are_never_stored(backend, &http, &service).await;
+    requests_with_credentials_bypass(&http, &service).await;
+    a_route_keyed_by_identity_caches_per_user_privately(&http, &service).await;
+    vary_separates_entries(&http, &service).await;
+    a_client_no_cache_replaces_the_entry(&http, &service).await;
+}
 
-    // A miss that stores, then a hit with the same ETag, body and headers.
+/// A miss stores the response; a hit serves it again with the same ETag, body and headers, and
+/// runs no handler. Returns the stored response, which the next scenarios revalidate.
+async fn a_miss_stores_and_a_hit_serves_it(backend: &str, http: &Http, service: &Service) -> Reply {
     let first = http.get("/users/1", &[]).await;
     assert_eq!(first.status, StatusCode::OK, "{backend}");
     assert_eq!(first.text(), "{\"id\":1,\"name\":\"user 1\"}");
@@ -324,8 +342,13 @@ async fn scenarios(backend: &str) {
         1,
         "{backend}: the hit did not run the handler"
     );
+    first
+}
 
-    // If-None-Match: 304, the ETag, no body, and no handler run.
+/// If-None-Match (the ETag, a list with its weak form, `*`) gets a 304 with the ETag and no body;
+/// one that matches nothing gets the entry. Neither runs the handler.
+async fn if_none_match_gets_a_304(backend: &str, http: &Http, service: &Service, first: &Reply) {
+    let etag = first.header("etag").to_owned();
     for matching in [etag.as_str(), &format!("\"other\", W/{etag}"), "*"] {
         let revalidated = http.get("/users/1", &[("if-none-match", matching)]).await;
         assert_eq!(
@@ -349,16 +372,28 @@ async fn scenarios(backend: &str) {
         1,
         "{backend}: 304s and hits ran no handler"
     );
+}
 
-    // HEAD is answered from GET's entry, without a body.
+/// HEAD is answered from GET's entry, without a body and without running the handler.
+async fn head_is_answered_from_the_get_entry(http: &Http, service: &Service, first: &Reply) {
+    let etag = first.header("etag").to_owned();
     let head = http.send("HEAD", "/users/1", &[], "").await;
     assert_eq!(head.status, StatusCode::OK);
     assert!(head.body.is_empty());
     assert_eq!(head.header("etag"), etag);
     assert_eq!(head.header("content-length"), first.body.len().to_string());
     assert_eq!(service.runs("user"), 1);
+}
 
-    // A query string is another variant; a PUT (`#[invalidates]`) removes every variant.
+/// A query string is another variant; a PUT (`#[invalidates]`) removes every variant, and the old
+/// ETag no longer matches.
+async fn a_put_removes_every_variant_of_its_route(
+    backend: &str,
+    http: &Http,
+    service: &Service,
+    first: &Reply,
+) {
+    let etag = first.header("etag").to_owned();
     let queried = http.get("/users/1?fields=name", &[]).await;
     assert!(queried.header("cache-status").contains("stored"));
     assert_eq!(
@@ -392,7 +427,10 @@ async fn scenarios(backend: &str) {
     );
     assert!(after_query.text().contains("Ada"));
     assert_eq!(service.runs("user"), 4);
-    // Another user's entry is untouched.
+}
+
+/// A write to one user leaves another user's entry cached.
+async fn a_write_leaves_other_entries_alone(http: &Http) {
     http.get("/users/2", &[]).await;
     http.send("PUT", "/users/1", &[], "Grace").await;
     assert!(http
@@ -400,8 +438,15 @@ async fn scenarios(backend: &str) {
         .await
         .header("cache-status")
         .starts_with("cachet; hit"));
+}
 
-    // The programmatic API, and the layer's own invalidation on a successful write.
+/// The programmatic API (`invalidate_route`), and the layer's own invalidation on a successful
+/// write: the next GET runs the handler and stores the new response.
+async fn invalidate_route_and_a_layer_write_make_a_miss(
+    backend: &str,
+    http: &Http,
+    service: &Service,
+) {
     for (path, handler) in [("/items/5", "item"), ("/notes/5", "note")] {
         http.get(path, &[]).await;
         assert!(http
@@ -423,9 +468,11 @@ async fn scenarios(backend: &str) {
         assert!(fresh.text().ends_with("renamed"), "{}", fresh.text());
         assert_eq!(service.runs(handler), 2, "{backend} {path}");
     }
+}
 
-    // A load that read its data before a write cannot store it for later readers: it fills
-    // under the route's old generation, which the write's invalidation made unreachable.
+/// A load that read its data before a write cannot store it for later readers: it fills under the
+/// route's old generation, which the write's invalidation made unreachable.
+async fn a_load_older_than_a_write_stores_nothing(backend: &str, http: &Http, service: &Service) {
     let slow = tokio::spawn({
         let base = http.base.clone();
         async move { Http::with_base(base).get("/slow/1", &[]).await }
@@ -453,15 +500,20 @@ async fn scenarios(backend: &str) {
         .header("cache-status")
         .starts_with("cachet; fwd=miss; stored"));
     assert_eq!(service.runs("slow"), 2);
+}
 
-    // A handler's own ETag is kept.
+/// A handler's own ETag is kept, and If-None-Match is answered against it.
+async fn a_handlers_own_etag_is_kept(http: &Http, service: &Service) {
     let tagged = http.get("/tagged", &[]).await;
     assert_eq!(tagged.header("etag"), "W/\"v7\"");
     let tagged = http.get("/tagged", &[("if-none-match", "\"v7\"")]).await;
     assert_eq!(tagged.status, StatusCode::NOT_MODIFIED);
     assert_eq!(service.runs("tagged"), 1);
+}
 
-    // Never stored: Set-Cookie, no-store, errors; requests with credentials.
+/// Never stored: Set-Cookie, `no-store`, error statuses, a Vary on a header the policy does not
+/// key on; the handler runs every time.
+async fn unshareable_responses_are_never_stored(backend: &str, http: &Http, service: &Service) {
     for (path, handler, detail) in [
         ("/cookie", "cookie", "fwd=miss; detail=set-cookie"),
         ("/no-store", "no-store", "fwd=miss; detail=no-store"),
@@ -486,6 +538,11 @@ async fn scenarios(backend: &str) {
         http.get("/error", &[]).await.status,
         StatusCode::INTERNAL_SERVER_ERROR
     );
+}
+
+/// Requests with credentials (Authorization, Cookie) bypass the cache; an anonymous request to the
+/// same route is cached, and never answers a user.
+async fn requests_with_credentials_bypass(http: &Http, service: &Service) {
     for credentials in [
         ("authorization", "Bearer alice"),
         ("cookie", "session=alice"),
@@ -506,8 +563,11 @@ async fn scenarios(backend: &str) {
         .await;
     assert!(user.text().contains("alice"), "{}", user.text());
     assert_eq!(service.runs("whoami"), 6);
+}
 
-    // A route keyed by identity caches per user, privately.
+/// A route keyed by identity caches per user, privately; a request without a usable identity
+/// bypasses.
+async fn a_route_keyed_by_identity_caches_per_user_privately(http: &Http, service: &Service) {
     let alice = http
         .get("/profile", &[("authorization", "Bearer alice")])
         .await;
@@ -533,8 +593,11 @@ async fn scenarios(backend: &str) {
         "cachet; fwd=bypass; detail=identity"
     );
     assert_eq!(service.runs("profile"), 3);
+}
 
-    // Vary separates entries.
+/// Vary separates entries. The greeting handler also serves `/unkeyed-vary`, whose two runs the
+/// count includes.
+async fn vary_separates_entries(http: &Http, service: &Service) {
     let en = http.get("/greeting", &[("accept-language", "en")]).await;
     let fr = http.get("/greeting", &[("accept-language", "fr")]).await;
     assert_eq!((en.text(), fr.text()), ("hello", "bonjour"));
@@ -548,8 +611,10 @@ async fn scenarios(backend: &str) {
         4,
         "two more after the unkeyed route's two"
     );
+}
 
-    // A client's `no-cache` runs the handler and replaces the entry.
+/// A client's `no-cache` runs the handler and replaces the entry.
+async fn a_client_no_cache_replaces_the_entry(http: &Http, service: &Service) {
     let forced = http
         .get(
             "/greeting",
@@ -573,8 +638,8 @@ async fn scenarios(backend: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_layer_over_memory_redis_and_tiered() {
-    // One runtime for both, since a redis backend's connection lives on the runtime that first
-    // used it.
+    // One test, so one runtime, for all three backends: a redis backend's connection lives on the
+    // runtime that first used it.
     let server = RedisServer::start();
     let redis = RedisBackend::builder()
         .url(server.url())
@@ -596,13 +661,12 @@ async fn http_layer_over_memory_redis_and_tiered() {
     scenarios("memory").await;
     scenarios("redis").await;
     scenarios("tiered").await;
+    the_redis_run_stored_in_redis(&server).await;
+}
 
-    // The redis run stored in Redis: the route generation of /users/2 is there.
-    let mut raw = redis::Client::open(server.url())
-        .expect("valid url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+/// The redis run stored in Redis: the route generation of /users/2 is there, and one response.
+async fn the_redis_run_stored_in_redis(server: &RedisServer) {
+    let mut raw = server.connection().await;
     let exists: bool = raw
         .exists("h:1:{http:GET:/users/<2>}:v")
         .await

@@ -12,7 +12,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::redis_server::RedisServer;
+use support::redis_server::{self, RedisServer};
 use support::start_line;
 
 const PROCESSES: usize = 4;
@@ -38,8 +38,7 @@ fn main() {
 
 fn four_processes_on_one_cold_key_load_once() {
     let server = RedisServer::start();
-    let client = redis::Client::open(server.url()).expect("valid url");
-    let mut redis = client.get_connection().expect("connect");
+    let mut redis = server.blocking_connection();
 
     let exe = std::env::current_exe().expect("own path");
     let workers: Vec<_> = (0..PROCESSES)
@@ -55,7 +54,7 @@ fn four_processes_on_one_cold_key_load_once() {
         })
         .collect();
     // Each worker announces itself once connected; then all are released at once.
-    start_line::release(&mut redis, "mp", PROCESSES);
+    start_line::release(&server.url(), "mp", PROCESSES);
 
     let mut values = Vec::new();
     let mut slowest = Duration::ZERO;
@@ -103,8 +102,7 @@ fn four_processes_on_one_cold_key_load_once() {
 
 fn a_dead_holders_lock_is_taken_over_within_a_lease() {
     let server = RedisServer::start();
-    let client = redis::Client::open(server.url()).expect("valid url");
-    let mut redis = client.get_connection().expect("connect");
+    let mut redis = server.blocking_connection();
     let exe = std::env::current_exe().expect("own path");
     let mut holder = Command::new(&exe)
         .env(ROLE, "holder")
@@ -144,7 +142,7 @@ mod worker {
     use cachet::{cached, configure, RedisBackend};
     use tokio::sync::Barrier;
 
-    use super::{start_line, LOAD, TASKS_PER_PROCESS};
+    use super::{redis_server, start_line, LOAD, TASKS_PER_PROCESS};
 
     static URL: OnceLock<String> = OnceLock::new();
 
@@ -152,12 +150,7 @@ mod worker {
     /// arrive while it runs.
     #[cached(ttl = "60s", key = "mp:product:<id>", backend = "redis")]
     async fn product(id: u64) -> Result<String, String> {
-        let client =
-            redis::Client::open(URL.get().expect("set").as_str()).map_err(|e| e.to_string())?;
-        let mut redis = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut redis = redis_server::connect(URL.get().expect("set")).await;
         let load: i64 = redis::cmd("INCR")
             .arg("mp:loads")
             .query_async(&mut redis)
@@ -179,12 +172,7 @@ mod worker {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let client = redis::Client::open(url).expect("valid url");
-            let redis = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect");
-            start_line::arrive(&redis, "mp").await;
+            start_line::arrive(url, "mp").await;
 
             let barrier = Arc::new(Barrier::new(TASKS_PER_PROCESS));
             let tasks: Vec<_> = (0..TASKS_PER_PROCESS)
@@ -229,11 +217,7 @@ mod worker {
     /// Takes the lock of `held` by loading it, says so, and loads forever (until killed).
     #[cached(ttl = "60s", key = "mp:held", backend = "redis")]
     async fn held() -> String {
-        let client = redis::Client::open(URL.get().expect("set").as_str()).expect("valid url");
-        let mut redis = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
+        let mut redis = redis_server::connect(URL.get().expect("set")).await;
         let _: i64 = redis::cmd("RPUSH")
             .arg("mp:holding")
             .arg(1)

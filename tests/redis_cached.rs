@@ -40,14 +40,6 @@ fn server() -> &'static Mutex<RedisServer> {
     })
 }
 
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("valid url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
-
 static PRODUCT_LOADS: AtomicUsize = AtomicUsize::new(0);
 
 #[cached(ttl = "60s", key = "product:<id>", backend = "redis")]
@@ -60,7 +52,7 @@ async fn values_are_stored_in_redis_with_a_ttl_and_read_back() {
     let server = server().lock().await;
     let first = product(1).await.expect("ok");
     assert_eq!(product(1).await.expect("ok"), first);
-    let mut raw = raw(&server).await;
+    let mut raw = server.connection().await;
     let ttl: i64 = raw.pttl("t:1:{product:<1>}:v").await.expect("pttl");
     assert!(ttl > 0 && ttl <= 60_000, "ttl {ttl}");
     // Another reader of the same Redis (another process) sees the value: delete nothing, read raw.
@@ -83,7 +75,7 @@ async fn planted_as_text(case: u8) -> String {
 
 async fn bad_bytes_are_a_miss_and_are_overwritten() {
     let server = server().lock().await;
-    let mut raw = raw(&server).await;
+    let mut raw = server.connection().await;
     let cases: [(u8, Vec<u8>); 3] = [
         (1, b"not an envelope".to_vec()),
         (2, Vec::new()),
@@ -123,7 +115,7 @@ async fn other_app_owner(id: u64) -> String {
 
 async fn an_entry_copied_under_another_key_is_a_miss() {
     let server = server().lock().await;
-    let mut raw = raw(&server).await;
+    let mut raw = server.connection().await;
     assert_eq!(owner(1).await, "owner 1");
     // A valid envelope for the right type, under the wrong key: what COPY, RENAME, a restore
     // into the wrong place or a bug elsewhere leave behind.

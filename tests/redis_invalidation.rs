@@ -35,11 +35,7 @@ async fn invalidation_reaches_redis_and_leaves_a_fence() {
         .redis("redis", backend)
         .install()
         .expect("configured once");
-    let client = redis::Client::open(server.url()).expect("valid url");
-    let mut raw = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut raw = server.connection().await;
 
     let () = raw.set("inv:1:{user:<7>}:v", "old").await.expect("plant");
     rename_user(7, true).await.expect_err("fails");

@@ -64,11 +64,7 @@ fn run<F: std::future::Future>(future: F) -> F::Output {
 }
 
 async fn raw() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(shared().server.url())
-        .expect("valid url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
+    shared().server.connection().await
 }
 
 async fn raw_get(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
@@ -214,20 +210,6 @@ async fn claimed_in_b(id: u64) -> u64 {
     id + 100
 }
 
-/// Resumes paused clients even if the test fails.
-struct Unpause;
-
-impl Drop for Unpause {
-    fn drop(&mut self) {
-        if let Ok(mut connection) = redis::Client::open(shared().server.url())
-            .expect("url")
-            .get_connection()
-        {
-            let _: Result<(), _> = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut connection);
-        }
-    }
-}
-
 /// `claim` releases a token it may still take only when its claim *timed out*
 /// (`release_unowned`); a caller dropped while the claim is in flight (an axum client that
 /// disconnects, a `tokio::time::timeout` shorter than op_timeout) leaves a claim that takes
@@ -244,14 +226,7 @@ fn a_caller_cancelled_during_its_claim_leaves_an_orphan_lock() {
         // slow machine may still be in the read): later each attempt, on a fresh key.
         // Past op_timeout (200 ms) the claim times out instead, and the call loads.
         for (id, cancel_after) in [(1u64, 100u64), (2, 150), (3, 180), (4, 190)] {
-            let unpause = Unpause;
-            let _: () = redis::cmd("CLIENT")
-                .arg("PAUSE")
-                .arg(2_000)
-                .arg("WRITE")
-                .query_async(&mut raw)
-                .await
-                .expect("client pause");
+            let unpause = shared().server.pause_writes(2_000);
             let cancel = Duration::from_millis(cancel_after);
             let loads = CLAIM_LOADS.load(Ordering::SeqCst);
             let cancelled = tokio::time::timeout(cancel, claimed_in_a(id)).await;

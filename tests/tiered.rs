@@ -54,19 +54,11 @@ fn fixture() -> &'static Mutex<Fixture> {
     })
 }
 
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("valid url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
-
 /// Calls per command since the last `CONFIG RESETSTAT`.
 async fn command_calls(server: &RedisServer) -> BTreeMap<String, u64> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
-        .query_async(&mut raw(server).await)
+        .query_async(&mut server.connection().await)
         .await
         .expect("info");
     info.lines()
@@ -110,7 +102,7 @@ async fn a_warm_hit_makes_no_redis_round_trip() {
     let first = item(1).await; // fills L1 now that the bus is up
     let () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
-        .query_async(&mut raw(&fixture.server).await)
+        .query_async(&mut fixture.server.connection().await)
         .await
         .expect("resetstat");
     let loads = ITEM_LOADS.load(Ordering::SeqCst);
@@ -184,7 +176,7 @@ async fn a_lost_bus_drops_l1_so_a_missed_invalidation_serves_nothing_stale() {
     assert_eq!(item_on_peer(20).await, old, "held in the peer's L1");
     let flushes = (fixture.tiered.l1_flushes(), fixture.peer.l1_flushes());
 
-    let mut raw = raw(&fixture.server).await;
+    let mut raw = fixture.server.connection().await;
     let killed: i64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")

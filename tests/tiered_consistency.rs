@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use support::redis_server::RedisServer;
+use support::redis_server::{self, RedisServer};
 use support::start_line;
 
 const READERS: usize = 3;
@@ -47,10 +47,7 @@ fn now_us() -> u64 {
 
 fn reads_after_an_invalidation_never_see_the_old_value() {
     let server = RedisServer::start();
-    let mut redis = redis::Client::open(server.url())
-        .expect("valid url")
-        .get_connection()
-        .expect("connect");
+    let mut redis = server.blocking_connection();
     let exe = std::env::current_exe().expect("own path");
     let spawn = |role: &str| -> Child {
         Command::new(&exe)
@@ -64,7 +61,7 @@ fn reads_after_an_invalidation_never_see_the_old_value() {
     };
     let mut children: Vec<Child> = (0..READERS).map(|_| spawn("reader")).collect();
     children.push(spawn("writer"));
-    start_line::release(&mut redis, "tc", children.len());
+    start_line::release(&server.url(), "tc", children.len());
 
     // Bus loss while the writer writes: kill cachet's subscriber connections (SUBSCRIBE; the
     // workers' latency probes use PSUBSCRIBE and are left alone).
@@ -290,30 +287,26 @@ mod worker {
         (runtime, tiered)
     }
 
-    async fn connect(url: &str) -> redis::Client {
-        let client = redis::Client::open(url).expect("valid url");
-        let connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        SOURCE.set(connection).expect("once");
-        client
-    }
-
-    async fn start_line() {
-        super::start_line::arrive(SOURCE.get().expect("connected"), "tc").await;
+    async fn connect(url: &str) {
+        SOURCE
+            .set(super::redis_server::connect(url).await)
+            .expect("once");
     }
 
     pub(super) fn reader(url: &str) {
         let (runtime, tiered) = setup(url);
         runtime.block_on(async {
-            let client = connect(url).await;
+            connect(url).await;
             // Start the bus and wait for it before the clock starts.
             object(0).await.expect("loads");
             tiered.l1_ready().await;
             // A latency probe: hears the bus on a connection of its own (PSUBSCRIBE, so that
             // the parent's subscriber kills spare it).
-            let mut probe = client.get_async_pubsub().await.expect("pubsub");
+            let mut probe = redis::Client::open(url)
+                .expect("valid url")
+                .get_async_pubsub()
+                .await
+                .expect("pubsub");
             probe.psubscribe("tc:1:bus").await.expect("psubscribe");
             let mut messages = probe.into_on_message();
             let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
@@ -326,7 +319,7 @@ mod worker {
                     }
                 }
             });
-            start_line().await;
+            super::start_line::arrive(url, "tc").await;
             let mut lines = Vec::new();
             let end = std::time::Instant::now() + RUN;
             while std::time::Instant::now() < end {
@@ -369,7 +362,7 @@ mod worker {
         let (runtime, _) = setup(url);
         runtime.block_on(async {
             connect(url).await;
-            start_line().await;
+            super::start_line::arrive(url, "tc").await;
             let end = std::time::Instant::now() + RUN;
             let mut lines = Vec::new();
             while std::time::Instant::now() < end {

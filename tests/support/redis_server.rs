@@ -1,11 +1,21 @@
 //! A real `redis-server` process per test, on a free loopback port, that a test can kill, pause
 //! (SIGSTOP), resume and restart. There is no fallback: a test that needs Redis and cannot start
-//! one fails, with what to do.
+//! one fails, with what to do. And the one way tests open a raw connection to it: [`connect`].
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+
+/// How long a test connection may take to connect: generous for a loaded 2-core machine, and
+/// still a loud failure rather than a hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a test connection waits for a reply. Longer than any blocking command the tests
+/// send (a start line's `BLPOP` waits up to 30 s): redis-rs's default of 500 ms failed a start
+/// line whose slowest process arrived later than that.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One `redis-server` child process. Killed when dropped.
 pub struct RedisServer {
@@ -32,6 +42,29 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A connection of its own to this server: see [`connect`].
+    pub async fn connection(&self) -> MultiplexedConnection {
+        connect(&self.url()).await
+    }
+
+    /// A blocking connection of its own to this server: see [`connect_blocking`].
+    pub fn blocking_connection(&self) -> redis::Connection {
+        connect_blocking(&self.url())
+    }
+
+    /// Holds every client's writes (`CLIENT PAUSE <millis> WRITE`; reads still answer) until
+    /// the guard is dropped or the time is up: a failover's or a slow script's stall, where a
+    /// script sent now runs later.
+    pub fn pause_writes(&self, millis: u64) -> WritesPaused<'_> {
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(millis)
+            .arg("WRITE")
+            .query(&mut self.blocking_connection())
+            .expect("client pause");
+        WritesPaused(self)
     }
 
     /// The loopback port.
@@ -126,11 +159,50 @@ impl Drop for RedisServer {
     }
 }
 
+/// A multiplexed connection to the server at `url` (a worker process has only the url), for a
+/// test's own reads and writes: planting and checking keys, counting commands, start lines. Its
+/// response timeout is [`RESPONSE_TIMEOUT`], not redis-rs's 500 ms; a test that needs a short
+/// one (to see a paused server not answer) configures its own.
+pub async fn connect(url: &str) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    redis::Client::open(url)
+        .expect("valid url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap_or_else(|error| panic!("connect to the test redis at {url}: {error}"))
+}
+
+/// [`connect`] for code outside a runtime (a parent process driving its workers).
+pub fn connect_blocking(url: &str) -> redis::Connection {
+    let connection = redis::Client::open(url)
+        .expect("valid url")
+        .get_connection_with_timeout(CONNECT_TIMEOUT)
+        .unwrap_or_else(|error| panic!("connect to the test redis at {url}: {error}"));
+    connection
+        .set_read_timeout(Some(RESPONSE_TIMEOUT))
+        .expect("set the read timeout");
+    connection
+}
+
 fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .expect("bind a free loopback port")
+}
+
+/// Writes held by [`RedisServer::pause_writes`]; dropping it (a failed test included) resumes
+/// them.
+pub struct WritesPaused<'a>(&'a RedisServer);
+
+impl Drop for WritesPaused<'_> {
+    fn drop(&mut self) {
+        let _: Result<(), _> = redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .query(&mut self.0.blocking_connection());
+    }
 }
 
 /// Runs its closure when dropped, unwinding from a panic included: a test whose server lives in

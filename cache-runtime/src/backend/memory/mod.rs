@@ -15,7 +15,7 @@ use moka::Expiry;
 use crate::key::CacheKey;
 use crate::shape::AnyValue;
 
-use index::Index;
+use index::{Clock, Index};
 
 /// One hit in this many (per thread) is also read through moka, so that its eviction policy
 /// still sees which keys are hot; the others cost it nothing.
@@ -103,7 +103,12 @@ impl MemoryBackendBuilder {
 
     /// The backend.
     pub fn build(self) -> MemoryBackend {
-        let index = Arc::new(Index::new());
+        self.build_on(Clock::Coarse)
+    }
+
+    /// The backend, checking expiry against `clock` (a test's, to advance instead of sleeping).
+    fn build_on(self, clock: Clock) -> MemoryBackend {
+        let index = Arc::new(Index::new(clock));
         let evicted = Arc::clone(&index);
         let builder = Cache::builder()
             .expire_after(PerEntryTtl)
@@ -148,12 +153,6 @@ impl MemoryBackend {
     /// Applies pending evictions and expirations now, so that counts are exact.
     pub fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks();
-    }
-
-    /// The type-erased read, for stores layered on this one (and the tests).
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn get(&self, key: &str) -> Option<AnyValue> {
-        self.read(key, |value| Some(Arc::clone(value)))
     }
 
     /// What `read` makes of the value under `key`; `read` runs under a shard's read lock, so it
@@ -214,7 +213,7 @@ impl MemoryBackend {
         ttl: Duration,
         epoch: u64,
     ) {
-        let expires_at = index::after(index::clock(), ttl);
+        let expires_at = index::after(self.index.now(), ttl);
         // The index first: should moka refuse or evict the entry at once, its listener then
         // finds the value here to remove, and nothing stays that moka does not hold. Should
         // moka's insert panic (a user weigher), the guard takes the entry out again.
@@ -277,7 +276,18 @@ impl fmt::Debug for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The type-erased read.
+    fn get(backend: &MemoryBackend, key: &str) -> Option<AnyValue> {
+        backend.read(key, |value| Some(Arc::clone(value)))
+    }
     use crate::KeyBuilder;
+    use index::ManualClock;
+
+    /// A default backend whose index checks expiry against `clock`.
+    fn on(clock: &Arc<ManualClock>) -> MemoryBackend {
+        MemoryBackend::builder().build_on(Clock::Manual(Arc::clone(clock)))
+    }
 
     fn fill(backend: &MemoryBackend, count: u32, value: impl Fn(u32) -> AnyValue) {
         for n in 0..count {
@@ -315,12 +325,13 @@ mod tests {
 
     #[test]
     fn a_refill_starts_a_fresh_ttl() {
-        let backend = MemoryBackend::default();
+        let clock = ManualClock::new();
+        let backend = on(&clock);
         let key = KeyBuilder::new().lit("k").finish();
         backend.insert(key.clone(), Arc::new(1u8), Duration::from_millis(1));
         backend.insert(key.clone(), Arc::new(2u8), Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(20));
-        let value = backend.get(key.as_str()).expect("the refill's TTL applies");
+        clock.advance(Duration::from_millis(20));
+        let value = get(&backend, key.as_str()).expect("the refill's TTL applies");
         assert_eq!(value.downcast_ref::<u8>(), Some(&2));
     }
 
@@ -331,7 +342,7 @@ mod tests {
         let held = (0..500u32)
             .filter(|n| {
                 let key = KeyBuilder::new().lit("k:").arg(n).finish();
-                backend.get(key.as_str()).is_some()
+                get(&backend, key.as_str()).is_some()
             })
             .count();
         backend.run_pending_tasks();
@@ -342,14 +353,19 @@ mod tests {
 
     #[test]
     fn an_expired_entry_is_a_miss_and_leaves_the_index() {
-        let backend = MemoryBackend::default();
+        let clock = ManualClock::new();
+        let backend = on(&clock);
         let key = KeyBuilder::new().lit("k").finish();
         backend.insert(key.clone(), Arc::new(1u8), Duration::from_millis(5));
-        assert!(backend.get(key.as_str()).is_some());
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(backend.get(key.as_str()).is_none(), "expired in the index");
-        // moka expires per-entry ttls through a timer wheel whose finest step is about a
-        // second; its listener then drops the entry from the index.
+        assert!(get(&backend, key.as_str()).is_some());
+        clock.advance(Duration::from_millis(20));
+        assert!(
+            get(&backend, key.as_str()).is_none(),
+            "expired in the index"
+        );
+        // moka expires per-entry ttls on its own clock (not injectable: moka's mock clock is
+        // compiled only into moka's own tests), through a timer wheel whose finest step is about
+        // a second; its listener then drops the entry from the index. So this part waits.
         for _ in 0..50 {
             backend.run_pending_tasks();
             if backend.index.len() == 0 {
@@ -366,7 +382,7 @@ mod tests {
         let key = KeyBuilder::new().lit("k").finish();
         backend.insert(key.clone(), Arc::new(1u8), Duration::from_secs(60));
         backend.invalidate(key.as_str());
-        assert!(backend.get(key.as_str()).is_none());
+        assert!(get(&backend, key.as_str()).is_none());
         backend.run_pending_tasks();
         assert_eq!((backend.index.len(), backend.entry_count()), (0, 0));
     }

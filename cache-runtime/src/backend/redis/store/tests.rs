@@ -275,11 +275,7 @@ async fn an_overflowed_queue_ends_in_a_purge_of_the_prefix() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Restarted empty, so re-plant what the purge must remove, then overflow again.
-    let mut raw = redis::Client::open(server.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut raw = server.connection().await;
     let mut bus = redis::Client::open(server.url())
         .expect("url")
         .get_async_pubsub()
@@ -396,10 +392,7 @@ fn store_with_prefix(server: &RedisServer, prefix: &str) -> Arc<RedisStore> {
 }
 
 fn raw_blocking(server: &RedisServer) -> redis::Connection {
-    redis::Client::open(server.url())
-        .expect("url")
-        .get_connection()
-        .expect("connect")
+    server.blocking_connection()
 }
 
 /// After an overflow the replay ends with a purge that INCRs every fence under the prefix, in
