@@ -1,8 +1,8 @@
-//! cachet next to its floor (the store or client it is built on, used by hand) and its peer (the
+//! cachette next to its floor (the store or client it is built on, used by hand) and its peer (the
 //! `cached` crate), in one run, so that ratios compare like with like on the same machine.
 //!
 //! Run through `scripts/bench`, which starts a redis-server, runs this with short criterion
-//! settings and prints one table of medians and ratios. Without `CACHET_BENCH_REDIS_URL` the
+//! settings and prints one table of medians and ratios. Without `CACHETTE_BENCH_REDIS_URL` the
 //! Redis groups are skipped.
 //!
 //! Every case returns the same ~200-byte value ([`Profile`]) built the same way, and every
@@ -14,7 +14,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use cached::macros::cached as peer_cached;
-use cachet::{cached, configure, KeyBuilder, MemoryBackend, RedisBackend, TieredBackend};
+use cachette::{cached, configure, KeyBuilder, MemoryBackend, RedisBackend, TieredBackend};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -48,12 +48,12 @@ const TASKS: u64 = 64;
 // The functions under test.
 
 #[cached(ttl = "600s", key = "user:<id>")]
-async fn cachet_user(id: u64) -> Profile {
+async fn cachette_user(id: u64) -> Profile {
     profile(id)
 }
 
 #[cached(ttl = "600s", key = "suser:<id>")]
-fn cachet_user_sync(id: u64) -> Profile {
+fn cachette_user_sync(id: u64) -> Profile {
     profile(id)
 }
 
@@ -77,11 +77,11 @@ fn peer_ttl_sync(id: u64) -> Profile {
     profile(id)
 }
 
-fn user_key(id: u64) -> cachet::CacheKey {
+fn user_key(id: u64) -> cachette::CacheKey {
     KeyBuilder::new().lit("user:").arg(&id).finish()
 }
 
-static MOKA_FUTURE: LazyLock<moka::future::Cache<cachet::CacheKey, Profile>> =
+static MOKA_FUTURE: LazyLock<moka::future::Cache<cachette::CacheKey, Profile>> =
     LazyLock::new(|| {
         moka::future::Cache::builder()
             .max_capacity(100_000)
@@ -100,14 +100,14 @@ async fn moka_future_user(id: u64) -> Profile {
     value
 }
 
-static MOKA_SYNC: LazyLock<moka::sync::Cache<cachet::CacheKey, Profile>> = LazyLock::new(|| {
+static MOKA_SYNC: LazyLock<moka::sync::Cache<cachette::CacheKey, Profile>> = LazyLock::new(|| {
     moka::sync::Cache::builder()
         .max_capacity(100_000)
         .time_to_live(Duration::from_secs(600))
         .build()
 });
 
-/// The same over moka's `sync::Cache`, which cachet's memory backend used before its own read
+/// The same over moka's `sync::Cache`, which cachette's memory backend used before its own read
 /// path (see ARCHITECTURE.md, "Hit path performance").
 fn moka_sync_user(id: u64) -> Profile {
     let key = user_key(id);
@@ -121,7 +121,7 @@ fn moka_sync_user(id: u64) -> Profile {
 
 /// The lowest a shared map can go: one `RwLock<HashMap>` read and a clone, no expiry, no bound.
 static LOCKED_MAP: LazyLock<
-    std::sync::RwLock<std::collections::HashMap<cachet::CacheKey, Profile>>,
+    std::sync::RwLock<std::collections::HashMap<cachette::CacheKey, Profile>>,
 > = LazyLock::new(Default::default);
 
 fn locked_map_user(id: u64) -> Profile {
@@ -140,12 +140,12 @@ fn locked_map_user(id: u64) -> Profile {
 // Redis.
 
 #[cached(ttl = "600s", key = "ruser:<id>", backend = "redis")]
-async fn cachet_redis_user(id: u64) -> Profile {
+async fn cachette_redis_user(id: u64) -> Profile {
     profile(id)
 }
 
 #[cached(ttl = "600s", key = "tuser:<id>", backend = "tiered")]
-async fn cachet_tiered_user(id: u64) -> Profile {
+async fn cachette_tiered_user(id: u64) -> Profile {
     profile(id)
 }
 
@@ -167,12 +167,12 @@ async fn raw_redis_user(connection: &mut redis::aio::MultiplexedConnection, id: 
 // Miss path: every call a new key, a trivial loader.
 
 #[cached(ttl = "600s", key = "miss:<id>")]
-async fn cachet_miss(id: u64) -> Profile {
+async fn cachette_miss(id: u64) -> Profile {
     profile(id)
 }
 
 #[cached(ttl = "600s", key = "rmiss:<id>", backend = "redis")]
-async fn cachet_redis_miss(id: u64) -> Profile {
+async fn cachette_redis_miss(id: u64) -> Profile {
     profile(id)
 }
 
@@ -196,13 +196,13 @@ async fn raw_redis_miss(connection: &mut redis::aio::MultiplexedConnection, id: 
 const LOADER: Duration = Duration::from_millis(10);
 const CALLERS: usize = 1_000;
 
-static CACHET_LOADS: AtomicUsize = AtomicUsize::new(0);
+static CACHETTE_LOADS: AtomicUsize = AtomicUsize::new(0);
 static PEER_LOADS: AtomicUsize = AtomicUsize::new(0);
 static PEER_SYNC_WRITES_LOADS: AtomicUsize = AtomicUsize::new(0);
 
 #[cached(ttl = "600s", key = "stampede:<id>")]
-async fn cachet_stampede(id: u64) -> Profile {
-    CACHET_LOADS.fetch_add(1, Ordering::Relaxed);
+async fn cachette_stampede(id: u64) -> Profile {
+    CACHETTE_LOADS.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(LOADER).await;
     profile(id)
 }
@@ -247,17 +247,17 @@ fn multi_thread() -> &'static Runtime {
 /// The configured memory backend (a clone shares its entries), for the store-floor bench.
 static MEMORY: OnceLock<MemoryBackend> = OnceLock::new();
 
-/// cachet's memory store used by hand, with the same key: the floor of a cachet memory hit.
+/// cachette's memory store used by hand, with the same key: the floor of a cachette memory hit.
 fn store_user(id: u64) -> Profile {
     let memory = MEMORY.get().expect("set up");
     memory.peek(user_key(id).as_str()).expect("warm")
 }
 
 fn redis_url() -> Option<String> {
-    std::env::var("CACHET_BENCH_REDIS_URL").ok()
+    std::env::var("CACHETTE_BENCH_REDIS_URL").ok()
 }
 
-/// Configures cachet once: a memory backend large enough that no bench evicts its warm set,
+/// Configures cachette once: a memory backend large enough that no bench evicts its warm set,
 /// and the Redis backend when a server was given.
 fn setup() {
     static DONE: OnceLock<()> = OnceLock::new();
@@ -303,8 +303,8 @@ fn memory_hit(c: &mut Criterion) {
     let rt = current_thread();
     rt.block_on(async {
         for id in 0..WARM {
-            cachet_user(id).await;
-            cachet_user_sync(id);
+            cachette_user(id).await;
+            cachette_user_sync(id);
             moka_future_user(id).await;
             moka_sync_user(id);
             locked_map_user(id);
@@ -316,12 +316,12 @@ fn memory_hit(c: &mut Criterion) {
     });
     let mut group = c.benchmark_group("memory_hit");
     let mut n = 0;
-    group.bench_function("cachet", |b| {
+    group.bench_function("cachette", |b| {
         b.to_async(&rt)
-            .iter(|| cachet_user(black_box(next(&mut n, WARM))))
+            .iter(|| cachette_user(black_box(next(&mut n, WARM))))
     });
-    group.bench_function("cachet_sync", |b| {
-        b.iter(|| cachet_user_sync(black_box(next(&mut n, WARM))))
+    group.bench_function("cachette_sync", |b| {
+        b.iter(|| cachette_user_sync(black_box(next(&mut n, WARM))))
     });
     // The floors run in the same harness as what they floor: async next to the async fn.
     group.bench_function("store", |b| {
@@ -357,19 +357,19 @@ fn memory_hit(c: &mut Criterion) {
     group.bench_function("cached_ttl_sync", |b| {
         b.iter(|| peer_ttl_sync(black_box(next(&mut n, WARM))))
     });
-    // 5. Tiered warm hit: an L1 hit, next to "cachet" and "moka_future" above. It makes no Redis
+    // 5. Tiered warm hit: an L1 hit, next to "cachette" and "moka_future" above. It makes no Redis
     // round trip (tests/tiered.rs counts commands; here the time would show one: ~90 us).
     if let Some(tiered) = TIERED.get() {
         rt.block_on(async {
-            cachet_tiered_user(0).await;
+            cachette_tiered_user(0).await;
             tiered.l1_ready().await; // L1 is used once the invalidation bus is subscribed
             for id in 0..WARM {
-                cachet_tiered_user(id).await;
+                cachette_tiered_user(id).await;
             }
         });
         group.bench_function("tiered", |b| {
             b.to_async(&rt)
-                .iter(|| cachet_tiered_user(black_box(next(&mut n, WARM))))
+                .iter(|| cachette_tiered_user(black_box(next(&mut n, WARM))))
         });
     }
     group.finish();
@@ -409,16 +409,16 @@ fn contention(c: &mut Criterion) {
     let rt = multi_thread();
     rt.block_on(async {
         for id in 0..HOT {
-            cachet_user(id).await;
+            cachette_user(id).await;
             moka_future_user(id).await;
             peer_default(id).await;
             peer_ttl(id).await;
         }
     });
     let mut group = c.benchmark_group("contention");
-    group.bench_function("cachet", |b| {
+    group.bench_function("cachette", |b| {
         b.to_async(rt)
-            .iter_custom(|iters| contended(iters, cachet_user))
+            .iter_custom(|iters| contended(iters, cachette_user))
     });
     group.bench_function("moka_future", |b| {
         b.to_async(rt)
@@ -441,7 +441,7 @@ fn contention(c: &mut Criterion) {
 fn key_building(c: &mut Criterion) {
     let mut group = c.benchmark_group("key");
     let mut n = 0;
-    group.bench_function("cachet_one", |b| {
+    group.bench_function("cachette_one", |b| {
         b.iter(|| {
             KeyBuilder::new()
                 .lit("user:")
@@ -452,7 +452,7 @@ fn key_building(c: &mut Criterion) {
     group.bench_function("format_one", |b| {
         b.iter(|| format!("user:<{}>", black_box(next(&mut n, WARM))))
     });
-    group.bench_function("cachet_two", |b| {
+    group.bench_function("cachette_two", |b| {
         b.iter(|| {
             KeyBuilder::new()
                 .lit("org:")
@@ -479,7 +479,7 @@ fn key_building(c: &mut Criterion) {
 
 fn redis_hit(c: &mut Criterion) {
     let Some(url) = redis_url() else {
-        eprintln!("redis_hit: skipped (CACHET_BENCH_REDIS_URL is not set; use scripts/bench)");
+        eprintln!("redis_hit: skipped (CACHETTE_BENCH_REDIS_URL is not set; use scripts/bench)");
         return;
     };
     setup();
@@ -488,7 +488,7 @@ fn redis_hit(c: &mut Criterion) {
     rt.block_on(async {
         let mut connection = raw.clone();
         for id in 0..WARM {
-            cachet_redis_user(id).await;
+            cachette_redis_user(id).await;
             let bytes = bincode::serde::encode_to_vec(profile(id), bincode::config::standard())
                 .expect("encodes");
             let () = connection
@@ -499,9 +499,9 @@ fn redis_hit(c: &mut Criterion) {
     });
     let mut group = c.benchmark_group("redis_hit");
     let mut n = 0;
-    group.bench_function("cachet_seq", |b| {
+    group.bench_function("cachette_seq", |b| {
         b.to_async(rt)
-            .iter(|| cachet_redis_user(black_box(next(&mut n, WARM))))
+            .iter(|| cachette_redis_user(black_box(next(&mut n, WARM))))
     });
     group.bench_function("raw_seq", |b| {
         b.to_async(rt).iter(|| {
@@ -510,7 +510,7 @@ fn redis_hit(c: &mut Criterion) {
             async move { raw_redis_user(&mut connection, black_box(id)).await }
         })
     });
-    group.bench_function(BenchmarkId::new("cachet_par", TASKS), |b| {
+    group.bench_function(BenchmarkId::new("cachette_par", TASKS), |b| {
         b.to_async(rt).iter_custom(|iters| async move {
             let per_task = iters.div_ceil(TASKS);
             let start = Instant::now();
@@ -518,7 +518,7 @@ fn redis_hit(c: &mut Criterion) {
                 .map(|task| {
                     tokio::spawn(async move {
                         for i in 0..per_task {
-                            black_box(cachet_redis_user((task + i * TASKS) % WARM).await);
+                            black_box(cachette_redis_user((task + i * TASKS) % WARM).await);
                         }
                     })
                 })
@@ -565,8 +565,8 @@ fn miss_path(c: &mut Criterion) {
     let fresh = || IDS.fetch_add(1, Ordering::Relaxed);
     let rt = multi_thread();
     let mut group = c.benchmark_group("miss");
-    group.bench_function("cachet_memory", |b| {
-        b.to_async(rt).iter(|| cachet_miss(fresh()))
+    group.bench_function("cachette_memory", |b| {
+        b.to_async(rt).iter(|| cachette_miss(fresh()))
     });
     group.bench_function("moka_sync", |b| {
         b.iter(|| {
@@ -582,8 +582,8 @@ fn miss_path(c: &mut Criterion) {
     });
     if let Some(url) = redis_url() {
         let raw = raw_connection(&url);
-        group.bench_function("cachet_redis", |b| {
-            b.to_async(rt).iter(|| cachet_redis_miss(fresh()))
+        group.bench_function("cachette_redis", |b| {
+            b.to_async(rt).iter(|| cachette_redis_miss(fresh()))
         });
         group.bench_function("raw_redis", |b| {
             b.to_async(rt).iter(|| {
@@ -641,7 +641,9 @@ fn stampedes(c: &mut Criterion) {
             / runs.load(Ordering::Relaxed).max(1) as f64;
         loads.push(format!("\"{name}\": {per_run}"));
     };
-    measure("cachet", &CACHET_LOADS, |id| Box::pin(cachet_stampede(id)));
+    measure("cachette", &CACHETTE_LOADS, |id| {
+        Box::pin(cachette_stampede(id))
+    });
     measure("cached", &PEER_LOADS, |id| Box::pin(peer_stampede(id)));
     measure("cached_sync_writes", &PEER_SYNC_WRITES_LOADS, |id| {
         Box::pin(peer_stampede_sync_writes(id))

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! redis-server --port 6379 --daemonize yes
-//! CACHET_REDIS_URL=redis://127.0.0.1:6379/ cargo run --features axum --example axum_service
+//! CACHETTE_REDIS_URL=redis://127.0.0.1:6379/ cargo run --features axum --example axum_service
 //! curl -i localhost:3000/users/1                                   # fwd=miss; stored
 //! curl -i localhost:3000/users/1                                   # hit, same ETag
 //! curl -i localhost:3000/users/1 -H 'If-None-Match: "<etag>"'      # 304, no body
@@ -20,8 +20,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use cachet::http::{CacheLayer, CachePolicy};
-use cachet::{configure, invalidates, RedisBackend, TieredBackend};
+use cachette::http::{CacheLayer, CachePolicy};
+use cachette::{configure, invalidates, RedisBackend, TieredBackend};
 
 #[derive(Default)]
 struct Db {
@@ -61,8 +61,8 @@ async fn put_user(State(db): State<Arc<Db>>, Path(id): Path<u64>, name: String) 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let redis = RedisBackend::builder()
-        .url_from_env("CACHET_REDIS_URL")
-        .prefix("cachet-example")
+        .url_from_env("CACHETTE_REDIS_URL")
+        .prefix("cachette-example")
         .build()?;
     configure()
         .tiered("tiered", TieredBackend::builder(redis).build())

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cachet::{cached, invalidates};
+use cachette::{cached, invalidates};
 
 #[derive(Clone, Debug)]
 struct User {

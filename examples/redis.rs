@@ -3,13 +3,13 @@
 //!
 //! ```text
 //! redis-server --port 6379 &          # or any Redis 6+
-//! CACHET_REDIS_URL=redis://127.0.0.1:6379/ cargo run --example redis
-//! CACHET_REDIS_URL=redis://127.0.0.1:6379/ cargo run --example redis   # hits from the start
+//! CACHETTE_REDIS_URL=redis://127.0.0.1:6379/ cargo run --example redis
+//! CACHETTE_REDIS_URL=redis://127.0.0.1:6379/ cargo run --example redis   # hits from the start
 //! ```
 
 use std::time::{Duration, Instant};
 
-use cachet::{cached, configure, invalidates, RedisBackend};
+use cachette::{cached, configure, invalidates, RedisBackend};
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Price {
@@ -49,8 +49,8 @@ async fn timed(label: &str, sku: &str) {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let redis = RedisBackend::builder()
-        .url_from_env("CACHET_REDIS_URL")
-        .prefix("cachet-example")
+        .url_from_env("CACHETTE_REDIS_URL")
+        .prefix("cachette-example")
         .build()?;
     println!("using {redis:?}");
     configure().redis("redis", redis).install()?;

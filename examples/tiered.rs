@@ -4,16 +4,16 @@
 //!
 //! ```text
 //! redis-server --port 6379 &          # or any Redis 6+
-//! export CACHET_REDIS_URL=redis://127.0.0.1:6379/
+//! export CACHETTE_REDIS_URL=redis://127.0.0.1:6379/
 //! cargo run --example tiered -- watch          # terminal 1: reads every 500 ms for 30 s
 //! cargo run --example tiered -- set tea 2500   # terminal 2: changes the price
 //! ```
 //!
-//! The "database" is a Redis hash (`cachet-example:db`), so that both processes see one source.
+//! The "database" is a Redis hash (`cachette-example:db`), so that both processes see one source.
 
 use std::time::{Duration, Instant};
 
-use cachet::{cached, configure, invalidates, RedisBackend, TieredBackend};
+use cachette::{cached, configure, invalidates, RedisBackend, TieredBackend};
 use redis::AsyncCommands;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -32,7 +32,7 @@ fn db() -> redis::aio::MultiplexedConnection {
 async fn price(sku: &str) -> Result<Price, redis::RedisError> {
     println!("    (loading the price of {sku} from the database: 50 ms)");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let cents: Option<u64> = db().hget("cachet-example:db", sku).await?;
+    let cents: Option<u64> = db().hget("cachette-example:db", sku).await?;
     Ok(Price {
         sku: sku.to_owned(),
         cents: cents.unwrap_or(1999),
@@ -41,18 +41,18 @@ async fn price(sku: &str) -> Result<Price, redis::RedisError> {
 
 #[invalidates("price:<sku>")]
 async fn set_price(sku: &str, cents: u64) -> Result<(), redis::RedisError> {
-    db().hset("cachet-example:db", sku, cents).await
+    db().hset("cachette-example:db", sku, cents).await
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let l2 = RedisBackend::builder()
-        .url_from_env("CACHET_REDIS_URL")
-        .prefix("cachet-example")
+        .url_from_env("CACHETTE_REDIS_URL")
+        .prefix("cachette-example")
         .build()?;
     let tiered = TieredBackend::builder(l2).build();
     configure().tiered("tiered", tiered.clone()).install()?;
-    let url = std::env::var("CACHET_REDIS_URL")?;
+    let url = std::env::var("CACHETTE_REDIS_URL")?;
     let connection = redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await?;

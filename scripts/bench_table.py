@@ -3,8 +3,8 @@
 
 Usage: scripts/bench_table.py [target/criterion]
 
-Every ratio is cachet's median time divided by the other contender's (or the floor's) median
-time for the same work: below 1 means cachet is faster; for throughput rows (time per hit of all
+Every ratio is cachette's median time divided by the other contender's (or the floor's) median
+time for the same work: below 1 means cachette is faster; for throughput rows (time per hit of all
 tasks together) below 1 means more hits per second. A missing bench shows as "-".
 """
 
@@ -15,36 +15,36 @@ import sys
 ROOT = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion")
 LOADER_NS = 10e6  # the stampede loader sleeps 10 ms
 
-# (case, cachet bench, compared with, other bench or a constant in ns, target as text,
+# (case, cachette bench, compared with, other bench or a constant in ns, target as text,
 #  target as a test on the ratio, or None)
 ROWS = [
-    ("1 memory hit", "memory_hit/cachet", "moka future::Cache (floor)", "memory_hit/moka_future", "", None),
-    ("1 memory hit", "memory_hit/cachet", "moka sync::Cache", "memory_hit/moka_sync", "", None),
-    ("1 memory hit", "memory_hit/cachet", "cachet's store, by hand (floor)", "memory_hit/store", "<= 1.3", lambda r: r <= 1.3),
-    ("1 memory hit", "memory_hit/cachet", "RwLock<HashMap> + clone", "memory_hit/locked_map", "", None),
-    ("1 memory hit", "memory_hit/cachet", "cached #[cached] (async)", "memory_hit/cached_default", "", None),
-    ("1 memory hit", "memory_hit/cachet", "cached ttl (async)", "memory_hit/cached_ttl", "< 1", lambda r: r < 1),
-    ("1 memory hit, sync fn", "memory_hit/cachet_sync", "cachet's store, by hand (floor)", "memory_hit/store_sync", "<= 1.3", lambda r: r <= 1.3),
-    ("1 memory hit, sync fn", "memory_hit/cachet_sync", "moka sync::Cache", "memory_hit/moka_sync", "", None),
-    ("1 memory hit, sync fn", "memory_hit/cachet_sync", "cached #[cached] (sync)", "memory_hit/cached_default_sync", "", None),
-    ("1 memory hit, sync fn", "memory_hit/cachet_sync", "cached ttl (sync)", "memory_hit/cached_ttl_sync", "< 1", lambda r: r < 1),
-    ("2 contention, 64 tasks", "contention/cachet", "moka future::Cache", "contention/moka_future", "", None),
-    ("2 contention, 64 tasks", "contention/cachet", "cached #[cached]", "contention/cached_default", "< 1", lambda r: r < 1),
-    ("2 contention, 64 tasks", "contention/cachet", "cached ttl", "contention/cached_ttl", "< 1", lambda r: r < 1),
-    ("3 key user:<id>", "key/cachet_one", "format!", "key/format_one", "", None),
-    ("3 key, two placeholders", "key/cachet_two", "format!", "key/format_two", "", None),
-    ("4 redis hit, sequential", "redis_hit/cachet_seq", "redis-rs GET + bincode", "redis_hit/raw_seq", "", None),
-    ("4 redis hit, 64 tasks", "redis_hit/cachet_par/64", "redis-rs GET + bincode", "redis_hit/raw_par/64", "<= 1.11", lambda r: r <= 1 / 0.9),
+    ("1 memory hit", "memory_hit/cachette", "moka future::Cache (floor)", "memory_hit/moka_future", "", None),
+    ("1 memory hit", "memory_hit/cachette", "moka sync::Cache", "memory_hit/moka_sync", "", None),
+    ("1 memory hit", "memory_hit/cachette", "cachette's store, by hand (floor)", "memory_hit/store", "<= 1.3", lambda r: r <= 1.3),
+    ("1 memory hit", "memory_hit/cachette", "RwLock<HashMap> + clone", "memory_hit/locked_map", "", None),
+    ("1 memory hit", "memory_hit/cachette", "cached #[cached] (async)", "memory_hit/cached_default", "", None),
+    ("1 memory hit", "memory_hit/cachette", "cached ttl (async)", "memory_hit/cached_ttl", "< 1", lambda r: r < 1),
+    ("1 memory hit, sync fn", "memory_hit/cachette_sync", "cachette's store, by hand (floor)", "memory_hit/store_sync", "<= 1.3", lambda r: r <= 1.3),
+    ("1 memory hit, sync fn", "memory_hit/cachette_sync", "moka sync::Cache", "memory_hit/moka_sync", "", None),
+    ("1 memory hit, sync fn", "memory_hit/cachette_sync", "cached #[cached] (sync)", "memory_hit/cached_default_sync", "", None),
+    ("1 memory hit, sync fn", "memory_hit/cachette_sync", "cached ttl (sync)", "memory_hit/cached_ttl_sync", "< 1", lambda r: r < 1),
+    ("2 contention, 64 tasks", "contention/cachette", "moka future::Cache", "contention/moka_future", "", None),
+    ("2 contention, 64 tasks", "contention/cachette", "cached #[cached]", "contention/cached_default", "< 1", lambda r: r < 1),
+    ("2 contention, 64 tasks", "contention/cachette", "cached ttl", "contention/cached_ttl", "< 1", lambda r: r < 1),
+    ("3 key user:<id>", "key/cachette_one", "format!", "key/format_one", "", None),
+    ("3 key, two placeholders", "key/cachette_two", "format!", "key/format_two", "", None),
+    ("4 redis hit, sequential", "redis_hit/cachette_seq", "redis-rs GET + bincode", "redis_hit/raw_seq", "", None),
+    ("4 redis hit, 64 tasks", "redis_hit/cachette_par/64", "redis-rs GET + bincode", "redis_hit/raw_par/64", "<= 1.11", lambda r: r <= 1 / 0.9),
     ("5 tiered warm hit", "memory_hit/tiered", "moka future::Cache", "memory_hit/moka_future", "<= 1.5", lambda r: r <= 1.5),
-    ("5 tiered warm hit", "memory_hit/tiered", "cachet memory hit", "memory_hit/cachet", "", None),
-    ("6 miss, memory", "miss/cachet_memory", "moka get + insert", "miss/moka_sync", "", None),
-    ("6 miss, redis", "miss/cachet_redis", "redis-rs GET + SET", "miss/raw_redis", "", None),
-    ("7 stampede, 1000 callers", "stampede/cachet", "the 10 ms loader", LOADER_NS, "<= 2", lambda r: r <= 2),
-    ("7 stampede, 1000 callers", "stampede/cachet", "cached #[cached]", "stampede/cached", "", None),
-    ("7 stampede, 1000 callers", "stampede/cachet", "cached sync_writes", "stampede/cached_sync_writes", "", None),
+    ("5 tiered warm hit", "memory_hit/tiered", "cachette memory hit", "memory_hit/cachette", "", None),
+    ("6 miss, memory", "miss/cachette_memory", "moka get + insert", "miss/moka_sync", "", None),
+    ("6 miss, redis", "miss/cachette_redis", "redis-rs GET + SET", "miss/raw_redis", "", None),
+    ("7 stampede, 1000 callers", "stampede/cachette", "the 10 ms loader", LOADER_NS, "<= 2", lambda r: r <= 2),
+    ("7 stampede, 1000 callers", "stampede/cachette", "cached #[cached]", "stampede/cached", "", None),
+    ("7 stampede, 1000 callers", "stampede/cachette", "cached sync_writes", "stampede/cached_sync_writes", "", None),
 ]
 
-THROUGHPUT = ("contention/", "redis_hit/cachet_par", "redis_hit/raw_par")
+THROUGHPUT = ("contention/", "redis_hit/cachette_par", "redis_hit/raw_par")
 
 
 def median_ns(bench):
@@ -74,7 +74,7 @@ def main():
         loads = json.loads((ROOT / "stampede" / "loads.json").read_text())
     except (OSError, ValueError):
         loads = {}
-    print("| case | cachet | compared with | its median | ratio | target |")
+    print("| case | cachette | compared with | its median | ratio | target |")
     print("|---|---|---|---|---|---|")
     for case, ours, label, other, target, check in ROWS:
         a, b = median_ns(ours), median_ns(other)
@@ -94,7 +94,7 @@ def main():
             f"{'-' if ratio is None else f'{ratio:.2f}x'} | {target}{verdict} |"
         )
     print()
-    print("ratio = cachet's median / the other's median (below 1: cachet is faster).")
+    print("ratio = cachette's median / the other's median (below 1: cachette is faster).")
 
 
 if __name__ == "__main__":

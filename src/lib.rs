@@ -1,11 +1,11 @@
 #![warn(missing_docs)]
-//! # cachet
+//! # cachette
 //!
 //! Declarative caching for Rust service functions. Annotate a function with [`cached`], and the
 //! functions that change its data with [`invalidates`]:
 //!
 //! ```
-//! use cachet::{cached, invalidates};
+//! use cachette::{cached, invalidates};
 //!
 //! #[derive(Clone)]
 //! struct User { name: String }
@@ -39,7 +39,7 @@
 //! | `version = 2` | the value's schema version |
 //! | `skip(db)` | leave parameters out of the default key |
 //! | `returns = "result"` | state the return shape (`result`, `option`, `value`) for a type alias |
-//! | `crate = "cachet"` | the path of this crate, if renamed |
+//! | `crate = "cachette"` | the path of this crate, if renamed |
 //!
 //! `self` is never part of a key unless the template names `<self.field>`.
 //!
@@ -50,14 +50,14 @@
 //! invalidation bus). Values stored in Redis need `serde::Serialize + DeserializeOwned`.
 //!
 //! ```no_run
-//! use cachet::{configure, RedisBackend, TieredBackend};
+//! use cachette::{configure, RedisBackend, TieredBackend};
 //!
-//! let redis = RedisBackend::builder().url_from_env("CACHET_REDIS_URL").build()?;
+//! let redis = RedisBackend::builder().url_from_env("CACHETTE_REDIS_URL").build()?;
 //! configure()
 //!     .redis("redis", redis.clone())
 //!     .tiered("tiered", TieredBackend::builder(redis).build())
 //!     .install()?;
-//! # Ok::<(), cachet::ConfigError>(())
+//! # Ok::<(), cachette::ConfigError>(())
 //! ```
 
 #[doc(inline)]

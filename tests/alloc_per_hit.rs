@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cachet::{cached, configure, RedisBackend, TieredBackend};
+use cachette::{cached, configure, RedisBackend, TieredBackend};
 
 mod support;
 use support::redis_server::RedisServer;

@@ -814,7 +814,7 @@ mod worker {
     use std::sync::{Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
-    use cachet::{cached, configure, invalidates, RedisBackend, TieredBackend};
+    use cachette::{cached, configure, invalidates, RedisBackend, TieredBackend};
     use futures::FutureExt;
     use redis::aio::MultiplexedConnection;
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cachet::{cached, configure, invalidates, MemoryBackend, RedisBackend, TieredBackend};
+use cachette::{cached, configure, invalidates, MemoryBackend, RedisBackend, TieredBackend};
 use support::redis_server::{OnExit, RedisServer};
 use tokio::sync::{Mutex, Notify};
 

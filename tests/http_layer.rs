@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use cachet::http::{invalidate_route, CacheLayer, CachePolicy};
-use cachet::{configure, invalidates, RedisBackend, TieredBackend};
+use cachette::http::{invalidate_route, CacheLayer, CachePolicy};
+use cachette::{configure, invalidates, RedisBackend, TieredBackend};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -311,7 +311,7 @@ async fn a_miss_stores_and_a_hit_serves_it(backend: &str, http: &Http, service: 
     assert!(
         first
             .header("cache-status")
-            .starts_with("cachet; fwd=miss; stored"),
+            .starts_with("cachette; fwd=miss; stored"),
         "{backend}: {}",
         first.header("cache-status")
     );
@@ -333,7 +333,7 @@ async fn a_miss_stores_and_a_hit_serves_it(backend: &str, http: &Http, service: 
     assert_eq!(second.header("etag"), etag);
     assert_eq!(second.header("content-type"), "application/json");
     assert!(
-        second.header("cache-status").starts_with("cachet; hit"),
+        second.header("cache-status").starts_with("cachette; hit"),
         "{backend}: {}",
         second.header("cache-status")
     );
@@ -416,13 +416,13 @@ async fn a_put_removes_every_variant_of_its_route(
     assert_eq!(after.text(), "{\"id\":1,\"name\":\"Ada\"}");
     assert!(after
         .header("cache-status")
-        .starts_with("cachet; fwd=miss; stored"));
+        .starts_with("cachette; fwd=miss; stored"));
     assert_ne!(after.header("etag"), etag, "a new ETag");
     let after_query = http.get("/users/1?fields=name", &[]).await;
     assert!(
         after_query
             .header("cache-status")
-            .starts_with("cachet; fwd=miss"),
+            .starts_with("cachette; fwd=miss"),
         "{backend}: the query variant went too"
     );
     assert!(after_query.text().contains("Ada"));
@@ -437,7 +437,7 @@ async fn a_write_leaves_other_entries_alone(http: &Http) {
         .get("/users/2", &[])
         .await
         .header("cache-status")
-        .starts_with("cachet; hit"));
+        .starts_with("cachette; hit"));
 }
 
 /// The programmatic API (`invalidate_route`), and the layer's own invalidation on a successful
@@ -453,7 +453,7 @@ async fn invalidate_route_and_a_layer_write_make_a_miss(
             .get(path, &[])
             .await
             .header("cache-status")
-            .starts_with("cachet; hit"));
+            .starts_with("cachette; hit"));
         assert_eq!(
             http.send("PUT", path, &[], "renamed").await.status,
             StatusCode::NO_CONTENT
@@ -462,7 +462,7 @@ async fn invalidate_route_and_a_layer_write_make_a_miss(
         assert!(
             fresh
                 .header("cache-status")
-                .starts_with("cachet; fwd=miss; stored"),
+                .starts_with("cachette; fwd=miss; stored"),
             "{backend} {path}"
         );
         assert!(fresh.text().ends_with("renamed"), "{}", fresh.text());
@@ -498,7 +498,7 @@ async fn a_load_older_than_a_write_stores_nothing(backend: &str, http: &Http, se
     );
     assert!(next
         .header("cache-status")
-        .starts_with("cachet; fwd=miss; stored"));
+        .starts_with("cachette; fwd=miss; stored"));
     assert_eq!(service.runs("slow"), 2);
 }
 
@@ -524,7 +524,7 @@ async fn unshareable_responses_are_never_stored(backend: &str, http: &Http, serv
             let reply = http.get(path, &[]).await;
             assert_eq!(
                 reply.header("cache-status"),
-                format!("cachet; {detail}"),
+                format!("cachette; {detail}"),
                 "{backend} {path}"
             );
         }
@@ -551,7 +551,7 @@ async fn requests_with_credentials_bypass(http: &Http, service: &Service) {
             let reply = http.get("/whoami", &[credentials]).await;
             assert_eq!(
                 reply.header("cache-status"),
-                "cachet; fwd=bypass; detail=credentials"
+                "cachette; fwd=bypass; detail=credentials"
             );
         }
     }
@@ -580,7 +580,7 @@ async fn a_route_keyed_by_identity_caches_per_user_privately(http: &Http, servic
     assert_eq!(alice_again.text(), alice.text());
     assert!(alice_again
         .header("cache-status")
-        .starts_with("cachet; hit"));
+        .starts_with("cachette; hit"));
     let bob = http
         .get("/profile", &[("authorization", "Bearer bob")])
         .await;
@@ -590,7 +590,7 @@ async fn a_route_keyed_by_identity_caches_per_user_privately(http: &Http, servic
         .await;
     assert_eq!(
         unknown.header("cache-status"),
-        "cachet; fwd=bypass; detail=identity"
+        "cachette; fwd=bypass; detail=identity"
     );
     assert_eq!(service.runs("profile"), 3);
 }
@@ -604,7 +604,7 @@ async fn vary_separates_entries(http: &Http, service: &Service) {
     assert_eq!(en.header("vary"), "accept-language");
     let fr_again = http.get("/greeting", &[("accept-language", "fr")]).await;
     assert_eq!(fr_again.text(), "bonjour");
-    assert!(fr_again.header("cache-status").starts_with("cachet; hit"));
+    assert!(fr_again.header("cache-status").starts_with("cachette; hit"));
     assert_ne!(en.header("etag"), fr.header("etag"));
     assert_eq!(
         service.runs("greeting"),
@@ -624,7 +624,7 @@ async fn a_client_no_cache_replaces_the_entry(http: &Http, service: &Service) {
     assert!(
         forced
             .header("cache-status")
-            .starts_with("cachet; fwd=request; stored"),
+            .starts_with("cachette; fwd=request; stored"),
         "{}",
         forced.header("cache-status")
     );
@@ -633,7 +633,7 @@ async fn a_client_no_cache_replaces_the_entry(http: &Http, service: &Service) {
         .get("/greeting", &[("accept-language", "fr")])
         .await
         .header("cache-status")
-        .starts_with("cachet; hit"));
+        .starts_with("cachette; hit"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

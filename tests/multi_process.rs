@@ -5,7 +5,7 @@
 //! mid-load: another process's caller loads within about one lease.
 //!
 //! The binary is its own worker: the test (this file's `main`, `harness = false`) re-executes
-//! itself with `CACHET_MP_ROLE=worker` for each process.
+//! itself with `CACHETTE_MP_ROLE=worker` for each process.
 
 mod support;
 
@@ -22,8 +22,8 @@ const TASKS_PER_PROCESS: usize = 1_000;
 const LOAD: Duration = Duration::from_secs(1);
 /// The lock's lease (`cache-runtime`'s `LEASE`): how long a dead holder keeps the key.
 const LEASE: Duration = Duration::from_secs(3);
-const ROLE: &str = "CACHET_MP_ROLE";
-const URL: &str = "CACHET_MP_URL";
+const ROLE: &str = "CACHETTE_MP_ROLE";
+const URL: &str = "CACHETTE_MP_URL";
 
 fn main() {
     match std::env::var(ROLE).as_deref() {
@@ -139,7 +139,7 @@ fn a_dead_holders_lock_is_taken_over_within_a_lease() {
 mod worker {
     use std::sync::{Arc, OnceLock};
 
-    use cachet::{cached, configure, RedisBackend};
+    use cachette::{cached, configure, RedisBackend};
     use tokio::sync::Barrier;
 
     use super::{redis_server, start_line, LOAD, TASKS_PER_PROCESS};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cachet::{cached, configure, RedisBackend};
+use cachette::{cached, configure, RedisBackend};
 use redis::AsyncCommands;
 use support::redis_server::{OnExit, RedisServer};
 use tokio::sync::{Barrier, Mutex};

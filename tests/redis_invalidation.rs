@@ -1,9 +1,9 @@
-//! `#[invalidates]` and `cachet::invalidate` reach a configured Redis backend: the value is
+//! `#[invalidates]` and `cachette::invalidate` reach a configured Redis backend: the value is
 //! deleted and the fence advanced, against a real redis-server.
 
 mod support;
 
-use cachet::{configure, invalidate, invalidates, KeyBuilder, RedisBackend};
+use cachette::{configure, invalidate, invalidates, KeyBuilder, RedisBackend};
 use redis::AsyncCommands;
 use support::redis_server::RedisServer;
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use cachet::{cached, configure, invalidates, RedisBackend};
+use cachette::{cached, configure, invalidates, RedisBackend};
 use support::redis_server::RedisServer;
 
 const OP_TIMEOUT: Duration = Duration::from_millis(200);

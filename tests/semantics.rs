@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
-use cachet::{cached, configure, invalidates, MemoryBackend};
+use cachette::{cached, configure, invalidates, MemoryBackend};
 use serde::Serialize;
 
 static SMALL: std::sync::OnceLock<MemoryBackend> = std::sync::OnceLock::new();
@@ -276,9 +276,9 @@ fn a_type_mismatch_under_one_key_is_a_miss() {
 }
 
 mod renamed {
-    use ::cachet as cachet1;
+    use ::cachette as cachette1;
 
-    #[cachet1::cached(ttl = 60, key = "renamed:<x>", crate = "cachet1")]
+    #[cachette1::cached(ttl = 60, key = "renamed:<x>", crate = "cachette1")]
     pub fn renamed(x: u8) -> u8 {
         x + 1
     }

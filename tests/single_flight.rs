@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use cachet::{cached, invalidate, KeyBuilder};
+use cachette::{cached, invalidate, KeyBuilder};
 use tokio::sync::{Barrier, Notify};
 
 static COLD_LOADS: AtomicUsize = AtomicUsize::new(0);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cachet::{cached, configure, RedisBackend, TieredBackend};
+use cachette::{cached, configure, RedisBackend, TieredBackend};
 use support::redis_server::{OnExit, RedisServer};
 use tokio::sync::Mutex;
 

@@ -1,6 +1,6 @@
 //! The tiered backend's consistency across processes, checked from the outside: 3 reader
 //! processes read one set of keys in loops while a writer process changes the source and
-//! invalidates; meanwhile the test kills every cachet bus subscriber twice. Every operation is
+//! invalidates; meanwhile the test kills every cachette bus subscriber twice. Every operation is
 //! logged with its start and end (wall clock, shared by the processes), and a checker counts
 //! reads that began after an invalidation had returned (plus the bus delivery bound) and still
 //! saw the old value. That count must be 0. Also reported: the bus propagation latency, the L1
@@ -23,8 +23,8 @@ const RUN: Duration = Duration::from_secs(3);
 /// How long after an invalidation returns a read may still see the old value: delivery of one
 /// pub/sub message on loopback, with a wide margin for a loaded 2-core machine.
 const BUS_BOUND: Duration = Duration::from_millis(200);
-const ROLE: &str = "CACHET_TC_ROLE";
-const URL: &str = "CACHET_TC_URL";
+const ROLE: &str = "CACHETTE_TC_ROLE";
+const URL: &str = "CACHETTE_TC_URL";
 
 fn main() {
     match std::env::var(ROLE).as_deref() {
@@ -63,7 +63,7 @@ fn reads_after_an_invalidation_never_see_the_old_value() {
     children.push(spawn("writer"));
     start_line::release(&server.url(), "tc", children.len());
 
-    // Bus loss while the writer writes: kill cachet's subscriber connections (SUBSCRIBE; the
+    // Bus loss while the writer writes: kill cachette's subscriber connections (SUBSCRIBE; the
     // workers' latency probes use PSUBSCRIBE and are left alone).
     let mut kills = 0;
     for _ in 0..2 {
@@ -231,7 +231,7 @@ mod worker {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::OnceLock;
 
-    use cachet::{cached, configure, invalidates, RedisBackend, TieredBackend};
+    use cachette::{cached, configure, invalidates, RedisBackend, TieredBackend};
     use futures::StreamExt;
     use redis::aio::MultiplexedConnection;
 

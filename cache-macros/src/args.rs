@@ -216,7 +216,7 @@ impl CachedArgs {
                 let lit: LitInt = meta.value()?.parse()?;
                 set_parsed(&mut self.version, lit.base10_parse::<u32>(), meta, errors);
             }
-            // crate = "cachet"
+            // crate = "cachette"
             "crate" => {
                 let lit: LitStr = meta.value()?.parse()?;
                 set_parsed(&mut self.crate_path, parse_crate_path(&lit), meta, errors);
@@ -355,7 +355,7 @@ fn parse_crate_path(lit: &LitStr) -> Result<Path, Error> {
     lit.parse::<Path>().map_err(|_| {
         Error::new(
             lit.span(),
-            "`crate` must be a path, as in `crate = \"cachet\"`",
+            "`crate` must be a path, as in `crate = \"cachette\"`",
         )
     })
 }

@@ -75,7 +75,7 @@ fn gen_cached(cached: &Cached) -> TokenStream {
         sig,
         block,
     } = function;
-    let fn_suffix = format!("::{}", sig.ident);
+    let fn_name = sig.ident.to_string();
     let template = match key {
         Key::Template(template) => template.lit.value(),
         Key::Default { .. } => "(default key)".to_owned(),
@@ -109,23 +109,23 @@ fn gen_cached(cached: &Cached) -> TokenStream {
     };
     let call = match entry {
         Entry::Async | Entry::Remote => quote_spanned! {ret_span=>
-            #entry_fn(&__CACHET_SITE, __cachet_key, async move #block).await
+            #entry_fn(&__CACHETTE_SITE, __cachette_key, async move #block).await
         },
         Entry::Sync => quote_spanned! {ret_span=>
-            #entry_fn(&__CACHET_SITE, __cachet_key, move || #block)
+            #entry_fn(&__CACHETTE_SITE, __cachette_key, move || #block)
         },
     };
     quote! {
         #(#attrs)*
         #vis #sig {
-            static __CACHET_SITE: #krate::__private::Site = #krate::__private::Site::new(
-                #krate::__private::concat!(#krate::__private::module_path!(), #fn_suffix),
+            static __CACHETTE_SITE: #krate::__private::Site = #krate::__private::Site::new(
+                #krate::__private::function_path!(#fn_name),
                 #template,
                 #backend,
                 #ttl_millis,
                 #version,
             );
-            let __cachet_key = #key;
+            let __cachette_key = #key;
             #call
         }
     }
@@ -161,7 +161,7 @@ fn gen_default_key(params: &[KeyParam], with_self_type: bool, krate: &Path) -> T
         with_self_type.then(|| quote!(.lit("::").arg(#krate::__private::type_name::<Self>())));
     quote! {
         #krate::__private::KeyBuilder::new()
-            .lit(__CACHET_SITE.function())
+            .lit(__CACHETTE_SITE.function())
             #self_type
             #(#parts)*
             .lit(#close)
@@ -191,14 +191,14 @@ fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
         quote!(#krate::__private::Always)
     };
     let call = if sig.asyncness.is_some() {
-        quote!(#krate::__private::invalidating(#success, __cachet_keys, async move #block).await)
+        quote!(#krate::__private::invalidating(#success, __cachette_keys, async move #block).await)
     } else {
-        quote!(#krate::__private::invalidating_sync(#success, __cachet_keys, move || #block))
+        quote!(#krate::__private::invalidating_sync(#success, __cachette_keys, move || #block))
     };
     quote! {
         #(#attrs)*
         #vis #sig {
-            let __cachet_keys = [#(#keys),*];
+            let __cachette_keys = [#(#keys),*];
             #call
         }
     }

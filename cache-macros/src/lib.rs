@@ -1,4 +1,4 @@
-//! Procedural macros of cachet. Use them through the `cachet` crate, which documents them.
+//! Procedural macros of cachette. Use them through the `cachette` crate, which documents them.
 //!
 //! The crate is laid out by phase, as thiserror-impl is: `args.rs` parses the attribute into
 //! typed values (key templates through `template.rs`), `signature.rs` reads the function,
@@ -22,7 +22,7 @@ use proc_macro::TokenStream;
 ///
 /// `#[cached(ttl = "60s", key = "user:<id>")]` on an `async fn` or a plain `fn`, free or a
 /// method. Options: `ttl` (required), `key`, `backend`, `cache_none`, `version`, `skip(...)`,
-/// `returns`, `crate`. The `cachet` crate's documentation describes each, with examples that
+/// `returns`, `crate`. The `cachette` crate's documentation describes each, with examples that
 /// compile.
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {

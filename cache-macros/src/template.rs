@@ -60,7 +60,7 @@ impl Template {
                 Some(brace @ ('{' | '}')) => {
                     return fail(format!(
                         "`{brace}` is not allowed in key template {text:?}\n\
-                         help: braces are reserved for Redis Cluster hash tags, which cachet adds itself"
+                         help: braces are reserved for Redis Cluster hash tags, which cachette adds itself"
                     ))
                 }
                 _ => {}

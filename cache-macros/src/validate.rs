@@ -173,9 +173,9 @@ pub(crate) fn invalidates<'a>(
     })
 }
 
-/// The path the expansion names the facade by: `crate = "..."`, or `::cachet`.
+/// The path the expansion names the facade by: `crate = "..."`, or `::cachette`.
 fn crate_path(stated: Option<Path>) -> Path {
-    stated.unwrap_or_else(|| syn::parse_quote!(::cachet))
+    stated.unwrap_or_else(|| syn::parse_quote!(::cachette))
 }
 
 fn missing_ttl() -> Error {

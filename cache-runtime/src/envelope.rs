@@ -71,7 +71,7 @@ pub(crate) enum EnvelopeError {
     #[error("truncated envelope")]
     Truncated,
     /// The bytes do not start with [`MAGIC`]: not written by this crate.
-    #[error("not a cachet envelope (bad magic)")]
+    #[error("not a cachette envelope (bad magic)")]
     BadMagic,
     /// Written by a build with another envelope format.
     #[error("unsupported envelope format version {0}")]

@@ -5,7 +5,7 @@
 #[non_exhaustive]
 pub enum ConfigError {
     /// The configuration is installed once, before the first cached call.
-    #[error("cachet is already configured (configure it once, before the first cached call)")]
+    #[error("cachette is already configured (configure it once, before the first cached call)")]
     AlreadyInstalled,
     /// A backend name does not fit its kind.
     #[error(

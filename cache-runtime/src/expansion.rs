@@ -11,13 +11,12 @@ use core::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use crate::__cachette_function_path as function_path;
 pub use crate::call::{invalidating, invalidating_sync};
 pub use crate::key::KeyBuilder;
 pub use crate::shape::{Always, IfOk, OkOnly, SomeOnly, Whole};
 pub use crate::site::Site;
 pub use core::any::type_name;
-pub use core::concat;
-pub use core::module_path;
 
 use crate::key::CacheKey;
 use crate::shape::{CacheValue, Holds};
@@ -57,4 +56,15 @@ where
     S::Part: CacheValue + Serialize + DeserializeOwned,
 {
     crate::call::cached_remote(site, S::default(), key, body)
+}
+
+/// `module::name` of the function an attribute is on, at compile time: `module_path!()` in a
+/// `macro_rules!` body names the module it is expanded in, the caller's, which keeps the
+/// expansion to one short line.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cachette_function_path {
+    ($name:literal) => {
+        ::core::concat!(::core::module_path!(), "::", $name)
+    };
 }

@@ -383,7 +383,7 @@ fn write_hex_upper(out: &mut Text, byte: u8) {
     message = "`{Self}` cannot be part of a cache key",
     label = "this value is used in the cache key",
     note = "key parts are integers, strings, `bool`, `char` and `Option`s of them; \
-            write `<name:hash>` to key on any `Serialize` value, implement `cachet::KeyPart`, \
+            write `<name:hash>` to key on any `Serialize` value, implement `cachette::KeyPart`, \
             or leave the parameter out of the key (`skip(name)` or an explicit `key = \"...\"`)"
 )]
 pub trait KeyPart {

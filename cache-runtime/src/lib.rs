@@ -1,6 +1,6 @@
-//! The runtime of [cachet](https://docs.rs/cachet): keys, backends and single-flight.
+//! The runtime of [cachette](https://docs.rs/cachette): keys, backends and single-flight.
 //!
-//! Applications use it through the `cachet` crate, whose `#[cached]` and `#[invalidates]`
+//! Applications use it through the `cachette` crate, whose `#[cached]` and `#[invalidates]`
 //! attributes expand into calls to [`expansion`]. Everything that behaves lives here, as
 //! ordinary Rust, so that the expansions stay thin.
 

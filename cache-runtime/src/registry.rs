@@ -39,7 +39,7 @@ pub(crate) fn backend_of(site: &Site) -> Option<&Backend> {
                     function = site.function(),
                     backend = site.backend_name(),
                     "cache backend `{}` is not configured; `{}` runs uncached (configure it \
-                     with `cachet::configure()` before the first call)",
+                     with `cachette::configure()` before the first call)",
                     site.backend_name(),
                     site.function(),
                 );

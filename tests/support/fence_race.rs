@@ -14,7 +14,7 @@ macro_rules! fence_race {
         static LOADER_READ: ::tokio::sync::Notify = ::tokio::sync::Notify::const_new();
         static LOADER_GO: ::tokio::sync::Notify = ::tokio::sync::Notify::const_new();
 
-        #[::cachet::cached(ttl = "60s", key = "fenced:<id>", backend = $backend)]
+        #[::cachette::cached(ttl = "60s", key = "fenced:<id>", backend = $backend)]
         async fn fenced(id: u64) -> usize {
             let _ = id;
             let value = FENCE_SOURCE.load(::std::sync::atomic::Ordering::SeqCst);
@@ -25,7 +25,7 @@ macro_rules! fence_race {
             value
         }
 
-        #[::cachet::invalidates("fenced:<id>")]
+        #[::cachette::invalidates("fenced:<id>")]
         async fn change_fenced(id: u64, value: usize) {
             let _ = id;
             FENCE_SOURCE.store(value, ::std::sync::atomic::Ordering::SeqCst);

@@ -28,7 +28,8 @@ impl RedisServer {
     /// Starts a server on a free loopback port and waits until it accepts connections.
     pub fn start() -> RedisServer {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("cachet-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("cachette-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create a directory for redis-server");
         let mut server = RedisServer {
             port,

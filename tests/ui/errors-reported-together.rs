@@ -1,5 +1,5 @@
 #[allow(unused_imports)]
-use cachet::{cached, invalidates};
+use cachette::{cached, invalidates};
 
 // An argument error, a signature error and cross-field errors, all in one report.
 #[cached(key = "user:<idd>", backend = "memroy")]

@@ -1,5 +1,5 @@
 #[allow(unused_imports)]
-use cachet::{cached, invalidates};
+use cachette::{cached, invalidates};
 
 #[cached(ttl = "60s")]
 async fn get<T: std::fmt::Display + Send>(x: T) -> String {

@@ -1,5 +1,5 @@
 #[allow(unused_imports)]
-use cachet::{cached, invalidates};
+use cachette::{cached, invalidates};
 
 #[invalidates()]
 async fn rename_user(id: u64, name: String) -> Result<(), String> {

@@ -1,5 +1,5 @@
 #[allow(unused_imports)]
-use cachet::{cached, invalidates};
+use cachette::{cached, invalidates};
 
 #[cached(ttl = 60)]
 struct S;

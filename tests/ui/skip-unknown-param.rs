@@ -1,5 +1,5 @@
 #[allow(unused_imports)]
-use cachet::{cached, invalidates};
+use cachette::{cached, invalidates};
 
 #[cached(ttl = "60s", skip(dbb))]
 async fn get_user(db: &str, id: u64) -> Result<String, String> {

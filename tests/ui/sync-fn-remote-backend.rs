@@ -1,4 +1,4 @@
-use cachet::cached;
+use cachette::cached;
 
 #[cached(ttl = "60s", key = "user:<id>", backend = "redis")]
 fn get_user(id: u64) -> Result<String, String> {

@@ -51,7 +51,7 @@ impl CacheLayer {
         // process, so leaking two per layer built is the whole cost.
         let backend: &'static str = Box::leak(policy.backend.clone().into_boxed_str());
         let responses = Box::leak(Box::new(Site::new(
-            "cachet::http response",
+            "cachette::http response",
             "http:<METHOD>:<route>|g<generation>|q<query>|h:<name><value>|u<identity>",
             backend,
             millis(policy.ttl),
@@ -60,7 +60,7 @@ impl CacheLayer {
         // A generation that outlives its variants keeps them reachable until their own TTL;
         // one that ends sooner only costs a miss.
         let generations = Box::leak(Box::new(Site::new(
-            "cachet::http route generation",
+            "cachette::http route generation",
             "http:<METHOD>:<route>",
             backend,
             millis(policy.ttl.saturating_mul(2)),
@@ -213,7 +213,7 @@ where
         Err(Forward::Pass(mut response, refusal)) => {
             set_status(
                 &mut response,
-                &format!("cachet; fwd=miss; detail={refusal}"),
+                &format!("cachette; fwd=miss; detail={refusal}"),
             );
             Ok(response)
         }
@@ -233,9 +233,9 @@ fn reply(
     let age = Duration::from_millis(now_ms().saturating_sub(stored.stored_at_ms));
     let remaining = policy.ttl.saturating_sub(age);
     let status = match (ran, plan.revalidate) {
-        (false, _) => format!("cachet; hit; ttl={}", remaining.as_secs()),
-        (true, false) => format!("cachet; fwd=miss; stored; ttl={}", remaining.as_secs()),
-        (true, true) => format!("cachet; fwd=request; stored; ttl={}", remaining.as_secs()),
+        (false, _) => format!("cachette; hit; ttl={}", remaining.as_secs()),
+        (true, false) => format!("cachette; fwd=miss; stored; ttl={}", remaining.as_secs()),
+        (true, true) => format!("cachette; fwd=request; stored; ttl={}", remaining.as_secs()),
     };
     // Preconditions apply to what would otherwise be a 2xx (RFC 9110 §13.2.1).
     let not_modified =
@@ -249,7 +249,8 @@ fn reply(
         cache_control: policy.cache_control(policy.ttl, plan.identity.is_some()),
         age,
         vary: &policy.vary,
-        cache_status: HeaderValue::from_str(&status).unwrap_or(HeaderValue::from_static("cachet")),
+        cache_status: HeaderValue::from_str(&status)
+            .unwrap_or(HeaderValue::from_static("cachette")),
     })
 }
 
@@ -361,7 +362,7 @@ where
     let mut response = inner.call(Request::from_parts(parts, body)).await?;
     set_status(
         &mut response,
-        &format!("cachet; fwd=bypass; detail={detail}"),
+        &format!("cachette; fwd=bypass; detail={detail}"),
     );
     Ok(response)
 }

@@ -1,5 +1,5 @@
 //! HTTP response caching for axum (feature `axum`): a tower layer that stores whole `GET`
-//! responses in any cachet backend and answers `If-None-Match` with `304 Not Modified` without
+//! responses in any cachette backend and answers `If-None-Match` with `304 Not Modified` without
 //! running the handler.
 //!
 //! ```
@@ -23,7 +23,7 @@
 //!   names in [`CachePolicy::vary`] and, where configured, the user's identity.
 //! - Its ETag is the handler's, or a strong hash of the body computed when it is stored.
 //! - Responses carry `Cache-Control` from the policy, `Age`, and an RFC 9211 `Cache-Status`
-//!   (`cachet; hit`, `cachet; fwd=miss; stored`, `cachet; fwd=bypass; detail=credentials`...).
+//!   (`cachette; hit`, `cachette; fwd=miss; stored`, `cachette; fwd=bypass; detail=credentials`...).
 //! - Never stored: responses with `Set-Cookie`, `Cache-Control: no-store`/`private`/`no-cache`,
 //!   a status the policy does not list, or a `Vary` it does not key on; requests with
 //!   `Authorization` or `Cookie` unless the policy keys on the user's identity; `Range` requests.

@@ -134,7 +134,7 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// Reads the URL from an environment variable, such as `CACHET_REDIS_URL`.
+    /// Reads the URL from an environment variable, such as `CACHETTE_REDIS_URL`.
     pub fn url_from_env(mut self, variable: &str) -> Self {
         self.url = Some(
             std::env::var(variable).map_err(|_| ConfigError::MissingUrl {
@@ -144,7 +144,7 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// The application prefix every key starts with (default `cachet`); processes of one
+    /// The application prefix every key starts with (default `cachette`); processes of one
     /// service share it, services sharing one Redis should not.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.settings.prefix = prefix.into();
@@ -345,7 +345,7 @@ mod tests {
         ));
         assert!(matches!(
             RedisBackend::builder()
-                .url_from_env("CACHET_TEST_SURELY_UNSET_VARIABLE")
+                .url_from_env("CACHETTE_TEST_SURELY_UNSET_VARIABLE")
                 .build(),
             Err(ConfigError::MissingUrl { .. })
         ));

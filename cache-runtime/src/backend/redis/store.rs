@@ -69,7 +69,7 @@ pub(crate) struct RedisSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
-            prefix: "cachet".to_owned(),
+            prefix: "cachette".to_owned(),
             op_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(1),
             fence_ttl: Duration::from_secs(60),
