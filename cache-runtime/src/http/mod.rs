@@ -40,7 +40,7 @@ mod stored;
 
 pub use key::route_key;
 pub use layer::{CacheLayer, CacheService};
-pub use policy::{CachePolicy, IdentityFn};
+pub use policy::CachePolicy;
 
 use http::{HeaderName, Method};
 

@@ -11,7 +11,7 @@ use http::{HeaderName, StatusCode};
 
 /// Derives the identity of a request's user, for routes that cache responses to requests with
 /// credentials (`Authorization`, `Cookie`). `None` means "unknown": the request runs uncached.
-pub type IdentityFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+pub(crate) type IdentityFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
 /// How one route (or every route under a layer) caches its responses.
 ///
