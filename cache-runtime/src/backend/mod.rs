@@ -45,12 +45,6 @@ pub(crate) enum Store {
     Tiered(TieredBackend),
 }
 
-/// What the remote call path works with: the Redis store, and for a tiered backend its L1.
-pub(crate) struct Remote<'a> {
-    pub(crate) l2: &'a RedisBackend,
-    pub(crate) l1: Option<&'a TieredBackend>,
-}
-
 impl Backend {
     pub(crate) fn new(name: String, store: Store) -> Self {
         Backend {
@@ -78,14 +72,12 @@ impl Backend {
         }
     }
 
-    /// The remote parts of a Redis or tiered backend; `None` for an in-process one. Starts a
+    /// What the remote call path works with: the Redis backend and, for a tiered backend, the
+    /// tiered backend whose L1 is in front of it; `None` for an in-process backend. Starts a
     /// tiered backend's bus subscriber on first use.
-    pub(crate) fn remote(&self) -> Option<Remote<'_>> {
+    pub(crate) fn remote(&self) -> Option<(&RedisBackend, Option<&TieredBackend>)> {
         match &self.inner.store {
-            Store::Redis(redis) => Some(Remote {
-                l2: redis,
-                l1: None,
-            }),
+            Store::Redis(redis) => Some((redis, None)),
             Store::Tiered(tiered) => {
                 let inner = Arc::downgrade(&self.inner);
                 // A message invalidates a load under way first, so that it does not store what
@@ -97,10 +89,7 @@ impl Backend {
                     }
                     None => false,
                 });
-                Some(Remote {
-                    l2: tiered.l2(),
-                    l1: Some(tiered),
-                })
+                Some((tiered.l2(), Some(tiered)))
             }
             Store::Memory(_) => None,
         }

@@ -33,14 +33,11 @@ where
     let Some(backend) = registry::backend_of(site).filter(|_| key.is_usable()) else {
         return body.await;
     };
-    let Some(remote) = backend.remote() else {
+    let Some((redis, tiered)) = backend.remote() else {
         return super::local::cached(site, shape, key, body).await;
     };
-    let redis = remote.l2;
-    // L1 is usable only in an epoch of a live bus subscription; see `backend::bus`.
-    let l1 = remote
-        .l1
-        .and_then(|tiered| Some(L1Slot::new(tiered, tiered.l1_epoch()?, site)));
+    // L1 is usable only in an epoch of a live bus subscription; see `backend::tiered::bus`.
+    let l1 = tiered.and_then(|tiered| Some(L1Slot::new(tiered, tiered.l1_epoch()?, site)));
     if let Some(l1) = &l1 {
         if let Some(value) = l1.get::<S::Value>(site, &key) {
             return shape.rebuild(value);
@@ -49,7 +46,7 @@ where
     // False once Redis failed during this call: the rest of the call then leaves Redis alone,
     // so a slow or dead Redis costs a caller at most one operation timeout.
     let mut available = true;
-    if remote.l1.is_none() {
+    if tiered.is_none() {
         // Redis alone: a hit needs no flight.
         match read::<S::Value>(site, redis, &key).await {
             Lookup::Hit(value, _) => return shape.rebuild(value),

@@ -194,7 +194,7 @@ impl MemoryBackend {
     }
 
     /// What `read` makes of the value under `key`, if it was stored in `epoch` (a tiered
-    /// backend's L1 epoch; see `backend::bus`).
+    /// backend's L1 epoch; see `backend::tiered::bus`).
     pub(crate) fn read_in_epoch<T>(
         &self,
         key: &str,

@@ -14,8 +14,8 @@
 //!
 //! Lock protocol: the claim takes the lock (`SET NX PX`, a random owner token) or, if another
 //! process holds it, flags the entry as waited on; the holder renews it while loading
-//! (`redis_lock`), and its fill or release, seeing the flag, publishes a wake-up
-//! (`redis_wake`).
+//! (`lock.rs`), and its fill or release, seeing the flag, publishes a wake-up
+//! (`wake.rs`).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
@@ -432,7 +432,7 @@ impl RedisStore {
         &self.settings
     }
 
-    /// Registers the caller as waiting for `cache_key`'s lock holder (`redis_wake`).
+    /// Registers the caller as waiting for `cache_key`'s lock holder (`wake.rs`).
     pub(crate) fn wait_for_holder(&self, cache_key: &str) -> Waiting<'_> {
         self.wakeups.register(&self.client, cache_key)
     }
