@@ -132,7 +132,7 @@ enum Claimed<V> {
 }
 
 /// The leader's claim: someone's fill, or the lock. While another process holds the lock, waits
-/// to be woken by its fill or release (`backend::redis_wake`), claiming again each time, for at
+/// to be woken by its fill or release (`backend::redis::wake`), claiming again each time, for at
 /// most [`WAIT_LIMIT`]; then loads without the lock.
 async fn claim<V: DeserializeOwned>(
     site: &Site,
