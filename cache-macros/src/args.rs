@@ -181,23 +181,26 @@ impl CachedArgs {
             // ttl = "90s" | ttl = 90
             "ttl" => {
                 self.ttl_written = true;
-                let value = meta.value()?;
-                let ttl = if value.peek(LitInt) {
-                    ttl_from_secs(&value.parse()?)
+                let ttl = if meta.input.peek2(LitInt) {
+                    literal::<LitInt>(meta, "a duration", errors)?.map(|lit| ttl_from_secs(&lit))
                 } else {
-                    ttl_from_str(&value.parse()?)
+                    literal::<LitStr>(meta, "a duration", errors)?.map(|lit| ttl_from_str(&lit))
                 };
-                set_parsed(&mut self.ttl_millis, ttl, meta, errors);
+                if let Some(ttl) = ttl {
+                    set_parsed(&mut self.ttl_millis, ttl, meta, errors);
+                }
             }
             // key = "user:<id>"
             "key" => {
-                let lit: LitStr = meta.value()?.parse()?;
-                set_parsed(&mut self.key, Template::parse(lit), meta, errors);
+                if let Some(lit) = literal::<LitStr>(meta, "a string", errors)? {
+                    set_parsed(&mut self.key, Template::parse(lit), meta, errors);
+                }
             }
             // backend = "memory" | "memory.sessions"
             "backend" => {
-                let lit: LitStr = meta.value()?.parse()?;
-                set_parsed(&mut self.backend, BackendName::parse(&lit), meta, errors);
+                if let Some(lit) = literal::<LitStr>(meta, "a string", errors)? {
+                    set_parsed(&mut self.backend, BackendName::parse(&lit), meta, errors);
+                }
             }
             // cache_none
             "cache_none" => {
@@ -213,13 +216,15 @@ impl CachedArgs {
             }
             // version = 2
             "version" => {
-                let lit: LitInt = meta.value()?.parse()?;
-                set_parsed(&mut self.version, lit.base10_parse::<u32>(), meta, errors);
+                if let Some(lit) = literal::<LitInt>(meta, "an integer", errors)? {
+                    set_parsed(&mut self.version, lit.base10_parse::<u32>(), meta, errors);
+                }
             }
             // crate = "cachette"
             "crate" => {
-                let lit: LitStr = meta.value()?.parse()?;
-                set_parsed(&mut self.crate_path, parse_crate_path(&lit), meta, errors);
+                if let Some(lit) = literal::<LitStr>(meta, "a string", errors)? {
+                    set_parsed(&mut self.crate_path, parse_crate_path(&lit), meta, errors);
+                }
             }
             // skip(db, logger)
             "skip" => {
@@ -235,7 +240,9 @@ impl CachedArgs {
             }
             // returns = "result" | "option" | "value"
             "returns" => {
-                let lit: LitStr = meta.value()?.parse()?;
+                let Some(lit) = literal::<LitStr>(meta, "a string", errors)? else {
+                    return Ok(());
+                };
                 let returns = match lit.value().as_str() {
                     "result" => Ok(Returns::Result),
                     "option" => Ok(Returns::Option),
@@ -285,9 +292,13 @@ impl InvalidatesArgs {
                         Err(error) => errors.push(error),
                     }
                 } else {
-                    return Err(input.error(
+                    // Recorded, and the templates after it are still checked.
+                    let expr: syn::Expr = input.parse()?;
+                    errors.push(Error::new_spanned(
+                        expr,
                         "expected a key template string, as in `#[invalidates(\"user:<id>\")]`",
                     ));
+                    written += 1;
                 }
                 if !input.is_empty() {
                     input.parse::<Token![,]>()?;
@@ -307,6 +318,37 @@ impl InvalidatesArgs {
             crate_path,
         }
     }
+}
+
+/// The option's value as a literal of kind `T`. A value of another kind is recorded (naming the
+/// option and what it takes) and skipped, so that the options after it are still checked; only
+/// a value that is not an expression at all ends the parse.
+fn literal<T: syn::parse::Parse>(
+    meta: &ParseNestedMeta,
+    takes: &str,
+    errors: &mut Vec<Error>,
+) -> syn::Result<Option<T>> {
+    let value = meta.value()?;
+    if let Ok(literal) = value.fork().parse::<T>() {
+        value.parse::<T>()?;
+        return Ok(Some(literal));
+    }
+    let expr: syn::Expr = value.parse()?;
+    let name = meta
+        .path
+        .get_ident()
+        .map(Ident::to_string)
+        .unwrap_or_default();
+    let example = match takes {
+        "an integer" => format!("`{name} = 2`"),
+        "a duration" => format!("`{name} = \"60s\"` or `{name} = 60`"),
+        _ => format!("`{name} = \"...\"`"),
+    };
+    errors.push(Error::new_spanned(
+        expr,
+        format!("`{name}` takes {takes}\nhelp: write {example}"),
+    ));
+    Ok(None)
 }
 
 fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {

@@ -1,63 +1,14 @@
-//! Code generation: a thin wrapper around the original body that calls the runtime. The phases
-//! run in order (parse the arguments and the function, validate, generate); nothing here checks
-//! anything.
+//! Code generation: a thin wrapper around the original body that calls the runtime, written out
+//! from what `validate.rs` checked; nothing here checks anything.
 
 use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned, ToTokens};
-use syn::{Error, Ident, ItemFn, Path};
+use syn::{Ident, ItemFn, Path};
 
-use crate::args::{CachedArgs, InvalidatesArgs};
-use crate::signature::Signature;
 use crate::template::{Segment, Template};
-use crate::validate::{self, Cached, Entry, Invalidates, Key, KeyParam, Shape};
+use crate::validate::{Cached, Entry, Invalidates, Key, KeyParam, Shape};
 
-/// `#[cached]`: on error, the function unchanged plus every error of the attribute.
-pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
-    let function = match parse_fn(item.clone(), "cached") {
-        Ok(function) => function,
-        Err(error) => return with_error(item, error),
-    };
-    let mut errors = Vec::new();
-    let args = CachedArgs::parse(args, &mut errors);
-    let signature = Signature::read(&function, "cached", &mut errors);
-    match validate::cached(args, &signature, errors) {
-        Ok(cached) => gen_cached(&cached),
-        Err(error) => with_error(function.to_token_stream(), error),
-    }
-}
-
-/// `#[invalidates]`.
-pub(crate) fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
-    let function = match parse_fn(item.clone(), "invalidates") {
-        Ok(function) => function,
-        Err(error) => return with_error(item, error),
-    };
-    let mut errors = Vec::new();
-    let args = InvalidatesArgs::parse(args, &mut errors);
-    let signature = Signature::read(&function, "invalidates", &mut errors);
-    match validate::invalidates(args, &signature, errors) {
-        Ok(invalidates) => gen_invalidates(&invalidates),
-        Err(error) => with_error(function.to_token_stream(), error),
-    }
-}
-
-fn parse_fn(item: TokenStream, attribute: &str) -> Result<ItemFn, Error> {
-    syn::parse2::<ItemFn>(item.clone()).map_err(|_| {
-        Error::new_spanned(
-            item.into_iter().take(3).collect::<TokenStream>(),
-            format!("`#[{attribute}]` can only be applied to functions with a body"),
-        )
-    })
-}
-
-/// The user's tokens, unchanged, next to the errors: callers of the function then see no
-/// cascade of "cannot find function" errors.
-fn with_error(item: TokenStream, error: Error) -> TokenStream {
-    let error = error.into_compile_error();
-    quote!(#item #error)
-}
-
-fn gen_cached(cached: &Cached) -> TokenStream {
+pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
     let Cached {
         function,
         krate,
@@ -169,7 +120,7 @@ fn gen_default_key(params: &[KeyParam], with_self_type: bool, krate: &Path) -> T
     }
 }
 
-fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
+pub(crate) fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
     let Invalidates {
         function,
         krate,

@@ -17,6 +17,10 @@ mod template;
 mod validate;
 
 use proc_macro::TokenStream;
+use quote::ToTokens;
+
+use args::{CachedArgs, InvalidatesArgs};
+use signature::{parse_fn, Signature};
 
 /// Caches the function's result under a key built from its arguments.
 ///
@@ -26,7 +30,7 @@ use proc_macro::TokenStream;
 /// compile.
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::cached(args.into(), item.into()).into()
+    cached_tokens(args.into(), item.into()).into()
 }
 
 /// Removes the entries under the given key templates after the function succeeds.
@@ -36,7 +40,57 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// whichever cached function stored it.
 #[proc_macro_attribute]
 pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::invalidates(args.into(), item.into()).into()
+    invalidates_tokens(args.into(), item.into()).into()
+}
+
+/// `#[cached]`, phase by phase: parse the arguments and the function, validate, generate. On
+/// error, the function unchanged plus every error of the attribute (the arguments' too when the
+/// item is not a function).
+fn cached_tokens(
+    args: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    let mut errors = Vec::new();
+    let args = CachedArgs::parse(args, &mut errors);
+    let function = match parse_fn(item.clone(), "cached") {
+        Ok(function) => function,
+        Err(error) => return with_errors(item, error, errors),
+    };
+    let signature = Signature::read(&function, "cached", &mut errors);
+    match validate::cached(args, &signature, errors) {
+        Ok(cached) => expand::gen_cached(&cached),
+        Err(error) => with_errors(function.to_token_stream(), error, Vec::new()),
+    }
+}
+
+/// `#[invalidates]`, as [`cached_tokens`].
+fn invalidates_tokens(
+    args: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    let mut errors = Vec::new();
+    let args = InvalidatesArgs::parse(args, &mut errors);
+    let function = match parse_fn(item.clone(), "invalidates") {
+        Ok(function) => function,
+        Err(error) => return with_errors(item, error, errors),
+    };
+    let signature = Signature::read(&function, "invalidates", &mut errors);
+    match validate::invalidates(args, &signature, errors) {
+        Ok(invalidates) => expand::gen_invalidates(&invalidates),
+        Err(error) => with_errors(function.to_token_stream(), error, Vec::new()),
+    }
+}
+
+/// The user's tokens, unchanged, next to the errors: callers of the function then see no
+/// cascade of "cannot find function" errors.
+fn with_errors(
+    item: proc_macro2::TokenStream,
+    first: syn::Error,
+    more: Vec<syn::Error>,
+) -> proc_macro2::TokenStream {
+    let error = validate::combine(std::iter::once(first).chain(more).collect())
+        .map(syn::Error::into_compile_error);
+    quote::quote!(#item #error)
 }
 
 /// Expansion snapshots: each `tests/expand/*.rs` at the workspace root holds items carrying
@@ -70,9 +124,9 @@ mod expansion_snapshots {
         };
         let item = function.to_token_stream();
         let expanded = if cached {
-            crate::expand::cached(args, item)
+            crate::cached_tokens(args, item)
         } else {
-            crate::expand::invalidates(args, item)
+            crate::invalidates_tokens(args, item)
         };
         *function = syn::parse2(expanded).expect("the expansion parses as a function");
         true

@@ -116,3 +116,14 @@ fn detect_returns(ty: &Type) -> Returns {
         _ => Returns::Value,
     }
 }
+
+/// The item an attribute is on, as a function with a body; anything else is the one error that
+/// stops the attribute from being read further.
+pub(crate) fn parse_fn(item: TokenStream, attribute: &str) -> Result<ItemFn, Error> {
+    syn::parse2::<ItemFn>(item.clone()).map_err(|_| {
+        Error::new_spanned(
+            item.into_iter().take(3).collect::<TokenStream>(),
+            format!("`#[{attribute}]` can only be applied to functions with a body"),
+        )
+    })
+}

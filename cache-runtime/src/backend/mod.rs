@@ -79,15 +79,17 @@ impl Backend {
         match &self.inner.store {
             Store::Redis(redis) => Some((redis, None)),
             Store::Tiered(tiered) => {
-                let inner = Arc::downgrade(&self.inner);
                 // A message invalidates a load under way first, so that it does not store what
                 // it read before; false once the backend is gone (the subscriber then ends).
-                tiered.start_bus(&self.inner.name, move |key| match inner.upgrade() {
-                    Some(inner) => {
-                        inner.flights.invalidate(key);
-                        true
+                tiered.start_bus(&self.inner.name, || {
+                    let inner = Arc::downgrade(&self.inner);
+                    move |key: &str| match inner.upgrade() {
+                        Some(inner) => {
+                            inner.flights.invalidate(key);
+                            true
+                        }
+                        None => false,
                     }
-                    None => false,
                 });
                 Some((tiered.l2(), Some(tiered)))
             }

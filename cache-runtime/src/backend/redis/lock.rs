@@ -7,12 +7,8 @@
 //! task on the current runtime, since `Drop` cannot await; the release wakes the key's waiters.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::store::RedisStore;
-
-/// How long a lock lives without renewal: the longest a dead holder keeps others waiting.
-pub(crate) const LEASE: Duration = Duration::from_secs(3);
+use super::store::{RedisStore, LEASE};
 
 /// A held lock: its owner token, and the task that renews it.
 pub(crate) struct HeldLock {

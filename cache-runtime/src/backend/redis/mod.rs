@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use keys::{bus_channel, FLUSH_MESSAGE};
-pub(crate) use lock::{HeldLock, LEASE};
-pub(crate) use store::{Announce, Claim, RedisStore, StoreError};
+pub(crate) use lock::HeldLock;
+pub(crate) use store::{Announce, Claim, RedisStore, StoreError, LEASE};
 pub(crate) use wake::{resubscribe_backoff, Waiting, SAFETY_POLL};
 
 use keys::{entry_hash, entry_hash_seed, valid_prefix};

@@ -101,6 +101,10 @@ pub(crate) struct RedisStore {
     replayer_running: AtomicBool,
 }
 
+/// How long a load lock lives without renewal (`lock.rs` renews it every third of this): the
+/// longest a holder that died keeps others waiting.
+pub(crate) const LEASE: Duration = Duration::from_secs(3);
+
 /// An invalidation message to publish with the deletion: (channel, message).
 pub(crate) type Announce<'a> = Option<(&'a str, &'a str)>;
 
@@ -290,7 +294,7 @@ impl RedisStore {
             .arg(token)
             .arg(&self.wake_channel)
             .arg(cache_key);
-        let bound = super::lock::LEASE;
+        let bound = LEASE;
         let store = Weak::clone(&self.this);
         let (key, token) = (cache_key.to_owned(), token.to_owned());
         let op_timeout = self.settings.op_timeout;

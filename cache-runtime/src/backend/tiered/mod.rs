@@ -125,17 +125,19 @@ impl TieredBackend {
     }
 
     /// Starts the bus subscriber once, on the Tokio runtime of the first call. Each message
-    /// runs `detach(key)` (false once the backend is gone, which ends the subscriber), then
+    /// runs `detach()(key)` (false once the backend is gone, which ends the subscriber), then
     /// drops the key from L1. Without a Tokio runtime there is no subscriber, so L1 stays unused
     /// and calls are served from L2.
-    pub(crate) fn start_bus(
-        &self,
-        backend: &str,
-        detach: impl Fn(&str) -> bool + Send + Sync + 'static,
-    ) {
+    pub(crate) fn start_bus<D>(&self, backend: &str, detach: impl FnOnce() -> D)
+    where
+        D: Fn(&str) -> bool + Send + Sync + 'static,
+    {
+        // Every call asks: the check reads one flag, and `detach` (which may take a reference
+        // count, a shared write) is made only by the one call that starts the subscriber.
         if !self.bus.claim_start() {
             return;
         }
+        let detach = detach();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!(
                 backend,
