@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use cachette::{cached, configure, invalidates, RedisBackend};
-use support::redis_server::RedisServer;
+use support::redis_server::{OnExit, RedisServer};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(200);
 /// What a caller may wait while Redis is up, per the issue: 2 x op_timeout + the loader time
@@ -103,7 +103,6 @@ async fn change_bad1(id: u64) {
 /// forever, deleting the value a peer process stored for any key in the batch (and
 /// advancing its fence, refusing the peer's fills), long after the one invalidation that was
 /// asked for had succeeded.
-#[test]
 fn a_garbage_fence_under_one_key_makes_the_replay_delete_fresh_values_forever() {
     run(async {
         let mut raw = raw().await;
@@ -171,7 +170,6 @@ async fn change_bad2(id: u64) {
 /// returns the replay's error: with the poisoned invalidation stuck in the queue every
 /// operation of every key fails (as a reply error, so the breaker stays closed and each call
 /// also pays the failing 200-script pipeline).
-#[test]
 fn a_garbage_fence_under_one_key_switches_caching_off_for_every_key() {
     run(async {
         let mut raw = raw().await;
@@ -215,7 +213,6 @@ async fn claimed_in_b(id: u64) -> u64 {
 /// disconnects, a `tokio::time::timeout` shorter than op_timeout) leaves a claim that takes
 /// the lock for a token nobody holds or renews. Redis stays up; it only holds writes for a
 /// moment (`CLIENT PAUSE WRITE`, as a failover or a slow script would).
-#[test]
 fn a_caller_cancelled_during_its_claim_leaves_an_orphan_lock() {
     run(async {
         let mut raw = raw().await;
@@ -277,7 +274,6 @@ async fn locked(id: u64) -> u64 {
 /// The claim's `SET NX` fails on any existing key, whatever its type and TTL: a hash (or a
 /// string without a TTL) under the lock key makes every caller wait the 10 s WAIT_LIMIT, on
 /// every miss, instead of treating foreign bytes as a miss.
-#[test]
 fn a_foreign_lock_key_stalls_each_miss_for_the_wait_limit() {
     run(async {
         let mut raw = raw().await;
@@ -296,4 +292,15 @@ fn a_foreign_lock_key_stalls_each_miss_for_the_wait_limit() {
             "a miss waited {waited:?} on a lock key nobody holds"
         );
     });
+}
+
+/// The findings in one test, one after the other on the one server, which is stopped when the
+/// test ends however it ends (a `static` is never dropped).
+#[test]
+fn review_findings() {
+    let _stop = OnExit(|| shared().server.stop());
+    a_garbage_fence_under_one_key_makes_the_replay_delete_fresh_values_forever();
+    a_garbage_fence_under_one_key_switches_caching_off_for_every_key();
+    a_caller_cancelled_during_its_claim_leaves_an_orphan_lock();
+    a_foreign_lock_key_stalls_each_miss_for_the_wait_limit();
 }

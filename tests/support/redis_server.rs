@@ -81,6 +81,14 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server (SIGKILL) from a shared reference: for a server held in a `static`,
+    /// which is never dropped.
+    pub fn stop(&self) {
+        if self.child.is_some() {
+            self.signal("KILL");
+        }
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open but nothing answers.
     pub fn pause(&self) {
         self.signal("STOP");
