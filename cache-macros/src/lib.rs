@@ -93,7 +93,7 @@ fn with_errors(
     quote::quote!(#item #error)
 }
 
-/// Expansion snapshots: each `tests/expand/*.rs` at the workspace root holds items carrying
+/// Expansion snapshots: each `tests/expand/*.rs` of this crate holds items carrying
 /// `#[cached]` or `#[invalidates]`; their pretty-printed expansion is pinned in
 /// `tests/expand/snapshots/`, so a change to the generated code shows up in review.
 #[cfg(test)]
@@ -154,11 +154,11 @@ mod expansion_snapshots {
 
     #[test]
     fn expansions_match_their_snapshots() {
-        insta::glob!("../../tests/expand", "*.rs", |path| {
+        insta::glob!("../tests/expand", "*.rs", |path| {
             let source = std::fs::read_to_string(path).expect("readable input");
             let mut file: syn::File = syn::parse_file(&source).expect("valid Rust");
             Rewrite.visit_file_mut(&mut file);
-            insta::with_settings!({ snapshot_path => "../../tests/expand/snapshots", prepend_module_to_snapshot => false }, {
+            insta::with_settings!({ snapshot_path => "../tests/expand/snapshots", prepend_module_to_snapshot => false }, {
                 insta::assert_snapshot!(prettyplease::unparse(&file));
             });
         });
