@@ -6,17 +6,19 @@
 //! connections exist, so a failing Redis sees no storm of reconnections (the breaker, checked
 //! before, turns callers away once failures repeat).
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, RedisResult};
+use redis::RedisResult;
+
+use super::connection::{BlockingConnection as Connection, Target};
 
 /// Enough for the synchronous mutations of one process; more would only add connections that
 /// a frozen Redis holds up.
 const MAX_CONNECTIONS: usize = 4;
 
 pub(crate) struct BlockingConnections {
-    client: Client,
+    target: Arc<Target>,
     pool: Mutex<Pool>,
     returned: Condvar,
 }
@@ -36,9 +38,9 @@ pub(crate) enum Unsent {
 }
 
 impl BlockingConnections {
-    pub(crate) fn new(client: Client) -> Self {
+    pub(crate) fn new(target: Arc<Target>) -> Self {
         BlockingConnections {
-            client,
+            target,
             pool: Mutex::new(Pool::default()),
             returned: Condvar::new(),
         }
@@ -55,7 +57,7 @@ impl BlockingConnections {
         &self,
         budget: Duration,
         connect_timeout: Duration,
-        command: impl FnOnce(&mut Connection) -> RedisResult<T>,
+        command: impl FnOnce(&mut dyn redis::ConnectionLike) -> RedisResult<T>,
     ) -> Result<RedisResult<T>, Unsent> {
         let deadline = Instant::now() + budget;
         let mut connection = self.take(deadline, connect_timeout)?;
@@ -65,9 +67,8 @@ impl BlockingConnections {
             return Err(Unsent::Deadline);
         }
         let result = connection
-            .set_read_timeout(Some(remaining))
-            .and_then(|()| connection.set_write_timeout(Some(remaining)))
-            .and_then(|()| command(&mut connection));
+            .set_timeouts(remaining)
+            .and_then(|()| command(connection.as_connection_like()));
         match result {
             Ok(value) => {
                 self.put_back(connection);
@@ -97,13 +98,10 @@ impl BlockingConnections {
                     self.discard();
                     return Err(Unsent::Deadline);
                 }
-                return self
-                    .client
-                    .get_connection_with_timeout(timeout)
-                    .map_err(|error| {
-                        self.discard();
-                        Unsent::Connect(error)
-                    });
+                return self.target.connect_blocking(timeout).map_err(|error| {
+                    self.discard();
+                    Unsent::Connect(error)
+                });
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {

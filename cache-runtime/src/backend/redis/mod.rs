@@ -2,26 +2,33 @@
 //! pieces the store is made of: key layout (`keys.rs`), scripts (`scripts.rs`), circuit
 //! breaker (`breaker.rs`), pending invalidations (`pending.rs`), the load lock as its holder
 //! keeps it (`lock.rs`), waking waiters (`wake.rs`) and the blocking connections of
-//! synchronous invalidations (`blocking.rs`).
+//! synchronous invalidations (`blocking.rs`); where connections go, one server or a cluster,
+//! over TLS or not (`connection.rs`), and pub/sub on every node that publishes
+//! (`subscription.rs`).
 
 mod blocking;
 mod breaker;
+mod connection;
 mod keys;
 mod lock;
 mod pending;
 mod scripts;
 mod store;
+mod subscription;
 mod wake;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use connection::Target;
 pub(crate) use keys::{bus_channel, FLUSH_MESSAGE};
 pub(crate) use lock::HeldLock;
 pub(crate) use store::{Announce, Claim, RedisStore, StoreError, LEASE};
+pub(crate) use subscription::Subscription;
 pub(crate) use wake::{resubscribe_backoff, Waiting, SAFETY_POLL};
 
+use connection::TlsMaterial;
 use keys::{entry_hash, entry_hash_seed, valid_prefix};
 use store::RedisSettings;
 
@@ -56,8 +63,39 @@ pub struct RedisBackend {
 #[derive(Default)]
 #[must_use = "a builder does nothing until `build()`"]
 pub struct RedisBackendBuilder {
-    url: Option<Result<String, ConfigError>>,
+    endpoint: Option<Result<Endpoint, ConfigError>>,
+    tls: TlsMaterial,
     settings: RedisSettings,
+}
+
+/// What the backend connects to.
+#[derive(Clone)]
+enum Endpoint {
+    Server(String),
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<String>),
+}
+
+impl Endpoint {
+    /// For `Debug`, logs and errors: every password replaced by `***`.
+    fn redacted(&self) -> String {
+        match self {
+            Endpoint::Server(url) => redact(url),
+            #[cfg(feature = "cluster")]
+            Endpoint::Cluster(seeds) => {
+                let seeds: Vec<String> = seeds.iter().map(|seed| redact(seed)).collect();
+                format!("cluster [{}]", seeds.join(", "))
+            }
+        }
+    }
+
+    fn urls(&self) -> &[String] {
+        match self {
+            Endpoint::Server(url) => std::slice::from_ref(url),
+            #[cfg(feature = "cluster")]
+            Endpoint::Cluster(seeds) => seeds,
+        }
+    }
 }
 
 impl RedisBackend {
@@ -130,17 +168,49 @@ impl RedisBackend {
 impl RedisBackendBuilder {
     /// The server: `redis://[user][:password@]host[:port][/db]` or `rediss://` for TLS.
     pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.url = Some(Ok(url.into()));
+        self.endpoint = Some(Ok(Endpoint::Server(url.into())));
+        self
+    }
+
+    /// A Redis Cluster (feature `cluster`), reached through these seed nodes, each a URL as for
+    /// [`url`](Self::url) (`redis://user:password@host:port`, `rediss://` for TLS; the same
+    /// credentials and scheme on every one). The client learns the other nodes from them and
+    /// follows `MOVED`/`ASK` redirections, resharding and failover. Replaces a `url`.
+    #[cfg(feature = "cluster")]
+    pub fn cluster<S: Into<String>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
+        self.endpoint = Some(Ok(Endpoint::Cluster(
+            seeds.into_iter().map(Into::into).collect(),
+        )));
+        self
+    }
+
+    /// Trusts these PEM certificates for `rediss://` instead of the system's roots (feature
+    /// `tls`): a private CA, or a managed service's.
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate (PEM chain and PEM private key) on `rediss://`
+    /// connections, for servers that require one (`tls-auth-clients yes`; feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert_pem(
+        mut self,
+        certificate_chain: impl Into<Vec<u8>>,
+        private_key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.identity = Some((certificate_chain.into(), private_key.into()));
         self
     }
 
     /// Reads the URL from an environment variable, such as `CACHETTE_REDIS_URL`.
     pub fn url_from_env(mut self, variable: &str) -> Self {
-        self.url = Some(
-            std::env::var(variable).map_err(|_| ConfigError::MissingUrl {
+        self.endpoint = Some(std::env::var(variable).map(Endpoint::Server).map_err(|_| {
+            ConfigError::MissingUrl {
                 variable: variable.to_owned(),
-            }),
-        );
+            }
+        }));
         self
     }
 
@@ -166,18 +236,29 @@ impl RedisBackendBuilder {
     /// Checks the configuration and creates the backend. Nothing connects yet: a backend whose
     /// server is down still serves calls (uncached) and connects when the server is back.
     pub fn build(self) -> Result<RedisBackend, ConfigError> {
-        let url = self.url.unwrap_or(Err(ConfigError::MissingUrl {
+        let endpoint = self.endpoint.unwrap_or(Err(ConfigError::MissingUrl {
             variable: String::new(),
         }))?;
-        let redacted_url = redact(&url);
+        let redacted_url = endpoint.redacted();
         if !valid_prefix(&self.settings.prefix) {
             return Err(ConfigError::BadPrefix(self.settings.prefix));
         }
         let prefix = self.settings.prefix.clone();
-        let store = RedisStore::new(&url, self.settings).map_err(|error| ConfigError::BadUrl {
+        let target = match &endpoint {
+            Endpoint::Server(url) => Target::server(url, &self.tls),
+            #[cfg(feature = "cluster")]
+            Endpoint::Cluster(seeds) => {
+                Target::cluster(seeds, &self.tls, self.settings.connect_timeout)
+            }
+        };
+        let target = target.map_err(|error| ConfigError::BadUrl {
             url: redacted_url.clone(),
-            reason: redact_in(&error.to_string(), &url),
+            reason: endpoint
+                .urls()
+                .iter()
+                .fold(error.to_string(), |text, url| redact_in(&text, url)),
         })?;
+        let store = RedisStore::new(target, self.settings);
         Ok(RedisBackend {
             store,
             redacted_url,
@@ -262,8 +343,8 @@ impl fmt::Debug for RedisBackend {
 
 impl fmt::Debug for RedisBackendBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = match &self.url {
-            Some(Ok(url)) => redact(url),
+        let url = match &self.endpoint {
+            Some(Ok(endpoint)) => endpoint.redacted(),
             Some(Err(_)) => "(missing)".to_owned(),
             None => "(unset)".to_owned(),
         };

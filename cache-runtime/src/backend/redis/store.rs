@@ -21,11 +21,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::Script;
 
 use super::blocking::{BlockingConnections, Unsent};
 use super::breaker::{Breaker, BreakerPolicy, Permit};
+use super::connection::{Connection, Target};
 use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
 use super::pending::PendingInvalidations;
 use super::scripts::{CLAIM, FILL, INVALIDATE, RELEASE, RENEW};
@@ -81,10 +81,10 @@ impl Default for RedisSettings {
 pub(crate) struct RedisStore {
     /// This store, for the background tasks it starts (replay), which must not keep it alive.
     this: Weak<RedisStore>,
-    client: Client,
-    /// Made on first use, inside the caller's Tokio runtime: creating a `ConnectionManager`
-    /// spawns its driver, which needs a runtime that configuration time may not have.
-    connection: tokio::sync::OnceCell<ConnectionManager>,
+    target: Arc<Target>,
+    /// Made on first use, inside the caller's Tokio runtime: creating a connection spawns its
+    /// driver, which needs a runtime that configuration time may not have.
+    connection: tokio::sync::OnceCell<Connection>,
     /// Plain connections for synchronous `#[invalidates]` functions, which cannot await.
     blocking: BlockingConnections,
     pending: PendingInvalidations,
@@ -124,13 +124,13 @@ pub(crate) enum Claim {
 impl RedisStore {
     /// Creates the store without connecting: a store whose server is down still serves
     /// (uncached) and connects when the server comes back.
-    pub(crate) fn new(url: &str, settings: RedisSettings) -> Result<Arc<Self>, redis::RedisError> {
-        let client = Client::open(url)?;
+    pub(crate) fn new(target: Target, settings: RedisSettings) -> Arc<Self> {
+        let target = Arc::new(target);
         let wake_channel = wake_channel(&settings.prefix);
-        Ok(Arc::new_cyclic(|this| RedisStore {
+        Arc::new_cyclic(|this| RedisStore {
             this: Weak::clone(this),
-            blocking: BlockingConnections::new(client.clone()),
-            client,
+            blocking: BlockingConnections::new(Arc::clone(&target)),
+            target,
             connection: tokio::sync::OnceCell::new(),
             pending: PendingInvalidations::default(),
             wakeups: Arc::new(Wakeups::new(wake_channel.clone())),
@@ -143,22 +143,15 @@ impl RedisStore {
             claim_script: Script::new(CLAIM),
             renew_script: Script::new(RENEW),
             replayer_running: AtomicBool::new(false),
-        }))
+        })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let manager = self
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        let connection = self
             .connection
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.settings.connect_timeout))
-                    // `guarded` bounds every operation, reconnection waits included; a second
-                    // timer per request inside the connection would only double the cost.
-                    .set_response_timeout(None);
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            })
+            .get_or_try_init(|| async { self.target.connect_lazy(self.settings.connect_timeout) })
             .await?;
-        Ok(manager.clone())
+        Ok(connection.clone())
     }
 
     fn keys(&self, cache_key: &str) -> EntryKeys {
@@ -279,7 +272,7 @@ impl RedisStore {
     /// Releases `token`'s lock after a claim whose reply never came: sent on the claim's own
     /// connection, it runs after the claim wherever the claim went; it bypasses the breaker for
     /// the same reason.
-    fn release_unowned(&self, cache_key: &str, token: &str, mut connection: ConnectionManager) {
+    fn release_unowned(&self, cache_key: &str, token: &str, mut connection: Connection) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -427,9 +420,10 @@ impl RedisStore {
         invocation
     }
 
-    /// The client, for connections of another kind (the tiered backend's subscriber).
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
+    /// The server or cluster, for connections of another kind (the tiered backend's
+    /// subscriber).
+    pub(crate) fn target(&self) -> &Arc<Target> {
+        &self.target
     }
 
     pub(crate) fn settings(&self) -> &RedisSettings {
@@ -438,7 +432,7 @@ impl RedisStore {
 
     /// Registers the caller as waiting for `cache_key`'s lock holder (`wake.rs`).
     pub(crate) fn wait_for_holder(&self, cache_key: &str) -> Waiting<'_> {
-        self.wakeups.register(&self.client, cache_key)
+        self.wakeups.register(&self.target, cache_key)
     }
 
     /// Whether a wake-up published now is sure to reach this process.
@@ -490,7 +484,7 @@ struct UnansweredClaim<'a> {
     cache_key: &'a str,
     token: &'a str,
     /// `None` once the reply is in hand.
-    connection: Option<ConnectionManager>,
+    connection: Option<Connection>,
 }
 
 impl Drop for UnansweredClaim<'_> {

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use super::connection::Target;
+use super::subscription::Subscription;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use event_listener::{Event, EventListener};
-use futures_util::StreamExt;
-use redis::Client;
 
 /// How long a waiter trusts the wake-up to come before it looks again anyway.
 pub(crate) const SAFETY_POLL: Duration = Duration::from_millis(250);
@@ -60,8 +60,12 @@ impl Wakeups {
 
     /// Registers a waiter of `key`, starting the subscriber on first use (on the caller's
     /// Tokio runtime).
-    pub(crate) fn register<'a>(self: &'a Arc<Self>, client: &Client, key: &str) -> Waiting<'a> {
-        self.start(client);
+    pub(crate) fn register<'a>(
+        self: &'a Arc<Self>,
+        target: &Arc<Target>,
+        key: &str,
+    ) -> Waiting<'a> {
+        self.start(target);
         let event = {
             let mut waiting = self.waiting();
             let waiters = waiting.entry(key.to_owned()).or_insert_with(|| Waiters {
@@ -89,7 +93,7 @@ impl Wakeups {
         }
     }
 
-    fn start(self: &Arc<Self>, client: &Client) {
+    fn start(self: &Arc<Self>, target: &Arc<Target>) {
         if self.started.load(Ordering::Acquire) || self.started.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -98,8 +102,7 @@ impl Wakeups {
             return;
         };
         let wakeups = Arc::downgrade(self);
-        let client = client.clone();
-        runtime.spawn(subscribe(wakeups, client));
+        runtime.spawn(subscribe(wakeups, Arc::clone(target)));
     }
 }
 
@@ -135,7 +138,7 @@ pub(crate) fn resubscribe_backoff() -> ExponentialBuilder {
 
 /// Keeps the wake subscription alive while the store exists, resubscribing with jittered
 /// backoff; waiters poll while it is down.
-async fn subscribe(wakeups: Weak<Wakeups>, client: Client) {
+async fn subscribe(wakeups: Weak<Wakeups>, target: Arc<Target>) {
     const TIMEOUT: Duration = Duration::from_secs(1);
     let backoff = resubscribe_backoff();
     let mut delays = backoff.build();
@@ -143,25 +146,19 @@ async fn subscribe(wakeups: Weak<Wakeups>, client: Client) {
         let Some(channel) = wakeups.upgrade().map(|w| w.channel.clone()) else {
             return;
         };
-        if let Ok(Ok(mut pubsub)) = tokio::time::timeout(TIMEOUT, client.get_async_pubsub()).await {
-            if matches!(
-                tokio::time::timeout(TIMEOUT, pubsub.subscribe(&channel)).await,
-                Ok(Ok(()))
-            ) {
-                delays = backoff.build();
-                let mut messages = pubsub.into_on_message();
-                if let Some(w) = wakeups.upgrade() {
-                    w.up.store(true, Ordering::Release);
+        if let Some(mut subscription) = Subscription::open(&target, &channel, TIMEOUT).await {
+            delays = backoff.build();
+            if let Some(w) = wakeups.upgrade() {
+                w.up.store(true, Ordering::Release);
+            }
+            while let Some(payload) = subscription.next_payload().await {
+                let Some(w) = wakeups.upgrade() else { return };
+                if let Ok(key) = std::str::from_utf8(&payload) {
+                    w.wake(key);
                 }
-                while let Some(message) = messages.next().await {
-                    let Some(w) = wakeups.upgrade() else { return };
-                    if let Ok(key) = message.get_payload::<String>() {
-                        w.wake(&key);
-                    }
-                }
-                if let Some(w) = wakeups.upgrade() {
-                    w.up.store(false, Ordering::Release);
-                }
+            }
+            if let Some(w) = wakeups.upgrade() {
+                w.up.store(false, Ordering::Release);
             }
         }
         tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;

@@ -13,10 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use futures_util::StreamExt;
-use redis::Client;
 
-use super::super::redis::{resubscribe_backoff, FLUSH_MESSAGE};
+use super::super::redis::{resubscribe_backoff, Subscription, Target, FLUSH_MESSAGE};
 use crate::log_gate::LogGate;
 
 /// The bus state of one tiered backend.
@@ -130,7 +128,7 @@ impl Bus {
     /// jittered exponential backoff.
     pub(crate) async fn run(
         &self,
-        client: Client,
+        target: &Target,
         timing: BusTiming,
         invalidate: impl Fn(&str) -> bool,
         flush: impl Fn(),
@@ -138,18 +136,15 @@ impl Bus {
         let backoff = resubscribe_backoff();
         let mut delays = backoff.build();
         loop {
-            if let Ok(Ok(mut pubsub)) =
-                tokio::time::timeout(timing.timeout, client.get_async_pubsub()).await
+            // On a cluster: one connection to every master, so that the loss of any is seen.
+            if let Some(subscription) =
+                Subscription::open(target, &self.channel, timing.timeout).await
             {
-                let subscribed =
-                    tokio::time::timeout(timing.timeout, pubsub.subscribe(&self.channel)).await;
-                if matches!(subscribed, Ok(Ok(()))) {
-                    self.go_up();
-                    delays = backoff.build();
-                    if !self.serve(pubsub, timing, &invalidate).await {
-                        // The backend is gone: nothing left to keep consistent.
-                        return;
-                    }
+                self.go_up();
+                delays = backoff.build();
+                if !self.serve(subscription, timing, &invalidate).await {
+                    // The backend is gone: nothing left to keep consistent.
+                    return;
                 }
             }
             if self.go_down() {
@@ -171,18 +166,17 @@ impl Bus {
     /// is gone.
     async fn serve(
         &self,
-        pubsub: redis::aio::PubSub,
+        mut subscription: Subscription,
         timing: BusTiming,
         invalidate: &impl Fn(&str) -> bool,
     ) -> bool {
-        let (mut sink, mut stream) = pubsub.split();
         let mut heartbeat = tokio::time::interval(timing.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                message = stream.next() => {
-                    let Some(message) = message else { return true };
-                    let Ok(payload) = message.get_payload::<String>() else { continue };
+                payload = subscription.next_payload() => {
+                    let Some(payload) = payload else { return true };
+                    let Ok(payload) = String::from_utf8(payload) else { continue };
                     if payload == FLUSH_MESSAGE {
                         self.flush_epoch();
                     } else if let Some(key) = self.key_of(&payload) {
@@ -193,8 +187,7 @@ impl Bus {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let pong = tokio::time::timeout(timing.timeout, sink.ping::<redis::Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
+                    if !subscription.ping(timing.timeout).await {
                         return true;
                     }
                 }

@@ -147,7 +147,7 @@ impl TieredBackend {
             return;
         };
         let bus = Arc::clone(&self.bus);
-        let client = self.l2.store().client().clone();
+        let target = Arc::clone(self.l2.store().target());
         let timing = self.timing;
         let l1 = self.l1.clone();
         runtime.spawn(async move {
@@ -157,7 +157,7 @@ impl TieredBackend {
                 l1.invalidate(key);
                 alive
             };
-            bus.run(client, timing, invalidate, || l1.invalidate_all())
+            bus.run(&target, timing, invalidate, || l1.invalidate_all())
                 .await;
         });
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Weak;
 
 use super::super::keys::{bus_channel, FLUSH_MESSAGE, KEY_FORMAT};
-use super::{is_transport_failure, Announce, RedisStore, StoreError};
+use super::{is_transport_failure, Announce, Connection, RedisStore, StoreError};
 use crate::log_gate::LogGate;
 
 /// Pending invalidations replayed per round trip: a pipeline of this many script calls.
@@ -53,16 +53,22 @@ impl RedisStore {
         };
         let batch = self.pending.batch(REPLAY_BATCH);
         if !batch.is_empty() {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            pipe.load_script(&self.invalidate_script).ignore();
-            for (key, announce) in &batch {
-                let announce = announce.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
-                pipe.invoke_script(&self.invalidation(key, announce));
-            }
-            let mut connection = self.connection().await?;
-            let results: Vec<redis::RedisResult<redis::Value>> =
-                self.guarded(pipe.query_async(&mut connection)).await?;
+            let invocations: Vec<_> = batch
+                .iter()
+                .map(|(key, announce)| {
+                    let announce = announce.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
+                    self.invalidation(key, announce)
+                })
+                .collect();
+            let connection = self.connection().await?;
+            let results = self
+                .guarded(replay_all(
+                    &self.invalidate_script,
+                    &invocations,
+                    connection,
+                    self.target.is_cluster(),
+                ))
+                .await?;
             let mut confirmed = Vec::with_capacity(batch.len());
             let mut transport = None;
             for ((key, _), result) in batch.iter().zip(&results) {
@@ -144,8 +150,44 @@ impl RedisStore {
     /// overflowed, since the lost keys are no longer known. O(keys under the prefix), for a rare
     /// disaster, one `SCAN` page per round trip.
     async fn purge(&self) -> Result<(), StoreError> {
-        let pattern = format!("{}:{}:*", self.settings.prefix, KEY_FORMAT);
+        let timeout = self.settings.op_timeout;
+        // A cluster's keys are spread over its masters: each is scanned on a connection of its
+        // own (the cluster client would send a `SCAN` to one node only).
+        let masters = self.guarded(self.target.masters(timeout)).await?;
+        let mut purged = 0usize;
+        for master in &masters {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.settings.connect_timeout))
+                .set_response_timeout(None);
+            let mut connection = self
+                .guarded(master.get_multiplexed_async_connection_with_config(&config))
+                .await?;
+            purged += self.purge_node(&mut connection).await?;
+        }
         let mut connection = self.connection().await?;
+        let _: Result<(), _> = self
+            .guarded(
+                redis::cmd("PUBLISH")
+                    .arg(bus_channel(&self.settings.prefix))
+                    .arg(FLUSH_MESSAGE)
+                    .query_async(&mut connection),
+            )
+            .await;
+        tracing::warn!(
+            prefix = %self.settings.prefix,
+            purged,
+            "the invalidation queue had overflowed: every entry under the prefix was deleted"
+        );
+        Ok(())
+    }
+
+    /// The purge on one node (the server, or one master of a cluster): the number of values
+    /// deleted.
+    async fn purge_node(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<usize, StoreError> {
+        let pattern = format!("{}:{}:*", self.settings.prefix, KEY_FORMAT);
         let mut cursor = 0u64;
         let mut purged = 0usize;
         loop {
@@ -157,7 +199,7 @@ impl RedisStore {
                         .arg(&pattern)
                         .arg("COUNT")
                         .arg(1_000)
-                        .query_async(&mut connection),
+                        .query_async(connection),
                 )
                 .await?;
             let mut pipe = redis::pipe();
@@ -176,29 +218,42 @@ impl RedisStore {
                 }
             }
             if !pipe.is_empty() {
-                self.guarded(pipe.query_async::<()>(&mut connection))
-                    .await?;
+                // A direct connection to the node that holds these keys: keys of several slots
+                // may share a pipeline there.
+                self.guarded(pipe.query_async::<()>(connection)).await?;
             }
             if next == 0 {
-                break;
+                return Ok(purged);
             }
             cursor = next;
         }
-        let _: Result<(), _> = self
-            .guarded(
-                redis::cmd("PUBLISH")
-                    .arg(bus_channel(&self.settings.prefix))
-                    .arg(FLUSH_MESSAGE)
-                    .query_async(&mut connection),
-            )
-            .await;
-        tracing::warn!(
-            prefix = %self.settings.prefix,
-            purged,
-            "the invalidation queue had overflowed: every entry under the prefix was deleted"
-        );
-        Ok(())
     }
+}
+
+/// Runs the invalidations of one replay batch in one round trip, each confirmed on its own: a
+/// pipeline on one server; on a cluster, where a pipeline must keep to one slot, every script
+/// sent at once on the multiplexed node connections.
+async fn replay_all(
+    script: &redis::Script,
+    invocations: &[redis::ScriptInvocation<'_>],
+    connection: Connection,
+    cluster: bool,
+) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
+    if cluster {
+        let calls = invocations.iter().map(|invocation| {
+            let mut connection = connection.clone();
+            async move { invocation.invoke_async(&mut connection).await }
+        });
+        return Ok(futures_util::future::join_all(calls).await);
+    }
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    pipe.load_script(script).ignore();
+    for invocation in invocations {
+        pipe.invoke_script(invocation);
+    }
+    let mut connection = connection;
+    pipe.query_async(&mut connection).await
 }
 
 /// The background replayer's claim on [`RedisStore::replayer_running`]: cleared when its task

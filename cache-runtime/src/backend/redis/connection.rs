@@ -1,0 +1,330 @@
+//! Where a store's connections go: one server, or a Redis Cluster (feature `cluster`), each
+//! optionally over TLS (feature `tls`). The rest of the store sees one [`Connection`] type and
+//! asks a [`Target`] for the nodes that publish (pub/sub) and hold keys (the purge).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisResult};
+
+/// TLS material for `rediss://` endpoints (feature `tls`): a CA to trust instead of the
+/// system's, and a client certificate.
+#[derive(Clone, Default)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) struct TlsMaterial {
+    /// PEM: the certificates to trust; `None` trusts the system's roots.
+    pub(crate) ca: Option<Vec<u8>>,
+    /// PEM: the client certificate chain and its private key.
+    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsMaterial {
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    fn is_set(&self) -> bool {
+        self.ca.is_some() || self.identity.is_some()
+    }
+}
+
+/// The server or cluster a store talks to.
+pub(crate) enum Target {
+    /// One server (or a proxy that looks like one).
+    Server(Client),
+    /// A Redis Cluster: the client that routes by slot, and a client per seed, from which the
+    /// masters are found for pub/sub and the purge.
+    #[cfg(feature = "cluster")]
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        seeds: Vec<Client>,
+    },
+}
+
+/// A store's async connection: reconnecting, multiplexed, shared by clones.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Server(ConnectionManager),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Server(connection) => connection.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Server(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Server(connection) => connection.get_db(),
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// A blocking connection, for synchronous invalidations.
+pub(crate) enum BlockingConnection {
+    Server(redis::Connection),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster::ClusterConnection),
+}
+
+impl BlockingConnection {
+    pub(crate) fn set_timeouts(&self, timeout: Duration) -> RedisResult<()> {
+        match self {
+            BlockingConnection::Server(connection) => {
+                connection.set_read_timeout(Some(timeout))?;
+                connection.set_write_timeout(Some(timeout))
+            }
+            #[cfg(feature = "cluster")]
+            BlockingConnection::Cluster(connection) => {
+                connection.set_read_timeout(Some(timeout))?;
+                connection.set_write_timeout(Some(timeout))
+            }
+        }
+    }
+
+    /// The connection itself, for a command (a cluster connection routes it by its key).
+    pub(crate) fn as_connection_like(&mut self) -> &mut dyn redis::ConnectionLike {
+        match self {
+            BlockingConnection::Server(connection) => connection,
+            #[cfg(feature = "cluster")]
+            BlockingConnection::Cluster(connection) => connection,
+        }
+    }
+}
+
+impl Target {
+    /// One server at `url`.
+    pub(crate) fn server(url: &str, tls: &TlsMaterial) -> RedisResult<Target> {
+        Ok(Target::Server(client(url, tls)?))
+    }
+
+    /// A cluster reached through `seeds` (any of its nodes; the client finds the rest).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn cluster(
+        seeds: &[String],
+        tls: &TlsMaterial,
+        connect_timeout: Duration,
+    ) -> RedisResult<Target> {
+        let seeds = seeds
+            .iter()
+            .map(|url| client(url, tls))
+            .collect::<RedisResult<Vec<_>>>()?;
+        let mut builder = redis::cluster::ClusterClient::builder(
+            seeds.iter().map(|seed| seed.get_connection_info().clone()),
+        )
+        .connection_timeout(connect_timeout);
+        #[cfg(feature = "tls")]
+        if tls.is_set() {
+            builder = builder.certs(certificates(tls));
+        }
+        Ok(Target::Cluster {
+            client: builder.build()?,
+            seeds,
+        })
+    }
+
+    /// Whether commands of different slots must not share a pipeline.
+    pub(crate) fn is_cluster(&self) -> bool {
+        !matches!(self, Target::Server(_))
+    }
+
+    /// The store's connection, made without connecting: the first command connects.
+    pub(crate) fn connect_lazy(&self, connect_timeout: Duration) -> RedisResult<Connection> {
+        match self {
+            Target::Server(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    // `guarded` bounds every operation, reconnection waits included; a second
+                    // timer per request inside the connection would only double the cost.
+                    .set_response_timeout(None);
+                Ok(Connection::Server(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    config,
+                )?))
+            }
+            #[cfg(feature = "cluster")]
+            Target::Cluster { client, .. } => {
+                let config =
+                    redis::cluster::ClusterConfig::new().set_connection_timeout(connect_timeout);
+                Ok(Connection::Cluster(
+                    client.get_pending_async_connection_with_config(config),
+                ))
+            }
+        }
+    }
+
+    /// A new blocking connection, connecting within `timeout` (a cluster's within its
+    /// configured connection timeout per node).
+    pub(crate) fn connect_blocking(&self, timeout: Duration) -> RedisResult<BlockingConnection> {
+        match self {
+            Target::Server(client) => client
+                .get_connection_with_timeout(timeout)
+                .map(BlockingConnection::Server),
+            #[cfg(feature = "cluster")]
+            Target::Cluster { client, .. } => {
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout);
+                client
+                    .get_connection_with_config(config)
+                    .map(BlockingConnection::Cluster)
+            }
+        }
+    }
+
+    /// The nodes that hold keys and run scripts: the server, or every master of the cluster
+    /// (asked of the seeds in turn with `CLUSTER SLOTS`, within `timeout` each).
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
+    pub(crate) async fn masters(&self, timeout: Duration) -> RedisResult<Vec<Client>> {
+        match self {
+            Target::Server(client) => Ok(vec![client.clone()]),
+            #[cfg(feature = "cluster")]
+            Target::Cluster { seeds, .. } => cluster_masters(seeds, timeout).await,
+        }
+    }
+}
+
+/// A client for `url`, with the TLS material if there is any.
+fn client(url: &str, tls: &TlsMaterial) -> RedisResult<Client> {
+    #[cfg(feature = "tls")]
+    {
+        install_crypto_provider();
+        if tls.is_set() {
+            return Client::build_with_tls(url, certificates(tls));
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = tls;
+    Client::open(url)
+}
+
+/// rustls needs a process-wide crypto provider, which redis-rs leaves to the application:
+/// ring's, unless the application installed one first.
+#[cfg(feature = "tls")]
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+#[cfg(feature = "tls")]
+fn certificates(tls: &TlsMaterial) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: tls
+            .identity
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: tls.ca.clone(),
+    }
+}
+
+#[cfg(feature = "cluster")]
+async fn cluster_masters(seeds: &[Client], timeout: Duration) -> RedisResult<Vec<Client>> {
+    let mut last_error = None;
+    for seed in seeds {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let slots = async {
+            let mut connection = seed
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<redis::Value>(&mut connection)
+                .await
+        };
+        match tokio::time::timeout(timeout * 2, slots).await {
+            Ok(Ok(reply)) => return master_clients(seed, reply),
+            Ok(Err(error)) => last_error = Some(error),
+            Err(_) => {
+                last_error = Some(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "CLUSTER SLOTS timed out",
+                )))
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no seed nodes"))
+    }))
+}
+
+/// One client per distinct master in a `CLUSTER SLOTS` reply, with `seed`'s credentials and
+/// TLS settings.
+#[cfg(feature = "cluster")]
+fn master_clients(seed: &Client, reply: redis::Value) -> RedisResult<Vec<Client>> {
+    use redis::{ConnectionAddr, FromRedisValue, Value};
+    let ranges = Vec::<Value>::from_redis_value(reply)?;
+    let seed_info = seed.get_connection_info();
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    for range in ranges {
+        let items = Vec::<Value>::from_redis_value(range)?;
+        let Some(master) = items.into_iter().nth(2) else {
+            continue;
+        };
+        let node = Vec::<Value>::from_redis_value(master)?;
+        let mut node = node.into_iter();
+        let (Some(host), Some(port)) = (node.next(), node.next()) else {
+            continue;
+        };
+        let mut host = String::from_redis_value(host)?;
+        let port = u16::from_redis_value(port)?;
+        if host.is_empty() || host == "?" {
+            // The node does not know its own address: the seed's host reaches it.
+            host = match seed_info.addr() {
+                ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
+                _ => host,
+            };
+        }
+        if !masters.contains(&(host.clone(), port)) {
+            masters.push((host, port));
+        }
+    }
+    masters
+        .into_iter()
+        .map(|(host, port)| {
+            let addr = match seed_info.addr().clone() {
+                ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure,
+                    tls_params,
+                },
+                _ => ConnectionAddr::Tcp(host, port),
+            };
+            Client::open(seed_info.clone().set_addr(addr))
+        })
+        .collect()
+}
