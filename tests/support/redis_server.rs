@@ -22,11 +22,21 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Arguments after the defaults: a cluster node's, TLS, ACL users.
+    extra: Vec<String>,
+    /// Whether `port` is the TLS port (the plain one is then off).
+    tls: bool,
 }
 
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it accepts connections.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(Vec::new(), false)
+    }
+
+    /// [`start`](Self::start) with further `redis-server` arguments; with `tls`, the port is a
+    /// TLS port (`--tls-port`, the arguments naming the certificates) and the plain one is off.
+    pub fn start_with(extra: Vec<String>, tls: bool) -> RedisServer {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("cachette-redis-{}-{port}", std::process::id()));
@@ -35,9 +45,21 @@ impl RedisServer {
             port,
             dir,
             child: None,
+            extra,
+            tls,
         };
         server.spawn();
         server
+    }
+
+    /// The server's own directory (its working directory and `--dir`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Whether the process is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// `redis://127.0.0.1:<port>/`.
@@ -116,11 +138,20 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let ports: &[&str] = if self.tls {
+            &["--port", "0", "--tls-port", &port]
+        } else {
+            &["--port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
+            .current_dir(&self.dir)
             .stdout(Stdio::null())
             // Not inherited: an orphaned server must not hold the test runner's output open.
             .stderr(Stdio::null())
@@ -195,7 +226,8 @@ pub fn connect_blocking(url: &str) -> redis::Connection {
     connection
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())

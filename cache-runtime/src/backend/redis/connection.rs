@@ -133,6 +133,7 @@ impl Target {
             .iter()
             .map(|url| client(url, tls))
             .collect::<RedisResult<Vec<_>>>()?;
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
         let mut builder = redis::cluster::ClusterClient::builder(
             seeds.iter().map(|seed| seed.get_connection_info().clone()),
         )

@@ -1,0 +1,209 @@
+//! A real local Redis Cluster: 3 masters and 3 replicas, each a `redis-server
+//! --cluster-enabled yes` on free loopback ports (its cluster bus on another free port), joined
+//! with `redis-cli --cluster create ... --cluster-replicas 1 --cluster-yes` and waited on until
+//! every node reports `cluster_state:ok` and every master has its replica. Every node is killed
+//! when the cluster is dropped (a failed test included). Both programs come with Debian's
+//! `redis-server` package; a test that cannot start them fails.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::redis_server::{connect_blocking, free_port, RedisServer};
+
+/// How long a node may go unanswered before the others fail it over: short, so that the
+/// failover test takes seconds, and far above a loaded 2-core machine's stalls.
+pub const NODE_TIMEOUT_MS: u64 = 1_500;
+
+/// The nodes of a running cluster.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts 6 nodes, joins them as 3 masters with one replica each, and waits until the
+    /// cluster serves every slot.
+    pub fn start() -> RedisCluster {
+        let started = Instant::now();
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                RedisServer::start_with(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        &NODE_TIMEOUT_MS.to_string(),
+                        "--cluster-port",
+                        &free_port().to_string(),
+                        // A replica promotes itself whatever its lag: the tests' data is tiny.
+                        "--cluster-replica-validity-factor",
+                        "0",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                    false,
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port()))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|error| {
+                panic!("cannot run redis-cli ({error}); it comes with Debian's redis-server")
+            });
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_ok(Duration::from_secs(30));
+        eprintln!(
+            "cluster of 6 nodes up in {:?} (ports {})",
+            started.elapsed(),
+            addresses.join(" ")
+        );
+        cluster
+    }
+
+    /// Every node's URL: the seeds a client may be given.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|node| node.is_running())
+            .map(RedisServer::url)
+            .collect()
+    }
+
+    /// The node whose port is `port`.
+    pub fn node_by_port(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|node| node.port() == port)
+            .expect("a node of this cluster")
+    }
+
+    /// The port of the master now serving `key`'s slot (asked of a running node).
+    pub fn master_port_of(&self, key: &str) -> u16 {
+        let mut redis = self.any_connection();
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut redis)
+            .expect("keyslot");
+        let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut redis)
+            .expect("cluster slots");
+        for range in ranges {
+            let redis::Value::Array(items) = range else {
+                continue;
+            };
+            let bounds: (i64, i64) = (
+                redis::from_redis_value(items[0].clone()).expect("start"),
+                redis::from_redis_value(items[1].clone()).expect("end"),
+            );
+            if (bounds.0..=bounds.1).contains(&slot) {
+                let redis::Value::Array(master) = &items[2] else {
+                    panic!("a master entry")
+                };
+                return redis::from_redis_value(master[1].clone()).expect("port");
+            }
+        }
+        panic!("no master serves slot {slot}")
+    }
+
+    /// The ports of the masters now serving slots.
+    pub fn master_ports(&self) -> Vec<u16> {
+        let mut redis = self.any_connection();
+        let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut redis)
+            .expect("cluster slots");
+        let mut ports: Vec<u16> = ranges
+            .iter()
+            .map(|range| {
+                let redis::Value::Array(master) = &range[2] else {
+                    panic!("a master entry")
+                };
+                redis::from_redis_value(master[1].clone()).expect("port")
+            })
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// A blocking connection to a running node (any), for the cluster's own commands.
+    pub fn any_connection(&self) -> redis::Connection {
+        let node = self
+            .nodes
+            .iter()
+            .find(|node| node.is_running())
+            .expect("a running node");
+        connect_blocking(&node.url())
+    }
+
+    /// A cluster connection of the test's own, for planting and checking keys.
+    pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::builder(self.seeds())
+            .connection_timeout(Duration::from_secs(5))
+            .response_timeout(Duration::from_secs(10))
+            .build()
+            .expect("cluster client")
+            .get_async_connection()
+            .await
+            .expect("connect to the test cluster")
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and sees every slot served,
+    /// and every master has a replica in sync.
+    pub fn wait_until_ok(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let Err(why) = self.state() else { return };
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok within {limit:?}: {why}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn state(&self) -> Result<(), String> {
+        let mut masters_with_replica = 0;
+        for node in self.nodes.iter().filter(|node| node.is_running()) {
+            let mut redis = connect_blocking(&node.url());
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut redis)
+                .map_err(|error| error.to_string())?;
+            if !info.contains("cluster_state:ok") || !info.contains("cluster_slots_ok:16384") {
+                return Err(format!("node {}: {info}", node.port()));
+            }
+            let replication: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut redis)
+                .map_err(|error| error.to_string())?;
+            if replication.contains("role:master") && replication.contains("connected_slaves:1") {
+                masters_with_replica += 1;
+            }
+            if replication.contains("role:slave") && !replication.contains("master_link_status:up")
+            {
+                return Err(format!("replica {} not in sync", node.port()));
+            }
+        }
+        if masters_with_replica < 3 && self.nodes.iter().all(RedisServer::is_running) {
+            return Err(format!("{masters_with_replica} masters have a replica"));
+        }
+        Ok(())
+    }
+}
