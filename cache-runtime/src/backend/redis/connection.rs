@@ -209,6 +209,70 @@ impl Target {
     }
 }
 
+/// Why connections fail, when it is the configuration's fault: what a log line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The server refused the user or password (`WRONGPASS`, `NOAUTH`, `NOPERM`).
+    Credentials,
+    /// The TLS handshake failed: an untrusted or mismatched certificate, or no client one.
+    Tls,
+    /// Anything else (down, unreachable, too slow).
+    Other,
+}
+
+impl Refusal {
+    pub(crate) fn of(error: &redis::RedisError) -> Refusal {
+        let text = error.to_string();
+        let has = |needle: &str| text.to_ascii_lowercase().contains(needle);
+        if error.kind() == redis::ErrorKind::AuthenticationFailed
+            || ["wrongpass", "noauth", "noperm", "invalid username-password"]
+                .iter()
+                .any(|needle| has(needle))
+        {
+            Refusal::Credentials
+        } else if ["certificate", "handshake", "tls", "ssl"]
+            .iter()
+            .any(|needle| has(needle))
+        {
+            Refusal::Tls
+        } else {
+            Refusal::Other
+        }
+    }
+}
+
+impl Target {
+    /// Connects once, outside the reconnecting connection (which retries and so shows a caller
+    /// only a timeout), to learn why connections fail: the error of a fresh connection to the
+    /// server or the first seed, or `None` if it connects.
+    pub(crate) async fn diagnose(&self, timeout: Duration) -> Option<redis::RedisError> {
+        let client = match self {
+            Target::Server(client) => client,
+            #[cfg(feature = "cluster")]
+            Target::Cluster { seeds, .. } => seeds.first()?,
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let attempt = async {
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("PING")
+                .query_async::<redis::Value>(&mut connection)
+                .await
+        };
+        match tokio::time::timeout(timeout * 2, attempt).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(error),
+            Err(_) => Some(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no answer to a connection attempt",
+            ))),
+        }
+    }
+}
+
 /// A client for `url`, with the TLS material if there is any.
 fn client(url: &str, tls: &TlsMaterial) -> RedisResult<Client> {
     #[cfg(feature = "tls")]

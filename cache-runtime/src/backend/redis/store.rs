@@ -25,7 +25,7 @@ use redis::Script;
 
 use super::blocking::{BlockingConnections, Unsent};
 use super::breaker::{Breaker, BreakerPolicy, Permit};
-use super::connection::{Connection, Target};
+use super::connection::{Connection, Refusal, Target};
 use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
 use super::pending::PendingInvalidations;
 use super::scripts::{CLAIM, FILL, INVALIDATE, RELEASE, RENEW};
@@ -202,9 +202,54 @@ impl RedisStore {
                         "redis keeps failing; calls run uncached and redis is probed every {:?}",
                         self.settings.breaker.probe_interval
                     );
+                    self.diagnose();
                 }
             }
         }
+    }
+
+    /// Finds out, in a task of its own, why connections fail, and names the cause if it is the
+    /// configuration's (a wrong password, an untrusted certificate): the reconnecting
+    /// connection retries on its own, so callers see only timeouts. One line per cause per
+    /// 10 s.
+    fn diagnose(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (target, prefix) = (Arc::clone(&self.target), self.settings.prefix.clone());
+        let timeout = self.settings.connect_timeout;
+        runtime.spawn(async move {
+            let Some(error) = target.diagnose(timeout).await else {
+                return;
+            };
+            static CREDENTIALS: LogGate = LogGate::new();
+            static TLS: LogGate = LogGate::new();
+            match Refusal::of(&error) {
+                Refusal::Credentials => {
+                    if let Some(suppressed) = CREDENTIALS.admit() {
+                        tracing::error!(
+                            %prefix,
+                            %error,
+                            suppressed,
+                            "redis rejected the credentials (user or password of the URL); \
+                             calls run uncached"
+                        );
+                    }
+                }
+                Refusal::Tls => {
+                    if let Some(suppressed) = TLS.admit() {
+                        tracing::error!(
+                            %prefix,
+                            %error,
+                            suppressed,
+                            "the TLS handshake with redis failed (is its certificate signed by \
+                             a CA the backend trusts? see `tls_ca_pem`); calls run uncached"
+                        );
+                    }
+                }
+                Refusal::Other => {}
+            }
+        });
     }
 
     /// Reads the value: one `GET`, the hit path's only round trip.
