@@ -601,4 +601,6 @@ fn millis(duration: Duration) -> u64 {
 
 mod replay;
 #[cfg(test)]
+mod slot_tests;
+#[cfg(test)]
 mod tests;

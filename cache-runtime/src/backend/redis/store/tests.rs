@@ -16,10 +16,18 @@ fn store(server: &RedisServer) -> Arc<RedisStore> {
         },
         ..RedisSettings::default()
     };
-    RedisStore::new(&server.url(), settings).expect("valid url")
+    RedisStore::new(server_target(server), settings)
 }
 
 const TTL: Duration = Duration::from_secs(60);
+
+fn server_target(server: &RedisServer) -> Target {
+    Target::server(
+        &server.url(),
+        &super::super::connection::TlsMaterial::default(),
+    )
+    .expect("valid url")
+}
 
 #[tokio::test]
 async fn a_fill_is_read_back_in_one_round_trip() {
@@ -388,7 +396,7 @@ fn store_with_prefix(server: &RedisServer, prefix: &str) -> Arc<RedisStore> {
         },
         ..RedisSettings::default()
     };
-    RedisStore::new(&server.url(), settings).expect("valid url")
+    RedisStore::new(server_target(server), settings)
 }
 
 fn raw_blocking(server: &RedisServer) -> redis::Connection {
