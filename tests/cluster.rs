@@ -57,13 +57,14 @@ fn main() {
                 eprintln!("ok: the fence race on the cluster");
                 a_corrupt_entry_is_a_miss(&cluster).await;
                 a_dead_cluster_fails_open().await;
+                publish_and_spublish_cost(&cluster).await;
             });
             processes_on_one_cold_key_load_once(&cluster, &coordination);
             the_bus_reaches_other_processes(&cluster, &coordination, &runtime);
             runtime.block_on(a_killed_master_is_survived(&mut cluster));
             assert_no_cross_slot(logs);
-            println!("cluster: 7 scenarios passed in {:?}", started.elapsed());
-            println!("test result: ok. 7 passed; 0 failed");
+            println!("cluster: 8 scenarios passed in {:?}", started.elapsed());
+            println!("test result: ok. 8 passed; 0 failed");
         }
     }
 }
@@ -261,6 +262,83 @@ async fn a_dead_cluster_fails_open() {
         "a call against a dead cluster took {slowest:?}"
     );
     eprintln!("ok: a dead cluster fails open (slowest call {slowest:?})");
+}
+
+// ---- PUBLISH vs SPUBLISH ----
+
+/// The cluster-bus messages all nodes sent, of one kind (`publish` or `publishshard`).
+fn bus_messages_sent(cluster: &RedisCluster, kind: &str) -> u64 {
+    let field = format!("cluster_stats_messages_{kind}_sent:");
+    cluster
+        .seeds()
+        .iter()
+        .map(|url| {
+            let mut redis = redis_server::connect_blocking(url);
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut redis)
+                .expect("cluster info");
+            info.lines()
+                .find_map(|line| line.strip_prefix(&field))
+                .map_or(0, |n| n.trim().parse().expect("a count"))
+        })
+        .sum()
+}
+
+/// What the bus costs per invalidation with classic `PUBLISH` from the script (what the
+/// backends do) and with sharded `SPUBLISH` (its channel must then be in the entry's slot), in
+/// cluster-bus messages and time; printed for ARCHITECTURE.md. And the fact that decides it
+/// for scripts: `SPUBLISH` to a channel outside the script's slot is refused.
+async fn publish_and_spublish_cost(cluster: &RedisCluster) {
+    const N: u64 = 1_000;
+    let mut redis = cluster.connection().await;
+    let script = |publish: &str| {
+        redis::Script::new(&format!(
+            "redis.call('DEL', KEYS[1]); return redis.call('{publish}', ARGV[1], ARGV[2])"
+        ))
+    };
+    let mut results = Vec::new();
+    for (publish, kind) in [("PUBLISH", "publish"), ("SPUBLISH", "publishshard")] {
+        let script = script(publish);
+        let before = bus_messages_sent(cluster, kind);
+        let started = Instant::now();
+        for i in 0..N {
+            let channel = match publish {
+                "PUBLISH" => "cost:1:bus".to_owned(),
+                _ => format!("cost:1:{{entry:<{i}>}}:bus"),
+            };
+            let _: i64 = script
+                .key(format!("cost:1:{{entry:<{i}>}}:v"))
+                .arg(channel)
+                .arg("origin key")
+                .invoke_async(&mut redis)
+                .await
+                .expect("the script runs");
+        }
+        let took = started.elapsed();
+        let messages = bus_messages_sent(cluster, kind) - before;
+        results.push((publish, messages as f64 / N as f64, took / N as u32));
+    }
+    let refused: redis::RedisResult<i64> = script("SPUBLISH")
+        .key("cost:1:{entry:<1>}:v")
+        .arg("cost:1:bus")
+        .arg("origin key")
+        .invoke_async(&mut redis)
+        .await;
+    assert!(
+        refused.is_err(),
+        "SPUBLISH to a channel of another slot ran in a script: {refused:?}"
+    );
+    for (publish, messages, each) in &results {
+        println!(
+            "bus cost: {publish} from the script: {messages:.2} cluster-bus messages and \
+             {each:?} per invalidation"
+        );
+    }
+    println!(
+        "bus cost: SPUBLISH to another slot's channel in a script is refused: {}",
+        refused.expect_err("refused")
+    );
 }
 
 // ---- Single-flight across processes ----
