@@ -5,6 +5,10 @@
 //! settings and prints one table of medians and ratios. Without `CACHETTE_BENCH_REDIS_URL` the
 //! Redis groups are skipped.
 //!
+//! With the `cluster` feature and `CACHETTE_BENCH_CLUSTER=1` (scripts/bench sets both), the
+//! `cluster_hit` group starts a local Redis Cluster of its own (the tests' helper) and compares a
+//! cluster hit with redis-rs's cluster client used by hand.
+//!
 //! Every case returns the same ~200-byte value ([`Profile`]) built the same way, and every
 //! cache-aside floor builds the same key text with the same [`KeyBuilder`] the expansion uses.
 
@@ -15,10 +19,14 @@ use std::time::{Duration, Instant};
 
 use cached::macros::cached as peer_cached;
 use cachette::{cached, configure, KeyBuilder, MemoryBackend, RedisBackend, TieredBackend};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, BenchmarkId, Criterion};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
+
+#[cfg(feature = "cluster")]
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 /// The cached value: about 200 bytes, two of them on the heap, as a typical row would be.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -164,6 +172,51 @@ async fn raw_redis_user(connection: &mut redis::aio::MultiplexedConnection, id: 
         .0
 }
 
+#[cfg(feature = "cluster")]
+#[cached(ttl = "600s", key = "cuser:<id>", backend = "redis.cluster")]
+async fn cachette_cluster_user(id: u64) -> Profile {
+    profile(id)
+}
+
+/// The bench's own cluster, when `CACHETTE_BENCH_CLUSTER` asks for one: leaked for the run
+/// (the registry holds it for every group), its nodes killed by [`stop_cluster`] at the end.
+#[cfg(feature = "cluster")]
+static CLUSTER: OnceLock<Option<&'static std::sync::Mutex<support::redis_cluster::RedisCluster>>> =
+    OnceLock::new();
+
+#[cfg(feature = "cluster")]
+fn cluster() -> Option<Vec<String>> {
+    CLUSTER
+        .get_or_init(|| {
+            std::env::var("CACHETTE_BENCH_CLUSTER").is_ok().then(|| {
+                &*Box::leak(Box::new(std::sync::Mutex::new(
+                    support::redis_cluster::RedisCluster::start(),
+                )))
+            })
+        })
+        .map(|cluster| cluster.lock().expect("lock").seeds())
+}
+
+/// Kills the cluster's nodes: statics are never dropped, and the nodes would outlive the run.
+fn stop_cluster() {
+    #[cfg(feature = "cluster")]
+    if let Some(Some(cluster)) = CLUSTER.get() {
+        cluster.lock().expect("lock").stop();
+    }
+}
+
+/// Raw redis-rs on a cluster: `GET` through the cluster client and a bincode decode.
+#[cfg(feature = "cluster")]
+async fn raw_cluster_user(
+    connection: &mut redis::cluster_async::ClusterConnection,
+    id: u64,
+) -> Profile {
+    let bytes: Vec<u8> = connection.get(raw_redis_key(id)).await.expect("GET");
+    bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+        .expect("decodes")
+        .0
+}
+
 // Miss path: every call a new key, a trivial loader.
 
 #[cached(ttl = "600s", key = "miss:<id>")]
@@ -275,6 +328,16 @@ fn setup() {
             config = config
                 .redis("redis", backend)
                 .tiered("tiered", tiered.clone());
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(seeds) = cluster() {
+            let backend = RedisBackend::builder()
+                .cluster(seeds)
+                .prefix("bench")
+                .op_timeout(Duration::from_secs(2))
+                .build()
+                .expect("valid cluster configuration");
+            config = config.redis("redis.cluster", backend);
         }
         config.install().expect("configured once");
     });
@@ -557,6 +620,86 @@ fn redis_hit(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4b. Redis Cluster hit, 64 tasks: cachette over the cluster client next to that client by hand.
+
+#[cfg(feature = "cluster")]
+fn cluster_hit(c: &mut Criterion) {
+    let Some(seeds) = cluster() else {
+        eprintln!("cluster_hit: skipped (CACHETTE_BENCH_CLUSTER is not set; use scripts/bench)");
+        return;
+    };
+    setup();
+    let rt = multi_thread();
+    let raw = rt.block_on(async {
+        let mut connection = redis::cluster::ClusterClient::new(seeds)
+            .expect("seeds")
+            .get_async_connection()
+            .await
+            .expect("connect");
+        for id in 0..WARM {
+            cachette_cluster_user(id).await;
+            let bytes = bincode::serde::encode_to_vec(profile(id), bincode::config::standard())
+                .expect("encodes");
+            let () = connection
+                .set_ex(raw_redis_key(id), bytes, 600)
+                .await
+                .expect("SET");
+        }
+        connection
+    });
+    let mut group = c.benchmark_group("cluster_hit");
+    group.bench_function(BenchmarkId::new("cachette_par", TASKS), |b| {
+        b.to_async(rt).iter_custom(|iters| async move {
+            let per_task = iters.div_ceil(TASKS);
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|task| {
+                    tokio::spawn(async move {
+                        for i in 0..per_task {
+                            black_box(cachette_cluster_user((task + i * TASKS) % WARM).await);
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task");
+            }
+            start.elapsed()
+        })
+    });
+    group.bench_function(BenchmarkId::new("raw_par", TASKS), |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let raw = raw.clone();
+            async move {
+                let per_task = iters.div_ceil(TASKS);
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|task| {
+                        let mut connection = raw.clone();
+                        tokio::spawn(async move {
+                            for i in 0..per_task {
+                                let id = (task + i * TASKS) % WARM;
+                                black_box(raw_cluster_user(&mut connection, id).await);
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.expect("task");
+                }
+                start.elapsed()
+            }
+        })
+    });
+    group.finish();
+}
+
+#[cfg(not(feature = "cluster"))]
+fn cluster_hit(_: &mut Criterion) {
+    eprintln!("cluster_hit: skipped (build with --features cluster; use scripts/bench)");
+}
+
+// ---------------------------------------------------------------------------------------------
 // 6. Miss path: a cold key each call, a trivial loader.
 
 fn miss_path(c: &mut Criterion) {
@@ -662,7 +805,14 @@ criterion_group!(
     contention,
     key_building,
     redis_hit,
+    cluster_hit,
     miss_path,
     stampedes
 );
-criterion_main!(benches);
+
+// `criterion_main!`, and then the cluster's nodes stopped.
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    stop_cluster();
+}

@@ -35,6 +35,7 @@ ROWS = [
     ("3 key, two placeholders", "key/cachette_two", "format!", "key/format_two", "", None),
     ("4 redis hit, sequential", "redis_hit/cachette_seq", "redis-rs GET + bincode", "redis_hit/raw_seq", "", None),
     ("4 redis hit, 64 tasks", "redis_hit/cachette_par/64", "redis-rs GET + bincode", "redis_hit/raw_par/64", "<= 1.11", lambda r: r <= 1 / 0.9),
+    ("4b cluster hit, 64 tasks", "cluster_hit/cachette_par/64", "redis-rs cluster GET + bincode", "cluster_hit/raw_par/64", "<= 1.11", lambda r: r <= 1 / 0.9),
     ("5 tiered warm hit", "memory_hit/tiered", "moka future::Cache", "memory_hit/moka_future", "<= 1.5", lambda r: r <= 1.5),
     ("5 tiered warm hit", "memory_hit/tiered", "cachette memory hit", "memory_hit/cachette", "", None),
     ("6 miss, memory", "miss/cachette_memory", "moka get + insert", "miss/moka_sync", "", None),
@@ -44,7 +45,7 @@ ROWS = [
     ("7 stampede, 1000 callers", "stampede/cachette", "cached sync_writes", "stampede/cached_sync_writes", "", None),
 ]
 
-THROUGHPUT = ("contention/", "redis_hit/cachette_par", "redis_hit/raw_par")
+THROUGHPUT = ("contention/", "redis_hit/cachette_par", "redis_hit/raw_par", "cluster_hit/")
 
 
 def median_ns(bench):

@@ -518,6 +518,9 @@ async fn a_killed_master_is_survived(cluster: &mut RedisCluster) {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let calls_before = calls.load(Ordering::SeqCst);
+    let tiered = tiered_backend();
+    assert!(tiered.l1_active(), "the bus is up before the kill");
+    let flushes_before = tiered.l1_flushes();
     let killed_at = Instant::now();
     cluster.node_by_port(victim).kill();
     // Caching resumes once a call of the probe key on the killed master's slots is a hit again
@@ -537,6 +540,16 @@ async fn a_killed_master_is_survived(cluster: &mut RedisCluster) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    // The bus held a connection to the killed master: its loss dropped L1, and the bus
+    // resubscribes on the new masters.
+    tokio::time::timeout(Duration::from_secs(30), tiered.l1_ready())
+        .await
+        .expect("the bus came back within 30 s of the kill");
+    let bus_back = killed_at.elapsed();
+    assert!(
+        tiered.l1_flushes() > flushes_before,
+        "the loss of a master's subscription dropped L1"
+    );
     // Everything else keeps being served from the cache afterwards, too.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let loads_then = FAILOVER_LOADS.load(Ordering::SeqCst);
@@ -550,8 +563,9 @@ async fn a_killed_master_is_survived(cluster: &mut RedisCluster) {
     let failed = failed.load(Ordering::SeqCst);
     let slowest = *slowest.lock().expect("lock");
     println!(
-        "failover: master {victim} killed; caching resumed after {resumed:?}; {calls} calls \
-         ({calls_before} before the kill), {failed} failed, slowest call {slowest:?}"
+        "failover: master {victim} killed; caching resumed after {resumed:?}, the bus (L1) \
+         after {bus_back:?}; {calls} calls ({calls_before} before the kill), {failed} failed, \
+         slowest call {slowest:?}"
     );
     assert_eq!(failed, 0, "calls failed during the failover");
     assert!(calls > calls_before, "calls went on");

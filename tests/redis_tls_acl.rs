@@ -18,7 +18,7 @@ use cachette::{cached, configure, invalidates, RedisBackend, TieredBackend};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
-use support::redis_server::RedisServer;
+use support::redis_server::{OnExit, RedisServer};
 
 const PASSWORD: &str = "s3cret-pa55";
 const WRONG_PASSWORD: &str = "not-the-pa55word";
@@ -60,8 +60,10 @@ fn make_pki() -> Pki {
 }
 
 struct Fixture {
-    _tls: RedisServer,
-    _acl: RedisServer,
+    tls: RedisServer,
+    acl: RedisServer,
+    /// The PEM files.
+    dir: std::path::PathBuf,
     tiered_tls: TieredBackend,
     tiered_acl: TieredBackend,
 }
@@ -155,8 +157,9 @@ fn fixture() -> &'static Fixture {
             .install()
             .expect("configured once");
         Fixture {
-            _tls: tls,
-            _acl: acl,
+            tls,
+            acl,
+            dir,
             tiered_tls,
             tiered_acl,
         }
@@ -252,6 +255,14 @@ where
 async fn tls_and_acl_users() {
     let logs = capture_logs();
     let fixture = fixture();
+    // The fixture lives in a static, which is never dropped: stop its servers when the test ends.
+    let _stop = OnExit(|| {
+        for server in [&fixture.tls, &fixture.acl] {
+            server.stop();
+            let _ = std::fs::remove_dir_all(server.dir());
+        }
+        let _ = std::fs::remove_dir_all(&fixture.dir);
+    });
 
     stored_and_read_back(over_tls, "redis over TLS with a client certificate").await;
     stored_and_read_back(tiered_tls, "tiered over TLS").await;

@@ -74,6 +74,13 @@ impl RedisCluster {
         cluster
     }
 
+    /// Kills every node (for a cluster held in a `static`, which is never dropped).
+    pub fn stop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+
     /// Every node's URL: the seeds a client may be given.
     pub fn seeds(&self) -> Vec<String> {
         self.nodes

@@ -26,6 +26,8 @@ impl TlsMaterial {
 }
 
 /// The server or cluster a store talks to.
+// One per store, behind an `Arc`: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Target {
     /// One server (or a proxy that looks like one).
     Server(Client),
@@ -88,7 +90,7 @@ impl redis::aio::ConnectionLike for Connection {
 pub(crate) enum BlockingConnection {
     Server(redis::Connection),
     #[cfg(feature = "cluster")]
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl BlockingConnection {
@@ -111,7 +113,7 @@ impl BlockingConnection {
         match self {
             BlockingConnection::Server(connection) => connection,
             #[cfg(feature = "cluster")]
-            BlockingConnection::Cluster(connection) => connection,
+            BlockingConnection::Cluster(connection) => &mut **connection,
         }
     }
 }
@@ -192,7 +194,7 @@ impl Target {
                     .set_response_timeout(timeout);
                 client
                     .get_connection_with_config(config)
-                    .map(BlockingConnection::Cluster)
+                    .map(|connection| BlockingConnection::Cluster(Box::new(connection)))
             }
         }
     }

@@ -418,6 +418,34 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
     }
 
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_seed_passwords_never_reach_debug_output_or_errors() {
+        let seeds = [
+            "redis://app:hunter2@127.0.0.1:1/",
+            "redis://app:hunter2@127.0.0.1:2/",
+        ];
+        let backend = RedisBackend::builder()
+            .cluster(seeds)
+            .build()
+            .expect("valid");
+        let shown = format!("{backend:?} {:?}", RedisBackend::builder().cluster(seeds));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("cluster [redis://app:***@127.0.0.1:1/"),
+            "{shown}"
+        );
+        let error = RedisBackend::builder()
+            .cluster(["redis://app:hunter2@h:1/", "redis://other:hunter3@h:2/"])
+            .build()
+            .expect_err("different users on two seeds");
+        let error = error.to_string();
+        assert!(
+            !error.contains("hunter2") && !error.contains("hunter3"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn bad_configurations_are_errors() {
         assert!(matches!(

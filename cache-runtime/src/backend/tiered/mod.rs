@@ -70,7 +70,9 @@ impl TieredBackend {
         self.bus.flushes()
     }
 
-    /// How many invalidations from other processes arrived on the bus.
+    /// How many invalidations from other processes arrived on the bus. On a Redis Cluster the
+    /// bus listens on every master and each message arrives once per master, so each counts
+    /// that many times.
     pub fn invalidations_received(&self) -> u64 {
         self.bus.received()
     }
