@@ -63,9 +63,10 @@
 #[doc(inline)]
 pub use cache_macros::{cached, invalidates};
 pub use cache_runtime::{
-    configure, invalidate, CacheKey, CacheValue, Config, ConfigError, KeyBuilder, KeyPart,
-    KeyWriter, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder,
-    TieredBackend, TieredBackendBuilder,
+    configure, health, invalidate, metric_names, stats, BackendHealth, BreakerState, CacheKey,
+    CacheValue, Config, ConfigError, KeyBuilder, KeyPart, KeyWriter, MemoryBackend,
+    MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, SiteStats, Stats, TieredBackend,
+    TieredBackendBuilder,
 };
 
 /// HTTP response caching for axum: a tower layer with ETags, `304 Not Modified` and

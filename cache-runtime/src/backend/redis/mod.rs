@@ -17,9 +17,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use breaker::BreakerState;
 pub(crate) use keys::{bus_channel, FLUSH_MESSAGE};
 pub(crate) use lock::HeldLock;
-pub(crate) use store::{Announce, Claim, RedisStore, StoreError, LEASE};
+pub(crate) use store::{Announce, Claim, RedisHealth, RedisStore, StoreError, LEASE};
 pub(crate) use wake::{resubscribe_backoff, Waiting, SAFETY_POLL};
 
 use keys::{entry_hash, entry_hash_seed, valid_prefix};
@@ -28,6 +29,7 @@ use store::RedisSettings;
 use crate::error::ConfigError;
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
+use crate::observe::meters::BackendMeters;
 
 /// A backend shared by every process of a service, in Redis.
 ///
@@ -68,6 +70,11 @@ impl RedisBackend {
 
     pub(crate) fn store(&self) -> &Arc<RedisStore> {
         &self.store
+    }
+
+    /// Gives the backend its metric handles, once configured under a name.
+    pub(crate) fn attach_meters(&self, meters: Arc<BackendMeters>) {
+        self.store.attach_meters(meters);
     }
 
     /// Deletes `keys` and advances their fences. Once one fails (Redis unreachable), the rest

@@ -18,19 +18,20 @@
 //! (`wake.rs`).
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
 use super::blocking::{BlockingConnections, Unsent};
-use super::breaker::{Breaker, BreakerPolicy, Permit};
+use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit};
 use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
 use super::pending::PendingInvalidations;
 use super::scripts::{CLAIM, FILL, INVALIDATE, RELEASE, RENEW};
 use super::wake::{Waiting, Wakeups};
 use crate::log_gate::LogGate;
+use crate::observe::meters::BackendMeters;
 
 /// Why a Redis operation did not happen; every case is a miss to the caller.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,20 @@ pub(crate) struct RedisStore {
     renew_script: Script,
     /// Whether the background replayer runs (`replay_in_background`).
     replayer_running: AtomicBool,
+    /// The backend's metric handles, once it is configured under a name.
+    meters: OnceLock<Arc<BackendMeters>>,
+    /// The last error, and when, for `health()`.
+    last_error: Mutex<Option<(String, SystemTime)>>,
+}
+
+/// What a store knows of its Redis's health.
+pub(crate) struct RedisHealth {
+    pub(crate) breaker: BreakerState,
+    /// The last failure's message and time.
+    pub(crate) last_error: Option<(String, SystemTime)>,
+    pub(crate) pending_invalidations: usize,
+    /// The pending queue overflowed: a purge is due.
+    pub(crate) overflowed: bool,
 }
 
 /// How long a load lock lives without renewal (`lock.rs` renews it every third of this): the
@@ -143,6 +158,8 @@ impl RedisStore {
             claim_script: Script::new(CLAIM),
             renew_script: Script::new(RENEW),
             replayer_running: AtomicBool::new(false),
+            meters: OnceLock::new(),
+            last_error: Mutex::new(None),
         }))
     }
 
@@ -185,12 +202,13 @@ impl RedisStore {
 
     fn record<T>(&self, result: &Result<T, StoreError>) {
         match result {
-            Ok(_) => self.breaker.record_success(),
+            Ok(_) => self.recovered(),
             // Redis answered: the error is about this request (a key of another type, a
             // script error), a miss for this call, and no sign that Redis is unwell. Counting
             // it would let one bad key switch caching off for every key.
             Err(StoreError::Redis(error)) if !is_transport_failure(error) => {
-                self.breaker.record_success();
+                self.recovered();
+                self.remember(result);
                 static GATE: LogGate = LogGate::new();
                 if let Some(suppressed) = GATE.admit() {
                     tracing::warn!(
@@ -203,14 +221,64 @@ impl RedisStore {
             }
             Err(StoreError::Pending) => {}
             Err(_) => {
+                self.remember(result);
                 if self.breaker.record_failure(Instant::now()) {
                     tracing::warn!(
                         prefix = %self.settings.prefix,
                         "redis keeps failing; calls run uncached and redis is probed every {:?}",
                         self.settings.breaker.probe_interval
                     );
+                    if let Some(meters) = self.meters.get() {
+                        meters.breaker_open(true);
+                    }
                 }
             }
+        }
+    }
+
+    /// A success: closes the breaker if it was open, saying so.
+    fn recovered(&self) {
+        if self.breaker.record_success() {
+            tracing::info!(
+                prefix = %self.settings.prefix,
+                "redis answers again; caching through redis resumes"
+            );
+            if let Some(meters) = self.meters.get() {
+                meters.breaker_open(false);
+            }
+        }
+    }
+
+    /// Keeps the error for [`health`](crate::health()).
+    fn remember<T>(&self, result: &Result<T, StoreError>) {
+        if let Err(error) = result {
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((error.to_string(), SystemTime::now()));
+        }
+    }
+
+    /// Gives the store its backend's handles (the first configuration that names it keeps
+    /// them).
+    pub(crate) fn attach_meters(&self, meters: Arc<BackendMeters>) {
+        self.pending.attach_meters(Arc::clone(&meters));
+        let _ = self.meters.set(meters);
+    }
+
+    /// The breaker's state, the last error and the pending invalidations, for `health()`.
+    pub(crate) fn health(&self) -> RedisHealth {
+        let last_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        RedisHealth {
+            breaker: self.breaker.position(),
+            last_error,
+            pending_invalidations: self.pending.len(),
+            overflowed: self.pending.overflowed(),
         }
     }
 

@@ -12,6 +12,7 @@ use bus::{Bus, BusTiming};
 use super::redis::bus_channel;
 use super::{MemoryBackend, RedisBackend};
 use crate::key::CacheKey;
+use crate::observe::meters::{BackendMeters, StoreMeters};
 use crate::shape::AnyValue;
 
 /// A backend with in-process speed on hits and cross-process correctness: reads go to L1
@@ -90,6 +91,18 @@ impl TieredBackend {
 impl TieredBackend {
     pub(crate) fn l2(&self) -> &RedisBackend {
         &self.l2
+    }
+
+    /// Gives the backend its metric handles, once configured under a name.
+    pub(crate) fn attach_meters(&self, meters: Arc<BackendMeters>, l1: StoreMeters) {
+        self.l1.attach_meters(l1);
+        self.bus.attach_meters(Arc::clone(&meters));
+        self.l2.attach_meters(meters);
+    }
+
+    /// Whether the bus is subscribed, and so L1 in use.
+    pub(crate) fn bus_connected(&self) -> bool {
+        self.bus.l1_epoch().is_some()
     }
 
     /// The epoch L1 entries must carry to be served, or `None` while L1 must not be used (the
