@@ -68,7 +68,8 @@ mod handles {
         pub(crate) fn record(&self, _: f64) {}
     }
 
-    pub(crate) type Labels = ();
+    /// No labels to keep without the facade.
+    pub(crate) struct Labels;
 
     pub(crate) fn label(_: &'static str, _: impl Into<String>) {}
     pub(crate) fn counter(_: &'static str, _: Labels) -> Counter {
@@ -90,7 +91,10 @@ macro_rules! labels {
         #[cfg(feature = "metrics")]
         let labels: Labels = vec![$(label($key, $value)),*];
         #[cfg(not(feature = "metrics"))]
-        let labels: Labels = { $(label($key, $value);)* };
+        let labels: Labels = {
+            $(label($key, $value);)*
+            Labels
+        };
         labels
     }};
 }
