@@ -8,6 +8,7 @@
 
 mod backend;
 mod call;
+mod clock;
 mod envelope;
 mod error;
 mod flight;
@@ -27,6 +28,7 @@ pub use backend::{
     TieredBackend, TieredBackendBuilder,
 };
 pub use call::invalidate;
+pub use clock::TestClock;
 pub use error::ConfigError;
 pub use health::{health, BackendHealth};
 pub use key::{CacheKey, KeyBuilder, KeyPart, KeyWriter};

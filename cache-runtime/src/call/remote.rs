@@ -13,7 +13,7 @@ use super::follow::{downcast, follow, Next};
 use super::local::load;
 use super::report::{Report, Served};
 use crate::backend::{Claim, HeldLock, RedisBackend, TieredBackend, LEASE, SAFETY_POLL};
-use crate::envelope::{self, now_ms, Bincode, Times};
+use crate::envelope::{self, Bincode, Times};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
@@ -350,7 +350,7 @@ fn decode<V: DeserializeOwned>(
         // Redis' PX expires entries; the envelope's own bound also catches an entry whose key
         // TTL was lost (a PERSIST, a restore from a dump). One clock reading decides both
         // whether and how long.
-        Ok((header, value)) => match header.remaining(now_ms()) {
+        Ok((header, value)) => match header.remaining(redis.now_ms()) {
             Some(remaining) => Lookup::Hit(value, remaining),
             None => Lookup::Miss,
         },
@@ -379,7 +379,7 @@ async fn fill<V: Serialize>(
     value: &V,
     permit: LoadPermit,
 ) -> bool {
-    let now = now_ms();
+    let now = redis.now_ms();
     let ttl = u64::try_from(site.ttl().as_millis()).unwrap_or(u64::MAX);
     let times = Times {
         created_at_ms: now,
@@ -440,7 +440,7 @@ mod tests {
             .build()
             .expect("valid configuration");
         let key = KeyBuilder::new().lit("k").finish();
-        let now = now_ms();
+        let now = redis.now_ms();
         let envelope = |stale_until_ms| {
             let times = Times {
                 created_at_ms: now - 10_000,

@@ -16,7 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::call::{cached_remote, cached_remote_served};
-use crate::envelope::now_ms;
+use crate::clock::unix_ms_now as now_ms;
 use crate::http::etag::if_none_match;
 use crate::http::key::{route_builder, variant_key, Variant};
 use crate::http::policy::CachePolicy;

@@ -21,7 +21,8 @@ use crate::observe::meters::StoreMeters;
 use crate::observe::Eviction;
 use crate::shape::AnyValue;
 
-use index::{Clock, Index};
+use crate::clock::{Clock, TestClock};
+use index::Index;
 
 /// One hit in this many (per thread) is also read through moka, so that its eviction policy
 /// still sees which keys are hot; the others cost it nothing.
@@ -48,6 +49,9 @@ pub struct MemoryBackend {
     weigher: Weigher,
     /// What the store holds, as its gauges say, kept by inserts and the eviction listener.
     tally: Arc<Tally>,
+    /// How it was built, to build it again on another clock (a tiered backend's L1 runs on
+    /// its L2's clock).
+    settings: Arc<MemoryBackendBuilder>,
 }
 
 #[derive(Clone)]
@@ -111,11 +115,14 @@ impl Expiry<CacheKey, Entry> for PerEntryTtl {
 }
 
 /// Configures a [`MemoryBackend`].
+#[derive(Clone)]
 pub struct MemoryBackendBuilder {
     capacity: Capacity,
     weigher: Option<Weigher>,
+    clock: Clock,
 }
 
+#[derive(Clone, Copy)]
 enum Capacity {
     Entries(u64),
     Bytes(u64),
@@ -146,14 +153,16 @@ impl MemoryBackendBuilder {
         self
     }
 
-    /// The backend.
-    pub fn build(self) -> MemoryBackend {
-        self.build_on(Clock::Coarse)
+    /// Checks expiry against a test's clock, to advance instead of sleeping.
+    pub fn clock(mut self, clock: &TestClock) -> Self {
+        self.clock = clock.clock();
+        self
     }
 
-    /// The backend, checking expiry against `clock` (a test's, to advance instead of sleeping).
-    fn build_on(self, clock: Clock) -> MemoryBackend {
-        let index = Arc::new(Index::new(clock));
+    /// The backend.
+    pub fn build(self) -> MemoryBackend {
+        let settings = self.clone();
+        let index = Arc::new(Index::new(self.clock));
         let tally = Arc::new(Tally {
             entries: AtomicI64::new(0),
             bytes: AtomicI64::new(0),
@@ -184,6 +193,7 @@ impl MemoryBackendBuilder {
             index,
             weigher,
             tally,
+            settings: Arc::new(settings),
         }
     }
 }
@@ -194,7 +204,19 @@ impl MemoryBackend {
         MemoryBackendBuilder {
             capacity: Capacity::Entries(10_000),
             weigher: None,
+            clock: Clock::Real,
         }
+    }
+
+    /// This backend, or if it runs on another clock than `clock`, an empty one built alike on
+    /// `clock`.
+    pub(crate) fn on_clock(self, clock: &Clock) -> MemoryBackend {
+        if self.settings.clock.same_as(clock) {
+            return self;
+        }
+        let mut settings = (*self.settings).clone();
+        settings.clock = clock.clone();
+        settings.build()
     }
 
     /// How many entries the cache holds (approximate until [`run_pending_tasks`](Self::run_pending_tasks)).
@@ -350,11 +372,9 @@ mod tests {
         backend.read(key, |value| Some(Arc::clone(value)))
     }
     use crate::KeyBuilder;
-    use index::ManualClock;
-
     /// A default backend whose index checks expiry against `clock`.
-    fn on(clock: &Arc<ManualClock>) -> MemoryBackend {
-        MemoryBackend::builder().build_on(Clock::Manual(Arc::clone(clock)))
+    fn on(clock: &TestClock) -> MemoryBackend {
+        MemoryBackend::builder().clock(clock).build()
     }
 
     fn fill(backend: &MemoryBackend, count: u32, value: impl Fn(u32) -> AnyValue) {
@@ -393,7 +413,7 @@ mod tests {
 
     #[test]
     fn a_refill_starts_a_fresh_ttl() {
-        let clock = ManualClock::new();
+        let clock = TestClock::new();
         let backend = on(&clock);
         let key = KeyBuilder::new().lit("k").finish();
         backend.insert(key.clone(), Arc::new(1u8), Duration::from_millis(1));
@@ -421,7 +441,7 @@ mod tests {
 
     #[test]
     fn an_expired_entry_is_a_miss_and_leaves_the_index() {
-        let clock = ManualClock::new();
+        let clock = TestClock::new();
         let backend = on(&clock);
         let key = KeyBuilder::new().lit("k").finish();
         backend.insert(key.clone(), Arc::new(1u8), Duration::from_millis(5));

@@ -26,6 +26,7 @@ pub(crate) use wake::{resubscribe_backoff, Waiting, SAFETY_POLL};
 use keys::{entry_hash, entry_hash_seed, valid_prefix};
 use store::RedisSettings;
 
+use crate::clock::{Clock, TestClock};
 use crate::error::ConfigError;
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
@@ -70,6 +71,16 @@ impl RedisBackend {
 
     pub(crate) fn store(&self) -> &Arc<RedisStore> {
         &self.store
+    }
+
+    /// Now, in Unix milliseconds, on this backend's clock: the times its entries carry.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.store.settings().clock.unix_ms()
+    }
+
+    /// The clock this backend runs on.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.store.settings().clock
     }
 
     /// Gives the backend its metric handles, once configured under a name.
@@ -167,6 +178,15 @@ impl RedisBackendBuilder {
     /// The bound on establishing a connection (default 1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// Runs on a test's clock: the times written into entries, their expiry as reads check it,
+    /// and the circuit breaker's probe interval then move only when the test advances it.
+    /// Redis still expires keys on its own clock, so an entry's time runs out no later than
+    /// its TTL in real time either.
+    pub fn clock(mut self, clock: &TestClock) -> Self {
+        self.settings.clock = clock.clock();
         self
     }
 

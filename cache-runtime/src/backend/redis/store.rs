@@ -19,7 +19,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
@@ -30,6 +30,7 @@ use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
 use super::pending::PendingInvalidations;
 use super::scripts::{CLAIM, FILL, INVALIDATE, RELEASE, RENEW};
 use super::wake::{Waiting, Wakeups};
+use crate::clock::Clock;
 use crate::log_gate::LogGate;
 use crate::observe::meters::BackendMeters;
 
@@ -65,6 +66,8 @@ pub(crate) struct RedisSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) fence_ttl: Duration,
     pub(crate) breaker: BreakerPolicy,
+    /// The clock of the breaker's intervals and of the times written into entries.
+    pub(crate) clock: Clock,
 }
 
 impl Default for RedisSettings {
@@ -75,6 +78,7 @@ impl Default for RedisSettings {
             connect_timeout: Duration::from_secs(1),
             fence_ttl: Duration::from_secs(60),
             breaker: BreakerPolicy::default(),
+            clock: Clock::Real,
         }
     }
 }
@@ -187,7 +191,7 @@ impl RedisStore {
         &self,
         operation: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        if self.breaker.permit_at(Instant::now) == Permit::Refused {
+        if self.breaker.permit_at(|| self.settings.clock.instant()) == Permit::Refused {
             return Err(StoreError::Refused);
         }
         let budget = self.settings.op_timeout;
@@ -222,7 +226,7 @@ impl RedisStore {
             Err(StoreError::Pending) => {}
             Err(_) => {
                 self.remember(result);
-                if self.breaker.record_failure(Instant::now()) {
+                if self.breaker.record_failure(self.settings.clock.instant()) {
                     tracing::warn!(
                         prefix = %self.settings.prefix,
                         "redis keeps failing; calls run uncached and redis is probed every {:?}",
@@ -457,7 +461,7 @@ impl RedisStore {
         cache_key: &str,
         announce: Announce<'_>,
     ) -> Result<(), StoreError> {
-        if self.breaker.permit(Instant::now()) == Permit::Refused {
+        if self.breaker.permit(self.settings.clock.instant()) == Permit::Refused {
             self.keep_for_replay(cache_key, announce);
             return Err(StoreError::Refused);
         }

@@ -209,7 +209,11 @@ impl TieredBackend {
 }
 
 impl TieredBackendBuilder {
-    /// The L1 store and its bound (default: [`MemoryBackend::default()`], 10,000 entries).
+    /// The L1 store and its bound (default: [`MemoryBackend::default()`], 10,000 entries). It
+    /// runs on the L2's clock: built on another one (see [`RedisBackendBuilder::clock`]), it is
+    /// rebuilt alike, empty, on the L2's.
+    ///
+    /// [`RedisBackendBuilder::clock`]: crate::RedisBackendBuilder::clock
     pub fn l1(mut self, l1: MemoryBackend) -> Self {
         self.l1 = l1;
         self
@@ -238,7 +242,8 @@ impl TieredBackendBuilder {
         };
         TieredBackend {
             bus: Arc::new(Bus::new(bus_channel(&settings.prefix))),
-            l1: self.l1,
+            // One clock for both tiers, so that an L1 entry never outlives its L2 entry on it.
+            l1: self.l1.on_clock(self.l2.clock()),
             l2: self.l2,
             l1_max_ttl: self.l1_max_ttl,
             timing,
