@@ -12,7 +12,7 @@ use super::report::{Report, Served};
 use crate::backend::{Backend, MemoryBackend};
 use crate::flight::{Flight, LeaderGuard, Outcome, Role};
 use crate::key::CacheKey;
-use crate::observe::{Answer, Scope, Tier};
+use crate::observe::{Answer, Tier};
 use crate::registry;
 use crate::shape::{AnyValue, Produced, ReturnShape};
 use crate::site::{Resolved, Site};
@@ -62,14 +62,11 @@ where
             Step::Follow(flight) => {
                 let since = Instant::now();
                 let outcome = flight.wait().await;
-                report.coalesced(Scope::Process, since);
-                match follow(site, shape, key.as_str(), outcome) {
-                    Next::Return(ret) => {
-                        report.answer(Answer::Miss, Tier::Memory);
-                        return (ret, report.served());
-                    }
+                let missed = (Answer::Miss, Tier::Memory);
+                let call = (site, shape, key.as_str());
+                match follow(&mut report, since, missed, call, outcome) {
+                    Next::Return(ret) => return (ret, report.served()),
                     Next::RunUncached => {
-                        report.answer(Answer::Miss, Tier::Memory);
                         let ret = load(&report, shape, body).await;
                         return (ret, report.served());
                     }
@@ -106,16 +103,11 @@ where
             Step::Follow(flight) => {
                 let since = Instant::now();
                 let outcome = flight.wait_blocking();
-                report.coalesced(Scope::Process, since);
-                match follow(site, shape, key.as_str(), outcome) {
-                    Next::Return(ret) => {
-                        report.answer(Answer::Miss, Tier::Memory);
-                        return ret;
-                    }
-                    Next::RunUncached => {
-                        report.answer(Answer::Miss, Tier::Memory);
-                        return load_sync(&report, shape, body);
-                    }
+                let missed = (Answer::Miss, Tier::Memory);
+                let call = (site, shape, key.as_str());
+                match follow(&mut report, since, missed, call, outcome) {
+                    Next::Return(ret) => return ret,
+                    Next::RunUncached => return load_sync(&report, shape, body),
                     Next::Retry => {}
                 }
             }

@@ -95,14 +95,10 @@ where
             Role::Follower(flight) => {
                 let since = Instant::now();
                 let outcome = flight.wait().await;
-                report.coalesced(Scope::Process, since);
-                match follow(site, shape, key.as_str(), outcome) {
-                    Next::Return(ret) => {
-                        report.answer(missed, first_tier);
-                        return (ret, report.served());
-                    }
+                let call = (site, shape, key.as_str());
+                match follow(&mut report, since, (missed, first_tier), call, outcome) {
+                    Next::Return(ret) => return (ret, report.served()),
                     Next::RunUncached => {
-                        report.answer(missed, first_tier);
                         let ret = load(&report, shape, body).await;
                         return (ret, report.served());
                     }
