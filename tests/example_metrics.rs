@@ -72,16 +72,16 @@ impl Scrape {
 
 /// `name{key="value",...} value [timestamp]`, or `name value [timestamp]`.
 fn sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
-    let name_end = line.find(['{', ' ']).expect("a name, then labels or a value");
+    let name_end = line
+        .find(['{', ' '])
+        .expect("a name, then labels or a value");
     let (name, rest) = line.split_at(name_end);
     let (labels, rest) = match rest.strip_prefix('{') {
         Some(rest) => labels(rest),
         None => (BTreeMap::new(), rest),
     };
     let value = rest.split_whitespace().next().expect("a value");
-    let value = value
-        .parse()
-        .unwrap_or_else(|_| panic!("a number: {line}"));
+    let value = value.parse().unwrap_or_else(|_| panic!("a number: {line}"));
     (name.to_owned(), labels, value)
 }
 
@@ -252,8 +252,16 @@ async fn metrics_move_by_what_the_requests_did() {
     assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
 
     let after = http.scrape().await;
-    assert_eq!(after.responses("hit") - before.responses("hit"), 3.0);
-    assert_eq!(after.responses("miss") - before.responses("miss"), 2.0);
+    assert_eq!(
+        after.responses("hit") - before.responses("hit"),
+        3.0,
+        "hits moved by"
+    );
+    assert_eq!(
+        after.responses("miss") - before.responses("miss"),
+        2.0,
+        "misses moved by"
+    );
     for quiet in ["stale", "bypass", "error"] {
         assert_eq!(after.responses(quiet), 0.0, "{quiet}");
     }
@@ -283,8 +291,12 @@ async fn metrics_move_by_what_the_requests_did() {
     eprintln!("{}", http.get("/metrics", &[]).await.text());
     eprintln!("{}", http.get("/stats", &[]).await.text());
     let last = http.scrape().await;
-    assert_eq!(last.responses("hit") - after.responses("hit"), 1.0);
-    assert_eq!(last.responses("miss") - after.responses("miss"), 1.0);
+    assert_eq!(last.responses("hit") - after.responses("hit"), 1.0, "hits");
+    assert_eq!(
+        last.responses("miss") - after.responses("miss"),
+        1.0,
+        "misses"
+    );
     assert_eq!(sent(&last) - sent(&after), 1.0, "one key invalidated");
     for (_, labels, _) in &last.0 {
         assert!(
