@@ -467,6 +467,23 @@ async fn memory_scenario(snapshotter: &Snapshotter, spans: &Spans) {
     );
     assert_eq!(entries, Some((M - K + 1) as f64));
     seen.assert_no_key_labels(&["m:0", "m:1", "fails:1"]);
+    // A memory backend has no Redis and no bus: no series says one is down.
+    for gauge in [
+        names::BREAKER_OPEN,
+        names::BUS_CONNECTED,
+        names::PENDING_INVALIDATIONS,
+    ] {
+        assert_eq!(
+            seen.gauge(gauge, &[("backend", "memory.obs")]),
+            None,
+            "{gauge}"
+        );
+    }
+    assert_eq!(
+        seen.gauge(names::BUS_CONNECTED, &[("backend", "redis.obs")]),
+        None,
+        "nor a redis one a bus"
+    );
 
     let stats = stats();
     let get_stats = stats.site(&site(get)).expect("memory_get ran");

@@ -49,10 +49,20 @@ pub(crate) enum Store {
     Tiered(TieredBackend),
 }
 
+impl Store {
+    fn tiers(&self) -> &'static [Tier] {
+        match self {
+            Store::Memory(_) => &[Tier::Memory],
+            Store::Redis(_) => &[Tier::L2],
+            Store::Tiered(_) => &[Tier::L1, Tier::L2],
+        }
+    }
+}
+
 impl Backend {
     /// The backend `name`, registering its metric handles and giving them to its store.
     pub(crate) fn new(name: String, store: Store) -> Self {
-        let meters = Arc::new(BackendMeters::new(&name));
+        let meters = Arc::new(BackendMeters::new(&name, store.tiers()));
         match &store {
             Store::Memory(memory) => memory.attach_meters(StoreMeters::new(&name, Tier::Memory)),
             Store::Redis(redis) => redis.attach_meters(Arc::clone(&meters)),
@@ -133,11 +143,7 @@ impl Backend {
 
     /// The tiers a call on this backend can be answered from.
     pub(crate) fn tiers(&self) -> &'static [Tier] {
-        match &self.inner.store {
-            Store::Memory(_) => &[Tier::Memory],
-            Store::Redis(_) => &[Tier::L2],
-            Store::Tiered(_) => &[Tier::L1, Tier::L2],
-        }
+        self.inner.store.tiers()
     }
 
     /// Whether this backend's store is reached over the network.

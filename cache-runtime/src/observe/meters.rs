@@ -54,10 +54,16 @@ mod handles {
     pub(crate) struct Histogram;
 
     impl Counter {
+        pub(crate) const fn noop() -> Self {
+            Counter
+        }
         #[inline]
         pub(crate) fn increment(&self, _: u64) {}
     }
     impl Gauge {
+        pub(crate) const fn noop() -> Self {
+            Gauge
+        }
         #[inline]
         pub(crate) fn set(&self, _: f64) {}
         #[inline]
@@ -302,17 +308,45 @@ pub(crate) struct BackendMeters {
 }
 
 impl BackendMeters {
-    pub(crate) fn new(backend: &str) -> Self {
+    /// The handles of `backend`, whose store answers from `tiers`: only the series it can
+    /// produce are registered (a memory backend has no breaker, and only a tiered one a bus),
+    /// so that a dashboard never reads an absent bus as a bus that is down.
+    pub(crate) fn new(backend: &str, tiers: &[Tier]) -> Self {
         let labels = || labels!["backend" => backend];
+        let (remote, tiered) = (tiers.contains(&Tier::L2), tiers.contains(&Tier::L1));
+        let applies = |event: Invalidation| match event {
+            Invalidation::Sent => true,
+            Invalidation::Received => tiered,
+            Invalidation::Queued | Invalidation::Replayed => remote,
+        };
         BackendMeters {
             invalidations: Invalidation::ALL.map(|event| {
+                if !applies(event) {
+                    return Counter::noop();
+                }
                 let labels = labels!["backend" => backend, "event" => event.label()];
                 counter(super::names::INVALIDATIONS, labels)
             }),
-            l1_flushes: counter(super::names::L1_FLUSHES, labels()),
-            breaker_open: gauge(super::names::BREAKER_OPEN, labels()),
-            bus_connected: gauge(super::names::BUS_CONNECTED, labels()),
-            pending: gauge(super::names::PENDING_INVALIDATIONS, labels()),
+            l1_flushes: if tiered {
+                counter(super::names::L1_FLUSHES, labels())
+            } else {
+                Counter::noop()
+            },
+            breaker_open: if remote {
+                gauge(super::names::BREAKER_OPEN, labels())
+            } else {
+                Gauge::noop()
+            },
+            bus_connected: if tiered {
+                gauge(super::names::BUS_CONNECTED, labels())
+            } else {
+                Gauge::noop()
+            },
+            pending: if remote {
+                gauge(super::names::PENDING_INVALIDATIONS, labels())
+            } else {
+                Gauge::noop()
+            },
         }
     }
 
