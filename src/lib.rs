@@ -63,8 +63,9 @@
 #[doc(inline)]
 pub use cache_macros::{cached, invalidates};
 pub use cache_runtime::{
-    configure, invalidate, CacheKey, CacheValue, Config, ConfigError, KeyBuilder, KeyPart,
-    KeyWriter, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder,
+    configure, health, invalidate, metric_names, stats, BackendHealth, BreakerState, CacheKey,
+    CacheValue, Config, ConfigError, KeyBuilder, KeyPart, KeyWriter, MemoryBackend,
+    MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, SiteStats, Stats, TestClock,
     TieredBackend, TieredBackendBuilder,
 };
 

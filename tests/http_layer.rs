@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use cachette::http::{invalidate_route, CacheLayer, CachePolicy};
-use cachette::{configure, invalidates, RedisBackend, TieredBackend};
+use cachette::{configure, invalidates, stats, RedisBackend, TieredBackend};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -300,6 +300,7 @@ async fn scenarios(backend: &str) {
     a_route_keyed_by_identity_caches_per_user_privately(&http, &service).await;
     vary_separates_entries(&http, &service).await;
     a_client_no_cache_replaces_the_entry(&http, &service).await;
+    a_request_that_joins_a_load_says_collapsed(backend, &http, &service).await;
 }
 
 /// A miss stores the response; a hit serves it again with the same ETag, body and headers, and
@@ -634,6 +635,92 @@ async fn a_client_no_cache_replaces_the_entry(http: &Http, service: &Service) {
         .await
         .header("cache-status")
         .starts_with("cachette; hit"));
+}
+
+/// How many times a follower may miss the leader's load before the scenario gives up.
+const JOIN_ATTEMPTS: u64 = 20;
+
+/// A request that joins another request's in-flight load says so, with RFC 9211's `collapsed`;
+/// the request that loaded and later hits do not. The leader's handler is held at its gate
+/// until the follower's route-generation lookup has been counted. From there the follower joins
+/// the flight without waiting on anything on the memory and tiered backends; on the redis
+/// backend it reads Redis first, and the leader may store meanwhile, so the follower hits. An
+/// attempt whose follower hit is tried again, with another key.
+async fn a_request_that_joins_a_load_says_collapsed(backend: &str, http: &Http, service: &Service) {
+    for attempt in 0..JOIN_ATTEMPTS {
+        let path = format!("/slow/{}", 100 + attempt);
+        let runs = service.runs("slow");
+        let request = |path: String| {
+            let base = http.base.clone();
+            tokio::spawn(async move { Http::with_base(base).get(&path, &[]).await })
+        };
+        let leader = request(path.clone());
+        // Its handler runs (a permit left by an earlier scenario's run may wake this first).
+        while service.runs("slow") == runs {
+            service.slow_read.notified().await;
+        }
+        let looked_up = generation_lookups();
+        let follower = request(path.clone());
+        eventually("the follower's generation lookup", || {
+            generation_lookups() > looked_up
+        })
+        .await;
+        service.slow_go.notify_one();
+        let leader = leader.await.expect("the leader's request");
+        let follower = follower.await.expect("the follower's request");
+        assert!(
+            leader
+                .header("cache-status")
+                .starts_with("cachette; fwd=miss; stored; ttl="),
+            "{backend}: {}",
+            leader.header("cache-status")
+        );
+        assert_eq!(follower.text(), leader.text());
+        assert_eq!(
+            service.runs("slow"),
+            runs + 1,
+            "{backend}: one load for both"
+        );
+        let later = http.get(&path, &[]).await;
+        assert!(
+            later
+                .header("cache-status")
+                .starts_with("cachette; hit; ttl="),
+            "{backend}: {}",
+            later.header("cache-status")
+        );
+        let joined = follower.header("cache-status");
+        if joined.starts_with("cachette; fwd=miss; collapsed; ttl=") {
+            return;
+        }
+        assert!(
+            joined.starts_with("cachette; hit; ttl="),
+            "{backend}: the follower either joined the load or came after it: {joined}"
+        );
+    }
+    panic!("{backend}: no follower said `collapsed` in {JOIN_ATTEMPTS} attempts");
+}
+
+/// Lookups of route generations so far, over every layer (each request makes one).
+fn generation_lookups() -> u64 {
+    stats()
+        .sites
+        .iter()
+        .filter(|site| site.function == "cachette::http route generation")
+        .map(|site| site.hits + site.misses + site.stale + site.errors + site.bypasses)
+        .sum()
+}
+
+/// Waits until `done` holds, for at most 10 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cachette::{cached, configure, RedisBackend, TieredBackend};
+use cachette::{cached, configure, RedisBackend, TestClock, TieredBackend};
 use support::redis_server::{OnExit, RedisServer};
 use tokio::sync::Mutex;
 
@@ -33,6 +33,7 @@ fn fixture() -> &'static Mutex<Fixture> {
                 .url(server.url())
                 .prefix("tt")
                 .op_timeout(Duration::from_millis(200))
+                .clock(clock())
                 .build()
                 .expect("valid configuration");
             TieredBackend::builder(l2)
@@ -52,6 +53,12 @@ fn fixture() -> &'static Mutex<Fixture> {
             peer,
         })
     })
+}
+
+/// The clock both instances run on, which the TTL scenario advances instead of sleeping.
+fn clock() -> &'static TestClock {
+    static CLOCK: OnceLock<TestClock> = OnceLock::new();
+    CLOCK.get_or_init(TestClock::new)
 }
 
 /// Calls per command since the last `CONFIG RESETSTAT`.
@@ -126,13 +133,14 @@ async fn a_warm_hit_makes_no_redis_round_trip() {
 
 static SHORT_LOADS: AtomicUsize = AtomicUsize::new(0);
 
-#[cached(ttl = "1s", key = "short:<id>", backend = "tiered")]
+// Long enough that neither Redis's own expiry nor moka's (both on real time) comes into play.
+#[cached(ttl = "60s", key = "short:<id>", backend = "tiered")]
 async fn short(id: u64) -> u64 {
     SHORT_LOADS.fetch_add(1, Ordering::SeqCst);
     id
 }
 
-#[cached(ttl = "1s", key = "short:<id>", backend = "tiered.peer")]
+#[cached(ttl = "60s", key = "short:<id>", backend = "tiered.peer")]
 async fn short_on_peer(id: u64) -> u64 {
     SHORT_LOADS.fetch_add(1, Ordering::SeqCst);
     id
@@ -142,15 +150,16 @@ async fn an_l2_hit_fills_l1_for_no_longer_than_l2_keeps_the_entry() {
     let fixture = fixture().lock().await;
     item_on_peer(0).await;
     fixture.peer.l1_ready().await;
-    short(1).await; // loads, fills L2 for 1 s
+    short(1).await; // loads, fills L2 for 60 s
     assert_eq!(SHORT_LOADS.load(Ordering::SeqCst), 1);
-    // Age the L2 entry, then read it through the peer: an L2 hit with about 400 ms left.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Age the L2 entry, then read it through the peer: an L2 hit with 20 s left.
+    clock().advance(Duration::from_secs(40));
     short_on_peer(1).await;
     short_on_peer(1).await;
     assert_eq!(SHORT_LOADS.load(Ordering::SeqCst), 1, "L2 hit, then L1 hit");
-    // Past the L2 entry's end, but well inside the function's 1 s ttl counted from the L1 fill.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past the L2 entry's end, but well inside the function's 60 s ttl counted from the L1
+    // fill.
+    clock().advance(Duration::from_secs(21));
     short_on_peer(1).await;
     assert_eq!(
         SHORT_LOADS.load(Ordering::SeqCst),

@@ -8,26 +8,34 @@
 
 mod backend;
 mod call;
+mod clock;
 mod envelope;
 mod error;
 mod flight;
+mod health;
 #[cfg(feature = "axum")]
 pub mod http;
 mod key;
 mod log_gate;
+mod observe;
 mod registry;
 mod shape;
 mod site;
+mod stats;
 
 pub use backend::{
-    MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, TieredBackend,
-    TieredBackendBuilder,
+    BreakerState, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder,
+    TieredBackend, TieredBackendBuilder,
 };
 pub use call::invalidate;
+pub use clock::TestClock;
 pub use error::ConfigError;
+pub use health::{health, BackendHealth};
 pub use key::{CacheKey, KeyBuilder, KeyPart, KeyWriter};
+pub use observe::names as metric_names;
 pub use registry::{configure, Config};
 pub use shape::CacheValue;
+pub use stats::{stats, SiteStats, Stats};
 
 #[doc(hidden)]
 pub mod expansion;

@@ -1,10 +1,11 @@
 //! The process-wide set of named backends, configured once at start-up.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crate::backend::{Backend, MemoryBackend, RedisBackend, Store, TieredBackend};
 use crate::error::ConfigError;
-use crate::site::Site;
+use crate::observe::meters::SiteMeters;
+use crate::site::{Resolved, Site};
 
 static GLOBAL: OnceLock<Registry> = OnceLock::new();
 
@@ -28,25 +29,38 @@ pub(crate) fn global() -> &'static Registry {
     GLOBAL.get_or_init(|| Config::default().into_registry())
 }
 
-/// The backend `site` stores in, resolved once per site. `None` when no backend of that name is
-/// configured: the function then runs uncached, and the error is logged once per site.
-pub(crate) fn backend_of(site: &Site) -> Option<&Backend> {
-    site.resolved_backend()
-        .get_or_init(|| {
-            let found = global().backend(site.backend_name()).cloned();
-            if found.is_none() {
-                tracing::error!(
-                    function = site.function(),
-                    backend = site.backend_name(),
-                    "cache backend `{}` is not configured; `{}` runs uncached (configure it \
-                     with `cachette::configure()` before the first call)",
-                    site.backend_name(),
-                    site.function(),
-                );
-            }
-            found
-        })
-        .as_ref()
+/// What `site` uses, resolved once per site: its backend, and its metric handles. The backend
+/// is `None` when no backend of that name is configured: the function then runs uncached, and
+/// the error is logged once per site.
+pub(crate) fn resolve(site: &'static Site) -> &'static Resolved {
+    site.resolved().get_or_init(|| {
+        let backend = global().backend(site.backend_name()).cloned();
+        if backend.is_none() {
+            tracing::error!(
+                function = site.function(),
+                backend = site.backend_name(),
+                "cache backend `{}` is not configured; `{}` runs uncached (configure it \
+                 with `cachette::configure()` before the first call)",
+                site.backend_name(),
+                site.function(),
+            );
+        }
+        let tiers = backend.as_ref().map_or(&[][..], Backend::tiers);
+        let meters = SiteMeters::new(site.function(), site.backend_name(), tiers);
+        SITES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(site);
+        Resolved { backend, meters }
+    })
+}
+
+/// Every site that has run, in the order of their first calls.
+static SITES: Mutex<Vec<&'static Site>> = Mutex::new(Vec::new());
+
+/// The sites that have run so far.
+pub(crate) fn sites() -> Vec<&'static Site> {
+    SITES.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 /// Starts a configuration of the process's backends.

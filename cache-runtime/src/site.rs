@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::backend::Backend;
+use crate::observe::counters::{Count, SiteCounters};
+use crate::observe::meters::SiteMeters;
 
 /// One `#[cached]` function: constants the macro writes, and what the runtime learns about
 /// them. Built with [`Site::new`] in a `static`.
@@ -25,11 +27,28 @@ pub struct Site {
     state: SiteState,
 }
 
-/// What a [`Site`] learns at run time: its backend, and which warnings it has already logged.
+/// What a [`Site`] learns at run time: its backend, what it counted, and which warnings it has
+/// already logged.
 #[derive(Debug)]
 struct SiteState {
-    backend: OnceLock<Option<Backend>>,
+    resolved: OnceLock<Resolved>,
+    counters: SiteCounters,
     warned_type_mismatch: AtomicBool,
+}
+
+/// What the registry resolves for a site on its first call: its backend (`None`: not
+/// configured, the site runs uncached) and its metric handles, read together on every call.
+pub(crate) struct Resolved {
+    pub(crate) backend: Option<Backend>,
+    pub(crate) meters: SiteMeters,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SiteState {
@@ -37,7 +56,8 @@ impl SiteState {
     #[allow(clippy::new_without_default)] // used in `static` initialisers, which need a const fn
     const fn new() -> Self {
         SiteState {
-            backend: OnceLock::new(),
+            resolved: OnceLock::new(),
+            counters: SiteCounters::new(),
             warned_type_mismatch: AtomicBool::new(false),
         }
     }
@@ -84,9 +104,20 @@ impl Site {
         self.version
     }
 
-    /// Where the registry keeps the backend it resolved for this site (`registry::backend_of`).
-    pub(crate) fn resolved_backend(&self) -> &OnceLock<Option<Backend>> {
-        &self.state.backend
+    /// Where the registry keeps what it resolved for this site (`registry::resolve`).
+    pub(crate) fn resolved(&self) -> &OnceLock<Resolved> {
+        &self.state.resolved
+    }
+
+    /// Counts `by` of `count` in this site's own counters (what `stats()` reads).
+    #[inline]
+    pub(crate) fn count(&self, count: Count, by: u64) {
+        self.state.counters.add(count, by);
+    }
+
+    /// This site's own counters.
+    pub(crate) fn counters(&self) -> &SiteCounters {
+        &self.state.counters
     }
 
     /// Logs, once per site, that a key held a value of another type.

@@ -20,10 +20,13 @@ pub use memory::{MemoryBackend, MemoryBackendBuilder};
 pub use redis::{RedisBackend, RedisBackendBuilder};
 pub use tiered::{TieredBackend, TieredBackendBuilder};
 
-pub(crate) use redis::{Claim, HeldLock, Waiting, LEASE, SAFETY_POLL};
+pub use redis::BreakerState;
+pub(crate) use redis::{Claim, HeldLock, RedisHealth, Waiting, LEASE, SAFETY_POLL};
 
 use crate::flight::Flights;
 use crate::key::CacheKey;
+use crate::observe::meters::{BackendMeters, StoreMeters};
+use crate::observe::{Invalidation, Tier};
 
 /// A configured backend: its store and the flights under way in it. Cheap to clone.
 #[derive(Clone)]
@@ -35,6 +38,7 @@ struct Inner {
     name: String,
     store: Store,
     flights: Flights,
+    meters: Arc<BackendMeters>,
 }
 
 /// The stores a backend can be. Dispatch stays static, so a memory hit pays no boxing or
@@ -45,15 +49,55 @@ pub(crate) enum Store {
     Tiered(TieredBackend),
 }
 
+impl Store {
+    fn tiers(&self) -> &'static [Tier] {
+        match self {
+            Store::Memory(_) => &[Tier::Memory],
+            Store::Redis(_) => &[Tier::L2],
+            Store::Tiered(_) => &[Tier::L1, Tier::L2],
+        }
+    }
+}
+
 impl Backend {
+    /// The backend `name`, registering its metric handles and giving them to its store.
     pub(crate) fn new(name: String, store: Store) -> Self {
+        let meters = Arc::new(BackendMeters::new(&name, store.tiers()));
+        match &store {
+            Store::Memory(memory) => memory.attach_meters(StoreMeters::new(&name, Tier::Memory)),
+            Store::Redis(redis) => redis.attach_meters(Arc::clone(&meters)),
+            Store::Tiered(tiered) => {
+                tiered.attach_meters(Arc::clone(&meters), StoreMeters::new(&name, Tier::L1));
+            }
+        }
         Backend {
             inner: Arc::new(Inner {
                 name,
                 store,
                 flights: Flights::new(),
+                meters,
             }),
         }
+    }
+
+    /// The store's kind, as configuration names it.
+    pub(crate) fn kind(&self) -> &'static str {
+        match &self.inner.store {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+            Store::Tiered(_) => "tiered",
+        }
+    }
+
+    /// The health of the store's Redis, if it has one: its breaker, last error and pending
+    /// invalidations; and for a tiered store, whether its bus is subscribed.
+    pub(crate) fn redis_health(&self) -> Option<(RedisHealth, Option<bool>)> {
+        let (redis, bus) = match &self.inner.store {
+            Store::Memory(_) => return None,
+            Store::Redis(redis) => (redis, None),
+            Store::Tiered(tiered) => (tiered.l2(), Some(tiered.bus_connected())),
+        };
+        Some((redis.store().health(), bus))
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -97,6 +141,11 @@ impl Backend {
         }
     }
 
+    /// The tiers a call on this backend can be answered from.
+    pub(crate) fn tiers(&self) -> &'static [Tier] {
+        self.inner.store.tiers()
+    }
+
     /// Whether this backend's store is reached over the network.
     pub(crate) fn is_remote(&self) -> bool {
         self.memory().is_none()
@@ -106,6 +155,9 @@ impl Backend {
     /// remote store's failure is logged, and the invalidations are replayed once Redis answers.
     pub(crate) async fn invalidate(&self, keys: &[CacheKey]) {
         self.detach_flights(keys);
+        self.inner
+            .meters
+            .invalidated(Invalidation::Sent, keys.len());
         match &self.inner.store {
             Store::Memory(memory) => keys.iter().for_each(|key| memory.invalidate(key.as_str())),
             Store::Redis(redis) => redis.invalidate(&self.inner.name, keys).await,
@@ -123,6 +175,9 @@ impl Backend {
     /// operation timeout.
     pub(crate) fn invalidate_blocking(&self, keys: &[CacheKey]) {
         self.detach_flights(keys);
+        self.inner
+            .meters
+            .invalidated(Invalidation::Sent, keys.len());
         match &self.inner.store {
             Store::Memory(memory) => keys.iter().for_each(|key| memory.invalidate(key.as_str())),
             Store::Redis(redis) => redis.invalidate_blocking(&self.inner.name, keys),

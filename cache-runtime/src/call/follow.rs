@@ -1,6 +1,10 @@
 //! What a follower of an in-process flight does with its leader's outcome, on every path.
 
+use std::time::Instant;
+
+use super::report::Report;
 use crate::flight::Outcome;
+use crate::observe::{Answer, Scope, Tier};
 use crate::shape::{AnyValue, ReturnShape};
 use crate::site::Site;
 
@@ -14,13 +18,24 @@ pub(super) enum Next<R> {
     Retry,
 }
 
-/// Interprets a leader's outcome for one follower.
+/// Interprets a leader's outcome for one follower that began waiting at `since`, reporting
+/// the wait and, unless it looks again, its `answer` (what it missed, and where).
 pub(super) fn follow<R, S: ReturnShape<R>>(
-    site: &Site,
-    shape: S,
-    key: &str,
+    report: &mut Report,
+    since: Instant,
+    answer: (Answer, Tier),
+    (site, shape, key): (&Site, S, &str),
     outcome: Outcome,
 ) -> Next<R> {
+    report.coalesced(Scope::Process, since);
+    let next = decide(site, shape, key, outcome);
+    if !matches!(next, Next::Retry) {
+        report.answer(answer.0, answer.1);
+    }
+    next
+}
+
+fn decide<R, S: ReturnShape<R>>(site: &Site, shape: S, key: &str, outcome: Outcome) -> Next<R> {
     match outcome {
         Outcome::Value(any) => match downcast::<S::Value>(site, key, &any) {
             Some(value) => Next::Return(shape.rebuild(value)),

@@ -3,14 +3,19 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::Instrument;
 
 use super::follow::{downcast, follow, Next};
+use super::report::{Report, Served};
 use crate::backend::{Backend, MemoryBackend};
 use crate::flight::{Flight, LeaderGuard, Outcome, Role};
 use crate::key::CacheKey;
+use crate::observe::{Answer, Tier};
 use crate::registry;
 use crate::shape::{AnyValue, Produced, ReturnShape};
-use crate::site::Site;
+use crate::site::{Resolved, Site};
 
 /// What a caller does next after looking at the cache.
 enum Step<'a, V> {
@@ -26,23 +31,54 @@ where
     S: ReturnShape<R>,
     F: Future<Output = R>,
 {
-    let Some((backend, memory)) = memory_of(site, &key) else {
-        return body.await;
+    cached_served(site, shape, key, body).await.0
+}
+
+/// [`cached`], saying how the call was served.
+pub(crate) async fn cached_served<R, S, F>(
+    site: &'static Site,
+    shape: S,
+    key: CacheKey,
+    body: F,
+) -> (R, Served)
+where
+    S: ReturnShape<R>,
+    F: Future<Output = R>,
+{
+    let resolved = registry::resolve(site);
+    let mut report = Report::start(site, &resolved.meters);
+    let Some((backend, memory)) = memory_of(resolved, &key) else {
+        report.answer(Answer::Bypass, Tier::None);
+        let ret = load(&report, shape, body).await;
+        return (ret, report.served());
     };
     let guard = loop {
         match step::<S::Value>(backend, memory, site, &key) {
-            Step::Hit(value) => return shape.rebuild(value),
+            Step::Hit(value) => {
+                report.answer(Answer::Hit, Tier::Memory);
+                return (shape.rebuild(value), report.served());
+            }
             Step::Lead(guard) => break guard,
-            Step::Follow(flight) => match follow(site, shape, key.as_str(), flight.wait().await) {
-                Next::Return(ret) => return ret,
-                Next::RunUncached => return body.await,
-                Next::Retry => {}
-            },
+            Step::Follow(flight) => {
+                let since = Instant::now();
+                let outcome = flight.wait().await;
+                let missed = (Answer::Miss, Tier::Memory);
+                let call = (site, shape, key.as_str());
+                match follow(&mut report, since, missed, call, outcome) {
+                    Next::Return(ret) => return (ret, report.served()),
+                    Next::RunUncached => {
+                        let ret = load(&report, shape, body).await;
+                        return (ret, report.served());
+                    }
+                    Next::Retry => {}
+                }
+            }
         }
     };
-    let ret = body.await;
+    report.answer(Answer::Miss, Tier::Memory);
+    let ret = load(&report, shape, body).await;
     complete(memory, site, shape, key, guard, &ret);
-    ret
+    (ret, report.served())
 }
 
 /// Runs a synchronous `#[cached]` function; followers block their thread while they wait.
@@ -51,31 +87,64 @@ where
     S: ReturnShape<R>,
     F: FnOnce() -> R,
 {
-    let Some((backend, memory)) = memory_of(site, &key) else {
-        return body();
+    let resolved = registry::resolve(site);
+    let mut report = Report::start(site, &resolved.meters);
+    let Some((backend, memory)) = memory_of(resolved, &key) else {
+        report.answer(Answer::Bypass, Tier::None);
+        return load_sync(&report, shape, body);
     };
     let guard = loop {
         match step::<S::Value>(backend, memory, site, &key) {
-            Step::Hit(value) => return shape.rebuild(value),
+            Step::Hit(value) => {
+                report.answer(Answer::Hit, Tier::Memory);
+                return shape.rebuild(value);
+            }
             Step::Lead(guard) => break guard,
             Step::Follow(flight) => {
-                match follow(site, shape, key.as_str(), flight.wait_blocking()) {
+                let since = Instant::now();
+                let outcome = flight.wait_blocking();
+                let missed = (Answer::Miss, Tier::Memory);
+                let call = (site, shape, key.as_str());
+                match follow(&mut report, since, missed, call, outcome) {
                     Next::Return(ret) => return ret,
-                    Next::RunUncached => return body(),
+                    Next::RunUncached => return load_sync(&report, shape, body),
                     Next::Retry => {}
                 }
             }
         }
     };
-    let ret = body();
+    report.answer(Answer::Miss, Tier::Memory);
+    let ret = load_sync(&report, shape, body);
     complete(memory, site, shape, key, guard, &ret);
+    ret
+}
+
+/// Runs the body in the call's span, timed and counted however it ends.
+pub(super) async fn load<R, S: ReturnShape<R>>(
+    report: &Report,
+    shape: S,
+    body: impl Future<Output = R>,
+) -> R {
+    let timer = report.load();
+    let ret = body.instrument(report.span().clone()).await;
+    timer.end(matches!(shape.produced(&ret), Produced::Failed));
+    ret
+}
+
+fn load_sync<R, S: ReturnShape<R>>(report: &Report, shape: S, body: impl FnOnce() -> R) -> R {
+    let timer = report.load();
+    let ret = report.span().in_scope(body);
+    timer.end(matches!(shape.produced(&ret), Produced::Failed));
     ret
 }
 
 /// The site's backend and its memory store, unless the call runs uncached (no such backend, an
 /// unusable key). A remote backend here is a macro bug; the call then runs uncached too.
-fn memory_of<'s>(site: &'s Site, key: &CacheKey) -> Option<(&'s Backend, &'s MemoryBackend)> {
-    let backend = registry::backend_of(site).filter(|_| key.is_usable())?;
+fn memory_of<'s>(
+    resolved: &'s Resolved,
+    key: &CacheKey,
+) -> Option<(&'s Backend, &'s MemoryBackend)> {
+    let backend = resolved.backend.as_ref().filter(|_| key.is_usable())?;
     Some((backend, backend.memory()?))
 }
 

@@ -9,11 +9,14 @@
 mod follow;
 mod local;
 mod remote;
+mod report;
 
 use std::future::Future;
 
 pub(crate) use local::{cached, cached_sync};
 pub(crate) use remote::cached_remote;
+#[cfg(feature = "axum")]
+pub(crate) use remote::cached_remote_served;
 
 use crate::key::CacheKey;
 use crate::registry;

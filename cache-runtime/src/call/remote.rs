@@ -10,11 +10,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::follow::{downcast, follow, Next};
+use super::local::load;
+use super::report::{Report, Served};
 use crate::backend::{Claim, HeldLock, RedisBackend, TieredBackend, LEASE, SAFETY_POLL};
-use crate::envelope::{self, now_ms, Bincode, Times};
+use crate::envelope::{self, Bincode, Times};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
+use crate::observe::{Answer, Scope, Tier};
 use crate::registry;
 use crate::shape::{AnyValue, Produced, ReturnShape};
 use crate::site::Site;
@@ -30,17 +33,40 @@ where
     S::Value: Serialize + DeserializeOwned,
     F: Future<Output = R>,
 {
-    let Some(backend) = registry::backend_of(site).filter(|_| key.is_usable()) else {
-        return body.await;
+    cached_remote_served(site, shape, key, body).await.0
+}
+
+/// [`cached_remote`], saying how the call was served.
+pub(crate) async fn cached_remote_served<R, S, F>(
+    site: &'static Site,
+    shape: S,
+    key: CacheKey,
+    body: F,
+) -> (R, Served)
+where
+    S: ReturnShape<R>,
+    S::Value: Serialize + DeserializeOwned,
+    F: Future<Output = R>,
+{
+    let resolved = registry::resolve(site);
+    let backend = resolved.backend.as_ref().filter(|_| key.is_usable());
+    let remote = backend.map(|backend| (backend, backend.remote()));
+    let Some((backend, Some((redis, tiered)))) = remote else {
+        if remote.is_some() {
+            return super::local::cached_served(site, shape, key, body).await;
+        }
+        let mut report = Report::start(site, &resolved.meters);
+        report.answer(Answer::Bypass, Tier::None);
+        let ret = load(&report, shape, body).await;
+        return (ret, report.served());
     };
-    let Some((redis, tiered)) = backend.remote() else {
-        return super::local::cached(site, shape, key, body).await;
-    };
+    let mut report = Report::start(site, &resolved.meters);
     // L1 is usable only in an epoch of a live bus subscription; see `backend::tiered::bus`.
     let l1 = tiered.and_then(|tiered| Some(L1Slot::new(tiered, tiered.l1_epoch()?, site)));
     if let Some(l1) = &l1 {
         if let Some(value) = l1.get::<S::Value>(site, &key) {
-            return shape.rebuild(value);
+            report.answer(Answer::Hit, Tier::L1);
+            return (shape.rebuild(value), report.served());
         }
     }
     // False once Redis failed during this call: the rest of the call then leaves Redis alone,
@@ -49,18 +75,33 @@ where
     if tiered.is_none() {
         // Redis alone: a hit needs no flight.
         match read::<S::Value>(site, redis, &key).await {
-            Lookup::Hit(value, _) => return shape.rebuild(value),
+            Lookup::Hit(value, _) => {
+                report.answer(Answer::Hit, Tier::L2);
+                return (shape.rebuild(value), report.served());
+            }
             Lookup::Miss => {}
             Lookup::Unavailable => available = false,
         }
     }
+    // A follower's answer: it missed the first tier it read (or found Redis failing).
+    let (missed, first_tier) = match (available, tiered) {
+        (false, _) => (Answer::Error, Tier::L2),
+        (true, Some(_)) => (Answer::Miss, Tier::L1),
+        (true, None) => (Answer::Miss, Tier::L2),
+    };
     let guard = loop {
         match backend.flights().join(&key) {
             Role::Leader(guard) => break guard,
             Role::Follower(flight) => {
-                match follow(site, shape, key.as_str(), flight.wait().await) {
-                    Next::Return(ret) => return ret,
-                    Next::RunUncached => return body.await,
+                let since = Instant::now();
+                let outcome = flight.wait().await;
+                let call = (site, shape, key.as_str());
+                match follow(&mut report, since, (missed, first_tier), call, outcome) {
+                    Next::Return(ret) => return (ret, report.served()),
+                    Next::RunUncached => {
+                        let ret = load(&report, shape, body).await;
+                        return (ret, report.served());
+                    }
                     Next::Retry => {}
                 }
             }
@@ -72,20 +113,39 @@ where
     // what it read out of L1), or gives it the fence generation its fill must carry and tries
     // the lock. The fence is read before the load starts, which is all the fence protocol needs.
     let permit = if available {
-        match claim::<S::Value>(site, redis, &key).await {
-            Claimed::Hit(value, remaining) => {
+        let claimed = claim::<S::Value>(site, redis, &key).await;
+        if let Some(since) = claimed.waited_since() {
+            report.coalesced(Scope::Cluster, since);
+        }
+        match claimed {
+            Claimed::Hit(value, remaining, waited) => {
+                // Found at once, an L2 hit; found after waiting for another process's load, a
+                // miss that load answered.
+                let answer = if waited.is_some() {
+                    Answer::Miss
+                } else {
+                    Answer::Hit
+                };
+                report.answer(answer, Tier::L2);
                 share(guard, &key, &value, l1.as_ref(), remaining);
-                return shape.rebuild(value);
+                return (shape.rebuild(value), report.served());
             }
-            Claimed::Load(permit) => Some(permit),
-            Claimed::Unavailable => None,
+            Claimed::Load(permit) => {
+                report.answer(Answer::Miss, Tier::L2);
+                Some(permit)
+            }
+            Claimed::Unavailable => {
+                report.answer(Answer::Error, Tier::L2);
+                None
+            }
         }
     } else {
+        report.answer(Answer::Error, Tier::L2);
         None
     };
     // From here the lock (if held) is renewed while the body runs, and released by its guard
     // should the body panic or this future be dropped.
-    let ret = body.await;
+    let ret = load(&report, shape, body).await;
     match shape.produced(&ret) {
         Produced::Value(value) => {
             let current = match permit {
@@ -113,7 +173,7 @@ where
             }
         }
     }
-    ret
+    (ret, report.served())
 }
 
 /// What a leader may do after its claim: load, with the fence generation its fill must carry
@@ -121,14 +181,27 @@ where
 struct LoadPermit {
     fence: Option<i64>,
     lock: Option<HeldLock>,
+    /// When the leader began waiting for another process's lock, if it did.
+    waited_since: Option<Instant>,
 }
 
 enum Claimed<V> {
-    /// Another process's fill, with the time its entry has left.
-    Hit(V, Duration),
+    /// A fill, with the time its entry has left, and when the leader began waiting for it if it
+    /// waited for another process's load.
+    Hit(V, Duration, Option<Instant>),
     Load(LoadPermit),
     /// Redis failed: load without touching it again in this call.
     Unavailable,
+}
+
+impl<V> Claimed<V> {
+    fn waited_since(&self) -> Option<Instant> {
+        match self {
+            Claimed::Hit(_, _, since) => *since,
+            Claimed::Load(permit) => permit.waited_since,
+            Claimed::Unavailable => None,
+        }
+    }
 }
 
 /// The leader's claim: someone's fill, or the lock. While another process holds the lock, waits
@@ -143,13 +216,16 @@ async fn claim<V: DeserializeOwned>(
     let started = Instant::now();
     let mut over_unreadable = false;
     let mut waiting = None;
+    let mut waited_since = None;
     let mut poll = Duration::from_millis(2);
     loop {
         // Listening before the claim: a wake-up published after it is not missed.
         let wake = waiting.as_ref().map(crate::backend::Waiting::listen);
         let (fence, token) = match store.claim(key.as_str(), LEASE, over_unreadable).await {
             Ok(Claim::Filled(bytes)) => match decode::<V>(site, redis, key, &bytes) {
-                Lookup::Hit(value, remaining) => return Claimed::Hit(value, remaining),
+                Lookup::Hit(value, remaining) => {
+                    return Claimed::Hit(value, remaining, waited_since);
+                }
                 // Unreadable or past its time: reload over it, under the fence and the lock.
                 _ => {
                     over_unreadable = true;
@@ -161,14 +237,25 @@ async fn claim<V: DeserializeOwned>(
         };
         if let Some(token) = token {
             let lock = Some(HeldLock::new(store, key.as_str(), token));
-            return Claimed::Load(LoadPermit { fence, lock });
+            return Claimed::Load(LoadPermit {
+                fence,
+                lock,
+                waited_since,
+            });
         }
         if started.elapsed() >= WAIT_LIMIT {
-            return Claimed::Load(LoadPermit { fence, lock: None });
+            return Claimed::Load(LoadPermit {
+                fence,
+                lock: None,
+                waited_since,
+            });
         }
         match wake {
             // Registered now; claim again at once, listening.
-            None => waiting = Some(store.wait_for_holder(key.as_str())),
+            None => {
+                waiting = Some(store.wait_for_holder(key.as_str()));
+                waited_since = Some(Instant::now());
+            }
             Some(wake) => {
                 let wait = if store.wakeups_up() {
                     SAFETY_POLL
@@ -259,7 +346,7 @@ fn decode<V: DeserializeOwned>(
         // Redis' PX expires entries; the envelope's own bound also catches an entry whose key
         // TTL was lost (a PERSIST, a restore from a dump). One clock reading decides both
         // whether and how long.
-        Ok((header, value)) => match header.remaining(now_ms()) {
+        Ok((header, value)) => match header.remaining(redis.now_ms()) {
             Some(remaining) => Lookup::Hit(value, remaining),
             None => Lookup::Miss,
         },
@@ -288,7 +375,7 @@ async fn fill<V: Serialize>(
     value: &V,
     permit: LoadPermit,
 ) -> bool {
-    let now = now_ms();
+    let now = redis.now_ms();
     let ttl = u64::try_from(site.ttl().as_millis()).unwrap_or(u64::MAX);
     let times = Times {
         created_at_ms: now,
@@ -296,7 +383,7 @@ async fn fill<V: Serialize>(
         stale_until_ms: now.saturating_add(ttl),
     };
     let key_hash = redis.entry_hash(key.as_str());
-    let LoadPermit { fence, lock } = permit;
+    let LoadPermit { fence, lock, .. } = permit;
     match envelope::encode::<V, Bincode>(value, site.version(), key_hash, times) {
         Ok(bytes) => {
             let token = lock.as_ref().map(HeldLock::token);
@@ -349,7 +436,7 @@ mod tests {
             .build()
             .expect("valid configuration");
         let key = KeyBuilder::new().lit("k").finish();
-        let now = now_ms();
+        let now = redis.now_ms();
         let envelope = |stale_until_ms| {
             let times = Times {
                 created_at_ms: now - 10_000,

@@ -15,8 +15,8 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::call::cached_remote;
-use crate::envelope::now_ms;
+use crate::call::{cached_remote, cached_remote_served};
+use crate::clock::unix_ms_now as now_ms;
 use crate::http::etag::if_none_match;
 use crate::http::key::{route_builder, variant_key, Variant};
 use crate::http::policy::CachePolicy;
@@ -150,7 +150,7 @@ where
         Ok(plan) => plan,
         Err(detail) => return bypass(inner, parts, body, detail).await,
     };
-    let Some(backend) = crate::registry::backend_of(shared.responses) else {
+    let Some(backend) = crate::registry::resolve(shared.responses).backend.as_ref() else {
         return bypass(inner, parts, body, "backend").await;
     };
     let param = |name: &str| {
@@ -208,8 +208,18 @@ where
             .await
             .map_err(|(response, refusal)| Forward::Pass(response, refusal))
     };
-    match cached_remote(shared.responses, OkOnly, key, fill).await {
-        Ok(stored) => Ok(reply(policy, &plan, &stored, ran, &conditional, head)),
+    let (response, served) = cached_remote_served(shared.responses, OkOnly, key, fill).await;
+    // Answered by another request's load: RFC 9211's `collapsed`.
+    let collapsed = served.coalesced && !ran;
+    match response {
+        Ok(stored) => Ok(reply(
+            policy,
+            &plan,
+            &stored,
+            (ran, collapsed),
+            &conditional,
+            head,
+        )),
         Err(Forward::Pass(mut response, refusal)) => {
             set_status(
                 &mut response,
@@ -226,13 +236,16 @@ fn reply(
     policy: &CachePolicy,
     plan: &Plan,
     stored: &StoredResponse,
-    ran: bool,
+    (ran, collapsed): (bool, bool),
     conditional: &HeaderMap,
     head: bool,
 ) -> Response<Body> {
     let age = Duration::from_millis(now_ms().saturating_sub(stored.stored_at_ms));
     let remaining = policy.ttl.saturating_sub(age);
     let status = match (ran, plan.revalidate) {
+        (false, _) if collapsed => {
+            format!("cachette; fwd=miss; collapsed; ttl={}", remaining.as_secs())
+        }
         (false, _) => format!("cachette; hit; ttl={}", remaining.as_secs()),
         (true, false) => format!("cachette; fwd=miss; stored; ttl={}", remaining.as_secs()),
         (true, true) => format!("cachette; fwd=request; stored; ttl={}", remaining.as_secs()),

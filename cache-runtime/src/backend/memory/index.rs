@@ -8,11 +8,11 @@
 //! backend tells moka about a sample of the reads (see `MemoryBackend::get`).
 
 use std::hash::{BuildHasher, Hasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
+use crate::clock::{Clock, Moment};
 use crate::key::CacheKey;
 use crate::shape::AnyValue;
 
@@ -36,71 +36,6 @@ struct Slot {
     epoch: u64,
 }
 
-/// A point on the clock that expiry is checked against: the kernel's coarse monotonic clock
-/// (`CLOCK_MONOTONIC_COARSE` on Linux, through `coarsetime`), read from memory the kernel
-/// updates each tick, about 3 ns, where `Instant::now()` reads the hardware counter (about 24 ns
-/// on the virtual machines measured, a fifth of a hit). The price is resolution: an entry can
-/// outlive its ttl by up to one tick (1 to 10 ms).
-pub(super) type Moment = coarsetime::Instant;
-
-/// Where an index reads the time: the coarse clock, or a clock that moves only when a test moves
-/// it (so that expiry tests advance time instead of sleeping).
-///
-/// An enum, not a generic or a `#[cfg(test)]` arm: `MemoryBackend` stays one type, and tests run
-/// the code that ships. On a hit it costs a few instructions next to the clock read: `Coarse` is
-/// the `Arc`'s null niche, so choosing the arm is a load from the index (never written after
-/// construction) and a branch that always goes one way (callgrind: 7 of ~537 instructions per
-/// read, ARCHITECTURE.md "Hit path performance").
-pub(super) enum Clock {
-    /// The kernel's coarse monotonic clock (see [`Moment`]).
-    Coarse,
-    /// A test's clock.
-    #[cfg_attr(not(test), allow(dead_code))]
-    Manual(Arc<ManualClock>),
-}
-
-// The niche that makes `Coarse` a null pointer: a `Clock` is one word, no separate tag.
-const _: () = assert!(std::mem::size_of::<Clock>() == std::mem::size_of::<usize>());
-
-impl Clock {
-    /// Now, on [`Moment`]'s clock. Not `coarsetime::Instant::now()`, which also stores the
-    /// reading in a global that every core's hits would then write.
-    #[inline]
-    fn now(&self) -> Moment {
-        match self {
-            Clock::Coarse => coarsetime::Instant::now_without_cache_update(),
-            Clock::Manual(manual) => manual.now(),
-        }
-    }
-}
-
-/// A clock that starts at the coarse clock's reading and then moves only by
-/// [`advance`](Self::advance).
-pub(super) struct ManualClock {
-    /// The reading, in `coarsetime` ticks.
-    now: AtomicU64,
-}
-
-#[cfg_attr(not(test), allow(dead_code))]
-impl ManualClock {
-    pub(super) fn new() -> Arc<Self> {
-        let now = coarsetime::Instant::now_without_cache_update().as_ticks();
-        Arc::new(ManualClock {
-            now: AtomicU64::new(now),
-        })
-    }
-
-    /// Moves the clock forward by `by`.
-    pub(super) fn advance(&self, by: std::time::Duration) {
-        let ticks = coarsetime::Duration::from(by).as_ticks();
-        self.now.fetch_add(ticks, Ordering::Relaxed);
-    }
-
-    fn now(&self) -> Moment {
-        Moment::from_ticks(self.now.load(Ordering::Relaxed))
-    }
-}
-
 /// `at + ttl`, saturating (`coarsetime` counts in 32.32 fixed point, so a ttl of years fits).
 pub(super) fn after(at: Moment, ttl: std::time::Duration) -> Moment {
     let ttl = ttl.min(std::time::Duration::from_secs(u64::from(u32::MAX) / 2));
@@ -118,7 +53,7 @@ impl Index {
 
     /// Now, on the clock that this index checks expiry against.
     pub(super) fn now(&self) -> Moment {
-        self.clock.now()
+        self.clock.moment()
     }
 
     /// One hash per operation: it picks the shard and is stored for the table's probes. The
@@ -162,7 +97,7 @@ impl Index {
         let hash = self.hash(key);
         let table = self.read(hash);
         let slot = table.find(hash, |slot| slot.key.as_str() == key)?;
-        if slot.epoch == epoch && slot.expires_at > self.clock.now() {
+        if slot.epoch == epoch && slot.expires_at > self.clock.moment() {
             read(&slot.value)
         } else {
             None

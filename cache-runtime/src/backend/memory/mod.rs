@@ -9,13 +9,20 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::OnceLock;
+
+use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use moka::Expiry;
 
 use crate::key::CacheKey;
+use crate::observe::meters::StoreMeters;
+use crate::observe::Eviction;
 use crate::shape::AnyValue;
 
-use index::{Clock, Index};
+use crate::clock::{Clock, TestClock};
+use index::Index;
 
 /// One hit in this many (per thread) is also read through moka, so that its eviction policy
 /// still sees which keys are hot; the others cost it nothing.
@@ -38,12 +45,54 @@ pub struct MemoryBackend {
     cache: Cache<CacheKey, Entry>,
     /// The read path: what `cache` holds, kept in step by its eviction listener.
     index: Arc<Index>,
+    /// Weighs entries, for the byte bound and the size gauges.
+    weigher: Weigher,
+    /// What the store holds, as its gauges say, kept by inserts and the eviction listener.
+    tally: Arc<Tally>,
+    /// How it was built, to build it again on another clock (a tiered backend's L1 runs on
+    /// its L2's clock).
+    settings: Arc<MemoryBackendBuilder>,
 }
 
 #[derive(Clone)]
 struct Entry {
     value: AnyValue,
     ttl: Duration,
+    /// The entry's weight, computed once on insert: moka's byte bound and the gauges use it.
+    weight: u32,
+}
+
+/// Entries and their summed weight, for the gauges: moka's own counts are approximate until
+/// its maintenance runs, and its listener is the one place that sees every removal.
+struct Tally {
+    entries: AtomicI64,
+    bytes: AtomicI64,
+    /// The handles, once the backend is configured under a name.
+    meters: OnceLock<StoreMeters>,
+}
+
+impl Tally {
+    /// Moves the counts, and the gauges by the same amounts (not to the new totals: two
+    /// threads' sets could land in the wrong order, and the gauge then stays wrong).
+    fn add(&self, entries: i64, bytes: i64) {
+        self.entries.fetch_add(entries, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(meters) = self.meters.get() {
+            meters.grow(entries, bytes);
+        }
+    }
+
+    fn evicted(&self, entry: &Entry, cause: RemovalCause) {
+        self.add(-1, -i64::from(entry.weight));
+        if let Some(meters) = self.meters.get() {
+            meters.evicted(match cause {
+                RemovalCause::Expired => Eviction::Expired,
+                RemovalCause::Explicit => Eviction::Explicit,
+                RemovalCause::Replaced => Eviction::Replaced,
+                RemovalCause::Size => Eviction::Size,
+            });
+        }
+    }
 }
 
 struct PerEntryTtl;
@@ -66,11 +115,14 @@ impl Expiry<CacheKey, Entry> for PerEntryTtl {
 }
 
 /// Configures a [`MemoryBackend`].
+#[derive(Clone)]
 pub struct MemoryBackendBuilder {
     capacity: Capacity,
     weigher: Option<Weigher>,
+    clock: Clock,
 }
 
+#[derive(Clone, Copy)]
 enum Capacity {
     Entries(u64),
     Bytes(u64),
@@ -101,38 +153,48 @@ impl MemoryBackendBuilder {
         self
     }
 
-    /// The backend.
-    pub fn build(self) -> MemoryBackend {
-        self.build_on(Clock::Coarse)
+    /// Checks expiry against a test's clock, to advance instead of sleeping.
+    pub fn clock(mut self, clock: &TestClock) -> Self {
+        self.clock = clock.clock();
+        self
     }
 
-    /// The backend, checking expiry against `clock` (a test's, to advance instead of sleeping).
-    fn build_on(self, clock: Clock) -> MemoryBackend {
-        let index = Arc::new(Index::new(clock));
-        let evicted = Arc::clone(&index);
+    /// The backend.
+    pub fn build(self) -> MemoryBackend {
+        let settings = self.clone();
+        let index = Arc::new(Index::new(self.clock));
+        let tally = Arc::new(Tally {
+            entries: AtomicI64::new(0),
+            bytes: AtomicI64::new(0),
+            meters: OnceLock::new(),
+        });
+        let (evicted, counted) = (Arc::clone(&index), Arc::clone(&tally));
         let builder = Cache::builder()
             .expire_after(PerEntryTtl)
-            .eviction_listener(move |key: Arc<CacheKey>, entry: Entry, _| {
+            .eviction_listener(move |key: Arc<CacheKey>, entry: Entry, cause| {
                 evicted.remove_value(key.as_str(), &entry.value);
+                counted.evicted(&entry, cause);
             });
         let cache = match self.capacity {
             Capacity::Entries(entries) => builder.max_capacity(entries).build(),
-            Capacity::Bytes(bytes) => {
-                let weigher = self.weigher.unwrap_or_else(|| {
-                    Arc::new(|key: &str, value: &(dyn Any + Send + Sync)| {
-                        let size = key.len() + std::mem::size_of_val(value);
-                        u32::try_from(size).unwrap_or(u32::MAX)
-                    })
-                });
-                builder
-                    .max_capacity(bytes)
-                    .weigher(move |key: &CacheKey, entry: &Entry| {
-                        weigher(key.as_str(), &*entry.value)
-                    })
-                    .build()
-            }
+            Capacity::Bytes(bytes) => builder
+                .max_capacity(bytes)
+                .weigher(|_: &CacheKey, entry: &Entry| entry.weight)
+                .build(),
         };
-        MemoryBackend { cache, index }
+        let weigher = self.weigher.unwrap_or_else(|| {
+            Arc::new(|key: &str, value: &(dyn Any + Send + Sync)| {
+                let size = key.len() + std::mem::size_of_val(value);
+                u32::try_from(size).unwrap_or(u32::MAX)
+            })
+        });
+        MemoryBackend {
+            cache,
+            index,
+            weigher,
+            tally,
+            settings: Arc::new(settings),
+        }
     }
 }
 
@@ -142,7 +204,19 @@ impl MemoryBackend {
         MemoryBackendBuilder {
             capacity: Capacity::Entries(10_000),
             weigher: None,
+            clock: Clock::Real,
         }
+    }
+
+    /// This backend, or if it runs on another clock than `clock`, an empty one built alike on
+    /// `clock`.
+    pub(crate) fn on_clock(self, clock: &Clock) -> MemoryBackend {
+        if self.settings.clock.same_as(clock) {
+            return self;
+        }
+        let mut settings = (*self.settings).clone();
+        settings.clock = clock.clone();
+        settings.build()
     }
 
     /// How many entries the cache holds (approximate until [`run_pending_tasks`](Self::run_pending_tasks)).
@@ -213,6 +287,8 @@ impl MemoryBackend {
         ttl: Duration,
         epoch: u64,
     ) {
+        // Weighed before anything is stored: a weigher that panics leaves nothing behind.
+        let weight = (self.weigher)(key.as_str(), &*value);
         let expires_at = index::after(self.index.now(), ttl);
         // The index first: should moka refuse or evict the entry at once, its listener then
         // finds the value here to remove, and nothing stays that moka does not hold. Should
@@ -229,9 +305,23 @@ impl MemoryBackend {
             Entry {
                 value: Arc::clone(&value),
                 ttl,
+                weight,
             },
         );
         std::mem::forget(unaccepted);
+        self.tally.add(1, i64::from(weight));
+    }
+
+    /// Gives the store its metric handles, once its backend is configured under a name (the
+    /// first configuration that names it keeps it).
+    pub(crate) fn attach_meters(&self, meters: StoreMeters) {
+        let entries = self.tally.entries.load(Ordering::Relaxed);
+        let bytes = self.tally.bytes.load(Ordering::Relaxed);
+        if self.tally.meters.set(meters).is_ok() {
+            if let Some(meters) = self.tally.meters.get() {
+                meters.grow(entries, bytes);
+            }
+        }
     }
 
     pub(crate) fn invalidate(&self, key: &str) {
@@ -282,11 +372,9 @@ mod tests {
         backend.read(key, |value| Some(Arc::clone(value)))
     }
     use crate::KeyBuilder;
-    use index::ManualClock;
-
     /// A default backend whose index checks expiry against `clock`.
-    fn on(clock: &Arc<ManualClock>) -> MemoryBackend {
-        MemoryBackend::builder().build_on(Clock::Manual(Arc::clone(clock)))
+    fn on(clock: &TestClock) -> MemoryBackend {
+        MemoryBackend::builder().clock(clock).build()
     }
 
     fn fill(backend: &MemoryBackend, count: u32, value: impl Fn(u32) -> AnyValue) {
@@ -325,7 +413,7 @@ mod tests {
 
     #[test]
     fn a_refill_starts_a_fresh_ttl() {
-        let clock = ManualClock::new();
+        let clock = TestClock::new();
         let backend = on(&clock);
         let key = KeyBuilder::new().lit("k").finish();
         backend.insert(key.clone(), Arc::new(1u8), Duration::from_millis(1));
@@ -353,7 +441,7 @@ mod tests {
 
     #[test]
     fn an_expired_entry_is_a_miss_and_leaves_the_index() {
-        let clock = ManualClock::new();
+        let clock = TestClock::new();
         let backend = on(&clock);
         let key = KeyBuilder::new().lit("k").finish();
         backend.insert(key.clone(), Arc::new(1u8), Duration::from_millis(5));

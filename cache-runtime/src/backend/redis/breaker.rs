@@ -52,6 +52,17 @@ pub(crate) enum Permit {
     Refused,
 }
 
+/// Where a Redis backend's circuit breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls use Redis.
+    Closed,
+    /// Redis kept failing: calls skip it (and run uncached) until the next probe.
+    Open,
+    /// One probe is out; its result closes or reopens the breaker.
+    HalfOpen,
+}
+
 #[derive(Debug)]
 pub(crate) struct Breaker {
     policy: BreakerPolicy,
@@ -99,12 +110,28 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn record_success(&self) {
+    /// Records a success; returns `true` when it closed an open breaker (worth a log).
+    pub(crate) fn record_success(&self) -> bool {
         if self.healthy.load(Ordering::Acquire) {
-            return;
+            return false;
         }
-        *self.state() = State::Closed { failures: 0 };
+        let mut state = self.state();
+        let was_open = !matches!(*state, State::Closed { .. });
+        *state = State::Closed { failures: 0 };
         self.healthy.store(true, Ordering::Release);
+        was_open
+    }
+
+    /// The breaker's state, as [`health`](crate::health()) reports it.
+    pub(crate) fn position(&self) -> BreakerState {
+        if self.healthy.load(Ordering::Acquire) {
+            return BreakerState::Closed;
+        }
+        match *self.state() {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::Probing { .. } => BreakerState::HalfOpen,
+        }
     }
 
     /// Records a failure; returns `true` when this failure opened the breaker (worth a log).

@@ -21,10 +21,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use breaker::BreakerState;
 pub(crate) use connection::Target;
 pub(crate) use keys::{bus_channel, FLUSH_MESSAGE};
 pub(crate) use lock::HeldLock;
-pub(crate) use store::{Announce, Claim, RedisStore, StoreError, LEASE};
+pub(crate) use store::{Announce, Claim, RedisHealth, RedisStore, StoreError, LEASE};
 pub(crate) use subscription::Subscription;
 pub(crate) use wake::{resubscribe_backoff, Waiting, SAFETY_POLL};
 
@@ -32,9 +33,11 @@ use connection::TlsMaterial;
 use keys::{entry_hash, entry_hash_seed, valid_prefix};
 use store::RedisSettings;
 
+use crate::clock::{Clock, TestClock};
 use crate::error::ConfigError;
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
+use crate::observe::meters::BackendMeters;
 
 /// A backend shared by every process of a service, in Redis.
 ///
@@ -106,6 +109,21 @@ impl RedisBackend {
 
     pub(crate) fn store(&self) -> &Arc<RedisStore> {
         &self.store
+    }
+
+    /// Now, in Unix milliseconds, on this backend's clock: the times its entries carry.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.store.settings().clock.unix_ms()
+    }
+
+    /// The clock this backend runs on.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.store.settings().clock
+    }
+
+    /// Gives the backend its metric handles, once configured under a name.
+    pub(crate) fn attach_meters(&self, meters: Arc<BackendMeters>) {
+        self.store.attach_meters(meters);
     }
 
     /// Deletes `keys` and advances their fences. Once one fails (Redis unreachable), the rest
@@ -230,6 +248,15 @@ impl RedisBackendBuilder {
     /// The bound on establishing a connection (default 1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// Runs on a test's clock: the times written into entries, their expiry as reads check it,
+    /// and the circuit breaker's probe interval then move only when the test advances it.
+    /// Redis still expires keys on its own clock, so an entry's time runs out no later than
+    /// its TTL in real time either.
+    pub fn clock(mut self, clock: &TestClock) -> Self {
+        self.settings.clock = clock.clock();
         self
     }
 

@@ -13,9 +13,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use crate::log_gate::LogGate;
+use crate::observe::meters::BackendMeters;
+use crate::observe::Invalidation;
 
 /// At most this many keys are kept; past it, the queue overflows.
 pub(crate) const MAX_PENDING: usize = 10_000;
@@ -33,6 +35,9 @@ pub(crate) struct PendingInvalidations {
     overflowed: AtomicBool,
     /// One replay at a time; the others go on without waiting for it.
     replaying: AtomicBool,
+    /// The backend's handles: queued and replayed counts, and the queue's length (set under
+    /// the lock, so that the gauge's last value is the queue's).
+    meters: OnceLock<Arc<BackendMeters>>,
 }
 
 /// Held by the one caller replaying; dropping it (on return, cancellation or panic) lets the
@@ -70,6 +75,20 @@ impl PendingInvalidations {
             items.insert(key.to_owned(), announcement);
         }
         self.any.store(true, Ordering::Release);
+        if let Some(meters) = self.meters.get() {
+            meters.invalidated(Invalidation::Queued, 1);
+            meters.pending(items.len());
+        }
+    }
+
+    /// Gives the queue its backend's handles (the first configuration that names it keeps it).
+    pub(crate) fn attach_meters(&self, meters: Arc<BackendMeters>) {
+        let _ = self.meters.set(meters);
+    }
+
+    /// How many keys are waiting (an overflowed queue's lost keys not counted).
+    pub(crate) fn len(&self) -> usize {
+        self.items().len()
     }
 
     /// Whether anything waits; cheap enough for every operation.
@@ -103,8 +122,15 @@ impl PendingInvalidations {
     /// Redis confirmed these invalidations (and the purge, if `purged`).
     pub(crate) fn confirm<'k>(&self, keys: impl IntoIterator<Item = &'k str>, purged: bool) {
         let mut items = self.items();
+        let before = items.len();
         for key in keys {
             items.remove(key);
+        }
+        if let Some(meters) = self.meters.get() {
+            if items.len() != before {
+                meters.invalidated(Invalidation::Replayed, before - items.len());
+                meters.pending(items.len());
+            }
         }
         if purged {
             self.overflowed.store(false, Ordering::Release);

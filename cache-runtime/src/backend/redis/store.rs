@@ -18,19 +18,21 @@
 //! (`wake.rs`).
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
 
 use redis::Script;
 
 use super::blocking::{BlockingConnections, Unsent};
-use super::breaker::{Breaker, BreakerPolicy, Permit};
+use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit};
 use super::connection::{Connection, Refusal, Target};
 use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
 use super::pending::PendingInvalidations;
 use super::scripts::{CLAIM, FILL, INVALIDATE, RELEASE, RENEW};
 use super::wake::{Waiting, Wakeups};
+use crate::clock::Clock;
 use crate::log_gate::LogGate;
+use crate::observe::meters::BackendMeters;
 
 /// Why a Redis operation did not happen; every case is a miss to the caller.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,8 @@ pub(crate) struct RedisSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) fence_ttl: Duration,
     pub(crate) breaker: BreakerPolicy,
+    /// The clock of the breaker's intervals and of the times written into entries.
+    pub(crate) clock: Clock,
 }
 
 impl Default for RedisSettings {
@@ -74,6 +78,7 @@ impl Default for RedisSettings {
             connect_timeout: Duration::from_secs(1),
             fence_ttl: Duration::from_secs(60),
             breaker: BreakerPolicy::default(),
+            clock: Clock::Real,
         }
     }
 }
@@ -99,6 +104,20 @@ pub(crate) struct RedisStore {
     renew_script: Script,
     /// Whether the background replayer runs (`replay_in_background`).
     replayer_running: AtomicBool,
+    /// The backend's metric handles, once it is configured under a name.
+    meters: OnceLock<Arc<BackendMeters>>,
+    /// The last error, and when, for `health()`.
+    last_error: Mutex<Option<(String, SystemTime)>>,
+}
+
+/// What a store knows of its Redis's health.
+pub(crate) struct RedisHealth {
+    pub(crate) breaker: BreakerState,
+    /// The last failure's message and time.
+    pub(crate) last_error: Option<(String, SystemTime)>,
+    pub(crate) pending_invalidations: usize,
+    /// The pending queue overflowed: a purge is due.
+    pub(crate) overflowed: bool,
 }
 
 /// How long a load lock lives without renewal (`lock.rs` renews it every third of this): the
@@ -143,6 +162,8 @@ impl RedisStore {
             claim_script: Script::new(CLAIM),
             renew_script: Script::new(RENEW),
             replayer_running: AtomicBool::new(false),
+            meters: OnceLock::new(),
+            last_error: Mutex::new(None),
         })
     }
 
@@ -163,7 +184,7 @@ impl RedisStore {
         &self,
         operation: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        if self.breaker.permit_at(Instant::now) == Permit::Refused {
+        if self.breaker.permit_at(|| self.settings.clock.instant()) == Permit::Refused {
             return Err(StoreError::Refused);
         }
         let budget = self.settings.op_timeout;
@@ -178,12 +199,13 @@ impl RedisStore {
 
     fn record<T>(&self, result: &Result<T, StoreError>) {
         match result {
-            Ok(_) => self.breaker.record_success(),
+            Ok(_) => self.recovered(),
             // Redis answered: the error is about this request (a key of another type, a
             // script error), a miss for this call, and no sign that Redis is unwell. Counting
             // it would let one bad key switch caching off for every key.
             Err(StoreError::Redis(error)) if !is_transport_failure(error) => {
-                self.breaker.record_success();
+                self.recovered();
+                self.remember(result);
                 static GATE: LogGate = LogGate::new();
                 if let Some(suppressed) = GATE.admit() {
                     tracing::warn!(
@@ -196,12 +218,16 @@ impl RedisStore {
             }
             Err(StoreError::Pending) => {}
             Err(_) => {
-                if self.breaker.record_failure(Instant::now()) {
+                self.remember(result);
+                if self.breaker.record_failure(self.settings.clock.instant()) {
                     tracing::warn!(
                         prefix = %self.settings.prefix,
                         "redis keeps failing; calls run uncached and redis is probed every {:?}",
                         self.settings.breaker.probe_interval
                     );
+                    if let Some(meters) = self.meters.get() {
+                        meters.breaker_open(true);
+                    }
                     self.diagnose();
                 }
             }
@@ -250,6 +276,52 @@ impl RedisStore {
                 Refusal::Other => {}
             }
         });
+    }
+
+    /// A success: closes the breaker if it was open, saying so.
+    fn recovered(&self) {
+        if self.breaker.record_success() {
+            tracing::info!(
+                prefix = %self.settings.prefix,
+                "redis answers again; caching through redis resumes"
+            );
+            if let Some(meters) = self.meters.get() {
+                meters.breaker_open(false);
+            }
+        }
+    }
+
+    /// Keeps the error for [`health`](crate::health()).
+    fn remember<T>(&self, result: &Result<T, StoreError>) {
+        if let Err(error) = result {
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((error.to_string(), SystemTime::now()));
+        }
+    }
+
+    /// Gives the store its backend's handles (the first configuration that names it keeps
+    /// them).
+    pub(crate) fn attach_meters(&self, meters: Arc<BackendMeters>) {
+        self.pending.attach_meters(Arc::clone(&meters));
+        let _ = self.meters.set(meters);
+    }
+
+    /// The breaker's state, the last error and the pending invalidations, for `health()`.
+    pub(crate) fn health(&self) -> RedisHealth {
+        let last_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        RedisHealth {
+            breaker: self.breaker.position(),
+            last_error,
+            pending_invalidations: self.pending.len(),
+            overflowed: self.pending.overflowed(),
+        }
     }
 
     /// Reads the value: one `GET`, the hit path's only round trip.
@@ -427,7 +499,7 @@ impl RedisStore {
         cache_key: &str,
         announce: Announce<'_>,
     ) -> Result<(), StoreError> {
-        if self.breaker.permit(Instant::now()) == Permit::Refused {
+        if self.breaker.permit(self.settings.clock.instant()) == Permit::Refused {
             self.keep_for_replay(cache_key, announce);
             return Err(StoreError::Refused);
         }

@@ -10,12 +10,15 @@
 //! traffic: a silent, half-open connection is noticed within one heartbeat plus one timeout.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
 
 use super::super::redis::{resubscribe_backoff, Subscription, Target, FLUSH_MESSAGE};
 use crate::log_gate::LogGate;
+use crate::observe::meters::BackendMeters;
+use crate::observe::Invalidation;
 
 /// The bus state of one tiered backend.
 pub(crate) struct Bus {
@@ -29,6 +32,8 @@ pub(crate) struct Bus {
     started: AtomicBool,
     /// Woken whenever the bus comes up.
     up: tokio::sync::Notify,
+    /// The backend's metric handles, once it is configured under a name.
+    meters: OnceLock<Arc<BackendMeters>>,
 }
 
 /// Timing of the subscriber.
@@ -50,7 +55,18 @@ impl Bus {
             received: AtomicU64::new(0),
             started: AtomicBool::new(false),
             up: tokio::sync::Notify::new(),
+            meters: OnceLock::new(),
         }
+    }
+
+    /// Gives the bus its backend's handles (the first configuration that names it keeps them).
+    pub(crate) fn attach_meters(&self, meters: Arc<BackendMeters>) {
+        meters.bus_connected(self.l1_epoch().is_some());
+        let _ = self.meters.set(meters);
+    }
+
+    fn meters(&self) -> Option<&BackendMeters> {
+        self.meters.get().map(|meters| &**meters)
     }
 
     /// True for the one caller that is to start the subscriber.
@@ -83,6 +99,10 @@ impl Bus {
     fn go_up(&self) {
         self.state.fetch_or(1, Ordering::AcqRel);
         self.up.notify_waiters();
+        tracing::info!(channel = %self.channel, "invalidation bus subscribed; L1 in use");
+        if let Some(meters) = self.meters() {
+            meters.bus_connected(true);
+        }
     }
 
     /// Returns once the bus is up (now, or when it next comes up).
@@ -107,6 +127,10 @@ impl Bus {
         let was_up = previous & 1 == 1;
         if was_up {
             self.flushes.fetch_add(1, Ordering::Relaxed);
+            if let Some(meters) = self.meters() {
+                meters.bus_connected(false);
+                meters.l1_flushed();
+            }
         }
         was_up
     }
@@ -115,6 +139,9 @@ impl Bus {
     fn flush_epoch(&self) {
         self.state.fetch_add(2, Ordering::AcqRel);
         self.flushes.fetch_add(1, Ordering::Relaxed);
+        if let Some(meters) = self.meters() {
+            meters.l1_flushed();
+        }
     }
 
     /// The key a message invalidates, unless the message is this instance's own.
@@ -181,6 +208,9 @@ impl Bus {
                         self.flush_epoch();
                     } else if let Some(key) = self.key_of(&payload) {
                         self.received.fetch_add(1, Ordering::Relaxed);
+                        if let Some(meters) = self.meters() {
+                            meters.invalidated(Invalidation::Received, 1);
+                        }
                         if !invalidate(key) {
                             return false;
                         }

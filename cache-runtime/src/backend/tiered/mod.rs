@@ -12,6 +12,7 @@ use bus::{Bus, BusTiming};
 use super::redis::bus_channel;
 use super::{MemoryBackend, RedisBackend};
 use crate::key::CacheKey;
+use crate::observe::meters::{BackendMeters, StoreMeters};
 use crate::shape::AnyValue;
 
 /// A backend with in-process speed on hits and cross-process correctness: reads go to L1
@@ -92,6 +93,18 @@ impl TieredBackend {
 impl TieredBackend {
     pub(crate) fn l2(&self) -> &RedisBackend {
         &self.l2
+    }
+
+    /// Gives the backend its metric handles, once configured under a name.
+    pub(crate) fn attach_meters(&self, meters: Arc<BackendMeters>, l1: StoreMeters) {
+        self.l1.attach_meters(l1);
+        self.bus.attach_meters(Arc::clone(&meters));
+        self.l2.attach_meters(meters);
+    }
+
+    /// Whether the bus is subscribed, and so L1 in use.
+    pub(crate) fn bus_connected(&self) -> bool {
+        self.bus.l1_epoch().is_some()
     }
 
     /// The epoch L1 entries must carry to be served, or `None` while L1 must not be used (the
@@ -198,7 +211,11 @@ impl TieredBackend {
 }
 
 impl TieredBackendBuilder {
-    /// The L1 store and its bound (default: [`MemoryBackend::default()`], 10,000 entries).
+    /// The L1 store and its bound (default: [`MemoryBackend::default()`], 10,000 entries). It
+    /// runs on the L2's clock: built on another one (see [`RedisBackendBuilder::clock`]), it is
+    /// rebuilt alike, empty, on the L2's.
+    ///
+    /// [`RedisBackendBuilder::clock`]: crate::RedisBackendBuilder::clock
     pub fn l1(mut self, l1: MemoryBackend) -> Self {
         self.l1 = l1;
         self
@@ -227,7 +244,8 @@ impl TieredBackendBuilder {
         };
         TieredBackend {
             bus: Arc::new(Bus::new(bus_channel(&settings.prefix))),
-            l1: self.l1,
+            // One clock for both tiers, so that an L1 entry never outlives its L2 entry on it.
+            l1: self.l1.on_clock(self.l2.clock()),
             l2: self.l2,
             l1_max_ttl: self.l1_max_ttl,
             timing,

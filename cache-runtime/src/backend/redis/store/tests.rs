@@ -5,6 +5,7 @@ use super::*;
 use super::super::pending::MAX_PENDING;
 use crate::backend::test_redis_server::RedisServer;
 use futures_util::StreamExt;
+use std::time::Instant;
 
 fn store(server: &RedisServer) -> Arc<RedisStore> {
     let settings = RedisSettings {
