@@ -1,0 +1,104 @@
+//! Review of issue 16 (cluster, TLS, ACL users): repros of what the branch gets wrong.
+//! Against real servers: a password-protected redis-server, seeds where nothing listens.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cachette::{cached, configure, RedisBackend};
+use support::redis_server::{free_port, RedisServer};
+
+const PASSWORD: &str = "s3cret/pa55";
+
+/// A password with a `/` (left unencoded, as people paste them) must not show in `Debug` or in
+/// the configuration error: `redact` took the first `/` for the end of the authority and, not
+/// finding the `@` before it, returned the URL whole.
+#[test]
+fn a_password_with_a_slash_is_redacted_in_debug_and_errors() {
+    let url = format!("redis://app:{PASSWORD}@127.0.0.1:6379/0");
+    let builder = RedisBackend::builder().url(&url);
+    let shown = format!("{builder:?}");
+    let outcome = match builder.build() {
+        Ok(backend) => format!("{backend:?}"),
+        Err(error) => format!("{error} / {error:?}"),
+    };
+    assert!(
+        !shown.contains(PASSWORD) && !outcome.contains(PASSWORD),
+        "the password leaked:\n  Debug: {shown}\n  build: {outcome}"
+    );
+}
+
+#[cached(ttl = "60s", key = "seeded:<id>", backend = "redis.second_seed_refuses")]
+async fn through_seeds(id: u64) -> Result<u64, String> {
+    Ok(id)
+}
+
+/// A cluster whose first seed is down (a node replaced, an address out of date) and whose
+/// other seed refuses the password: calls fail open, and the line naming the wrong password
+/// must come, as it does when the refusing seed is the first. `diagnose` asked only the first
+/// seed, got "connection refused" (no configuration cause) and said nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_named_when_the_first_seed_is_down() {
+    let logs = capture_logs();
+    let server = RedisServer::start_with(vec!["--requirepass".into(), "right-one".into()], false);
+    let backend = RedisBackend::builder()
+        .cluster([
+            format!("redis://127.0.0.1:{}/", free_port()),
+            format!("redis://:wrong-one@127.0.0.1:{}/", server.port()),
+        ])
+        .prefix("seeded")
+        .op_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(200))
+        .build()
+        .expect("valid: nothing connects yet");
+    configure()
+        .redis("redis.second_seed_refuses", backend)
+        .install()
+        .expect("configured once");
+    for id in 0..20 {
+        assert_eq!(through_seeds(id).await.expect("uncached"), id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let logs = loop {
+        let logs = String::from_utf8_lossy(&logs.lock().expect("lock")).into_owned();
+        if logs.contains("redis rejected the credentials") || Instant::now() > deadline {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        logs.contains("redis rejected the credentials"),
+        "no line names the wrong password of the second seed:\n{logs}"
+    );
+    assert!(!logs.contains("wrong-one"), "a password in the logs:\n{logs}");
+    server.stop();
+    let _ = std::fs::remove_dir_all(server.dir());
+}
+
+/// Every log line of this binary, kept (and still written to stderr).
+fn capture_logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    struct Capture;
+    impl Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            LOGS.get()
+                .expect("set")
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            std::io::stderr().write(bytes)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            std::io::stderr().flush()
+        }
+    }
+    let logs = LOGS.get_or_init(|| Mutex::new(Vec::new()));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| Capture)
+        .with_ansi(false)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .try_init();
+    logs
+}
