@@ -45,7 +45,7 @@ async fn a_wrong_password_is_named_when_the_first_seed_is_down() {
     let server = RedisServer::start_with(vec!["--requirepass".into(), "right-one".into()], false);
     let backend = RedisBackend::builder()
         .cluster([
-            format!("redis://127.0.0.1:{}/", free_port()),
+            format!("redis://:wrong-one@127.0.0.1:{}/", free_port()),
             format!("redis://:wrong-one@127.0.0.1:{}/", server.port()),
         ])
         .prefix("seeded")
