@@ -387,33 +387,30 @@ fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return "(not a URL)".to_owned();
     };
-    let authority_end = url[scheme_end..]
-        .find('/')
-        .map_or(url.len(), |i| i + scheme_end);
-    let authority = &url[scheme_end..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let user = authority[..at].split(':').next().unwrap_or_default();
-            format!(
-                "{}{user}:***@{}",
-                &url[..scheme_end],
-                &url[scheme_end + at + 1..]
-            )
+    match credentials(url) {
+        Some((user, _)) => {
+            let at = scheme_end + url[scheme_end..].rfind('@').unwrap_or_default();
+            format!("{}{user}:***@{}", &url[..scheme_end], &url[at + 1..])
         }
         None => url.to_owned(),
     }
 }
 
+/// The URL's user and password, if it has an `@`. The last `@` ends them, not the first `/`:
+/// a password pasted unencoded may hold a `/` (or an `@`), and the URL then does not parse,
+/// so its error quotes it whole.
+fn credentials(url: &str) -> Option<(&str, Option<&str>)> {
+    let (_, rest) = url.split_once("://")?;
+    let (credentials, _) = rest.rsplit_once('@')?;
+    Some(match credentials.split_once(':') {
+        Some((user, password)) => (user, Some(password)),
+        None => (credentials, None),
+    })
+}
+
 /// `text` with any appearance of the URL's password replaced, for error messages that quote it.
 fn redact_in(text: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .and_then(|(credentials, _)| credentials.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|password| !password.is_empty());
-    match password {
+    match credentials(url).and_then(|(_, password)| password.filter(|p| !p.is_empty())) {
         Some(password) => text.replace(password, "***"),
         None => text.to_owned(),
     }
