@@ -246,32 +246,53 @@ impl Refusal {
 impl Target {
     /// Connects once, outside the reconnecting connection (which retries and so shows a caller
     /// only a timeout), to learn why connections fail: the error of a fresh connection to the
-    /// server or the first seed, or `None` if it connects.
+    /// server, or of the seed whose error names a configuration cause (else the first's), or
+    /// `None` if one connects.
     pub(crate) async fn diagnose(&self, timeout: Duration) -> Option<redis::RedisError> {
-        let client = match self {
-            Target::Server(client) => client,
+        let clients: &[Client] = match self {
+            Target::Server(client) => std::slice::from_ref(client),
+            // Every seed, at once: the first may be down (a replaced node) while the others
+            // would name the cause.
             #[cfg(feature = "cluster")]
-            Target::Cluster { seeds, .. } => seeds.first()?,
+            Target::Cluster { seeds, .. } => seeds,
         };
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let attempt = async {
-            let mut connection = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            redis::cmd("PING")
-                .query_async::<redis::Value>(&mut connection)
-                .await
-        };
-        match tokio::time::timeout(timeout * 2, attempt).await {
-            Ok(Ok(_)) => None,
-            Ok(Err(error)) => Some(error),
-            Err(_) => Some(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "no answer to a connection attempt",
-            ))),
+        let attempts = clients.iter().map(|client| attempt(client, timeout));
+        // `None` (no cause to name) if any connects.
+        let errors: Vec<redis::RedisError> = futures_util::future::join_all(attempts)
+            .await
+            .into_iter()
+            .collect::<Option<_>>()?;
+        let mut errors = errors.into_iter();
+        let first = errors.next()?;
+        if Refusal::of(&first) != Refusal::Other {
+            return Some(first);
         }
+        errors
+            .find(|error| Refusal::of(error) != Refusal::Other)
+            .or(Some(first))
+    }
+}
+
+/// A fresh connection to `client` and a `PING`: the error, or `None` if it answers.
+async fn attempt(client: &Client, timeout: Duration) -> Option<redis::RedisError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let attempt = async {
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("PING")
+            .query_async::<redis::Value>(&mut connection)
+            .await
+    };
+    match tokio::time::timeout(timeout * 2, attempt).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => Some(error),
+        Err(_) => Some(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no answer to a connection attempt",
+        ))),
     }
 }
 
@@ -312,36 +333,44 @@ fn certificates(tls: &TlsMaterial) -> redis::TlsCertificates {
     }
 }
 
+/// The masters, from the first seed to answer `CLUSTER SLOTS`: the seeds are asked at once,
+/// since one that hangs (a frozen node, a black-holed address) would otherwise use up the
+/// caller's whole timeout before the next is tried.
 #[cfg(feature = "cluster")]
 async fn cluster_masters(seeds: &[Client], timeout: Duration) -> RedisResult<Vec<Client>> {
-    let mut last_error = None;
-    for seed in seeds {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let slots = async {
-            let mut connection = seed
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            redis::cmd("CLUSTER")
-                .arg("SLOTS")
-                .query_async::<redis::Value>(&mut connection)
-                .await
-        };
-        match tokio::time::timeout(timeout * 2, slots).await {
-            Ok(Ok(reply)) => return master_clients(seed, reply),
-            Ok(Err(error)) => last_error = Some(error),
-            Err(_) => {
-                last_error = Some(redis::RedisError::from((
+    if seeds.is_empty() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "no seed nodes",
+        )));
+    }
+    let asks = seeds.iter().map(|seed| {
+        Box::pin(async move {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout));
+            let slots = async {
+                let mut connection = seed
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async::<redis::Value>(&mut connection)
+                    .await
+            };
+            match tokio::time::timeout(timeout * 2, slots).await {
+                Ok(Ok(reply)) => master_clients(seed, reply),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
                     "CLUSTER SLOTS timed out",
-                )))
+                ))),
             }
-        }
-    }
-    Err(last_error.unwrap_or_else(|| {
-        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no seed nodes"))
-    }))
+        })
+    });
+    futures_util::future::select_ok(asks)
+        .await
+        .map(|(masters, _)| masters)
 }
 
 /// One client per distinct master in a `CLUSTER SLOTS` reply, with `seed`'s credentials and
