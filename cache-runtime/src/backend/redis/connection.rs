@@ -171,8 +171,11 @@ impl Target {
             }
             #[cfg(feature = "cluster")]
             Target::Cluster { client, .. } => {
-                let config =
-                    redis::cluster::ClusterConfig::new().set_connection_timeout(connect_timeout);
+                // The response timeout bounds the client's own slot refreshes (a hung node
+                // would stall a fresh connection's first); `guarded` bounds the operations.
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(connect_timeout)
+                    .set_response_timeout(connect_timeout);
                 Ok(Connection::Cluster(
                     client.get_pending_async_connection_with_config(config),
                 ))

@@ -18,7 +18,7 @@
 //! (`wake.rs`).
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use redis::Script;
@@ -89,7 +89,10 @@ pub(crate) struct RedisStore {
     target: Arc<Target>,
     /// Made on first use, inside the caller's Tokio runtime: creating a connection spawns its
     /// driver, which needs a runtime that configuration time may not have.
-    connection: tokio::sync::OnceCell<Connection>,
+    /// On a cluster it is replaced after timeouts (`renew_cluster_connection`).
+    connection: std::sync::RwLock<Option<Connection>>,
+    /// When the cluster connection was last replaced.
+    renewed_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Plain connections for synchronous `#[invalidates]` functions, which cannot await.
     blocking: BlockingConnections,
     pending: PendingInvalidations,
@@ -150,7 +153,8 @@ impl RedisStore {
             this: Weak::clone(this),
             blocking: BlockingConnections::new(Arc::clone(&target)),
             target,
-            connection: tokio::sync::OnceCell::new(),
+            connection: std::sync::RwLock::new(None),
+            renewed_at: std::sync::Mutex::new(None),
             pending: PendingInvalidations::default(),
             wakeups: Arc::new(Wakeups::new(wake_channel.clone())),
             wake_channel,
@@ -168,11 +172,39 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> Result<Connection, StoreError> {
-        let connection = self
-            .connection
-            .get_or_try_init(|| async { self.target.connect_lazy(self.settings.connect_timeout) })
-            .await?;
-        Ok(connection.clone())
+        let read = self.connection.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(connection) = read.as_ref() {
+            return Ok(connection.clone());
+        }
+        drop(read);
+        let mut slot = self.connection.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = self.target.connect_lazy(self.settings.connect_timeout)?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// After a timeout on a cluster, the next operations get a fresh cluster connection (at most
+    /// one per second): the store drops a request that timed out, so redis-rs's cluster client
+    /// sees no error and never refreshes its slot map, and a master that hangs (frozen, or cut
+    /// off without a reset) keeps its slots after its replica took them over. A fresh
+    /// connection learns the slots anew.
+    fn renew_cluster_connection(&self) {
+        const EVERY: Duration = Duration::from_secs(1);
+        if !self.target.is_cluster() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        {
+            let mut renewed_at = self.renewed_at.lock().unwrap_or_else(PoisonError::into_inner);
+            if renewed_at.is_some_and(|at| now.duration_since(at) < EVERY) {
+                return;
+            }
+            *renewed_at = Some(now);
+        }
+        *self.connection.write().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     fn keys(&self, cache_key: &str) -> EntryKeys {
@@ -191,7 +223,10 @@ impl RedisStore {
         let result = match tokio::time::timeout(budget, operation).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(StoreError::Redis(error)),
-            Err(_) => Err(StoreError::Timeout(budget)),
+            Err(_) => {
+                self.renew_cluster_connection();
+                Err(StoreError::Timeout(budget))
+            }
         };
         self.record(&result);
         result
