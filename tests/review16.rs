@@ -30,7 +30,11 @@ fn a_password_with_a_slash_is_redacted_in_debug_and_errors() {
     );
 }
 
-#[cached(ttl = "60s", key = "seeded:<id>", backend = "redis.second_seed_refuses")]
+#[cached(
+    ttl = "60s",
+    key = "seeded:<id>",
+    backend = "redis.second_seed_refuses"
+)]
 async fn through_seeds(id: u64) -> Result<u64, String> {
     Ok(id)
 }
@@ -72,7 +76,10 @@ async fn a_wrong_password_is_named_when_the_first_seed_is_down() {
         logs.contains("redis rejected the credentials"),
         "no line names the wrong password of the second seed:\n{logs}"
     );
-    assert!(!logs.contains("wrong-one"), "a password in the logs:\n{logs}");
+    assert!(
+        !logs.contains("wrong-one"),
+        "a password in the logs:\n{logs}"
+    );
     server.stop();
     let _ = std::fs::remove_dir_all(server.dir());
 }

@@ -44,7 +44,11 @@ async fn a_hung_first_seed_does_not_keep_caching_off_after_an_overflow() {
     let mut seeds = cluster.seeds();
     let replica_url = seeds
         .iter()
-        .find(|seed| !masters.iter().any(|port| seed.contains(&format!(":{port}"))))
+        .find(|seed| {
+            !masters
+                .iter()
+                .any(|port| seed.contains(&format!(":{port}")))
+        })
         .expect("a replica")
         .clone();
     seeds.retain(|seed| *seed != replica_url);
@@ -81,7 +85,9 @@ async fn a_hung_first_seed_does_not_keep_caching_off_after_an_overflow() {
             }
             panic!("the queue did not overflow: {:?}", health());
         }
-        let calls: Vec<_> = (next..next + 2_000).map(|id| tokio::spawn(change(id))).collect();
+        let calls: Vec<_> = (next..next + 2_000)
+            .map(|id| tokio::spawn(change(id)))
+            .collect();
         for call in calls {
             call.await.expect("no panic");
         }
@@ -91,7 +97,10 @@ async fn a_hung_first_seed_does_not_keep_caching_off_after_an_overflow() {
         cluster.node_by_port(port).resume();
     }
     let resumed_at = Instant::now();
-    eprintln!("overflowed {:?} after the pause; masters resumed", paused_at.elapsed());
+    eprintln!(
+        "overflowed {:?} after the pause; masters resumed",
+        paused_at.elapsed()
+    );
 
     let deadline = resumed_at + Duration::from_secs(20);
     let resumed_after = loop {

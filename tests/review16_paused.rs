@@ -91,7 +91,9 @@ async fn caching_resumes_after_a_hung_master_is_failed_over() {
                 LOADS.load(Ordering::SeqCst) - before,
                 ids.len(),
                 health(),
-                info.lines().find(|line| line.starts_with("cluster_state")).unwrap_or("?"),
+                info.lines()
+                    .find(|line| line.starts_with("cluster_state"))
+                    .unwrap_or("?"),
             );
         }
     };
@@ -100,6 +102,9 @@ async fn caching_resumes_after_a_hung_master_is_failed_over() {
          call {slowest:?}"
     );
     // Fail-open: at most one operation timeout per call (and scheduling on 2 loaded cores).
-    assert!(slowest < Duration::from_millis(500), "slowest call {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest call {slowest:?}"
+    );
     cluster.node_by_port(hung_port).resume();
 }

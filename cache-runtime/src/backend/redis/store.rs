@@ -172,12 +172,18 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> Result<Connection, StoreError> {
-        let read = self.connection.read().unwrap_or_else(PoisonError::into_inner);
+        let read = self
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(connection) = read.as_ref() {
             return Ok(connection.clone());
         }
         drop(read);
-        let mut slot = self.connection.write().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
@@ -198,13 +204,19 @@ impl RedisStore {
         }
         let now = std::time::Instant::now();
         {
-            let mut renewed_at = self.renewed_at.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut renewed_at = self
+                .renewed_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if renewed_at.is_some_and(|at| now.duration_since(at) < EVERY) {
                 return;
             }
             *renewed_at = Some(now);
         }
-        *self.connection.write().unwrap_or_else(PoisonError::into_inner) = None;
+        *self
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     fn keys(&self, cache_key: &str) -> EntryKeys {
