@@ -107,7 +107,7 @@ async fn a_test_clock_entry_does_not_expire_in_real_time() {
     assert_eq!(clocked(1).await, 1);
     assert_eq!(CLOCKED_LOADS.load(Ordering::SeqCst), 1, "a hit on the clock");
     // A bounded wait: real time passes the ttl while the test clock stands still.
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(1_500));
     // moka's maintenance runs whenever moka gets to it (any write, a sampled read); run it now.
     setup.clocked.run_pending_tasks();
     assert_eq!(clocked(1).await, 1);
