@@ -18,8 +18,10 @@ pub(super) enum Next<R> {
     Retry,
 }
 
-/// Interprets a leader's outcome for one follower that began waiting at `since`, reporting
-/// the wait and, unless it looks again, its `answer` (what it missed, and where).
+/// Interprets a leader's outcome for one follower that began waiting at `since`; unless it
+/// looks again, reports the wait and its `answer` (what it missed, and where). A follower that
+/// looks again (its leader was abandoned) is reported where its call ends: once, as a leader or
+/// as the follower of a later flight, so that one call is never coalesced twice.
 pub(super) fn follow<R, S: ReturnShape<R>>(
     report: &mut Report,
     since: Instant,
@@ -27,9 +29,9 @@ pub(super) fn follow<R, S: ReturnShape<R>>(
     (site, shape, key): (&Site, S, &str),
     outcome: Outcome,
 ) -> Next<R> {
-    report.coalesced(Scope::Process, since);
     let next = decide(site, shape, key, outcome);
     if !matches!(next, Next::Retry) {
+        report.coalesced(Scope::Process, since);
         report.answer(answer.0, answer.1);
     }
     next
