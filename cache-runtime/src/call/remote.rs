@@ -114,11 +114,13 @@ where
     // the lock. The fence is read before the load starts, which is all the fence protocol needs.
     let permit = if available {
         let claimed = claim::<S::Value>(site, redis, &key).await;
-        if let Some(since) = claimed.waited_since() {
-            report.coalesced(Scope::Cluster, since);
-        }
         match claimed {
             Claimed::Hit(value, remaining, waited) => {
+                // Coalesced only when the wait ended in the other process's fill; a waiter
+                // that then loads itself (nothing filled, or it gave up) did not.
+                if let Some(since) = waited {
+                    report.coalesced(Scope::Cluster, since);
+                }
                 // Found at once, an L2 hit; found after waiting for another process's load, a
                 // miss that load answered.
                 let answer = if waited.is_some() {
@@ -181,8 +183,6 @@ where
 struct LoadPermit {
     fence: Option<i64>,
     lock: Option<HeldLock>,
-    /// When the leader began waiting for another process's lock, if it did.
-    waited_since: Option<Instant>,
 }
 
 enum Claimed<V> {
@@ -192,16 +192,6 @@ enum Claimed<V> {
     Load(LoadPermit),
     /// Redis failed: load without touching it again in this call.
     Unavailable,
-}
-
-impl<V> Claimed<V> {
-    fn waited_since(&self) -> Option<Instant> {
-        match self {
-            Claimed::Hit(_, _, since) => *since,
-            Claimed::Load(permit) => permit.waited_since,
-            Claimed::Unavailable => None,
-        }
-    }
 }
 
 /// The leader's claim: someone's fill, or the lock. While another process holds the lock, waits
@@ -237,18 +227,10 @@ async fn claim<V: DeserializeOwned>(
         };
         if let Some(token) = token {
             let lock = Some(HeldLock::new(store, key.as_str(), token));
-            return Claimed::Load(LoadPermit {
-                fence,
-                lock,
-                waited_since,
-            });
+            return Claimed::Load(LoadPermit { fence, lock });
         }
         if started.elapsed() >= WAIT_LIMIT {
-            return Claimed::Load(LoadPermit {
-                fence,
-                lock: None,
-                waited_since,
-            });
+            return Claimed::Load(LoadPermit { fence, lock: None });
         }
         match wake {
             // Registered now; claim again at once, listening.
