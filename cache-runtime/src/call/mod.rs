@@ -22,6 +22,14 @@ use crate::key::CacheKey;
 use crate::registry;
 use crate::shape::Success;
 
+/// Counts a call of `site` that runs without the cache outside the call paths (the HTTP
+/// layer, whose backend is not configured), as the call paths count theirs: a bypass.
+#[cfg(feature = "axum")]
+pub(crate) fn bypassed(site: &'static crate::site::Site) {
+    let mut report = report::Report::start(site, &registry::resolve(site).meters);
+    report.answer(crate::observe::Answer::Bypass, crate::observe::Tier::None);
+}
+
 /// Runs an async `#[invalidates]` function, then removes `keys` from every backend if `success`
 /// says the call succeeded. The keys are built before the body runs, since it takes the
 /// arguments.
