@@ -29,17 +29,23 @@ pub(super) fn follow<R, S: ReturnShape<R>>(
     (site, shape, key): (&Site, S, &str),
     outcome: Outcome,
 ) -> Next<R> {
+    let found = matches!(outcome, Outcome::Found(_));
     let next = decide(site, shape, key, outcome);
-    if !matches!(next, Next::Retry) {
-        report.coalesced(Scope::Process, since);
-        report.answer(answer.0, answer.1);
+    match next {
+        Next::Retry => {}
+        // The leader read the value from L2: nobody loaded, so this caller had a hit.
+        Next::Return(_) if found => report.answer(Answer::Hit, Tier::L2),
+        _ => {
+            report.coalesced(Scope::Process, since);
+            report.answer(answer.0, answer.1);
+        }
     }
     next
 }
 
 fn decide<R, S: ReturnShape<R>>(site: &Site, shape: S, key: &str, outcome: Outcome) -> Next<R> {
     match outcome {
-        Outcome::Value(any) => match downcast::<S::Value>(site, key, &any) {
+        Outcome::Value(any) | Outcome::Found(any) => match downcast::<S::Value>(site, key, &any) {
             Some(value) => Next::Return(shape.rebuild(value)),
             None => Next::RunUncached,
         },

@@ -129,7 +129,7 @@ where
                     Answer::Hit
                 };
                 report.answer(answer, Tier::L2);
-                share(guard, &key, &value, l1.as_ref(), remaining);
+                share(guard, &key, &value, l1.as_ref(), remaining, waited.is_none());
                 return (shape.rebuild(value), report.served());
             }
             Claimed::Load(permit) => {
@@ -157,7 +157,7 @@ where
             // A fill the fence refused loaded across an invalidation: callers get the value
             // (they asked before the invalidation returned), L1 does not.
             let l1 = l1.as_ref().filter(|_| current);
-            share(guard, &key, value, l1, site.ttl());
+            share(guard, &key, value, l1, site.ttl(), false);
         }
         produced => {
             let outcome = match produced {
@@ -280,17 +280,24 @@ impl<'a> L1Slot<'a> {
     }
 }
 
-/// Completes the flight with `value` and, unless the flight went stale, puts it in L1.
+/// Completes the flight with `value` (`found` in L2 without any load, or loaded) and, unless
+/// the flight went stale, puts it in L1.
 fn share<V: 'static + Clone + Send + Sync>(
     guard: crate::flight::LeaderGuard<'_>,
     key: &CacheKey,
     value: &V,
     l1: Option<&L1Slot<'_>>,
     l2_remaining: Duration,
+    found: bool,
 ) {
     let shared: AnyValue = Arc::new(value.clone());
     let stored = Arc::clone(&shared);
-    guard.complete(Outcome::Value(shared), || {
+    let outcome = if found {
+        Outcome::Found(shared)
+    } else {
+        Outcome::Value(shared)
+    };
+    guard.complete(outcome, || {
         if let Some(l1) = l1 {
             l1.insert(key, stored, l2_remaining);
         }
