@@ -117,3 +117,44 @@ async fn a_test_clock_entry_does_not_expire_in_real_time() {
         "the test clock has not moved: the entry is fresh, yet it was reloaded"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A follower whose leader's load fails runs the body itself: it did not coalesce, as a
+// cross-process waiter that ends up loading does not.
+
+static FAILING_RUNS: AtomicUsize = AtomicUsize::new(0);
+static LET_FAILING_GO: Notify = Notify::const_new();
+
+#[cached(ttl = "60s", key = "failing:<id>")]
+async fn failing_first(id: u64) -> Result<u64, String> {
+    match FAILING_RUNS.fetch_add(1, Ordering::SeqCst) {
+        0 => {
+            LET_FAILING_GO.notified().await;
+            Err("the leader's load failed".to_owned())
+        }
+        _ => Ok(id),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_follower_that_runs_the_body_itself_is_not_coalesced() {
+    setup();
+    let a = tokio::spawn(failing_first(1));
+    yields(3).await;
+    assert_eq!(FAILING_RUNS.load(Ordering::SeqCst), 1, "A runs the body");
+    let b = tokio::spawn(failing_first(1));
+    yields(3).await;
+    LET_FAILING_GO.notify_one();
+    assert!(a.await.expect("A").is_err());
+    assert_eq!(b.await.expect("B"), Ok(1));
+    assert_eq!(FAILING_RUNS.load(Ordering::SeqCst), 2, "B ran the body itself");
+
+    let stats = stats();
+    let site = stats.site("review13::failing_first").expect("the site ran");
+    assert_eq!((site.misses, site.loads), (2, 2));
+    assert_eq!(
+        site.coalesced, 0,
+        "B loaded for itself (cachette_coalesced_total: \"waited for another caller's load \
+         instead of loading\"): {site:?}"
+    );
+}
