@@ -19,7 +19,8 @@ pub(super) enum Next<R> {
 }
 
 /// Interprets a leader's outcome for one follower that began waiting at `since`; unless it
-/// looks again, reports the wait and its `answer` (what it missed, and where). A follower that
+/// looks again, reports its `answer` (what it missed, and where) and, if the leader's load
+/// answered it, the wait. A follower that
 /// looks again (its leader was abandoned) is reported where its call ends: once, as a leader or
 /// as the follower of a later flight, so that one call is never coalesced twice.
 pub(super) fn follow<R, S: ReturnShape<R>>(
@@ -35,10 +36,12 @@ pub(super) fn follow<R, S: ReturnShape<R>>(
         Next::Retry => {}
         // The leader read the value from L2: nobody loaded, so this caller had a hit.
         Next::Return(_) if found => report.answer(Answer::Hit, Tier::L2),
-        _ => {
+        Next::Return(_) => {
             report.coalesced(Scope::Process, since);
             report.answer(answer.0, answer.1);
         }
+        // It loads for itself: a miss, not coalesced (as a cross-process waiter that loads).
+        Next::RunUncached => report.answer(answer.0, answer.1),
     }
     next
 }
