@@ -68,7 +68,11 @@ async fn a_follower_retrying_after_an_abandoned_leader_is_coalesced_once() {
     let c = tokio::spawn(abandoned(1, 3));
     yields(6).await;
     assert_eq!(ABANDON_RUNS.load(Ordering::SeqCst), 2, "one more body runs");
-    assert_eq!(SECOND_LOADER.load(Ordering::SeqCst), 3, "C leads the second flight");
+    assert_eq!(
+        SECOND_LOADER.load(Ordering::SeqCst),
+        3,
+        "C leads the second flight"
+    );
     LET_SECOND_GO.notify_one();
     assert_eq!(c.await.expect("C"), 1);
     assert_eq!(b.await.expect("B"), 1, "B got C's value");
@@ -105,7 +109,11 @@ async fn a_test_clock_entry_does_not_expire_in_real_time() {
     let setup = setup();
     assert_eq!(clocked(1).await, 1);
     assert_eq!(clocked(1).await, 1);
-    assert_eq!(CLOCKED_LOADS.load(Ordering::SeqCst), 1, "a hit on the clock");
+    assert_eq!(
+        CLOCKED_LOADS.load(Ordering::SeqCst),
+        1,
+        "a hit on the clock"
+    );
     // A bounded wait: real time passes the ttl while the test clock stands still.
     std::thread::sleep(Duration::from_millis(1_500));
     // moka's maintenance runs whenever moka gets to it (any write, a sampled read); run it now.
@@ -147,7 +155,11 @@ async fn a_follower_that_runs_the_body_itself_is_not_coalesced() {
     LET_FAILING_GO.notify_one();
     assert!(a.await.expect("A").is_err());
     assert_eq!(b.await.expect("B"), Ok(1));
-    assert_eq!(FAILING_RUNS.load(Ordering::SeqCst), 2, "B ran the body itself");
+    assert_eq!(
+        FAILING_RUNS.load(Ordering::SeqCst),
+        2,
+        "B ran the body itself"
+    );
 
     let stats = stats();
     let site = stats.site("review13::failing_first").expect("the site ran");

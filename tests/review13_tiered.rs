@@ -53,7 +53,11 @@ async fn followers_of_a_leader_that_hit_l2_are_not_misses() {
     for caller in callers {
         assert_eq!(caller.await.expect("completes"), 1);
     }
-    assert_eq!(LOADS.load(Ordering::SeqCst), 1, "nothing loaded: all from L2");
+    assert_eq!(
+        LOADS.load(Ordering::SeqCst),
+        1,
+        "nothing loaded: all from L2"
+    );
 
     let stats = stats();
     let site = stats.site("review13_tiered::read").expect("ran");

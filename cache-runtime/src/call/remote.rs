@@ -129,7 +129,14 @@ where
                     Answer::Hit
                 };
                 report.answer(answer, Tier::L2);
-                share(guard, &key, &value, l1.as_ref(), remaining, waited.is_none());
+                share(
+                    guard,
+                    &key,
+                    &value,
+                    l1.as_ref(),
+                    remaining,
+                    waited.is_none(),
+                );
                 return (shape.rebuild(value), report.served());
             }
             Claimed::Load(permit) => {
