@@ -15,8 +15,8 @@ use std::process::Command;
 use criterion::{BenchmarkId, Criterion};
 
 use super::{
-    cachette_tiered_user, cachette_user, contended, current_thread, multi_thread, next, setup,
-    TIERED, HOT, WARM,
+    cachette_tiered_user, cachette_user, contended, current_thread, multi_thread, next, setup, HOT,
+    TIERED, WARM,
 };
 
 /// Set in a child: `<variant>:<row>`.
