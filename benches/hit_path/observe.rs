@@ -1,4 +1,4 @@
-//! 8. What observability costs on the hit path: the same hits with no `metrics` recorder and
+//! 9. What observability costs on the hit path: the same hits with no `metrics` recorder and
 //! with metrics-exporter-prometheus' recorder installed (and, when given a bench binary built
 //! from the commit before observability, the hits as they were).
 //!
