@@ -1,4 +1,4 @@
-//! 9. What observability costs on the hit path: the same hits with no `metrics` recorder and
+//! Item 9, what observability costs on the hit path: the same hits with no `metrics` recorder and
 //! with metrics-exporter-prometheus' recorder installed (and, when given a bench binary built
 //! from the commit before observability, the hits as they were).
 //!
