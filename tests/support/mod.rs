@@ -8,3 +8,6 @@ pub mod start_line;
 
 #[allow(dead_code)]
 pub mod fence_race;
+
+#[allow(dead_code)]
+pub mod alloc_count;
