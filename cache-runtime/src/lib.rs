@@ -9,6 +9,7 @@
 mod backend;
 mod call;
 mod clock;
+mod env;
 mod envelope;
 mod error;
 mod flight;
