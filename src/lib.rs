@@ -7,7 +7,7 @@
 //! ```
 //! use cachette::{cached, invalidates};
 //!
-//! #[derive(Clone)]
+//! #[derive(Clone, serde::Serialize, serde::Deserialize)]
 //! struct User { name: String }
 //!
 //! #[cached(ttl = "60s", key = "user:<id>")]
@@ -65,7 +65,8 @@ pub use cache_macros::{cached, invalidates};
 pub use cache_runtime::{
     configure, health, invalidate, metric_names, stats, BackendHealth, BreakerState, CacheKey,
     CacheValue, Config, ConfigError, KeyBuilder, KeyPart, KeyWriter, MemoryBackend,
-    MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, SiteStats, Stats, TestClock,
+    MemoryBackendBuilder, PortableValue, RedisBackend, RedisBackendBuilder, SiteStats, Stats,
+    TestClock,
     TieredBackend, TieredBackendBuilder,
 };
 
