@@ -62,11 +62,11 @@ impl Config {
     /// ```
     pub fn from_env(self) -> Result<Config, ConfigError> {
         warn_about_unknown_variables();
-        self.from_lookup(|name| std::env::var_os(name))
+        self.read_vars(|name| std::env::var_os(name))
     }
 
     /// [`from_env`](Self::from_env) over any source of variables.
-    pub(crate) fn from_lookup(
+    pub(crate) fn read_vars(
         self,
         lookup: impl Fn(&str) -> Option<OsString>,
     ) -> Result<Config, ConfigError> {

@@ -4,15 +4,18 @@ use std::ffi::OsString;
 use super::*;
 use crate::registry::Registry;
 
-fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+/// Variables and their values.
+type Given<'a> = &'a [(&'a str, &'a str)];
+
+fn from(vars: Given) -> Result<Config, ConfigError> {
     let vars: HashMap<String, OsString> = vars
         .iter()
         .map(|(name, value)| ((*name).to_owned(), OsString::from(value)))
         .collect();
-    Config::default().from_lookup(|name| vars.get(name).cloned())
+    Config::default().read_vars(|name| vars.get(name).cloned())
 }
 
-fn registry(vars: &[(&str, &str)]) -> Registry {
+fn registry(vars: Given) -> Registry {
     from(vars)
         .expect("valid variables")
         .into_registry()
@@ -20,7 +23,7 @@ fn registry(vars: &[(&str, &str)]) -> Registry {
 }
 
 /// The variable a refused configuration names, with its message.
-fn refused(vars: &[(&str, &str)]) -> (&'static str, String) {
+fn refused(vars: Given) -> (&'static str, String) {
     match from(vars).map(Config::into_registry) {
         Err(error @ ConfigError::BadVariable { variable, .. }) => (variable, error.to_string()),
         Ok(Err(error @ ConfigError::UnknownDefault { variable, .. })) => {
@@ -112,7 +115,7 @@ fn tiered_as_default_without_redis_runs_in_process() {
 #[test]
 fn each_malformed_variable_is_an_error_naming_it() {
     let url = (REDIS_URL, "redis://127.0.0.1:6399/");
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    let cases: &[(Given, &str, &str)] = &[
         (&[(REDIS_URL, "")], REDIS_URL, "empty"),
         (
             &[(REDIS_URL, "http://:hunter2@cache/")],
@@ -184,7 +187,7 @@ fn each_malformed_variable_is_an_error_naming_it() {
 fn a_value_that_is_not_utf8_is_an_error_naming_it() {
     use std::os::unix::ffi::OsStringExt;
     let error = Config::default()
-        .from_lookup(|name| (name == KEY_PREFIX).then(|| OsString::from_vec(vec![0xff, b'a'])))
+        .read_vars(|name| (name == KEY_PREFIX).then(|| OsString::from_vec(vec![0xff, b'a'])))
         .err()
         .expect("refused");
     assert!(
@@ -203,7 +206,7 @@ fn a_value_that_is_not_utf8_is_an_error_naming_it() {
 fn code_and_environment_combine() {
     let registry = Config::default()
         .memory("memory.sessions", MemoryBackend::default())
-        .from_lookup(|name| (name == DEFAULT_BACKEND).then(|| "memory.sessions".into()))
+        .read_vars(|name| (name == DEFAULT_BACKEND).then(|| "memory.sessions".into()))
         .expect("valid")
         .into_registry()
         .expect("the default is configured in code");
