@@ -80,8 +80,7 @@ pub use cache_runtime::{
     configure, health, invalidate, metric_names, stats, BackendHealth, BreakerState, CacheKey,
     CacheValue, Config, ConfigError, KeyBuilder, KeyPart, KeyWriter, MemoryBackend,
     MemoryBackendBuilder, PortableValue, RedisBackend, RedisBackendBuilder, SiteStats, Stats,
-    TestClock,
-    TieredBackend, TieredBackendBuilder,
+    TestClock, TieredBackend, TieredBackendBuilder,
 };
 
 /// HTTP response caching for axum: a tower layer with ETags, `304 Not Modified` and

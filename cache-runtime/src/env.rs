@@ -39,7 +39,9 @@ const VARIABLES: [&str; 8] = [
 
 impl Config {
     /// Adds what the `CACHETTE_*` environment variables configure. Every variable is optional;
-    /// one that is set but unusable (empty, malformed, zero) is an error naming it.
+    /// one that is set but unusable (empty, malformed, zero) is an error naming it. With a
+    /// Redis URL it adds backends named `redis` and `tiered` (and `memory` with a capacity), so
+    /// configure further ones in code under other names (`redis.<name>`, ...).
     ///
     /// | variable | value | without it |
     /// |---|---|---|

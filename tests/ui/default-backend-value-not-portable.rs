@@ -1,8 +1,10 @@
 #[allow(unused_imports)]
 use cachette::{cached, invalidates};
 
-/// Cloneable, but not serialisable: fine in memory, not in Redis.
-#[derive(Clone)]
+/// Cloneable, but not serialisable: fine in memory, not in Redis. (It does derive `Deserialize`,
+/// so that one error is reported: the list of other types implementing `Deserialize` that
+/// rustc prints depends on which crates a build links.)
+#[derive(Clone, serde::Deserialize)]
 struct Session {
     user: u64,
 }
