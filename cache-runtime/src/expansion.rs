@@ -66,8 +66,7 @@ where
     S: Holds<R>,
     S::Part: PortableValue,
 {
-    // The remote path hands an in-process backend to the local one.
-    crate::call::cached_remote(site, S::default(), key, body)
+    crate::call::cached_default(site, S::default(), key, body)
 }
 
 /// `module::name` of the function an attribute is on, at compile time: `module_path!()` in a
