@@ -19,7 +19,7 @@ use crate::key::CacheKey;
 use crate::log_gate::LogGate;
 use crate::observe::{Answer, Scope, Tier};
 use crate::registry;
-use crate::shape::{AnyValue, Produced, ReturnShape};
+use crate::shape::{AnyValue, PortableValue, Produced, ReturnShape};
 use crate::site::Site;
 
 /// How long a caller waits for another process's load before it loads itself.
@@ -30,7 +30,9 @@ const WAIT_LIMIT: Duration = Duration::from_secs(10);
 pub async fn cached_remote<R, S, F>(site: &'static Site, shape: S, key: CacheKey, body: F) -> R
 where
     S: ReturnShape<R>,
-    S::Value: Serialize + DeserializeOwned,
+    // One bound, not serde's two: rustc then reports a value that cannot go to Redis with
+    // `PortableValue`'s message wherever it checks it (a spawned call's `Send` included).
+    S::Value: PortableValue,
     F: Future<Output = R>,
 {
     cached_remote_served(site, shape, key, body).await.0
@@ -45,7 +47,7 @@ pub(crate) async fn cached_remote_served<R, S, F>(
 ) -> (R, Served)
 where
     S: ReturnShape<R>,
-    S::Value: Serialize + DeserializeOwned,
+    S::Value: PortableValue,
     F: Future<Output = R>,
 {
     let resolved = registry::resolve(site);

@@ -23,7 +23,9 @@ pub(crate) use lock::HeldLock;
 pub(crate) use store::{Announce, Claim, RedisHealth, RedisStore, StoreError, LEASE};
 pub(crate) use wake::{resubscribe_backoff, Waiting, SAFETY_POLL};
 
-use keys::{entry_hash, entry_hash_seed, valid_prefix};
+pub(crate) use keys::valid_prefix;
+
+use keys::{entry_hash, entry_hash_seed};
 use store::RedisSettings;
 
 use crate::clock::{Clock, TestClock};
@@ -67,6 +69,11 @@ impl RedisBackend {
     /// A builder. The URL is required; everything else has a default.
     pub fn builder() -> RedisBackendBuilder {
         RedisBackendBuilder::default()
+    }
+
+    /// The server (password redacted) and the prefix, for logs.
+    pub(crate) fn location(&self) -> String {
+        format!("{}, prefix `{}`", self.redacted_url, self.prefix)
     }
 
     pub(crate) fn store(&self) -> &Arc<RedisStore> {
