@@ -63,7 +63,7 @@ async fn number(id: u64) -> u64 {
 }
 
 /// A typical row: two of its fields own heap memory.
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Profile {
     id: u64,
     name: String,
