@@ -28,6 +28,9 @@ use tokio::runtime::Runtime;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "hit_path/observe.rs"]
+mod observe;
+
 /// The cached value: about 200 bytes, two of them on the heap, as a typical row would be.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Profile {
@@ -188,7 +191,10 @@ static CLUSTER: OnceLock<Option<&'static std::sync::Mutex<support::redis_cluster
 fn cluster() -> Option<Vec<String>> {
     CLUSTER
         .get_or_init(|| {
-            std::env::var("CACHETTE_BENCH_CLUSTER").is_ok().then(|| {
+            // Not in an `observe` child: it measures one row and exits without stopping it.
+            let wanted = std::env::var("CACHETTE_BENCH_CLUSTER").is_ok()
+                && std::env::var("CACHETTE_BENCH_OBSERVE").is_err();
+            wanted.then(|| {
                 &*Box::leak(Box::new(std::sync::Mutex::new(
                     support::redis_cluster::RedisCluster::start(),
                 )))
@@ -324,7 +330,10 @@ fn setup() {
                 .op_timeout(Duration::from_secs(2))
                 .build()
                 .expect("valid redis configuration");
-            let tiered = TIERED.get_or_init(|| TieredBackend::builder(backend.clone()).build());
+            // L1 holds the contention bench's whole hot set (observe/tiered_64).
+            let l1 = MemoryBackend::builder().max_entries(200_000).build();
+            let tiered =
+                TIERED.get_or_init(|| TieredBackend::builder(backend.clone()).l1(l1).build());
             config = config
                 .redis("redis", backend)
                 .tiered("tiered", tiered.clone());
@@ -792,10 +801,11 @@ fn stampedes(c: &mut Criterion) {
         Box::pin(peer_stampede_sync_writes(id))
     });
     group.finish();
-    let path = std::path::Path::new("target/criterion/stampede/loads.json");
+    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+    let path = std::path::Path::new(&target).join("criterion/stampede/loads.json");
     let _ = std::fs::create_dir_all(path.parent().expect("has a parent"));
     let json = format!("{{{}}}\n", loads.join(", "));
-    std::fs::write(path, &json).expect("write loader counts");
+    std::fs::write(&path, &json).expect("write loader counts");
     eprintln!("stampede loader calls per stampede: {json}");
 }
 
@@ -803,15 +813,18 @@ criterion_group!(
     benches,
     memory_hit,
     contention,
+    observe::observe,
     key_building,
     redis_hit,
     cluster_hit,
     miss_path,
     stampedes
 );
-
-// `criterion_main!`, and then the cluster's nodes stopped.
 fn main() {
+    // A child of `observe` measures its one row and variant, and nothing else.
+    if observe::child() {
+        return;
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     stop_cluster();

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use cachette::{cached, invalidates};
 
-#[derive(Clone, Debug)]
+/// Serialisable, because a site without `backend` follows the configured default backend,
+/// which may keep it in Redis (`memory` here: nothing is configured).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct User {
     id: u64,
     name: String,

@@ -44,8 +44,18 @@ ROWS = [
     ("7 stampede, 1000 callers", "stampede/cachette", "cached #[cached]", "stampede/cached", "", None),
     ("7 stampede, 1000 callers", "stampede/cachette", "cached sync_writes", "stampede/cached_sync_writes", "", None),
 ]
+# 9. Observability: each hit with a Prometheus recorder against the same hit without one, and
+# without one against the same hit before observability (when that build was given).
+OBSERVE_ROWS = [("memory", "memory hit"), ("memory_64", "memory hit, 64 tasks"),
+                ("tiered", "tiered warm hit"), ("tiered_64", "tiered warm hit, 64 tasks")]
+for row, case in OBSERVE_ROWS:
+    ROWS.append((f"9 {case}, Prometheus recorder", f"observe/{row}/prometheus", "no recorder",
+                 f"observe/{row}/none", "<= 1.10", lambda r: r <= 1.10))
+    ROWS.append((f"9 {case}, no recorder", f"observe/{row}/none", "before observability",
+                 f"observe/{row}/before", "", None))
 
-THROUGHPUT = ("contention/", "redis_hit/cachette_par", "redis_hit/raw_par", "cluster_hit/")
+THROUGHPUT = ("contention/", "redis_hit/cachette_par", "redis_hit/raw_par", "observe/memory_64",
+              "observe/tiered_64", "cluster_hit/")
 
 
 def median_ns(bench):

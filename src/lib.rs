@@ -7,7 +7,7 @@
 //! ```
 //! use cachette::{cached, invalidates};
 //!
-//! #[derive(Clone)]
+//! #[derive(Clone, serde::Serialize, serde::Deserialize)]
 //! struct User { name: String }
 //!
 //! #[cached(ttl = "60s", key = "user:<id>")]
@@ -34,7 +34,7 @@
 //! |---|---|
 //! | `ttl = "90s"` or `ttl = 90` | how long an entry lives (required) |
 //! | `key = "user:<id>"` | the key template: literal text and `<param>`, `<param.field>`, `<param:hash>` placeholders; default: the function's path and every parameter |
-//! | `backend = "memory"` | the backend's name: `memory`, `redis`, `tiered`, or a configured `<kind>.<name>` |
+//! | `backend = "memory"` | the backend's name: `memory`, `redis`, `tiered`, or a configured `<kind>.<name>`; default: the configured default backend (`memory` unless set), so the value must be `Serialize + DeserializeOwned` on an async fn |
 //! | `cache_none` | cache `None` too (for `Option` returns) |
 //! | `version = 2` | the value's schema version |
 //! | `skip(db)` | leave parameters out of the default key |
@@ -49,6 +49,19 @@
 //! [`TieredBackend`] (an in-process L1 in front of Redis, kept consistent across processes by an
 //! invalidation bus). Values stored in Redis need `serde::Serialize + DeserializeOwned`.
 //!
+//!
+//! A site without `backend` follows the configured default backend (`memory` unless set).
+//! `tiered` with no Redis configured runs in memory, so one attribute serves a laptop and a
+//! fleet, and the deployment chooses with [`Config::from_env`] (`CACHETTE_REDIS_URL`,
+//! `CACHETTE_DEFAULT_BACKEND=tiered`, ...):
+//!
+//! ```no_run
+//! cachette::configure().from_env()?.install()?;
+//! # Ok::<(), cachette::ConfigError>(())
+//! ```
+//!
+//! The same in code:
+//!
 //! ```no_run
 //! use cachette::{configure, RedisBackend, TieredBackend};
 //!
@@ -56,6 +69,7 @@
 //! configure()
 //!     .redis("redis", redis.clone())
 //!     .tiered("tiered", TieredBackend::builder(redis).build())
+//!     .default_backend("tiered")
 //!     .install()?;
 //! # Ok::<(), cachette::ConfigError>(())
 //! ```
@@ -65,8 +79,8 @@ pub use cache_macros::{cached, invalidates};
 pub use cache_runtime::{
     configure, health, invalidate, metric_names, stats, BackendHealth, BreakerState, CacheKey,
     CacheValue, Config, ConfigError, KeyBuilder, KeyPart, KeyWriter, MemoryBackend,
-    MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, SiteStats, Stats, TestClock,
-    TieredBackend, TieredBackendBuilder,
+    MemoryBackendBuilder, PortableValue, RedisBackend, RedisBackendBuilder, SiteStats, Stats,
+    TestClock, TieredBackend, TieredBackendBuilder,
 };
 
 /// HTTP response caching for axum: a tower layer with ETags, `304 Not Modified` and

@@ -62,9 +62,10 @@ fn main() {
             processes_on_one_cold_key_load_once(&cluster, &coordination);
             the_bus_reaches_other_processes(&cluster, &coordination, &runtime);
             runtime.block_on(a_killed_master_is_survived(&mut cluster));
+            an_overflow_is_purged_on_every_master(&cluster, &coordination);
             assert_no_cross_slot(logs);
-            println!("cluster: 8 scenarios passed in {:?}", started.elapsed());
-            println!("test result: ok. 8 passed; 0 failed");
+            println!("cluster: 9 scenarios passed in {:?}", started.elapsed());
+            println!("test result: ok. 9 passed; 0 failed");
         }
     }
 }
@@ -262,6 +263,41 @@ async fn a_dead_cluster_fails_open() {
         "a call against a dead cluster took {slowest:?}"
     );
     eprintln!("ok: a dead cluster fails open (slowest call {slowest:?})");
+    // Invalidations it cannot take are queued, and the background replayer keeps trying them:
+    // those tries must not close the breaker (they did: a batch on a cluster was counted a
+    // success though every script in it failed), or every call pays a connection attempt again.
+    for id in 0..20u64 {
+        change_dead(id).await;
+    }
+    let breaker = || {
+        cachette::health()
+            .into_iter()
+            .find(|backend| backend.name == "redis.dead")
+            .and_then(|backend| backend.breaker)
+            .expect("a redis backend has a breaker")
+    };
+    assert_ne!(
+        breaker(),
+        cachette::BreakerState::Closed,
+        "open after the failures"
+    );
+    // Longer than the probe interval (1 s): the probes come and fail.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_millis(2_500) {
+        assert_ne!(
+            breaker(),
+            cachette::BreakerState::Closed,
+            "the breaker of a dead cluster closed after {:?}",
+            watched.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("ok: a dead cluster's breaker stays open while its replays fail");
+}
+
+#[invalidates("dead:<id>")]
+async fn change_dead(id: u64) {
+    let _ = id;
 }
 
 // ---- PUBLISH vs SPUBLISH ----
@@ -590,6 +626,83 @@ async fn a_killed_master_is_survived(cluster: &mut RedisCluster) {
     );
 }
 
+// ---- The purge after an overflow, on every master ----
+
+/// Value keys of `prefix` on the master at `port`.
+fn values_on(port: u16, prefix: &str) -> usize {
+    let mut redis = redis_server::connect_blocking(&format!("redis://127.0.0.1:{port}/"));
+    let mut cursor = 0u64;
+    let mut count = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:1:*:v"))
+            .arg("COUNT")
+            .arg(1_000)
+            .query(&mut redis)
+            .expect("scan");
+        count += keys.len();
+        if next == 0 {
+            return count;
+        }
+        cursor = next;
+    }
+}
+
+/// More invalidations than the queue keeps, while every node is frozen: once the cluster
+/// answers again the queue is replayed and every entry under the prefix is deleted, on every
+/// master (the keys lost from the queue are not known). It was one `SCAN` of one node. A worker
+/// process does the invalidations, with the redis backend alone configured, so that this
+/// process's other backends (one of them a dead cluster) are not in the way.
+fn an_overflow_is_purged_on_every_master(cluster: &RedisCluster, coordination: &RedisServer) {
+    let masters = cluster.master_ports();
+    for &port in &masters {
+        assert!(values_on(port, "cl") > 0, "entries on master {port} before");
+    }
+    let exe = std::env::current_exe().expect("own path");
+    let worker = Command::new(exe)
+        .env(ROLE, "overflow")
+        .env(SEEDS, cluster.seeds().join(","))
+        .env(COORDINATION, coordination.url())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start a worker");
+    // The worker is connected; freeze the cluster, let it invalidate, thaw.
+    start_line::release(&coordination.url(), "overflow-connected", 1);
+    cluster.pause_all();
+    let resume = support::redis_server::OnExit(|| cluster.resume_all());
+    start_line::release(&coordination.url(), "overflow-frozen", 1);
+    start_line::release(&coordination.url(), "overflow-queued", 1);
+    drop(resume);
+    let thawed = Instant::now();
+    let deadline = thawed + Duration::from_secs(30);
+    loop {
+        let left: Vec<usize> = cluster
+            .master_ports()
+            .iter()
+            .map(|&port| values_on(port, "cl"))
+            .collect();
+        if left.iter().all(|&n| n == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "entries left on the masters 30 s after the overflow: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let purged_after = thawed.elapsed();
+    start_line::release(&coordination.url(), "overflow-done", 1);
+    let lines = wait_for(vec![worker]);
+    eprintln!(
+        "ok: {} against a frozen cluster; every master purged {purged_after:?} after it thawed",
+        lines.join(" ")
+    );
+}
+
 // ---- Logs ----
 
 /// Every log line of this process, kept (and still written to stderr).
@@ -636,7 +749,7 @@ mod workers {
     use std::sync::{Arc, OnceLock};
     use std::time::{Duration, Instant};
 
-    use cachette::{cached, configure, RedisBackend, TieredBackend};
+    use cachette::{cached, configure, invalidates, RedisBackend, TieredBackend};
     use tokio::sync::Barrier;
 
     use super::{redis_server, start_line, COORDINATION, OP_TIMEOUT, SEEDS};
@@ -676,6 +789,30 @@ mod workers {
         Ok(version.unwrap_or(0))
     }
 
+    #[cached(ttl = "60s", key = "overflow:<id>", backend = "redis")]
+    async fn overflow_value(id: u64) -> Result<u64, String> {
+        Ok(id)
+    }
+
+    #[invalidates("overflow:<id>")]
+    async fn change_overflow(id: u64) {
+        let _ = id;
+    }
+
+    async fn run_overflow() {
+        overflow_value(0).await.expect("ok");
+        start_line::arrive(coordination(), "overflow-connected").await;
+        start_line::arrive(coordination(), "overflow-frozen").await;
+        let started = Instant::now();
+        for id in 0..10_050 {
+            change_overflow(id).await;
+        }
+        println!("10,050 invalidations queued in {:?}", started.elapsed());
+        start_line::arrive(coordination(), "overflow-queued").await;
+        // The background replayer runs while this process lives.
+        start_line::arrive(coordination(), "overflow-done").await;
+    }
+
     pub(super) fn run(role: &str) {
         COORDINATION_URL
             .set(std::env::var(COORDINATION).expect("coordination url"))
@@ -700,11 +837,13 @@ mod workers {
         let tiered = TieredBackend::builder(l2)
             .heartbeat(Duration::from_millis(200))
             .build();
-        configure()
-            .redis("redis", redis)
-            .tiered("tiered", tiered.clone())
-            .install()
-            .expect("configured once");
+        let config = configure().redis("redis", redis);
+        // The overflow worker's invalidations reach the one backend whose purge is checked.
+        let config = match role {
+            "overflow" => config,
+            _ => config.tiered("tiered", tiered.clone()),
+        };
+        config.install().expect("configured once");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -714,6 +853,7 @@ mod workers {
             match role {
                 "stampede" => run_stampede().await,
                 "bus" => run_bus(&tiered).await,
+                "overflow" => run_overflow().await,
                 other => panic!("unknown role {other}"),
             }
         });

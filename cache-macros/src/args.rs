@@ -82,16 +82,6 @@ impl BackendKind {
 }
 
 impl BackendName {
-    /// The backend of a `#[cached]` without `backend = ...`: the in-process one, which exists
-    /// with no configuration.
-    pub(crate) fn default_memory() -> BackendName {
-        BackendName {
-            kind: BackendKind::Memory,
-            name: "memory".to_owned(),
-            span: Span::call_site(),
-        }
-    }
-
     /// `<kind>` or `<kind>.<instance>`.
     fn parse(lit: &LitStr) -> Result<BackendName, Error> {
         let name = lit.value();
@@ -99,6 +89,13 @@ impl BackendName {
             Some((kind, instance)) => (kind, Some(instance)),
             None => (name.as_str(), None),
         };
+        if name == "default" {
+            return Err(Error::new(
+                lit.span(),
+                "`default` is not a backend name: a site without `backend` follows the configured default\n\
+                 help: remove `backend = \"default\"`",
+            ));
+        }
         let kinds = BackendKind::ALL.map(|(kind, _)| kind);
         let Some(&(_, parsed)) = BackendKind::ALL.iter().find(|(known, _)| *known == kind) else {
             let hint = match closest(kind, kinds) {

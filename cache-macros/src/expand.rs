@@ -6,7 +6,7 @@ use quote::{quote, quote_spanned, ToTokens};
 use syn::{Ident, ItemFn, Path};
 
 use crate::template::{Segment, Template};
-use crate::validate::{Cached, Entry, Invalidates, Key, KeyParam, Shape};
+use crate::validate::{Cached, Entry, Invalidates, Key, KeyParam, Shape, SiteBackend};
 
 pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
     let Cached {
@@ -31,7 +31,11 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         Key::Template(template) => template.lit.value(),
         Key::Default { .. } => "(default key)".to_owned(),
     };
-    let backend = &backend.name;
+    // The runtime's name for "the configured default" (no configured name can be it).
+    let backend = match backend {
+        SiteBackend::Named(backend) => backend.name.as_str(),
+        SiteBackend::Default => "default",
+    };
     let key = match key {
         Key::Template(template) => gen_template_key(template, krate),
         Key::Default {
@@ -50,6 +54,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
     let shape = Ident::new(shape, ret_span);
     let entry_fn = match entry {
         Entry::Remote => "cached_remote",
+        Entry::Default => "cached_default",
         Entry::Async => "cached",
         Entry::Sync => "cached_sync",
     };
@@ -59,7 +64,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         #krate_at_ret::__private::#entry_fn::<#return_type, #krate_at_ret::__private::#shape>
     };
     let call = match entry {
-        Entry::Async | Entry::Remote => quote_spanned! {ret_span=>
+        Entry::Async | Entry::Remote | Entry::Default => quote_spanned! {ret_span=>
             #entry_fn(&__CACHETTE_SITE, __cachette_key, async move #block).await
         },
         Entry::Sync => quote_spanned! {ret_span=>

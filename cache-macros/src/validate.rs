@@ -16,12 +16,21 @@ pub(crate) struct Cached<'a> {
     pub(crate) function: &'a ItemFn,
     pub(crate) krate: Path,
     pub(crate) ttl_millis: u64,
-    pub(crate) backend: BackendName,
+    pub(crate) backend: SiteBackend,
     pub(crate) version: u32,
     pub(crate) key: Key,
     pub(crate) shape: Shape,
     pub(crate) entry: Entry,
     pub(crate) return_type: &'a Type,
+}
+
+/// Where a site stores its entries.
+pub(crate) enum SiteBackend {
+    /// `backend = "..."`.
+    Named(BackendName),
+    /// No `backend`: the default the application configures (`memory` unless it says
+    /// otherwise), which may be remote; a synchronous site uses it only if it is in-process.
+    Default,
 }
 
 /// Where a cached call's key comes from.
@@ -57,6 +66,8 @@ pub(crate) enum Entry {
     Async,
     Sync,
     Remote,
+    /// An async site on the configured default: it may be remote, so its value must be too.
+    Default,
 }
 
 /// A valid `#[invalidates]`.
@@ -88,8 +99,14 @@ pub(crate) fn cached<'a>(
             ));
         }
     }
-    let backend = args.backend.unwrap_or_else(BackendName::default_memory);
-    if backend.kind.is_remote() && !signature.is_async {
+    // `None`: no `backend`, the configured default. A synchronous site follows it only when it
+    // is in-process (the runtime gives it `memory` otherwise), so only a named one is checked.
+    let remote = args
+        .backend
+        .as_ref()
+        .map(|backend| backend.kind.is_remote());
+    let sync_remote = args.backend.as_ref().filter(|_| !signature.is_async);
+    if let Some(backend) = sync_remote.filter(|backend| backend.kind.is_remote()) {
         errors.push(Error::new(
             backend.span,
             "a remote backend does network I/O, so it needs an `async fn`\n\
@@ -136,12 +153,15 @@ pub(crate) fn cached<'a>(
         function: signature.function,
         krate: crate_path(args.crate_path),
         ttl_millis,
-        entry: match (backend.kind.is_remote(), signature.is_async) {
-            (true, _) => Entry::Remote,
-            (false, true) => Entry::Async,
-            (false, false) => Entry::Sync,
+        entry: match (remote, signature.is_async) {
+            (_, false) => Entry::Sync,
+            (Some(true), true) => Entry::Remote,
+            (Some(false), true) => Entry::Async,
+            (None, true) => Entry::Default,
         },
-        backend,
+        backend: args
+            .backend
+            .map_or(SiteBackend::Default, SiteBackend::Named),
         version: args.version.unwrap_or(0),
         key,
         shape: match (returns, args.cache_none.is_some()) {

@@ -107,7 +107,8 @@ pub(crate) fn unix_ms_now() -> u64 {
 /// ```
 ///
 /// Redis itself still expires keys on its own clock; entries past their time on the test clock
-/// are misses all the same, since every read checks the envelope's times.
+/// are misses all the same, since every read checks the envelope's times. In-process stores
+/// (a memory backend, a tiered backend's L1) expire entries on the test clock only.
 #[derive(Clone)]
 pub struct TestClock {
     inner: Arc<ManualClock>,

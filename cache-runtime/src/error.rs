@@ -1,6 +1,7 @@
 //! Errors of the runtime's public API.
 
-/// Why [`Config::install`](crate::Config::install) refused a configuration.
+/// Why [`Config::install`](crate::Config::install) or [`Config::from_env`](crate::Config::from_env)
+/// refused a configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -37,4 +38,21 @@ pub enum ConfigError {
     /// Two backends were given the same name.
     #[error("backend `{0}` is configured twice")]
     Duplicate(String),
+    /// The default backend names no configured backend.
+    #[error("the default backend `{name}`{} is not configured: configure it, or choose `memory` or `tiered` (which runs in memory without Redis)", variable.map(|v| format!(" (from `{v}`)")).unwrap_or_default())]
+    UnknownDefault {
+        /// The name given.
+        name: String,
+        /// The environment variable it was read from, if any.
+        variable: Option<&'static str>,
+    },
+    /// An environment variable read by [`Config::from_env`](crate::Config::from_env) holds a
+    /// value that cannot be used.
+    #[error("environment variable `{variable}`: {reason}")]
+    BadVariable {
+        /// The variable, such as `CACHETTE_OP_TIMEOUT`.
+        variable: &'static str,
+        /// What is wrong with its value, and what it takes (a password is redacted).
+        reason: String,
+    },
 }

@@ -8,9 +8,6 @@
 
 use core::future::Future;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
 pub use crate::__cachette_function_path as function_path;
 pub use crate::call::{invalidating, invalidating_sync};
 pub use crate::key::KeyBuilder;
@@ -19,7 +16,7 @@ pub use crate::site::Site;
 pub use core::any::type_name;
 
 use crate::key::CacheKey;
-use crate::shape::{CacheValue, Holds};
+use crate::shape::{CacheValue, Holds, PortableValue};
 
 /// Runs an async `#[cached]` function on the memory backend: a hit returns the cached value; a
 /// miss runs `body` once per key across concurrent callers and stores what `S` says is cached.
@@ -53,9 +50,23 @@ pub fn cached_remote<R, S>(
 ) -> impl Future<Output = R>
 where
     S: Holds<R>,
-    S::Part: CacheValue + Serialize + DeserializeOwned,
+    S::Part: PortableValue,
 {
     crate::call::cached_remote(site, S::default(), key, body)
+}
+
+/// Runs an async `#[cached]` function on the configured default backend (`memory` unless the
+/// application chose another), which may be remote: so its value must be [`PortableValue`].
+pub fn cached_default<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    body: impl Future<Output = R>,
+) -> impl Future<Output = R>
+where
+    S: Holds<R>,
+    S::Part: PortableValue,
+{
+    crate::call::cached_default(site, S::default(), key, body)
 }
 
 /// `module::name` of the function an attribute is on, at compile time: `module_path!()` in a

@@ -24,6 +24,9 @@ use crate::shape::AnyValue;
 pub(crate) enum Outcome {
     /// A value to return.
     Value(AnyValue),
+    /// A value the leader found in the store without loading (an L2 hit): followers count it
+    /// as the hit it is, not as a wait for a load.
+    Found(AnyValue),
     /// The body produced nothing to cache, and followers can answer without it (`None`).
     Absent,
     /// The body produced nothing to share (`Err`): each follower runs the body itself.

@@ -24,7 +24,8 @@ pub struct BackendHealth {
     /// More invalidations failed than the queue keeps: once Redis answers, every entry under
     /// the prefix is deleted.
     pub pending_overflowed: bool,
-    /// A tiered backend's invalidation bus is subscribed; `None` for other kinds.
+    /// A tiered backend's invalidation bus is subscribed (asking starts it, as the backend's
+    /// first call does); `None` for other kinds.
     pub bus_connected: Option<bool>,
     /// A tiered backend serves from its L1 (only while its bus is subscribed: the bus starts
     /// with the first call); `None` for other kinds.
@@ -55,6 +56,12 @@ pub fn health() -> Vec<BackendHealth> {
         .backends()
         .iter()
         .map(|backend| {
+            // A tiered backend's bus starts with its first call; a readiness probe asking
+            // before any call starts it too, or it would wait for a call it gates. Only from
+            // a Tokio runtime: started without one, the bus would stay off for good.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = backend.remote();
+            }
             let (redis, bus) = match backend.redis_health() {
                 Some((redis, bus)) => (Some(redis), bus),
                 None => (None, None),

@@ -9,6 +9,7 @@
 mod backend;
 mod call;
 mod clock;
+mod env;
 mod envelope;
 mod error;
 mod flight;
@@ -34,7 +35,7 @@ pub use health::{health, BackendHealth};
 pub use key::{CacheKey, KeyBuilder, KeyPart, KeyWriter};
 pub use observe::names as metric_names;
 pub use registry::{configure, Config};
-pub use shape::CacheValue;
+pub use shape::{CacheValue, PortableValue};
 pub use stats::{stats, SiteStats, Stats};
 
 #[doc(hidden)]
@@ -51,6 +52,7 @@ mod send_tests {
         static SITE: Site = Site::new("t", "t", "memory", 1000, 0);
         let key = || KeyBuilder::new().lit("t").finish();
         is_send(cached::<u8, Whole>(&SITE, key(), async { 1u8 }));
+        is_send(cached_default::<u8, Whole>(&SITE, key(), async { 1u8 }));
         is_send(invalidating(Always, [key()], async {}));
     }
 }

@@ -1,5 +1,7 @@
-//! The process-wide set of named backends, configured once at start-up.
+//! The process-wide set of named backends, configured once at start-up, and the default backend
+//! of sites written without `backend = ...`.
 
+use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crate::backend::{Backend, MemoryBackend, RedisBackend, Store, TieredBackend};
@@ -9,8 +11,24 @@ use crate::site::{Resolved, Site};
 
 static GLOBAL: OnceLock<Registry> = OnceLock::new();
 
+/// The backend name the macro writes for a site without `backend = ...`: it follows the
+/// configured default. Never a configured name (those start with their kind).
+pub(crate) const DEFAULT_NAME: &str = "default";
+
 pub(crate) struct Registry {
     backends: Vec<Backend>,
+    /// Index into `backends` of the default backend.
+    default: usize,
+    /// No Redis is configured: `tiered` sites run in memory, in the `tiered` backend.
+    tiered_in_process: bool,
+}
+
+/// What a call path can use: any backend, or only one in this process (a synchronous call
+/// cannot await a network read).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Any,
+    InProcess,
 }
 
 impl Registry {
@@ -21,20 +39,66 @@ impl Registry {
     pub(crate) fn backends(&self) -> &[Backend] {
         &self.backends
     }
+
+    /// The backend of sites without `backend = ...`.
+    pub(crate) fn default_backend(&self) -> &Backend {
+        &self.backends[self.default]
+    }
+
+    /// The backend a site naming `name` uses. Without Redis, every `tiered[.<name>]` site
+    /// shares the in-process `tiered` backend, so one attribute works with and without Redis.
+    fn resolve(&self, name: &str, reach: Reach, site: &Site) -> Option<&Backend> {
+        if name == DEFAULT_NAME {
+            let default = self.default_backend();
+            if reach == Reach::InProcess && default.is_remote() {
+                tracing::warn!(
+                    function = site.function(),
+                    default = default.name(),
+                    "`{}` is synchronous, so it caches in this process (`memory`), not in the \
+                     default backend `{}`: its entries are not shared with, nor invalidated by, \
+                     other processes (make it `async` to follow the default, or write \
+                     `backend = \"memory\"` to say so)",
+                    site.function(),
+                    default.name(),
+                );
+                return self.backend("memory");
+            }
+            return Some(default);
+        }
+        self.backend(name).or_else(|| {
+            (self.tiered_in_process && kind_of(name) == Some("tiered"))
+                .then(|| self.backend("tiered"))
+                .flatten()
+        })
+    }
 }
 
-/// The installed registry, or the default one (a `memory` backend of 10,000 entries) if the
-/// application configured nothing before the first call.
+/// The installed registry, or the default one (a `memory` backend of 10,000 entries, `tiered`
+/// in memory) if the application configured nothing before the first call.
 pub(crate) fn global() -> &'static Registry {
-    GLOBAL.get_or_init(|| Config::default().into_registry())
+    GLOBAL.get_or_init(|| {
+        Config::default()
+            .into_registry()
+            .expect("the empty configuration is valid")
+    })
 }
 
 /// What `site` uses, resolved once per site: its backend, and its metric handles. The backend
 /// is `None` when no backend of that name is configured: the function then runs uncached, and
 /// the error is logged once per site.
 pub(crate) fn resolve(site: &'static Site) -> &'static Resolved {
+    resolve_once(site, Reach::Any)
+}
+
+/// [`resolve`] for a synchronous site: one that follows a remote default uses `memory` instead
+/// (logged once).
+pub(crate) fn resolve_in_process(site: &'static Site) -> &'static Resolved {
+    resolve_once(site, Reach::InProcess)
+}
+
+fn resolve_once(site: &'static Site, reach: Reach) -> &'static Resolved {
     site.resolved().get_or_init(|| {
-        let backend = global().backend(site.backend_name()).cloned();
+        let backend = global().resolve(site.backend_name(), reach, site).cloned();
         if backend.is_none() {
             tracing::error!(
                 function = site.function(),
@@ -46,13 +110,25 @@ pub(crate) fn resolve(site: &'static Site) -> &'static Resolved {
             );
         }
         let tiers = backend.as_ref().map_or(&[][..], Backend::tiers);
-        let meters = SiteMeters::new(site.function(), site.backend_name(), tiers);
+        // A site on the default is reported under the backend it resolved to.
+        let backend_name = backend.as_ref().map_or(site.backend_name(), Backend::name);
+        let meters = SiteMeters::new(site.function(), backend_name, tiers);
         SITES
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(site);
         Resolved { backend, meters }
     })
+}
+
+/// The name of the backend `site` resolved to (a site on the default names the one it follows),
+/// or the name it was written with before its first call or when that is not configured.
+pub(crate) fn backend_name_of(site: &'static Site) -> &'static str {
+    let resolved = site
+        .resolved()
+        .get()
+        .and_then(|resolved| resolved.backend.as_ref());
+    resolved.map_or(site.backend_name(), Backend::name)
 }
 
 /// Every site that has run, in the order of their first calls.
@@ -77,11 +153,22 @@ pub fn configure() -> Config {
     Config::default()
 }
 
-/// The backends an application uses, by name. `memory` is always present.
+/// The backends an application uses, by name, and the default backend. `memory` is always
+/// present; with no Redis configured, `tiered` sites run in memory. Built in code, or from the
+/// environment with [`from_env`](Config::from_env).
 #[derive(Default)]
 #[must_use = "a configuration does nothing until `install()`"]
 pub struct Config {
     backends: Vec<(String, &'static str, Store)>,
+    default: Option<DefaultBackend>,
+    /// The in-process store of `tiered` sites when no Redis is configured.
+    tiered_in_process: Option<MemoryBackend>,
+}
+
+/// The default backend's name, and the environment variable it was read from, if any.
+struct DefaultBackend {
+    name: String,
+    variable: Option<&'static str>,
 }
 
 impl Config {
@@ -96,8 +183,39 @@ impl Config {
     }
 
     /// Adds a tiered backend (L1 in process, L2 in Redis) named `tiered` or `tiered.<name>`.
+    ///
+    /// With no Redis backend configured at all, `tiered` sites still cache, in memory (one
+    /// in-process backend named `tiered`), so the same attribute serves a laptop and a fleet.
     pub fn tiered(self, name: &str, backend: TieredBackend) -> Self {
         self.with(name, "tiered", Store::Tiered(backend))
+    }
+
+    /// The backend of every `#[cached]` site written without `backend = ...` (default
+    /// `memory`): `tiered` in production, say, with the attributes unchanged. Synchronous
+    /// sites use it only if it is in this process (`memory`, or `tiered` without Redis), and
+    /// `memory` otherwise. [`install`](Self::install) checks that it exists.
+    pub fn default_backend(mut self, name: &str) -> Self {
+        self.default = Some(DefaultBackend {
+            name: name.to_owned(),
+            variable: None,
+        });
+        self
+    }
+
+    /// [`default_backend`](Self::default_backend), read from `variable`.
+    pub(crate) fn default_backend_from(mut self, name: String, variable: &'static str) -> Self {
+        self.default = Some(DefaultBackend {
+            name,
+            variable: Some(variable),
+        });
+        self
+    }
+
+    /// The store `tiered` sites use when no Redis is configured (default
+    /// [`MemoryBackend::default()`]).
+    pub(crate) fn tiered_in_process(mut self, store: MemoryBackend) -> Self {
+        self.tiered_in_process = Some(store);
+        self
     }
 
     fn with(mut self, name: &str, kind: &'static str, store: Store) -> Self {
@@ -105,8 +223,9 @@ impl Config {
         self
     }
 
-    /// Makes this configuration the process's. Fails if it is invalid, or if a configuration is
-    /// already installed (or a cached call already ran with the default one).
+    /// Makes this configuration the process's, and logs one line saying where each backend
+    /// keeps its entries. Fails if it is invalid, or if a configuration is already installed
+    /// (or a cached call already ran with the default one).
     pub fn install(self) -> Result<(), ConfigError> {
         for (index, (name, kind, _)) in self.backends.iter().enumerate() {
             check_name(name, kind)?;
@@ -118,24 +237,83 @@ impl Config {
             }
         }
         GLOBAL
-            .set(self.into_registry())
+            .set(self.into_registry()?)
             .map_err(|_| ConfigError::AlreadyInstalled)
     }
 
-    fn into_registry(self) -> Registry {
+    pub(crate) fn into_registry(self) -> Result<Registry, ConfigError> {
+        let tiered_in_process = !self
+            .backends
+            .iter()
+            .any(|(_, _, store)| matches!(store, Store::Redis(_) | Store::Tiered(_)));
         let mut backends: Vec<Backend> = self
             .backends
             .into_iter()
             .map(|(name, _, store)| Backend::new(name, store))
             .collect();
-        if !backends.iter().any(|backend| backend.name() == "memory") {
-            backends.push(Backend::new(
-                "memory".to_owned(),
-                Store::Memory(MemoryBackend::default()),
-            ));
+        let mut add_in_process = |name: &str, store: Option<MemoryBackend>| {
+            if !backends.iter().any(|backend| backend.name() == name) {
+                let store = Store::Memory(store.unwrap_or_default());
+                backends.push(Backend::new(name.to_owned(), store));
+            }
+        };
+        add_in_process("memory", None);
+        if tiered_in_process {
+            add_in_process("tiered", self.tiered_in_process);
         }
-        Registry { backends }
+        let mut default_name = self.default.as_ref().map_or("memory", |d| d.name.as_str());
+        if tiered_in_process && kind_of(default_name) == Some("tiered") {
+            default_name = "tiered";
+        }
+        let default = backends
+            .iter()
+            .position(|backend| backend.name() == default_name)
+            .ok_or_else(|| {
+                let default = self.default.as_ref().expect("`memory` is always present");
+                ConfigError::UnknownDefault {
+                    name: default.name.clone(),
+                    variable: default.variable,
+                }
+            })?;
+        let registry = Registry {
+            backends,
+            default,
+            tiered_in_process,
+        };
+        tracing::info!("{}", registry.describe());
+        Ok(registry)
     }
+}
+
+impl Registry {
+    /// The start-up line: each backend and where it keeps entries, and the default.
+    fn describe(&self) -> String {
+        let mut line = String::from("cachette backends:");
+        for (index, backend) in self.backends.iter().enumerate() {
+            let separator = if index == 0 { " " } else { "; " };
+            let _ = write!(line, "{separator}{} ({})", backend.name(), backend.mode());
+            if self.tiered_in_process && backend.name() == "tiered" {
+                line.push_str(
+                    " [no Redis configured: `tiered` sites cache per process, and their \
+                     invalidations do not reach other processes]",
+                );
+            }
+        }
+        let _ = write!(
+            line,
+            "; sites without `backend` use `{}`",
+            self.default_backend().name()
+        );
+        line
+    }
+}
+
+/// The kind a backend name starts with: `memory`, `redis` or `tiered`.
+fn kind_of(name: &str) -> Option<&str> {
+    let kind = name.split_once('.').map_or(name, |(kind, _)| kind);
+    ["memory", "redis", "tiered"]
+        .into_iter()
+        .find(|k| *k == kind)
 }
 
 fn check_name(name: &str, kind: &'static str) -> Result<(), ConfigError> {
@@ -156,5 +334,109 @@ fn check_name(name: &str, kind: &'static str) -> Result<(), ConfigError> {
             name: name.to_owned(),
             kind,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(backend: &'static str) -> &'static Site {
+        Box::leak(Box::new(Site::new("t::f", "t", backend, 1000, 0)))
+    }
+
+    fn redis() -> RedisBackend {
+        RedisBackend::builder()
+            .url("redis://127.0.0.1:1/")
+            .build()
+            .expect("valid; nothing connects")
+    }
+
+    fn resolved<'r>(
+        registry: &'r Registry,
+        backend: &'static str,
+        reach: Reach,
+    ) -> Option<&'r str> {
+        registry
+            .resolve(backend, reach, site(backend))
+            .map(Backend::name)
+    }
+
+    #[test]
+    fn without_redis_every_tiered_site_caches_in_process() {
+        let registry = Config::default().into_registry().expect("valid");
+        for name in ["tiered", "tiered.sessions"] {
+            assert_eq!(resolved(&registry, name, Reach::Any), Some("tiered"));
+        }
+        assert!(!registry.backend("tiered").expect("present").is_remote());
+        assert_eq!(
+            resolved(&registry, "redis", Reach::Any),
+            None,
+            "redis does not degrade"
+        );
+    }
+
+    #[test]
+    fn with_redis_a_tiered_site_is_the_tiered_backend_or_none() {
+        let registry = Config::default()
+            .redis("redis", redis())
+            .into_registry()
+            .expect("valid");
+        assert_eq!(resolved(&registry, "tiered", Reach::Any), None);
+        let registry = Config::default()
+            .tiered("tiered", TieredBackend::builder(redis()).build())
+            .into_registry()
+            .expect("valid");
+        assert!(registry.backend("tiered").expect("present").is_remote());
+        assert_eq!(resolved(&registry, "tiered.other", Reach::Any), None);
+    }
+
+    #[test]
+    fn the_default_follows_the_configuration_and_sync_sites_stay_in_process() {
+        let registry = Config::default().into_registry().expect("valid");
+        assert_eq!(
+            resolved(&registry, DEFAULT_NAME, Reach::Any),
+            Some("memory")
+        );
+        let registry = Config::default()
+            .tiered("tiered", TieredBackend::builder(redis()).build())
+            .default_backend("tiered")
+            .into_registry()
+            .expect("valid");
+        assert_eq!(
+            resolved(&registry, DEFAULT_NAME, Reach::Any),
+            Some("tiered")
+        );
+        assert_eq!(
+            resolved(&registry, DEFAULT_NAME, Reach::InProcess),
+            Some("memory")
+        );
+        let in_process = Config::default()
+            .default_backend("tiered")
+            .into_registry()
+            .expect("valid");
+        assert_eq!(
+            resolved(&in_process, DEFAULT_NAME, Reach::InProcess),
+            Some("tiered")
+        );
+        assert!(matches!(
+            Config::default().default_backend("redis").into_registry(),
+            Err(ConfigError::UnknownDefault { variable: None, .. })
+        ));
+    }
+
+    #[test]
+    fn the_start_up_line_says_where_each_backend_keeps_entries() {
+        let line = Config::default()
+            .default_backend("tiered")
+            .into_registry()
+            .expect("valid")
+            .describe();
+        assert_eq!(
+            line,
+            "cachette backends: memory (in process); tiered (in process) [no Redis configured: \
+             `tiered` sites cache per process, and their invalidations do not reach other \
+             processes]; sites without `backend` use `tiered`"
+        );
     }
 }

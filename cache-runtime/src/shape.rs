@@ -7,6 +7,9 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
 /// A value a cache may hold: it is cloned out on every hit and shared between tasks.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be cached",
@@ -16,6 +19,18 @@ use std::sync::Arc;
 pub trait CacheValue: Clone + Send + Sync + 'static {}
 
 impl<T: Clone + Send + Sync + 'static> CacheValue for T {}
+
+/// A value that may be stored in Redis: the value of a `redis` or `tiered` site, or of a site
+/// without `backend = ...`, which follows the backend the application configures as its default
+/// (`tiered` in production, say).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored in Redis",
+    label = "a `redis` or `tiered` site stores its value in Redis, and so may a site without `backend` (it follows the configured default)",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for it, or keep the site in this process with `backend = \"memory\"`"
+)]
+pub trait PortableValue: CacheValue + Serialize + DeserializeOwned {}
+
+impl<T: CacheValue + Serialize + DeserializeOwned> PortableValue for T {}
 
 /// A cached value with its type erased, as backends hold it in memory.
 pub type AnyValue = Arc<dyn Any + Send + Sync>;

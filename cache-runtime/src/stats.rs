@@ -90,7 +90,7 @@ pub fn stats() -> Stats {
             let get = |count| counters.get(count);
             SiteStats {
                 function: site.function(),
-                backend: site.backend_name(),
+                backend: registry::backend_name_of(site),
                 hits: get(Count::Hits),
                 l1_hits: get(Count::L1Hits),
                 misses: get(Count::Misses),

@@ -11,3 +11,6 @@ pub mod fence_race;
 
 #[allow(dead_code)]
 pub mod redis_cluster;
+
+#[allow(dead_code)]
+pub mod alloc_count;

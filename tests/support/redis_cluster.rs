@@ -81,6 +81,20 @@ impl RedisCluster {
         }
     }
 
+    /// Freezes every running node (SIGSTOP).
+    pub fn pause_all(&self) {
+        for node in self.nodes.iter().filter(|node| node.is_running()) {
+            node.pause();
+        }
+    }
+
+    /// Thaws every running node (SIGCONT); a node not paused ignores it.
+    pub fn resume_all(&self) {
+        for node in self.nodes.iter().filter(|node| node.is_running()) {
+            node.resume();
+        }
+    }
+
     /// Every node's URL: the seeds a client may be given.
     pub fn seeds(&self) -> Vec<String> {
         self.nodes

@@ -5,7 +5,7 @@ struct User {
     name: String,
 }
 
-#[cached(ttl = "60s", key = "user:<id>")]
+#[cached(ttl = "60s", key = "user:<id>", backend = "memory")]
 async fn get_user(id: u64) -> Result<User, String> {
     Ok(User { name: format!("user {id}") })
 }

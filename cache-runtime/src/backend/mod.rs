@@ -21,7 +21,7 @@ pub use redis::{RedisBackend, RedisBackendBuilder};
 pub use tiered::{TieredBackend, TieredBackendBuilder};
 
 pub use redis::BreakerState;
-pub(crate) use redis::{Claim, HeldLock, RedisHealth, Waiting, LEASE, SAFETY_POLL};
+pub(crate) use redis::{valid_prefix, Claim, HeldLock, RedisHealth, Waiting, LEASE, SAFETY_POLL};
 
 use crate::flight::Flights;
 use crate::key::CacheKey;
@@ -144,6 +144,17 @@ impl Backend {
     /// The tiers a call on this backend can be answered from.
     pub(crate) fn tiers(&self) -> &'static [Tier] {
         self.inner.store.tiers()
+    }
+
+    /// Where this backend keeps its entries, for the start-up log line.
+    pub(crate) fn mode(&self) -> String {
+        match &self.inner.store {
+            Store::Memory(_) => "in process".to_owned(),
+            Store::Redis(redis) => format!("redis at {}", redis.location()),
+            Store::Tiered(tiered) => {
+                format!("L1 in process, L2 redis at {}", tiered.l2().location())
+            }
+        }
     }
 
     /// Whether this backend's store is reached over the network.

@@ -18,8 +18,11 @@ pub(super) enum Next<R> {
     Retry,
 }
 
-/// Interprets a leader's outcome for one follower that began waiting at `since`, reporting
-/// the wait and, unless it looks again, its `answer` (what it missed, and where).
+/// Interprets a leader's outcome for one follower that began waiting at `since`; unless it
+/// looks again, reports its `answer` (what it missed, and where) and, if the leader's load
+/// answered it, the wait. A follower that
+/// looks again (its leader was abandoned) is reported where its call ends: once, as a leader or
+/// as the follower of a later flight, so that one call is never coalesced twice.
 pub(super) fn follow<R, S: ReturnShape<R>>(
     report: &mut Report,
     since: Instant,
@@ -27,17 +30,25 @@ pub(super) fn follow<R, S: ReturnShape<R>>(
     (site, shape, key): (&Site, S, &str),
     outcome: Outcome,
 ) -> Next<R> {
-    report.coalesced(Scope::Process, since);
+    let found = matches!(outcome, Outcome::Found(_));
     let next = decide(site, shape, key, outcome);
-    if !matches!(next, Next::Retry) {
-        report.answer(answer.0, answer.1);
+    match next {
+        Next::Retry => {}
+        // The leader read the value from L2: nobody loaded, so this caller had a hit.
+        Next::Return(_) if found => report.answer(Answer::Hit, Tier::L2),
+        Next::Return(_) => {
+            report.coalesced(Scope::Process, since);
+            report.answer(answer.0, answer.1);
+        }
+        // It loads for itself: a miss, not coalesced (as a cross-process waiter that loads).
+        Next::RunUncached => report.answer(answer.0, answer.1),
     }
     next
 }
 
 fn decide<R, S: ReturnShape<R>>(site: &Site, shape: S, key: &str, outcome: Outcome) -> Next<R> {
     match outcome {
-        Outcome::Value(any) => match downcast::<S::Value>(site, key, &any) {
+        Outcome::Value(any) | Outcome::Found(any) => match downcast::<S::Value>(site, key, &any) {
             Some(value) => Next::Return(shape.rebuild(value)),
             None => Next::RunUncached,
         },

@@ -87,7 +87,8 @@ where
     S: ReturnShape<R>,
     F: FnOnce() -> R,
 {
-    let resolved = registry::resolve(site);
+    // A synchronous site that follows a remote default is given `memory`.
+    let resolved = registry::resolve_in_process(site);
     let mut report = Report::start(site, &resolved.meters);
     let Some((backend, memory)) = memory_of(resolved, &key) else {
         report.answer(Answer::Bypass, Tier::None);

@@ -19,7 +19,7 @@ use crate::key::CacheKey;
 use crate::log_gate::LogGate;
 use crate::observe::{Answer, Scope, Tier};
 use crate::registry;
-use crate::shape::{AnyValue, Produced, ReturnShape};
+use crate::shape::{AnyValue, PortableValue, Produced, ReturnShape};
 use crate::site::Site;
 
 /// How long a caller waits for another process's load before it loads itself.
@@ -30,7 +30,9 @@ const WAIT_LIMIT: Duration = Duration::from_secs(10);
 pub async fn cached_remote<R, S, F>(site: &'static Site, shape: S, key: CacheKey, body: F) -> R
 where
     S: ReturnShape<R>,
-    S::Value: Serialize + DeserializeOwned,
+    // One bound, not serde's two: rustc then reports a value that cannot go to Redis with
+    // `PortableValue`'s message wherever it checks it (a spawned call's `Send` included).
+    S::Value: PortableValue,
     F: Future<Output = R>,
 {
     cached_remote_served(site, shape, key, body).await.0
@@ -45,7 +47,7 @@ pub(crate) async fn cached_remote_served<R, S, F>(
 ) -> (R, Served)
 where
     S: ReturnShape<R>,
-    S::Value: Serialize + DeserializeOwned,
+    S::Value: PortableValue,
     F: Future<Output = R>,
 {
     let resolved = registry::resolve(site);
@@ -114,11 +116,13 @@ where
     // the lock. The fence is read before the load starts, which is all the fence protocol needs.
     let permit = if available {
         let claimed = claim::<S::Value>(site, redis, &key).await;
-        if let Some(since) = claimed.waited_since() {
-            report.coalesced(Scope::Cluster, since);
-        }
         match claimed {
             Claimed::Hit(value, remaining, waited) => {
+                // Coalesced only when the wait ended in the other process's fill; a waiter
+                // that then loads itself (nothing filled, or it gave up) did not.
+                if let Some(since) = waited {
+                    report.coalesced(Scope::Cluster, since);
+                }
                 // Found at once, an L2 hit; found after waiting for another process's load, a
                 // miss that load answered.
                 let answer = if waited.is_some() {
@@ -127,7 +131,14 @@ where
                     Answer::Hit
                 };
                 report.answer(answer, Tier::L2);
-                share(guard, &key, &value, l1.as_ref(), remaining);
+                share(
+                    guard,
+                    &key,
+                    &value,
+                    l1.as_ref(),
+                    remaining,
+                    waited.is_none(),
+                );
                 return (shape.rebuild(value), report.served());
             }
             Claimed::Load(permit) => {
@@ -155,7 +166,7 @@ where
             // A fill the fence refused loaded across an invalidation: callers get the value
             // (they asked before the invalidation returned), L1 does not.
             let l1 = l1.as_ref().filter(|_| current);
-            share(guard, &key, value, l1, site.ttl());
+            share(guard, &key, value, l1, site.ttl(), false);
         }
         produced => {
             let outcome = match produced {
@@ -181,8 +192,6 @@ where
 struct LoadPermit {
     fence: Option<i64>,
     lock: Option<HeldLock>,
-    /// When the leader began waiting for another process's lock, if it did.
-    waited_since: Option<Instant>,
 }
 
 enum Claimed<V> {
@@ -192,16 +201,6 @@ enum Claimed<V> {
     Load(LoadPermit),
     /// Redis failed: load without touching it again in this call.
     Unavailable,
-}
-
-impl<V> Claimed<V> {
-    fn waited_since(&self) -> Option<Instant> {
-        match self {
-            Claimed::Hit(_, _, since) => *since,
-            Claimed::Load(permit) => permit.waited_since,
-            Claimed::Unavailable => None,
-        }
-    }
 }
 
 /// The leader's claim: someone's fill, or the lock. While another process holds the lock, waits
@@ -237,18 +236,10 @@ async fn claim<V: DeserializeOwned>(
         };
         if let Some(token) = token {
             let lock = Some(HeldLock::new(store, key.as_str(), token));
-            return Claimed::Load(LoadPermit {
-                fence,
-                lock,
-                waited_since,
-            });
+            return Claimed::Load(LoadPermit { fence, lock });
         }
         if started.elapsed() >= WAIT_LIMIT {
-            return Claimed::Load(LoadPermit {
-                fence,
-                lock: None,
-                waited_since,
-            });
+            return Claimed::Load(LoadPermit { fence, lock: None });
         }
         match wake {
             // Registered now; claim again at once, listening.
@@ -298,17 +289,24 @@ impl<'a> L1Slot<'a> {
     }
 }
 
-/// Completes the flight with `value` and, unless the flight went stale, puts it in L1.
+/// Completes the flight with `value` (`found` in L2 without any load, or loaded) and, unless
+/// the flight went stale, puts it in L1.
 fn share<V: 'static + Clone + Send + Sync>(
     guard: crate::flight::LeaderGuard<'_>,
     key: &CacheKey,
     value: &V,
     l1: Option<&L1Slot<'_>>,
     l2_remaining: Duration,
+    found: bool,
 ) {
     let shared: AnyValue = Arc::new(value.clone());
     let stored = Arc::clone(&shared);
-    guard.complete(Outcome::Value(shared), || {
+    let outcome = if found {
+        Outcome::Found(shared)
+    } else {
+        Outcome::Value(shared)
+    };
+    guard.complete(outcome, || {
         if let Some(l1) = l1 {
             l1.insert(key, stored, l2_remaining);
         }

@@ -151,6 +151,7 @@ where
         Err(detail) => return bypass(inner, parts, body, detail).await,
     };
     let Some(backend) = crate::registry::resolve(shared.responses).backend.as_ref() else {
+        crate::call::bypassed(shared.responses);
         return bypass(inner, parts, body, "backend").await;
     };
     let param = |name: &str| {

@@ -26,8 +26,8 @@ pub mod names {
     /// Histogram, seconds: how long those callers waited, by `site`, `backend` and `scope`.
     pub const COALESCED_WAIT: &str = "cachette_coalesced_wait_seconds";
     /// Counter: invalidated keys, by `backend` and `event`: `sent` (by this process),
-    /// `received` (from a peer, over the bus), `queued` (Redis did not confirm: kept for
-    /// replay), `replayed` (a queued one confirmed).
+    /// `received` (from a peer, over the bus), `queued` (Redis did not confirm: the key is
+    /// kept for replay, counted once while it waits), `replayed` (a queued key confirmed).
     pub const INVALIDATIONS: &str = "cachette_invalidations_total";
     /// Counter: whole-L1 flushes of a tiered backend (its bus was lost), by `backend`.
     pub const L1_FLUSHES: &str = "cachette_l1_flushes_total";

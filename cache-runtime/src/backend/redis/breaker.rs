@@ -110,8 +110,10 @@ impl Breaker {
         }
     }
 
-    /// Records a success; returns `true` when it closed an open breaker (worth a log).
-    pub(crate) fn record_success(&self) -> bool {
+    /// Records a success; returns `true` when it closed an open breaker (worth a log), after
+    /// running `on_close` under the breaker's lock (so that what it reports, a gauge, changes
+    /// in the order the breaker did).
+    pub(crate) fn record_success(&self, on_close: impl FnOnce()) -> bool {
         if self.healthy.load(Ordering::Acquire) {
             return false;
         }
@@ -119,6 +121,9 @@ impl Breaker {
         let was_open = !matches!(*state, State::Closed { .. });
         *state = State::Closed { failures: 0 };
         self.healthy.store(true, Ordering::Release);
+        if was_open {
+            on_close();
+        }
         was_open
     }
 
@@ -134,8 +139,9 @@ impl Breaker {
         }
     }
 
-    /// Records a failure; returns `true` when this failure opened the breaker (worth a log).
-    pub(crate) fn record_failure(&self, now: Instant) -> bool {
+    /// Records a failure; returns `true` when this failure opened the breaker (worth a log),
+    /// after running `on_open` under the breaker's lock.
+    pub(crate) fn record_failure(&self, now: Instant, on_open: impl FnOnce()) -> bool {
         let mut state = self.state();
         self.healthy.store(false, Ordering::Release);
         let open = State::Open {
@@ -144,6 +150,7 @@ impl Breaker {
         match *state {
             State::Closed { failures } if failures + 1 >= self.policy.failures_to_open => {
                 *state = open;
+                on_open();
                 true
             }
             State::Closed { failures } => {
@@ -180,26 +187,29 @@ mod tests {
         let (breaker, t0) = (breaker(), Instant::now());
         let unread = || -> Instant { panic!("a healthy breaker needs no time") };
         assert_eq!(breaker.permit_at(unread), Permit::Allowed);
-        breaker.record_success();
+        breaker.record_success(|| {});
         for _ in 0..3 {
-            breaker.record_failure(t0);
+            breaker.record_failure(t0, || {});
         }
         assert_eq!(breaker.permit_at(|| t0), Permit::Refused);
         assert_eq!(
             breaker.permit_at(|| t0 + Duration::from_secs(1)),
             Permit::Probe
         );
-        breaker.record_success();
+        breaker.record_success(|| {});
         assert_eq!(breaker.permit_at(unread), Permit::Allowed);
     }
 
     #[test]
     fn opens_after_consecutive_failures_and_refuses() {
         let (breaker, t0) = (breaker(), Instant::now());
-        assert!(!breaker.record_failure(t0));
-        assert!(!breaker.record_failure(t0));
+        assert!(!breaker.record_failure(t0, || {}));
+        assert!(!breaker.record_failure(t0, || {}));
         assert_eq!(breaker.permit(t0), Permit::Allowed);
-        assert!(breaker.record_failure(t0), "the third failure opens it");
+        assert!(
+            breaker.record_failure(t0, || {}),
+            "the third failure opens it"
+        );
         assert_eq!(
             breaker.permit(t0 + Duration::from_millis(999)),
             Permit::Refused
@@ -209,11 +219,11 @@ mod tests {
     #[test]
     fn a_success_resets_the_failure_count() {
         let (breaker, t0) = (breaker(), Instant::now());
-        breaker.record_failure(t0);
-        breaker.record_failure(t0);
-        breaker.record_success();
-        breaker.record_failure(t0);
-        breaker.record_failure(t0);
+        breaker.record_failure(t0, || {});
+        breaker.record_failure(t0, || {});
+        breaker.record_success(|| {});
+        breaker.record_failure(t0, || {});
+        breaker.record_failure(t0, || {});
         assert!(is_closed(&breaker));
     }
 
@@ -221,7 +231,7 @@ mod tests {
     fn one_probe_per_interval_and_its_result_decides() {
         let (breaker, t0) = (breaker(), Instant::now());
         for _ in 0..3 {
-            breaker.record_failure(t0);
+            breaker.record_failure(t0, || {});
         }
         let later = t0 + Duration::from_secs(1);
         assert_eq!(breaker.permit(later), Permit::Probe);
@@ -230,14 +240,14 @@ mod tests {
             Permit::Refused,
             "only one probe at a time"
         );
-        breaker.record_failure(later);
+        breaker.record_failure(later, || {});
         assert_eq!(
             breaker.permit(later + Duration::from_millis(500)),
             Permit::Refused
         );
         let again = later + Duration::from_secs(1);
         assert_eq!(breaker.permit(again), Permit::Probe);
-        breaker.record_success();
+        breaker.record_success(|| {});
         assert_eq!(breaker.permit(again), Permit::Allowed);
         assert!(is_closed(&breaker));
     }
@@ -246,7 +256,7 @@ mod tests {
     fn a_probe_that_never_reports_is_replaced_after_an_interval() {
         let (breaker, t0) = (breaker(), Instant::now());
         for _ in 0..3 {
-            breaker.record_failure(t0);
+            breaker.record_failure(t0, || {});
         }
         let probe_at = t0 + Duration::from_secs(1);
         assert_eq!(breaker.permit(probe_at), Permit::Probe);

@@ -29,8 +29,10 @@ pub(crate) use store::{Announce, Claim, RedisHealth, RedisStore, StoreError, LEA
 pub(crate) use subscription::Subscription;
 pub(crate) use wake::{resubscribe_backoff, Waiting, SAFETY_POLL};
 
+pub(crate) use keys::valid_prefix;
+
 use connection::TlsMaterial;
-use keys::{entry_hash, entry_hash_seed, valid_prefix};
+use keys::{entry_hash, entry_hash_seed};
 use store::RedisSettings;
 
 use crate::clock::{Clock, TestClock};
@@ -105,6 +107,11 @@ impl RedisBackend {
     /// A builder. The URL is required; everything else has a default.
     pub fn builder() -> RedisBackendBuilder {
         RedisBackendBuilder::default()
+    }
+
+    /// The server (password redacted) and the prefix, for logs.
+    pub(crate) fn location(&self) -> String {
+        format!("{}, prefix `{}`", self.redacted_url, self.prefix)
     }
 
     pub(crate) fn store(&self) -> &Arc<RedisStore> {

@@ -58,6 +58,9 @@ impl PendingInvalidations {
 
     pub(crate) fn push(&self, key: &str, announcement: Announcement) {
         let mut items = self.items();
+        // Counted once per key kept: a key already waiting is replayed (and counted) once, and
+        // a key refused by a full queue is not kept (the purge covers it).
+        let mut kept = false;
         if items.len() >= MAX_PENDING && !items.contains_key(key) {
             if !self.overflowed.swap(true, Ordering::AcqRel) {
                 static GATE: LogGate = LogGate::new();
@@ -72,11 +75,13 @@ impl PendingInvalidations {
                 }
             }
         } else {
-            items.insert(key.to_owned(), announcement);
+            kept = items.insert(key.to_owned(), announcement).is_none();
         }
         self.any.store(true, Ordering::Release);
         if let Some(meters) = self.meters.get() {
-            meters.invalidated(Invalidation::Queued, 1);
+            if kept {
+                meters.invalidated(Invalidation::Queued, 1);
+            }
             meters.pending(items.len());
         }
     }

@@ -266,15 +266,16 @@ impl RedisStore {
             Err(StoreError::Pending) => {}
             Err(_) => {
                 self.remember(result);
-                if self.breaker.record_failure(self.settings.clock.instant()) {
+                let now = self.settings.clock.instant();
+                if self
+                    .breaker
+                    .record_failure(now, || self.breaker_gauge(true))
+                {
                     tracing::warn!(
                         prefix = %self.settings.prefix,
                         "redis keeps failing; calls run uncached and redis is probed every {:?}",
                         self.settings.breaker.probe_interval
                     );
-                    if let Some(meters) = self.meters.get() {
-                        meters.breaker_open(true);
-                    }
                     self.diagnose();
                 }
             }
@@ -327,14 +328,17 @@ impl RedisStore {
 
     /// A success: closes the breaker if it was open, saying so.
     fn recovered(&self) {
-        if self.breaker.record_success() {
+        if self.breaker.record_success(|| self.breaker_gauge(false)) {
             tracing::info!(
                 prefix = %self.settings.prefix,
                 "redis answers again; caching through redis resumes"
             );
-            if let Some(meters) = self.meters.get() {
-                meters.breaker_open(false);
-            }
+        }
+    }
+
+    fn breaker_gauge(&self, open: bool) {
+        if let Some(meters) = self.meters.get() {
+            meters.breaker_open(open);
         }
     }
 

@@ -244,7 +244,18 @@ async fn replay_all(
             let mut connection = connection.clone();
             async move { invocation.invoke_async(&mut connection).await }
         });
-        return Ok(futures_util::future::join_all(calls).await);
+        let results = futures_util::future::join_all(calls).await;
+        // Nothing got through: the batch failed as a pipeline would, so that the breaker
+        // counts a failure (each script's own error would otherwise read as Redis answering).
+        if let Some(Err(error)) = results.first() {
+            if results
+                .iter()
+                .all(|result| matches!(result, Err(error) if is_transport_failure(error)))
+            {
+                return Err(error.clone());
+            }
+        }
+        return Ok(results);
     }
     let mut pipe = redis::pipe();
     pipe.ignore_errors();

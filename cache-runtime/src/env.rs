@@ -1,0 +1,248 @@
+//! Configuration from the environment: [`Config::from_env`] reads the `CACHETTE_*` variables
+//! into the same builder calls an application would write, and checks every value at start-up.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use crate::backend::{valid_prefix, MemoryBackend, RedisBackend, TieredBackend};
+use crate::error::ConfigError;
+use crate::registry::Config;
+
+/// The Redis server; unset, no Redis is configured (and `tiered` sites run in memory).
+pub(crate) const REDIS_URL: &str = "CACHETTE_REDIS_URL";
+/// The application prefix of every Redis key.
+pub(crate) const KEY_PREFIX: &str = "CACHETTE_KEY_PREFIX";
+/// The bound on every Redis operation.
+pub(crate) const OP_TIMEOUT: &str = "CACHETTE_OP_TIMEOUT";
+/// The bound on establishing a Redis connection.
+pub(crate) const CONNECT_TIMEOUT: &str = "CACHETTE_CONNECT_TIMEOUT";
+/// The longest an entry stays in a tiered backend's L1.
+pub(crate) const L1_MAX_TTL: &str = "CACHETTE_L1_MAX_TTL";
+/// The capacity of the `memory` backend, in entries.
+pub(crate) const MEMORY_MAX_ENTRIES: &str = "CACHETTE_MEMORY_MAX_ENTRIES";
+/// The capacity of the tiered backend's L1 (or of `tiered` itself without Redis), in entries.
+pub(crate) const L1_MAX_ENTRIES: &str = "CACHETTE_L1_MAX_ENTRIES";
+/// The backend of sites written without `backend = ...`.
+pub(crate) const DEFAULT_BACKEND: &str = "CACHETTE_DEFAULT_BACKEND";
+
+/// Every variable [`Config::from_env`] reads.
+const VARIABLES: [&str; 8] = [
+    REDIS_URL,
+    KEY_PREFIX,
+    OP_TIMEOUT,
+    CONNECT_TIMEOUT,
+    L1_MAX_TTL,
+    MEMORY_MAX_ENTRIES,
+    L1_MAX_ENTRIES,
+    DEFAULT_BACKEND,
+];
+
+impl Config {
+    /// Adds what the `CACHETTE_*` environment variables configure. Every variable is optional;
+    /// one that is set but unusable (empty, malformed, zero) is an error naming it. With a
+    /// Redis URL it adds backends named `redis` and `tiered` (and `memory` with a capacity), so
+    /// configure further ones in code under other names (`redis.<name>`, ...).
+    ///
+    /// | variable | value | without it |
+    /// |---|---|---|
+    /// | `CACHETTE_REDIS_URL` | `redis://[user][:password@]host[:port][/db]`; configures `redis` and `tiered` over it | no Redis: `tiered` sites cache in memory |
+    /// | `CACHETTE_KEY_PREFIX` | the Redis key prefix | `cachette` |
+    /// | `CACHETTE_OP_TIMEOUT` | a duration (`250ms`) bounding each Redis operation | 250 ms |
+    /// | `CACHETTE_CONNECT_TIMEOUT` | a duration bounding a connection attempt | 1 s |
+    /// | `CACHETTE_L1_MAX_TTL` | the longest an entry stays in `tiered`'s L1 | 60 s |
+    /// | `CACHETTE_MEMORY_MAX_ENTRIES` | the `memory` backend's capacity | 10,000 |
+    /// | `CACHETTE_L1_MAX_ENTRIES` | `tiered`'s L1 capacity (its whole capacity without Redis) | 10,000 |
+    /// | `CACHETTE_DEFAULT_BACKEND` | the backend of sites without `backend = ...`: `memory`, `tiered`, `redis` or a configured `<kind>.<name>` | `memory` |
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_runtime::ConfigError> {
+    /// // CACHETTE_REDIS_URL=redis://cache:6379/ CACHETTE_DEFAULT_BACKEND=tiered in production;
+    /// // nothing on a laptop, where `tiered` sites cache in memory.
+    /// cache_runtime::configure().from_env()?.install()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_env(self) -> Result<Config, ConfigError> {
+        warn_about_unknown_variables();
+        self.read_vars(|name| std::env::var_os(name))
+    }
+
+    /// [`from_env`](Self::from_env) over any source of variables.
+    pub(crate) fn read_vars(
+        self,
+        lookup: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, ConfigError> {
+        let vars = Vars { lookup };
+        let url = vars.text(REDIS_URL)?;
+        let prefix = vars.prefix()?;
+        let op_timeout = vars.duration(OP_TIMEOUT)?;
+        let connect_timeout = vars.duration(CONNECT_TIMEOUT)?;
+        let l1_max_ttl = vars.duration(L1_MAX_TTL)?;
+        let memory_entries = vars.count(MEMORY_MAX_ENTRIES)?;
+        let l1_entries = vars.count(L1_MAX_ENTRIES)?;
+        let default = vars.default_backend(url.is_some())?;
+
+        let mut config = self;
+        if let Some(entries) = memory_entries {
+            let memory = MemoryBackend::builder().max_entries(entries).build();
+            config = config.memory("memory", memory);
+        }
+        let l1 = l1_entries.map(|entries| MemoryBackend::builder().max_entries(entries).build());
+        match url {
+            Some(url) => {
+                let mut redis = RedisBackend::builder().url(url);
+                if let Some(prefix) = prefix {
+                    redis = redis.prefix(prefix);
+                }
+                if let Some(timeout) = op_timeout {
+                    redis = redis.op_timeout(timeout);
+                }
+                if let Some(timeout) = connect_timeout {
+                    redis = redis.connect_timeout(timeout);
+                }
+                let redis = redis.build().map_err(|error| ConfigError::BadVariable {
+                    variable: REDIS_URL,
+                    reason: error.to_string(),
+                })?;
+                let mut tiered = TieredBackend::builder(redis.clone());
+                if let Some(l1) = l1 {
+                    tiered = tiered.l1(l1);
+                }
+                if let Some(ttl) = l1_max_ttl {
+                    tiered = tiered.l1_max_ttl(ttl);
+                }
+                config = config
+                    .redis("redis", redis)
+                    .tiered("tiered", tiered.build());
+            }
+            None => {
+                if let Some(l1) = l1 {
+                    config = config.tiered_in_process(l1);
+                }
+            }
+        }
+        Ok(match default {
+            Some(name) => config.default_backend_from(name, DEFAULT_BACKEND),
+            None => config,
+        })
+    }
+}
+
+/// The variables, read through `lookup`.
+struct Vars<F> {
+    lookup: F,
+}
+
+impl<F: Fn(&str) -> Option<OsString>> Vars<F> {
+    /// The value, if set; set but empty or not UTF-8 is an error (an empty URL left by a
+    /// deployment template would otherwise switch Redis off without a word).
+    fn text(&self, variable: &'static str) -> Result<Option<String>, ConfigError> {
+        let Some(value) = (self.lookup)(variable) else {
+            return Ok(None);
+        };
+        let value = value
+            .into_string()
+            .map_err(|_| bad(variable, "not valid UTF-8".to_owned()))?;
+        if value.trim().is_empty() {
+            return Err(bad(
+                variable,
+                "set but empty (unset it to use the default)".to_owned(),
+            ));
+        }
+        Ok(Some(value))
+    }
+
+    fn duration(&self, variable: &'static str) -> Result<Option<Duration>, ConfigError> {
+        let Some(value) = self.text(variable)? else {
+            return Ok(None);
+        };
+        match humantime::parse_duration(value.trim()) {
+            Ok(duration) if !duration.is_zero() => Ok(Some(duration)),
+            Ok(_) => Err(bad(
+                variable,
+                format!("{value:?} is zero; give a positive duration"),
+            )),
+            Err(error) => Err(bad(
+                variable,
+                format!(
+                    "{value:?} is not a duration ({error}); write one such as \"250ms\" or \"2s\""
+                ),
+            )),
+        }
+    }
+
+    fn count(&self, variable: &'static str) -> Result<Option<u64>, ConfigError> {
+        let Some(value) = self.text(variable)? else {
+            return Ok(None);
+        };
+        match value.trim().replace('_', "").parse::<u64>() {
+            Ok(count) if count > 0 => Ok(Some(count)),
+            _ => Err(bad(
+                variable,
+                format!("{value:?} is not a positive number of entries, such as \"10000\""),
+            )),
+        }
+    }
+
+    /// Checked even without a Redis URL, so that a bad prefix is found on a laptop too.
+    fn prefix(&self) -> Result<Option<String>, ConfigError> {
+        let prefix = self.text(KEY_PREFIX)?;
+        match prefix {
+            Some(prefix) if !valid_prefix(&prefix) => {
+                Err(bad(KEY_PREFIX, ConfigError::BadPrefix(prefix).to_string()))
+            }
+            prefix => Ok(prefix),
+        }
+    }
+
+    /// The default backend's name; one of kind `redis` needs a Redis URL.
+    fn default_backend(&self, has_url: bool) -> Result<Option<String>, ConfigError> {
+        let Some(name) = self.text(DEFAULT_BACKEND)? else {
+            return Ok(None);
+        };
+        let name = name.trim().to_owned();
+        let (kind, instance) = name
+            .split_once('.')
+            .map_or((name.as_str(), None), |(k, i)| (k, Some(i)));
+        let instance_ok = instance.map_or(true, |instance| {
+            !instance.is_empty()
+                && instance
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        });
+        if !["memory", "redis", "tiered"].contains(&kind) || !instance_ok {
+            return Err(bad(
+                DEFAULT_BACKEND,
+                format!("{name:?} is not a backend name: write `memory`, `tiered`, `redis` or `<kind>.<name>`"),
+            ));
+        }
+        if kind == "redis" && !has_url {
+            return Err(bad(
+                REDIS_URL,
+                format!("not set, but `{DEFAULT_BACKEND}={name}` needs a Redis server"),
+            ));
+        }
+        Ok(Some(name))
+    }
+}
+
+fn bad(variable: &'static str, reason: String) -> ConfigError {
+    ConfigError::BadVariable { variable, reason }
+}
+
+/// A misspelt variable would otherwise be ignored, and the default used without a word.
+fn warn_about_unknown_variables() {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CACHETTE_") && !VARIABLES.contains(&name) {
+            tracing::warn!(
+                variable = name,
+                "unknown cachette variable `{name}`, ignored (cachette reads {})",
+                VARIABLES.join(", ")
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+use std::collections::HashMap;
+use std::ffi::OsString;
+
+use super::*;
+use crate::registry::Registry;
+
+/// Variables and their values.
+type Given<'a> = &'a [(&'a str, &'a str)];
+
+fn from(vars: Given) -> Result<Config, ConfigError> {
+    let vars: HashMap<String, OsString> = vars
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), OsString::from(value)))
+        .collect();
+    Config::default().read_vars(|name| vars.get(name).cloned())
+}
+
+fn registry(vars: Given) -> Registry {
+    from(vars)
+        .expect("valid variables")
+        .into_registry()
+        .expect("a valid configuration")
+}
+
+/// The variable a refused configuration names, with its message.
+fn refused(vars: Given) -> (&'static str, String) {
+    match from(vars).map(Config::into_registry) {
+        Err(error @ ConfigError::BadVariable { variable, .. }) => (variable, error.to_string()),
+        Ok(Err(error @ ConfigError::UnknownDefault { variable, .. })) => {
+            (variable.expect("read from a variable"), error.to_string())
+        }
+        Err(other) | Ok(Err(other)) => panic!("another error: {other}"),
+        Ok(Ok(_)) => panic!("accepted: {vars:?}"),
+    }
+}
+
+fn names(registry: &Registry) -> Vec<(&str, String)> {
+    registry
+        .backends()
+        .iter()
+        .map(|backend| (backend.name(), backend.mode()))
+        .collect()
+}
+
+#[test]
+fn no_variables_is_memory_with_tiered_in_process() {
+    let registry = registry(&[]);
+    assert_eq!(
+        names(&registry),
+        [
+            ("memory", "in process".to_owned()),
+            ("tiered", "in process".to_owned())
+        ]
+    );
+    assert_eq!(registry.default_backend().name(), "memory");
+}
+
+#[test]
+fn a_redis_url_configures_redis_and_tiered_with_the_other_variables() {
+    let registry = registry(&[
+        (REDIS_URL, "redis://:hunter2@127.0.0.1:6399/2"),
+        (KEY_PREFIX, "shop"),
+        (OP_TIMEOUT, "150ms"),
+        (CONNECT_TIMEOUT, "2s"),
+        (L1_MAX_TTL, "30s"),
+        (MEMORY_MAX_ENTRIES, "5_000"),
+        (L1_MAX_ENTRIES, "20000"),
+        (DEFAULT_BACKEND, "tiered"),
+    ]);
+    let where_ = "redis://:***@127.0.0.1:6399/2, prefix `shop`";
+    assert_eq!(
+        names(&registry),
+        [
+            ("memory", "in process".to_owned()),
+            ("redis", format!("redis at {where_}")),
+            ("tiered", format!("L1 in process, L2 redis at {where_}")),
+        ]
+    );
+    assert_eq!(registry.default_backend().name(), "tiered");
+    assert!(registry.default_backend().is_remote());
+}
+
+#[test]
+fn values_are_read_as_documented() {
+    let vars = |value: &str| {
+        let value = OsString::from(value);
+        Vars {
+            lookup: move |_: &str| Some(value.clone()),
+        }
+    };
+    assert_eq!(
+        vars("250ms").duration(OP_TIMEOUT).unwrap(),
+        Some(Duration::from_millis(250))
+    );
+    assert_eq!(
+        vars("1m 30s").duration(OP_TIMEOUT).unwrap(),
+        Some(Duration::from_secs(90))
+    );
+    assert_eq!(vars("10_000").count(L1_MAX_ENTRIES).unwrap(), Some(10_000));
+    let unset = Vars {
+        lookup: |_: &str| None,
+    };
+    assert_eq!(unset.duration(OP_TIMEOUT).unwrap(), None);
+}
+
+#[test]
+fn tiered_as_default_without_redis_runs_in_process() {
+    let tiered = registry(&[(DEFAULT_BACKEND, "tiered"), (L1_MAX_ENTRIES, "100")]);
+    assert_eq!(tiered.default_backend().name(), "tiered");
+    assert!(!tiered.default_backend().is_remote());
+    let named = registry(&[(DEFAULT_BACKEND, "tiered.sessions")]);
+    assert_eq!(named.default_backend().name(), "tiered");
+}
+
+#[test]
+fn each_malformed_variable_is_an_error_naming_it() {
+    let url = (REDIS_URL, "redis://127.0.0.1:6399/");
+    let cases: &[(Given, &str, &str)] = &[
+        (&[(REDIS_URL, "")], REDIS_URL, "empty"),
+        (
+            &[(REDIS_URL, "http://:hunter2@cache/")],
+            REDIS_URL,
+            "invalid Redis URL",
+        ),
+        (
+            &[url, (KEY_PREFIX, "my shop")],
+            KEY_PREFIX,
+            "invalid key prefix",
+        ),
+        (&[(KEY_PREFIX, "a{b")], KEY_PREFIX, "invalid key prefix"),
+        (&[url, (OP_TIMEOUT, "fast")], OP_TIMEOUT, "not a duration"),
+        (&[(OP_TIMEOUT, "250")], OP_TIMEOUT, "not a duration"),
+        (&[(CONNECT_TIMEOUT, "0s")], CONNECT_TIMEOUT, "zero"),
+        (&[(L1_MAX_TTL, " ")], L1_MAX_TTL, "empty"),
+        (
+            &[(MEMORY_MAX_ENTRIES, "-3")],
+            MEMORY_MAX_ENTRIES,
+            "positive number",
+        ),
+        (
+            &[(MEMORY_MAX_ENTRIES, "0")],
+            MEMORY_MAX_ENTRIES,
+            "positive number",
+        ),
+        (
+            &[(L1_MAX_ENTRIES, "lots")],
+            L1_MAX_ENTRIES,
+            "positive number",
+        ),
+        (
+            &[(DEFAULT_BACKEND, "fastest")],
+            DEFAULT_BACKEND,
+            "not a backend name",
+        ),
+        (
+            &[(DEFAULT_BACKEND, "memory.")],
+            DEFAULT_BACKEND,
+            "not a backend name",
+        ),
+        (
+            &[(DEFAULT_BACKEND, "redis")],
+            REDIS_URL,
+            "needs a Redis server",
+        ),
+        (
+            &[(DEFAULT_BACKEND, "memory.sessions")],
+            DEFAULT_BACKEND,
+            "not configured",
+        ),
+        (
+            &[url, (DEFAULT_BACKEND, "tiered.eu")],
+            DEFAULT_BACKEND,
+            "not configured",
+        ),
+    ];
+    for (vars, variable, reason) in cases {
+        let (named, message) = refused(vars);
+        assert_eq!(named, *variable, "{vars:?}: {message}");
+        assert!(message.contains(variable), "{message}");
+        assert!(message.contains(reason), "{vars:?}: {message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_value_that_is_not_utf8_is_an_error_naming_it() {
+    use std::os::unix::ffi::OsStringExt;
+    let error = Config::default()
+        .read_vars(|name| (name == KEY_PREFIX).then(|| OsString::from_vec(vec![0xff, b'a'])))
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            error,
+            ConfigError::BadVariable {
+                variable: KEY_PREFIX,
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn code_and_environment_combine() {
+    let registry = Config::default()
+        .memory("memory.sessions", MemoryBackend::default())
+        .read_vars(|name| (name == DEFAULT_BACKEND).then(|| "memory.sessions".into()))
+        .expect("valid")
+        .into_registry()
+        .expect("the default is configured in code");
+    assert_eq!(registry.default_backend().name(), "memory.sessions");
+}
