@@ -23,7 +23,10 @@ async fn a_missing_client_certificate_is_named_as_a_tls_refusal() {
     let logs = capture_logs();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca =
         CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
     let key = KeyPair::generate().expect("key");
@@ -83,7 +86,10 @@ async fn a_missing_client_certificate_is_named_as_a_tls_refusal() {
         "one line naming TLS as the cause:\n{logs}"
     );
     // And its hint points at the client certificate, not at the CA (which is trusted).
-    let line = logs.lines().find(|line| line.contains(cause)).expect("the line");
+    let line = logs
+        .lines()
+        .find(|line| line.contains(cause))
+        .expect("the line");
     assert!(
         line.contains("tls_client_cert_pem"),
         "the hint should name the missing client certificate: {line}"

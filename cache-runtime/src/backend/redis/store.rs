@@ -312,12 +312,20 @@ impl RedisStore {
                 }
                 Refusal::Tls => {
                     if let Some(suppressed) = TLS.admit() {
+                        // The server's alert when it wants a client certificate; the rest
+                        // (an unknown issuer, a name, a date) concern the server's.
+                        let hint = if error.to_string().contains("CertificateRequired") {
+                            "the server requires a client certificate: see \
+                             `tls_client_cert_pem`"
+                        } else {
+                            "is its certificate signed by a CA the backend trusts, for this \
+                             host, and valid now? see `tls_ca_pem`"
+                        };
                         tracing::error!(
                             %prefix,
                             %error,
                             suppressed,
-                            "the TLS handshake with redis failed (is its certificate signed by \
-                             a CA the backend trusts? see `tls_ca_pem`); calls run uncached"
+                            "the TLS handshake with redis failed ({hint}); calls run uncached"
                         );
                     }
                 }
