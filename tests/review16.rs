@@ -109,3 +109,16 @@ fn capture_logs() -> &'static Mutex<Vec<u8>> {
         .try_init();
     logs
 }
+
+/// Seeds must carry the same credentials: redis-rs uses the first seed's for every node, so a
+/// password on any other seed only is silently dropped (every node then answers `NOAUTH`, which
+/// the store counts as a request refused, not a failure: no breaker, no named cause). Two users
+/// are refused at build; a password on one seed alone must be as well.
+#[test]
+fn seeds_with_and_without_a_password_are_a_configuration_error() {
+    let built = RedisBackend::builder()
+        .cluster(["redis://127.0.0.1:1/", "redis://:hunter2@127.0.0.1:2/"])
+        .build();
+    let error = built.expect_err("a password on the second seed only");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+}
