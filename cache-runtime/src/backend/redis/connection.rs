@@ -135,6 +135,27 @@ impl Target {
             .iter()
             .map(|url| client(url, tls))
             .collect::<RedisResult<Vec<_>>>()?;
+        // redis-rs takes the first seed's credentials for every node and refuses two different
+        // ones, but not a password on a later seed only, which it drops.
+        let credentials = |seed: &Client| {
+            let settings = seed.get_connection_info().redis_settings();
+            (
+                settings.username().map(str::to_owned),
+                settings.password().map(str::to_owned),
+            )
+        };
+        if let Some(first) = seeds.first() {
+            if seeds
+                .iter()
+                .any(|seed| credentials(seed) != credentials(first))
+            {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "the seeds carry different credentials; give every seed the same user and \
+                     password",
+                )));
+            }
+        }
         #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
         let mut builder = redis::cluster::ClusterClient::builder(
             seeds.iter().map(|seed| seed.get_connection_info().clone()),
