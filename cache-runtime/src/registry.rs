@@ -6,6 +6,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crate::backend::{Backend, MemoryBackend, RedisBackend, Store, TieredBackend};
 use crate::error::ConfigError;
+use crate::observe::counters::Count;
 use crate::observe::meters::SiteMeters;
 use crate::site::{Resolved, Site};
 
@@ -117,6 +118,7 @@ fn resolve_once(site: &'static Site, reach: Reach) -> &'static Resolved {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(site);
+        start_publisher();
         Resolved { backend, meters }
     })
 }
@@ -129,6 +131,46 @@ pub(crate) fn backend_name_of(site: &'static Site) -> &'static str {
         .get()
         .and_then(|resolved| resolved.backend.as_ref());
     resolved.map_or(site.backend_name(), Backend::name)
+}
+
+/// Publishes every site's in-process hit counts to its exported counters (they are not counted
+/// per hit; see `SiteMeters::request`).
+pub(crate) fn publish_hits() {
+    for site in sites() {
+        if let Some(resolved) = site.resolved().get() {
+            let counters = site.counters();
+            resolved.meters.publish(
+                counters.get(Count::Hits) - counters.get(Count::L1Hits),
+                counters.get(Count::L1Hits),
+            );
+        }
+    }
+}
+
+/// How often the publisher thread publishes: a scrape lags at most this far behind, unless its
+/// handler calls `publish_metrics()` first.
+#[cfg(feature = "metrics")]
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Starts the publisher thread once, with the first site (a thread rather than a task: sync
+/// sites run without a Tokio runtime).
+fn start_publisher() {
+    #[cfg(feature = "metrics")]
+    {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| {
+            let publisher = std::thread::Builder::new()
+                .name("cachette-metrics".to_owned())
+                .spawn(|| loop {
+                    std::thread::sleep(PUBLISH_EVERY);
+                    publish_hits();
+                });
+            if let Err(error) = publisher {
+                tracing::warn!(%error, "no thread to publish in-process hit counts; they are \
+                    exported when `publish_metrics()` is called");
+            }
+        });
+    }
 }
 
 /// Every site that has run, in the order of their first calls.

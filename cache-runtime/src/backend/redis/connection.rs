@@ -248,6 +248,8 @@ impl Target {
     /// only a timeout), to learn why connections fail: the error of a fresh connection to the
     /// server or the first seed, or `None` if it connects.
     pub(crate) async fn diagnose(&self, timeout: Duration) -> Option<redis::RedisError> {
+        // A `match` of one arm without the `cluster` feature.
+        #[allow(clippy::infallible_destructuring_match)]
         let client = match self {
             Target::Server(client) => client,
             #[cfg(feature = "cluster")]
