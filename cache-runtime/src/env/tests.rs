@@ -212,3 +212,44 @@ fn code_and_environment_combine() {
         .expect("the default is configured in code");
     assert_eq!(registry.default_backend().name(), "memory.sessions");
 }
+
+/// review18: a generated password often holds a `/` (base64); written unencoded, the URL does
+/// not parse, and the error quoting it must still not show the password.
+#[test]
+fn review18_a_password_with_a_slash_stays_out_of_the_error() {
+    let (variable, message) = refused(&[(REDIS_URL, "redis://:s3cr/et+Pw@cache:6379/0")]);
+    assert_eq!(variable, REDIS_URL, "{message}");
+    for part in ["s3cr", "et+Pw"] {
+        assert!(!message.contains(part), "the password leaks: {message}");
+    }
+}
+
+/// review18: the documentation allows "a configured `<kind>.<name>`" as the default, and code
+/// and environment combine; a Redis backend configured in code is configured.
+#[test]
+fn review18_a_redis_default_configured_in_code_is_accepted_without_a_url() {
+    for name in ["redis", "redis.sessions"] {
+        let redis = RedisBackend::builder()
+            .url("redis://127.0.0.1:1/")
+            .build()
+            .expect("valid; nothing connects");
+        let registry = Config::default()
+            .redis(name, redis)
+            .read_vars(|variable| (variable == DEFAULT_BACKEND).then(|| name.into()))
+            .expect("the default is configured in code")
+            .into_registry()
+            .expect("valid");
+        assert_eq!(registry.default_backend().name(), name);
+    }
+}
+
+/// review18: a timeout no clock can add is refused at start-up, naming its variable, instead
+/// of panicking in the first synchronous invalidation (`Instant + budget` overflows).
+#[test]
+fn review18_a_timeout_too_long_for_the_clock_is_an_error_naming_it() {
+    let url = (REDIS_URL, "redis://127.0.0.1:1/");
+    for variable in [OP_TIMEOUT, CONNECT_TIMEOUT, L1_MAX_TTL] {
+        let (named, message) = refused(&[url, (variable, "500000000000years")]);
+        assert_eq!(named, variable, "{message}");
+    }
+}

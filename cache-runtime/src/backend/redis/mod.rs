@@ -505,4 +505,18 @@ mod tests {
             .expect_err("not a redis url");
         assert!(!error.to_string().contains("hunter2"), "{error}");
     }
+
+    /// review18: `CACHETTE_OP_TIMEOUT` makes any duration reachable from configuration; a
+    /// synchronous invalidation must not panic on one the clock cannot add.
+    #[test]
+    fn review18_a_sync_invalidation_survives_a_huge_op_timeout() {
+        let backend = RedisBackend::builder()
+            .url("redis://127.0.0.1:1/")
+            .op_timeout(Duration::from_secs(u64::MAX / 2))
+            .connect_timeout(Duration::from_millis(50))
+            .build()
+            .expect("valid; nothing connects");
+        let key = crate::key::KeyBuilder::new().lit("k").finish();
+        backend.invalidate_blocking("redis", &[key]);
+    }
 }
