@@ -80,7 +80,7 @@ impl Config {
         let l1_max_ttl = vars.duration(L1_MAX_TTL)?;
         let memory_entries = vars.count(MEMORY_MAX_ENTRIES)?;
         let l1_entries = vars.count(L1_MAX_ENTRIES)?;
-        let default = vars.default_backend(url.is_some())?;
+        let default = vars.default_backend(|name| url.is_some() || self.configures(name))?;
 
         let mut config = self;
         if let Some(entries) = memory_entries {
@@ -195,8 +195,12 @@ impl<F: Fn(&str) -> Option<OsString>> Vars<F> {
         }
     }
 
-    /// The default backend's name; one of kind `redis` needs a Redis URL.
-    fn default_backend(&self, has_url: bool) -> Result<Option<String>, ConfigError> {
+    /// The default backend's name; one of kind `redis` needs a Redis URL, unless the code
+    /// configured it (`has_redis` says, given the name).
+    fn default_backend(
+        &self,
+        has_redis: impl Fn(&str) -> bool,
+    ) -> Result<Option<String>, ConfigError> {
         let Some(name) = self.text(DEFAULT_BACKEND)? else {
             return Ok(None);
         };
@@ -216,7 +220,7 @@ impl<F: Fn(&str) -> Option<OsString>> Vars<F> {
                 format!("{name:?} is not a backend name: write `memory`, `tiered`, `redis` or `<kind>.<name>`"),
             ));
         }
-        if kind == "redis" && !has_url {
+        if kind == "redis" && !has_redis(&name) {
             return Err(bad(
                 REDIS_URL,
                 format!("not set, but `{DEFAULT_BACKEND}={name}` needs a Redis server"),

@@ -218,6 +218,11 @@ impl Config {
         self
     }
 
+    /// Whether a backend named `name` is configured so far.
+    pub(crate) fn configures(&self, name: &str) -> bool {
+        self.backends.iter().any(|(configured, _, _)| configured == name)
+    }
+
     fn with(mut self, name: &str, kind: &'static str, store: Store) -> Self {
         self.backends.push((name.to_owned(), kind, store));
         self
