@@ -25,6 +25,11 @@ pub(crate) const L1_MAX_ENTRIES: &str = "CACHETTE_L1_MAX_ENTRIES";
 /// The backend of sites written without `backend = ...`.
 pub(crate) const DEFAULT_BACKEND: &str = "CACHETTE_DEFAULT_BACKEND";
 
+/// The longest duration a variable may give: far beyond any sensible timeout or L1 ttl, and far
+/// below what a clock can add (`humantime` reads up to ~5 * 10^11 years, which overflows
+/// `Instant + duration` in the first bounded Redis call).
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Every variable [`Config::from_env`] reads.
 const VARIABLES: [&str; 8] = [
     REDIS_URL,
@@ -157,6 +162,10 @@ impl<F: Fn(&str) -> Option<OsString>> Vars<F> {
             return Ok(None);
         };
         match humantime::parse_duration(value.trim()) {
+            Ok(duration) if duration > LONGEST => Err(bad(
+                variable,
+                format!("{value:?} is longer than a year; give a timeout or a ttl such as \"2s\""),
+            )),
             Ok(duration) if !duration.is_zero() => Ok(Some(duration)),
             Ok(_) => Err(bad(
                 variable,
