@@ -121,8 +121,8 @@ impl Config {
                     .tiered("tiered", tiered.build());
             }
             None => {
-                if let Some(l1) = l1 {
-                    config = config.tiered_in_process(l1);
+                if let Some(entries) = l1_entries {
+                    config = config.tiered_in_process(entries);
                 }
             }
         }

@@ -109,7 +109,9 @@ fn tiered_as_default_without_redis_runs_in_process() {
     assert_eq!(tiered.default_backend().name(), "tiered");
     assert!(!tiered.default_backend().is_remote());
     let named = registry(&[(DEFAULT_BACKEND, "tiered.sessions")]);
-    assert_eq!(named.default_backend().name(), "tiered");
+    // Its own in-process backend, as with Redis it is its own backend (review18).
+    assert_eq!(named.default_backend().name(), "tiered.sessions");
+    assert!(!named.default_backend().is_remote());
 }
 
 #[test]

@@ -65,9 +65,7 @@ impl BlockingConnections {
         // A budget no clock can add (configured in code) means no deadline, as for the
         // async calls' `tokio::time::timeout`, rather than a panic.
         let now = Instant::now();
-        let deadline = now
-            .checked_add(budget)
-            .unwrap_or_else(|| now + FAR_FUTURE);
+        let deadline = now.checked_add(budget).unwrap_or_else(|| now + FAR_FUTURE);
         let mut connection = self.take(deadline, connect_timeout)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
