@@ -255,3 +255,42 @@ fn review18_a_timeout_too_long_for_the_clock_is_an_error_naming_it() {
         assert_eq!(named, variable, "{message}");
     }
 }
+
+/// review18: a backend the code configures and a variable configures again is a conflict; it
+/// was reported only at install as "`memory` is configured twice", naming no variable.
+#[test]
+fn review18_a_variable_configuring_a_backend_the_code_configured_is_an_error_naming_it() {
+    let redis = || {
+        RedisBackend::builder()
+            .url("redis://127.0.0.1:1/")
+            .build()
+            .expect("valid; nothing connects")
+    };
+    let cases: [(Config, &str, &str); 3] = [
+        (
+            Config::default().memory("memory", MemoryBackend::default()),
+            MEMORY_MAX_ENTRIES,
+            "100",
+        ),
+        (
+            Config::default().redis("redis", redis()),
+            REDIS_URL,
+            "redis://127.0.0.1:2/",
+        ),
+        (
+            Config::default().tiered("tiered", TieredBackend::builder(redis()).build()),
+            REDIS_URL,
+            "redis://127.0.0.1:2/",
+        ),
+    ];
+    for (config, variable, value) in cases {
+        let error = config
+            .read_vars(|name| (name == variable).then(|| value.into()))
+            .err()
+            .unwrap_or_else(|| panic!("{variable} accepted over a backend the code configured"));
+        assert!(
+            matches!(error, ConfigError::BadVariable { variable: named, .. } if named == variable),
+            "{error}"
+        );
+    }
+}
