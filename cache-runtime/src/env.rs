@@ -87,6 +87,25 @@ impl Config {
         let l1_entries = vars.count(L1_MAX_ENTRIES)?;
         let default = vars.default_backend(|name| url.is_some() || self.configures(name))?;
 
+        // Caught at install as "configured twice", the conflict would name no variable.
+        let conflict = |variable: &'static str, name: &str| {
+            bad(
+                variable,
+                format!(
+                    "configures `{name}`, which the code configures too (or `from_env` ran \
+                     twice): unset it, or name the code's backend `{name}.<name>`"
+                ),
+            )
+        };
+        if memory_entries.is_some() && self.configures("memory") {
+            return Err(conflict(MEMORY_MAX_ENTRIES, "memory"));
+        }
+        if url.is_some() {
+            if let Some(name) = ["redis", "tiered"].into_iter().find(|n| self.configures(n)) {
+                return Err(conflict(REDIS_URL, name));
+            }
+        }
+
         let mut config = self;
         if let Some(entries) = memory_entries {
             let memory = MemoryBackend::builder().max_entries(entries).build();
