@@ -82,6 +82,7 @@ fn a_hit_with_a_recorder_installed_allocates_nothing() {
 
     // The recorder saw every hit (its handles were live, not the facade's no-ops), and shows
     // what `stats()` counts, call for call.
+    cachette::publish_metrics();
     let stats = stats();
     for function in ["number", "tiered"] {
         let counted = stats.site(function).expect("ran").hits;

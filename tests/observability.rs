@@ -32,6 +32,8 @@ struct Seen(BTreeMap<(MetricKind, String, BTreeMap<String, String>), DebugValue>
 
 impl Seen {
     fn take(snapshotter: &Snapshotter) -> Seen {
+        // In-process hits are exported from the sites' own counters: exact once published.
+        cachette::publish_metrics();
         let mut seen = BTreeMap::new();
         for (key, _, _, value) in snapshotter.snapshot().into_vec() {
             let (kind, key) = key.into_parts();
@@ -387,6 +389,53 @@ async fn every_counter_equals_what_the_test_did() {
     stats_are_exact_under_64_tasks().await;
     redis_scenario(&snapshotter, &server).await;
     tiered_scenario(&snapshotter, &tiered_obs, &tiered_obs2).await;
+    hits_are_published_without_being_asked(&snapshotter).await;
+}
+
+#[cached(ttl = 60, key = "published", backend = "memory.obs")]
+async fn published() -> u64 {
+    1
+}
+
+/// In-process hits reach the exporter by the publisher thread, with no `publish_metrics()`.
+async fn hits_are_published_without_being_asked(snapshotter: &Snapshotter) {
+    for _ in 0..4 {
+        assert_eq!(published().await, 1);
+    }
+    let site = site("published");
+    let labels = [
+        ("site", site.as_str()),
+        ("result", "hit"),
+        ("tier", "memory"),
+    ];
+    let started = Instant::now();
+    loop {
+        let exported =
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .find_map(|(key, _, _, value)| {
+                    let key = key.key();
+                    let matches = key.name() == names::REQUESTS
+                        && labels.iter().all(|(name, wanted)| {
+                            key.labels()
+                                .any(|label| label.key() == *name && label.value() == *wanted)
+                        });
+                    match (matches, value) {
+                        (true, DebugValue::Counter(count)) => Some(count),
+                        _ => None,
+                    }
+                });
+        if exported == Some(3) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the publisher thread exports the 3 hits: {exported:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// N hits, M misses, K invalidations, a stampede, a failing, a panicking and a cancelled load.

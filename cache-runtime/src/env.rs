@@ -25,6 +25,11 @@ pub(crate) const L1_MAX_ENTRIES: &str = "CACHETTE_L1_MAX_ENTRIES";
 /// The backend of sites written without `backend = ...`.
 pub(crate) const DEFAULT_BACKEND: &str = "CACHETTE_DEFAULT_BACKEND";
 
+/// The longest duration a variable may give: far beyond any sensible timeout or L1 ttl, and far
+/// below what a clock can add (`humantime` reads up to ~5 * 10^11 years, which overflows
+/// `Instant + duration` in the first bounded Redis call).
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Every variable [`Config::from_env`] reads.
 const VARIABLES: [&str; 8] = [
     REDIS_URL,
@@ -80,7 +85,26 @@ impl Config {
         let l1_max_ttl = vars.duration(L1_MAX_TTL)?;
         let memory_entries = vars.count(MEMORY_MAX_ENTRIES)?;
         let l1_entries = vars.count(L1_MAX_ENTRIES)?;
-        let default = vars.default_backend(url.is_some())?;
+        let default = vars.default_backend(|name| url.is_some() || self.configures(name))?;
+
+        // Caught at install as "configured twice", the conflict would name no variable.
+        let conflict = |variable: &'static str, name: &str| {
+            bad(
+                variable,
+                format!(
+                    "configures `{name}`, which the code configures too (or `from_env` ran \
+                     twice): unset it, or name the code's backend `{name}.<name>`"
+                ),
+            )
+        };
+        if memory_entries.is_some() && self.configures("memory") {
+            return Err(conflict(MEMORY_MAX_ENTRIES, "memory"));
+        }
+        if url.is_some() {
+            if let Some(name) = ["redis", "tiered"].into_iter().find(|n| self.configures(n)) {
+                return Err(conflict(REDIS_URL, name));
+            }
+        }
 
         let mut config = self;
         if let Some(entries) = memory_entries {
@@ -116,8 +140,8 @@ impl Config {
                     .tiered("tiered", tiered.build());
             }
             None => {
-                if let Some(l1) = l1 {
-                    config = config.tiered_in_process(l1);
+                if let Some(entries) = l1_entries {
+                    config = config.tiered_in_process(entries);
                 }
             }
         }
@@ -157,6 +181,10 @@ impl<F: Fn(&str) -> Option<OsString>> Vars<F> {
             return Ok(None);
         };
         match humantime::parse_duration(value.trim()) {
+            Ok(duration) if duration > LONGEST => Err(bad(
+                variable,
+                format!("{value:?} is longer than a year; give a timeout or a ttl such as \"2s\""),
+            )),
             Ok(duration) if !duration.is_zero() => Ok(Some(duration)),
             Ok(_) => Err(bad(
                 variable,
@@ -195,8 +223,12 @@ impl<F: Fn(&str) -> Option<OsString>> Vars<F> {
         }
     }
 
-    /// The default backend's name; one of kind `redis` needs a Redis URL.
-    fn default_backend(&self, has_url: bool) -> Result<Option<String>, ConfigError> {
+    /// The default backend's name; one of kind `redis` needs a Redis URL, unless the code
+    /// configured it (`has_redis` says, given the name).
+    fn default_backend(
+        &self,
+        has_redis: impl Fn(&str) -> bool,
+    ) -> Result<Option<String>, ConfigError> {
         let Some(name) = self.text(DEFAULT_BACKEND)? else {
             return Ok(None);
         };
@@ -216,7 +248,7 @@ impl<F: Fn(&str) -> Option<OsString>> Vars<F> {
                 format!("{name:?} is not a backend name: write `memory`, `tiered`, `redis` or `<kind>.<name>`"),
             ));
         }
-        if kind == "redis" && !has_url {
+        if kind == "redis" && !has_redis(&name) {
             return Err(bad(
                 REDIS_URL,
                 format!("not set, but `{DEFAULT_BACKEND}={name}` needs a Redis server"),

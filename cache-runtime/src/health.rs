@@ -53,7 +53,7 @@ impl BackendHealth {
 /// ```
 pub fn health() -> Vec<BackendHealth> {
     registry::global()
-        .backends()
+        .all_backends()
         .iter()
         .map(|backend| {
             // A tiered backend's bus starts with its first call; a readiness probe asking

@@ -36,7 +36,7 @@ pub use key::{CacheKey, KeyBuilder, KeyPart, KeyWriter};
 pub use observe::names as metric_names;
 pub use registry::{configure, Config};
 pub use shape::{CacheValue, PortableValue};
-pub use stats::{stats, SiteStats, Stats};
+pub use stats::{publish_metrics, stats, SiteStats, Stats};
 
 #[doc(hidden)]
 pub mod expansion;

@@ -6,6 +6,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crate::backend::{Backend, MemoryBackend, RedisBackend, Store, TieredBackend};
 use crate::error::ConfigError;
+use crate::observe::counters::Count;
 use crate::observe::meters::SiteMeters;
 use crate::site::{Resolved, Site};
 
@@ -21,6 +22,12 @@ pub(crate) struct Registry {
     default: usize,
     /// No Redis is configured: `tiered` sites run in memory, in the `tiered` backend.
     tiered_in_process: bool,
+    /// Without Redis, one in-process backend per `tiered.<name>` a site names, made at its first
+    /// call: with Redis those are distinct backends, so `tiered.eu` must not answer a
+    /// `tiered.us` site with its entry for the same key.
+    named_in_process: Mutex<Vec<Backend>>,
+    /// The capacity of each in-process `tiered` backend (`CACHETTE_L1_MAX_ENTRIES`).
+    in_process_entries: Option<u64>,
 }
 
 /// What a call path can use: any backend, or only one in this process (a synchronous call
@@ -36,8 +43,33 @@ impl Registry {
         self.backends.iter().find(|backend| backend.name() == name)
     }
 
+    #[cfg(test)]
     pub(crate) fn backends(&self) -> &[Backend] {
         &self.backends
+    }
+
+    /// The configured backends, then the in-process `tiered.<name>` ones made so far: what an
+    /// invalidation must reach and `health()` reports.
+    pub(crate) fn all_backends(&self) -> Vec<Backend> {
+        let named = self
+            .named_in_process
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.backends.iter().chain(named.iter()).cloned().collect()
+    }
+
+    /// The in-process backend of `tiered.<name>` sites without Redis, made on first use.
+    fn named_in_process(&self, name: &str) -> Backend {
+        let mut named = self
+            .named_in_process
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(backend) = named.iter().find(|backend| backend.name() == name) {
+            return backend.clone();
+        }
+        let backend = Backend::new(name.to_owned(), in_process_store(self.in_process_entries));
+        named.push(backend.clone());
+        backend
     }
 
     /// The backend of sites without `backend = ...`.
@@ -47,7 +79,7 @@ impl Registry {
 
     /// The backend a site naming `name` uses. Without Redis, every `tiered[.<name>]` site
     /// shares the in-process `tiered` backend, so one attribute works with and without Redis.
-    fn resolve(&self, name: &str, reach: Reach, site: &Site) -> Option<&Backend> {
+    fn resolve(&self, name: &str, reach: Reach, site: &Site) -> Option<Backend> {
         if name == DEFAULT_NAME {
             let default = self.default_backend();
             if reach == Reach::InProcess && default.is_remote() {
@@ -61,15 +93,15 @@ impl Registry {
                     site.function(),
                     default.name(),
                 );
-                return self.backend("memory");
+                return self.backend("memory").cloned();
             }
-            return Some(default);
+            return Some(default.clone());
         }
-        self.backend(name).or_else(|| {
-            (self.tiered_in_process && kind_of(name) == Some("tiered"))
-                .then(|| self.backend("tiered"))
-                .flatten()
-        })
+        if let Some(backend) = self.backend(name) {
+            return Some(backend.clone());
+        }
+        (self.tiered_in_process && kind_of(name) == Some("tiered"))
+            .then(|| self.named_in_process(name))
     }
 }
 
@@ -98,7 +130,7 @@ pub(crate) fn resolve_in_process(site: &'static Site) -> &'static Resolved {
 
 fn resolve_once(site: &'static Site, reach: Reach) -> &'static Resolved {
     site.resolved().get_or_init(|| {
-        let backend = global().resolve(site.backend_name(), reach, site).cloned();
+        let backend = global().resolve(site.backend_name(), reach, site);
         if backend.is_none() {
             tracing::error!(
                 function = site.function(),
@@ -117,6 +149,7 @@ fn resolve_once(site: &'static Site, reach: Reach) -> &'static Resolved {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(site);
+        start_publisher();
         Resolved { backend, meters }
     })
 }
@@ -129,6 +162,46 @@ pub(crate) fn backend_name_of(site: &'static Site) -> &'static str {
         .get()
         .and_then(|resolved| resolved.backend.as_ref());
     resolved.map_or(site.backend_name(), Backend::name)
+}
+
+/// Publishes every site's in-process hit counts to its exported counters (they are not counted
+/// per hit; see `SiteMeters::request`).
+pub(crate) fn publish_hits() {
+    for site in sites() {
+        if let Some(resolved) = site.resolved().get() {
+            let counters = site.counters();
+            resolved.meters.publish(
+                counters.get(Count::Hits) - counters.get(Count::L1Hits),
+                counters.get(Count::L1Hits),
+            );
+        }
+    }
+}
+
+/// How often the publisher thread publishes: a scrape lags at most this far behind, unless its
+/// handler calls `publish_metrics()` first.
+#[cfg(feature = "metrics")]
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Starts the publisher thread once, with the first site (a thread rather than a task: sync
+/// sites run without a Tokio runtime).
+fn start_publisher() {
+    #[cfg(feature = "metrics")]
+    {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| {
+            let publisher = std::thread::Builder::new()
+                .name("cachette-metrics".to_owned())
+                .spawn(|| loop {
+                    std::thread::sleep(PUBLISH_EVERY);
+                    publish_hits();
+                });
+            if let Err(error) = publisher {
+                tracing::warn!(%error, "no thread to publish in-process hit counts; they are \
+                    exported when `publish_metrics()` is called");
+            }
+        });
+    }
 }
 
 /// Every site that has run, in the order of their first calls.
@@ -161,8 +234,8 @@ pub fn configure() -> Config {
 pub struct Config {
     backends: Vec<(String, &'static str, Store)>,
     default: Option<DefaultBackend>,
-    /// The in-process store of `tiered` sites when no Redis is configured.
-    tiered_in_process: Option<MemoryBackend>,
+    /// The capacity of the in-process stores of `tiered` sites when no Redis is configured.
+    in_process_entries: Option<u64>,
 }
 
 /// The default backend's name, and the environment variable it was read from, if any.
@@ -211,11 +284,18 @@ impl Config {
         self
     }
 
-    /// The store `tiered` sites use when no Redis is configured (default
-    /// [`MemoryBackend::default()`]).
-    pub(crate) fn tiered_in_process(mut self, store: MemoryBackend) -> Self {
-        self.tiered_in_process = Some(store);
+    /// The capacity of each in-process store of `tiered` sites when no Redis is configured
+    /// (default that of [`MemoryBackend::default()`]).
+    pub(crate) fn tiered_in_process(mut self, entries: u64) -> Self {
+        self.in_process_entries = Some(entries);
         self
+    }
+
+    /// Whether a backend named `name` is configured so far.
+    pub(crate) fn configures(&self, name: &str) -> bool {
+        self.backends
+            .iter()
+            .any(|(configured, _, _)| configured == name)
     }
 
     fn with(mut self, name: &str, kind: &'static str, store: Store) -> Self {
@@ -251,19 +331,20 @@ impl Config {
             .into_iter()
             .map(|(name, _, store)| Backend::new(name, store))
             .collect();
-        let mut add_in_process = |name: &str, store: Option<MemoryBackend>| {
+        let mut add_in_process = |name: &str, entries: Option<u64>| {
             if !backends.iter().any(|backend| backend.name() == name) {
-                let store = Store::Memory(store.unwrap_or_default());
-                backends.push(Backend::new(name.to_owned(), store));
+                backends.push(Backend::new(name.to_owned(), in_process_store(entries)));
             }
         };
         add_in_process("memory", None);
+        let default_name = self.default.as_ref().map_or("memory", |d| d.name.as_str());
         if tiered_in_process {
-            add_in_process("tiered", self.tiered_in_process);
-        }
-        let mut default_name = self.default.as_ref().map_or("memory", |d| d.name.as_str());
-        if tiered_in_process && kind_of(default_name) == Some("tiered") {
-            default_name = "tiered";
+            add_in_process("tiered", self.in_process_entries);
+            // A `tiered.<name>` default is that backend, as with Redis, which sites naming it
+            // share.
+            if kind_of(default_name) == Some("tiered") {
+                add_in_process(default_name, self.in_process_entries);
+            }
         }
         let default = backends
             .iter()
@@ -279,6 +360,8 @@ impl Config {
             backends,
             default,
             tiered_in_process,
+            named_in_process: Mutex::new(Vec::new()),
+            in_process_entries: self.in_process_entries,
         };
         tracing::info!("{}", registry.describe());
         Ok(registry)
@@ -292,7 +375,7 @@ impl Registry {
         for (index, backend) in self.backends.iter().enumerate() {
             let separator = if index == 0 { " " } else { "; " };
             let _ = write!(line, "{separator}{} ({})", backend.name(), backend.mode());
-            if self.tiered_in_process && backend.name() == "tiered" {
+            if self.tiered_in_process && kind_of(backend.name()) == Some("tiered") {
                 line.push_str(
                     " [no Redis configured: `tiered` sites cache per process, and their \
                      invalidations do not reach other processes]",
@@ -306,6 +389,13 @@ impl Registry {
         );
         line
     }
+}
+
+/// An in-process store for a backend of `entries` (default [`MemoryBackend::default()`]).
+fn in_process_store(entries: Option<u64>) -> Store {
+    Store::Memory(entries.map_or_else(MemoryBackend::default, |entries| {
+        MemoryBackend::builder().max_entries(entries).build()
+    }))
 }
 
 /// The kind a backend name starts with: `memory`, `redis` or `tiered`.
@@ -352,25 +442,21 @@ mod tests {
             .expect("valid; nothing connects")
     }
 
-    fn resolved<'r>(
-        registry: &'r Registry,
-        backend: &'static str,
-        reach: Reach,
-    ) -> Option<&'r str> {
+    fn resolved(registry: &Registry, backend: &'static str, reach: Reach) -> Option<String> {
         registry
             .resolve(backend, reach, site(backend))
-            .map(Backend::name)
+            .map(|backend| backend.name().to_owned())
     }
 
     #[test]
     fn without_redis_every_tiered_site_caches_in_process() {
         let registry = Config::default().into_registry().expect("valid");
         for name in ["tiered", "tiered.sessions"] {
-            assert_eq!(resolved(&registry, name, Reach::Any), Some("tiered"));
+            assert_eq!(resolved(&registry, name, Reach::Any).as_deref(), Some(name));
         }
         assert!(!registry.backend("tiered").expect("present").is_remote());
         assert_eq!(
-            resolved(&registry, "redis", Reach::Any),
+            resolved(&registry, "redis", Reach::Any).as_deref(),
             None,
             "redis does not degrade"
         );
@@ -382,20 +468,23 @@ mod tests {
             .redis("redis", redis())
             .into_registry()
             .expect("valid");
-        assert_eq!(resolved(&registry, "tiered", Reach::Any), None);
+        assert_eq!(resolved(&registry, "tiered", Reach::Any).as_deref(), None);
         let registry = Config::default()
             .tiered("tiered", TieredBackend::builder(redis()).build())
             .into_registry()
             .expect("valid");
         assert!(registry.backend("tiered").expect("present").is_remote());
-        assert_eq!(resolved(&registry, "tiered.other", Reach::Any), None);
+        assert_eq!(
+            resolved(&registry, "tiered.other", Reach::Any).as_deref(),
+            None
+        );
     }
 
     #[test]
     fn the_default_follows_the_configuration_and_sync_sites_stay_in_process() {
         let registry = Config::default().into_registry().expect("valid");
         assert_eq!(
-            resolved(&registry, DEFAULT_NAME, Reach::Any),
+            resolved(&registry, DEFAULT_NAME, Reach::Any).as_deref(),
             Some("memory")
         );
         let registry = Config::default()
@@ -404,11 +493,11 @@ mod tests {
             .into_registry()
             .expect("valid");
         assert_eq!(
-            resolved(&registry, DEFAULT_NAME, Reach::Any),
+            resolved(&registry, DEFAULT_NAME, Reach::Any).as_deref(),
             Some("tiered")
         );
         assert_eq!(
-            resolved(&registry, DEFAULT_NAME, Reach::InProcess),
+            resolved(&registry, DEFAULT_NAME, Reach::InProcess).as_deref(),
             Some("memory")
         );
         let in_process = Config::default()
@@ -416,7 +505,7 @@ mod tests {
             .into_registry()
             .expect("valid");
         assert_eq!(
-            resolved(&in_process, DEFAULT_NAME, Reach::InProcess),
+            resolved(&in_process, DEFAULT_NAME, Reach::InProcess).as_deref(),
             Some("tiered")
         );
         assert!(matches!(

@@ -73,6 +73,19 @@ impl SiteStats {
     }
 }
 
+/// Brings the exported hit counters up to date now. Hits answered in process (memory, a
+/// tiered backend's L1) are exported from the sites' own counters, not counted per hit: a
+/// background thread publishes them every second, and a `/metrics` handler that calls this
+/// before rendering exports them exactly. Every other series moves as its event happens.
+///
+/// ```
+/// cache_runtime::publish_metrics();
+/// // ... then render the exporter's text, e.g. `prometheus_handle.render()`.
+/// ```
+pub fn publish_metrics() {
+    registry::publish_hits();
+}
+
 /// A snapshot of every site's counts. Exact: every call counted before `stats()` is called is
 /// in it.
 ///

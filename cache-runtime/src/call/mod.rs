@@ -93,7 +93,7 @@ where
 {
     let ret = body();
     if success.succeeded(&ret) {
-        let backends = registry::global().backends();
+        let backends = registry::global().all_backends();
         // Each remote backend on a thread of its own, so that a call costs one operation
         // timeout however many backends a frozen Redis holds up.
         std::thread::scope(|scope| {
@@ -109,7 +109,7 @@ where
 }
 
 async fn invalidate_all(keys: &[CacheKey]) {
-    for backend in registry::global().backends() {
+    for backend in registry::global().all_backends() {
         backend.invalidate(keys).await;
     }
 }

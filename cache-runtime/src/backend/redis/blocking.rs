@@ -17,6 +17,9 @@ use super::connection::{BlockingConnection as Connection, Target};
 /// a frozen Redis holds up.
 const MAX_CONNECTIONS: usize = 4;
 
+/// A deadline that never comes in practice (about 30 years, as Tokio's far future).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 pub(crate) struct BlockingConnections {
     target: Arc<Target>,
     pool: Mutex<Pool>,
@@ -59,7 +62,10 @@ impl BlockingConnections {
         connect_timeout: Duration,
         command: impl FnOnce(&mut dyn redis::ConnectionLike) -> RedisResult<T>,
     ) -> Result<RedisResult<T>, Unsent> {
-        let deadline = Instant::now() + budget;
+        // A budget no clock can add (configured in code) means no deadline, as for the
+        // async calls' `tokio::time::timeout`, rather than a panic.
+        let now = Instant::now();
+        let deadline = now.checked_add(budget).unwrap_or_else(|| now + FAR_FUTURE);
         let mut connection = self.take(deadline, connect_timeout)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {

@@ -389,35 +389,36 @@ impl fmt::Debug for RedisBackendBuilder {
     }
 }
 
-/// The URL with its password replaced by `***`, for logs and `Debug`.
+/// The URL with its password replaced by `***`, for logs and `Debug`. The credentials end at
+/// the last `@`, not at the first `/`: a generated password may hold an unencoded `/`, and the
+/// URL that does not parse then is the one quoted in an error.
 fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return "(not a URL)".to_owned();
     };
     match credentials(url) {
-        Some((user, _)) => {
-            let at = scheme_end + url[scheme_end..].rfind('@').unwrap_or_default();
-            format!("{}{user}:***@{}", &url[..scheme_end], &url[at + 1..])
+        Some(credentials) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            let host = &url[scheme_end + credentials.len() + 1..];
+            format!("{}{user}:***@{host}", &url[..scheme_end])
         }
         None => url.to_owned(),
     }
 }
 
-/// The URL's user and password, if it has an `@`. The last `@` ends them, not the first `/`:
-/// a password pasted unencoded may hold a `/` (or an `@`), and the URL then does not parse,
-/// so its error quotes it whole.
-fn credentials(url: &str) -> Option<(&str, Option<&str>)> {
+/// What precedes the last `@` after the scheme: `user:password`, `:password` or `user`.
+fn credentials(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
-    let (credentials, _) = rest.rsplit_once('@')?;
-    Some(match credentials.split_once(':') {
-        Some((user, password)) => (user, Some(password)),
-        None => (credentials, None),
-    })
+    rest.rsplit_once('@').map(|(credentials, _)| credentials)
 }
 
 /// `text` with any appearance of the URL's password replaced, for error messages that quote it.
 fn redact_in(text: &str, url: &str) -> String {
-    match credentials(url).and_then(|(_, password)| password.filter(|p| !p.is_empty())) {
+    let password = credentials(url)
+        .and_then(|credentials| credentials.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|password| !password.is_empty());
+    match password {
         Some(password) => text.replace(password, "***"),
         None => text.to_owned(),
     }
@@ -501,5 +502,19 @@ mod tests {
             .build()
             .expect_err("not a redis url");
         assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    /// review18: `CACHETTE_OP_TIMEOUT` makes any duration reachable from configuration; a
+    /// synchronous invalidation must not panic on one the clock cannot add.
+    #[test]
+    fn review18_a_sync_invalidation_survives_a_huge_op_timeout() {
+        let backend = RedisBackend::builder()
+            .url("redis://127.0.0.1:1/")
+            .op_timeout(Duration::from_secs(u64::MAX / 2))
+            .connect_timeout(Duration::from_millis(50))
+            .build()
+            .expect("valid; nothing connects");
+        let key = crate::key::KeyBuilder::new().lit("k").finish();
+        backend.invalidate_blocking("redis", &[key]);
     }
 }
