@@ -1,6 +1,6 @@
-//! Heap allocations per hit with a real metrics recorder installed (metrics-exporter-prometheus'),
-//! as `tests/alloc_per_hit.rs` counts them without one: a hit moves live metric handles and
-//! still allocates nothing. A binary of its own, since a recorder is process-wide and must be
+//! Heap allocations per hit with a real metrics recorder installed (metrics-exporter-prometheus')
+//! and a tracing subscriber at INFO, as `tests/alloc_per_hit.rs` counts them without either: a
+//! hit moves live metric handles, builds no span, and still allocates nothing. A binary of its own, since a recorder is process-wide and must be
 //! installed before the first cached call (sites register their handles then).
 
 use cachette::{cached, configure, stats, RedisBackend, TieredBackend};
@@ -43,6 +43,12 @@ fn a_hit_with_a_recorder_installed_allocates_nothing() {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).expect("the only recorder");
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    )
+    .expect("the only subscriber");
     let server = RedisServer::start();
     let l2 = RedisBackend::builder()
         .url(server.url())
