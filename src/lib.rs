@@ -63,10 +63,10 @@
 #[doc(inline)]
 pub use cache_macros::{cached, invalidates};
 pub use cache_runtime::{
-    configure, health, invalidate, metric_names, stats, BackendHealth, BreakerState, CacheKey,
-    CacheValue, Config, ConfigError, KeyBuilder, KeyPart, KeyWriter, MemoryBackend,
-    MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, SiteStats, Stats, TestClock,
-    TieredBackend, TieredBackendBuilder,
+    configure, health, invalidate, invalidate_tag, metric_names, stats, BackendHealth,
+    BreakerState, CacheKey, CacheValue, Config, ConfigError, KeyBuilder, KeyPart, KeyWriter,
+    MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder, SiteStats, Stats,
+    TestClock, TieredBackend, TieredBackendBuilder,
 };
 
 /// HTTP response caching for axum: a tower layer with ETags, `304 Not Modified` and

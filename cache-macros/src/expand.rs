@@ -19,6 +19,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         shape,
         entry,
         return_type,
+        tags,
     } = cached;
     let ItemFn {
         attrs,
@@ -48,19 +49,25 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         Shape::Whole => "Whole",
     };
     let shape = Ident::new(shape, ret_span);
-    let entry_fn = match entry {
-        Entry::Remote => "cached_remote",
-        Entry::Async => "cached",
-        Entry::Sync => "cached_sync",
+    let entry_fn = match (entry, tags.is_empty()) {
+        (Entry::Remote, true) => "cached_remote",
+        (Entry::Async, true) => "cached",
+        (Entry::Sync, _) => "cached_sync",
+        (Entry::Remote, false) => "cached_remote_tagged",
+        (Entry::Async, false) => "cached_tagged",
     };
     let entry_fn = Ident::new(entry_fn, ret_span);
     let krate_at_ret = respan(krate.to_token_stream(), ret_span);
     let entry_fn = quote_spanned! {ret_span=>
         #krate_at_ret::__private::#entry_fn::<#return_type, #krate_at_ret::__private::#shape>
     };
+    // Rendered before the body takes the arguments, as the key is.
+    let tag_keys = tags.iter().map(|tag| gen_template_key(tag, krate));
+    let tags_binding = (!tags.is_empty()).then(|| quote!(let __cachette_tags = [#(#tag_keys),*];));
+    let tags_arg = (!tags.is_empty()).then(|| quote!(__cachette_tags,));
     let call = match entry {
         Entry::Async | Entry::Remote => quote_spanned! {ret_span=>
-            #entry_fn(&__CACHETTE_SITE, __cachette_key, async move #block).await
+            #entry_fn(&__CACHETTE_SITE, __cachette_key, #tags_arg async move #block).await
         },
         Entry::Sync => quote_spanned! {ret_span=>
             #entry_fn(&__CACHETTE_SITE, __cachette_key, move || #block)
@@ -77,6 +84,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
                 #version,
             );
             let __cachette_key = #key;
+            #tags_binding
             #call
         }
     }
@@ -125,6 +133,7 @@ pub(crate) fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
         function,
         krate,
         templates,
+        tags,
         only_if_ok,
     } = invalidates;
     let ItemFn {
@@ -141,7 +150,11 @@ pub(crate) fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
     } else {
         quote!(#krate::__private::Always)
     };
-    let call = if sig.asyncness.is_some() {
+    let tag_keys = tags.iter().map(|tag| gen_template_key(tag, krate));
+    let tags_binding = (!tags.is_empty()).then(|| quote!(let __cachette_tags = [#(#tag_keys),*];));
+    let call = if !tags.is_empty() {
+        quote!(#krate::__private::invalidating_tagged(#success, __cachette_keys, __cachette_tags, async move #block).await)
+    } else if sig.asyncness.is_some() {
         quote!(#krate::__private::invalidating(#success, __cachette_keys, async move #block).await)
     } else {
         quote!(#krate::__private::invalidating_sync(#success, __cachette_keys, move || #block))
@@ -150,6 +163,7 @@ pub(crate) fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
         #(#attrs)*
         #vis #sig {
             let __cachette_keys = [#(#keys),*];
+            #tags_binding
             #call
         }
     }

@@ -22,6 +22,8 @@ pub(crate) struct Cached<'a> {
     pub(crate) shape: Shape,
     pub(crate) entry: Entry,
     pub(crate) return_type: &'a Type,
+    /// Tag templates (empty: an untagged site, whose expansion is unchanged).
+    pub(crate) tags: Vec<Template>,
 }
 
 /// Where a cached call's key comes from.
@@ -64,6 +66,8 @@ pub(crate) struct Invalidates<'a> {
     pub(crate) function: &'a ItemFn,
     pub(crate) krate: Path,
     pub(crate) templates: Vec<Template>,
+    /// Tags to invalidate (empty: keys only).
+    pub(crate) tags: Vec<Template>,
     /// Only an `Ok` invalidates a function that returns `Result`; any return does otherwise.
     pub(crate) only_if_ok: bool,
 }
@@ -111,6 +115,7 @@ pub(crate) fn cached<'a>(
             errors.push(unknown_param(name.span(), &name_text, signature, "skip"));
         }
     }
+    let tags = checked_tags(args.tags, signature, "cached", &mut errors);
     let key = match args.key {
         Some(template) => {
             check_placeholders(&template, signature, &mut errors);
@@ -150,7 +155,34 @@ pub(crate) fn cached<'a>(
             (Returns::Option, true) | (Returns::Value, _) => Shape::Whole,
         },
         return_type,
+        tags,
     })
+}
+
+/// Tag templates whose placeholders name parameters, on an `async fn` (a tag invalidation
+/// reaches Redis, which a synchronous function cannot await).
+fn checked_tags(
+    tags: Option<crate::args::Tags>,
+    signature: &Signature,
+    attribute: &str,
+    errors: &mut Vec<Error>,
+) -> Vec<Template> {
+    let Some(tags) = tags else {
+        return Vec::new();
+    };
+    if !signature.is_async {
+        errors.push(Error::new(
+            tags.span,
+            format!(
+                "`tags(...)` on `#[{attribute}]` needs an `async fn`\n\
+                 help: make the function `async`, or call `cachette::invalidate_tag` from async code"
+            ),
+        ));
+    }
+    for template in &tags.templates {
+        check_placeholders(template, signature, errors);
+    }
+    tags.templates
 }
 
 /// Checks an `#[invalidates]`; see [`cached`].
@@ -162,6 +194,7 @@ pub(crate) fn invalidates<'a>(
     for template in &args.templates {
         check_placeholders(template, signature, &mut errors);
     }
+    let tags = checked_tags(args.tags, signature, "invalidates", &mut errors);
     if let Some(error) = combine(errors) {
         return Err(error);
     }
@@ -169,6 +202,7 @@ pub(crate) fn invalidates<'a>(
         function: signature.function,
         krate: crate_path(args.crate_path),
         templates: args.templates,
+        tags,
         only_if_ok: signature.detected_returns == Returns::Result,
     })
 }

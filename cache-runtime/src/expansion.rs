@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use crate::__cachette_function_path as function_path;
-pub use crate::call::{invalidating, invalidating_sync};
+pub use crate::call::{invalidating, invalidating_sync, invalidating_tagged};
 pub use crate::key::KeyBuilder;
 pub use crate::shape::{Always, IfOk, OkOnly, SomeOnly, Whole};
 pub use crate::site::Site;
@@ -56,6 +56,35 @@ where
     S::Part: CacheValue + Serialize + DeserializeOwned,
 {
     crate::call::cached_remote(site, S::default(), key, body)
+}
+
+/// Runs an async `#[cached(tags(...))]` function on the memory backend: as [`cached`], and the
+/// entry is served only while none of `tags` was invalidated since its load began.
+pub async fn cached_tagged<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    tags: impl AsRef<[CacheKey]>,
+    body: impl Future<Output = R>,
+) -> R
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    crate::call::cached_tagged(site, S::default(), key, tags.as_ref(), body).await
+}
+
+/// Runs an async `#[cached(tags(...))]` function on a remote backend.
+pub async fn cached_remote_tagged<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    tags: impl AsRef<[CacheKey]>,
+    body: impl Future<Output = R>,
+) -> R
+where
+    S: Holds<R>,
+    S::Part: CacheValue + Serialize + DeserializeOwned,
+{
+    crate::call::cached_remote_tagged(site, S::default(), key, tags.as_ref(), body).await
 }
 
 /// `module::name` of the function an attribute is on, at compile time: `module_path!()` in a

@@ -6,6 +6,7 @@
 
 mod memory;
 mod redis;
+mod tags;
 /// The same real-redis-server helper the integration tests use.
 #[cfg(test)]
 #[allow(dead_code)] // not every helper method is used here
@@ -22,6 +23,7 @@ pub use tiered::{TieredBackend, TieredBackendBuilder};
 
 pub use redis::BreakerState;
 pub(crate) use redis::{Claim, HeldLock, RedisHealth, Waiting, LEASE, SAFETY_POLL};
+pub(crate) use tags::{note_tag_invalidation, tag_invalidations};
 
 use crate::flight::Flights;
 use crate::key::CacheKey;
@@ -180,6 +182,29 @@ impl Backend {
                 tiered.invalidate_blocking(&self.inner.name, keys, detach);
             }
         }
+    }
+
+    /// Invalidates `tags`: every entry carrying one becomes a miss, in O(1) per tag. Counted in
+    /// the invalidations sent, like keys.
+    pub(crate) async fn invalidate_tags(&self, tags: &[CacheKey]) {
+        self.inner
+            .meters
+            .invalidated(Invalidation::Sent, tags.len());
+        match &self.inner.store {
+            Store::Memory(memory) => {
+                for tag in tags {
+                    memory.tags().forget(tag.as_str());
+                }
+            }
+            Store::Redis(redis) => {
+                redis
+                    .invalidate_tags_announced(&self.inner.name, tags, |_| None::<(String, String)>)
+                    .await;
+            }
+            Store::Tiered(tiered) => tiered.invalidate_tags(&self.inner.name, tags).await,
+        }
+        // After the generations are gone: see `tags::TAG_INVALIDATIONS`.
+        note_tag_invalidation();
     }
 
     fn detach_flights(&self, keys: &[CacheKey]) {

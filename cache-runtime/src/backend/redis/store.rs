@@ -28,7 +28,7 @@ use super::blocking::{BlockingConnections, Unsent};
 use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit};
 use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
 use super::pending::PendingInvalidations;
-use super::scripts::{CLAIM, FILL, INVALIDATE, RELEASE, RENEW};
+use super::scripts::{CLAIM, FILL, INVALIDATE, INVALIDATE_TAG, RELEASE, RENEW};
 use super::wake::{Waiting, Wakeups};
 use crate::clock::Clock;
 use crate::log_gate::LogGate;
@@ -102,6 +102,7 @@ pub(crate) struct RedisStore {
     release_script: Script,
     claim_script: Script,
     renew_script: Script,
+    invalidate_tag_script: Script,
     /// Whether the background replayer runs (`replay_in_background`).
     replayer_running: AtomicBool,
     /// The backend's metric handles, once it is configured under a name.
@@ -161,6 +162,7 @@ impl RedisStore {
             release_script: Script::new(RELEASE),
             claim_script: Script::new(CLAIM),
             renew_script: Script::new(RENEW),
+            invalidate_tag_script: Script::new(INVALIDATE_TAG),
             replayer_running: AtomicBool::new(false),
             meters: OnceLock::new(),
             last_error: Mutex::new(None),
@@ -633,5 +635,6 @@ fn millis(duration: Duration) -> u64 {
 }
 
 mod replay;
+mod tags;
 #[cfg(test)]
 mod tests;

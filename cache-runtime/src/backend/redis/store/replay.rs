@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Weak;
 
 use super::super::keys::{bus_channel, FLUSH_MESSAGE, KEY_FORMAT};
+use super::super::pending::as_tag;
 use super::{is_transport_failure, Announce, RedisStore, StoreError};
 use crate::log_gate::LogGate;
 
@@ -56,9 +57,13 @@ impl RedisStore {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             pipe.load_script(&self.invalidate_script).ignore();
+            pipe.load_script(&self.invalidate_tag_script).ignore();
             for (key, announce) in &batch {
                 let announce = announce.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
-                pipe.invoke_script(&self.invalidation(key, announce));
+                match as_tag(key) {
+                    Some(tag) => pipe.invoke_script(&self.tag_invalidation(tag, announce)),
+                    None => pipe.invoke_script(&self.invalidation(key, announce)),
+                };
             }
             let mut connection = self.connection().await?;
             let results: Vec<redis::RedisResult<redis::Value>> =
