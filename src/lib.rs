@@ -61,7 +61,7 @@
 //! ```
 
 #[doc(inline)]
-pub use cache_macros::{cached, invalidates};
+pub use cache_macros::{cache_put, cached, invalidates};
 pub use cache_runtime::{
     configure, health, invalidate, invalidate_tag, metric_names, stats, BackendHealth,
     BreakerState, CacheKey, CacheValue, Config, ConfigError, KeyBuilder, KeyPart, KeyWriter,

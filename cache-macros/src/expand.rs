@@ -6,7 +6,7 @@ use quote::{quote, quote_spanned, ToTokens};
 use syn::{Ident, ItemFn, Path};
 
 use crate::template::{Segment, Template};
-use crate::validate::{Cached, Entry, Invalidates, Key, KeyParam, Shape};
+use crate::validate::{Cached, Entry, Invalidates, Key, KeyParam, Put, Shape};
 
 pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
     let Cached {
@@ -86,6 +86,61 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
             let __cachette_key = #key;
             #tags_binding
             #call
+        }
+    }
+}
+
+/// A `#[cache_put]`: the site's `static` (where and how long), the key, and one call that runs
+/// the body and stores its value.
+pub(crate) fn gen_put(put: &Put) -> TokenStream {
+    let Put {
+        function,
+        krate,
+        ttl_millis,
+        backend,
+        version,
+        key,
+        shape,
+        return_type,
+    } = put;
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = function;
+    let fn_name = sig.ident.to_string();
+    let template = key.lit.value();
+    let entry_fn = if backend.kind.is_remote() {
+        "cache_put_remote"
+    } else {
+        "cache_put"
+    };
+    let backend = &backend.name;
+    let key = gen_template_key(key, krate);
+    let ret_span = syn::spanned::Spanned::span(return_type);
+    let shape = match shape {
+        Shape::OkOnly => "OkOnly",
+        Shape::SomeOnly => "SomeOnly",
+        Shape::Whole => "Whole",
+    };
+    let shape = Ident::new(shape, ret_span);
+    let entry_fn = Ident::new(entry_fn, ret_span);
+    let krate_at_ret = respan(krate.to_token_stream(), ret_span);
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            static __CACHETTE_SITE: #krate::__private::Site = #krate::__private::Site::new(
+                #krate::__private::function_path!(#fn_name),
+                #template,
+                #backend,
+                #ttl_millis,
+                #version,
+            );
+            let __cachette_key = #key;
+            #krate_at_ret::__private::#entry_fn::<#return_type, #krate_at_ret::__private::#shape>(
+                &__CACHETTE_SITE, __cachette_key, async move #block
+            ).await
         }
     }
 }

@@ -87,6 +87,29 @@ where
     crate::call::cached_remote_tagged(site, S::default(), key, tags.as_ref(), body).await
 }
 
+/// Runs a `#[cache_put]` function whose backend is in process: its value is stored under `key`.
+pub async fn cache_put<R, S>(site: &'static Site, key: CacheKey, body: impl Future<Output = R>) -> R
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    crate::call::cache_put(site, S::default(), key, body).await
+}
+
+/// Runs a `#[cache_put]` function whose backend is remote: its value is stored under `key` in
+/// Redis, fenced, and announced to peers.
+pub async fn cache_put_remote<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    body: impl Future<Output = R>,
+) -> R
+where
+    S: Holds<R>,
+    S::Part: CacheValue + Serialize,
+{
+    crate::call::cache_put_remote(site, S::default(), key, body).await
+}
+
 /// `module::name` of the function an attribute is on, at compile time: `module_path!()` in a
 /// `macro_rules!` body names the module it is expanded in, the caller's, which keeps the
 /// expansion to one short line.

@@ -8,6 +8,7 @@
 
 mod follow;
 mod local;
+mod put;
 mod remote;
 mod report;
 mod tagged;
@@ -16,6 +17,7 @@ mod tagged_remote;
 use std::future::Future;
 
 pub(crate) use local::{cached, cached_sync};
+pub(crate) use put::{cache_put, cache_put_remote};
 pub(crate) use remote::cached_remote;
 #[cfg(feature = "axum")]
 pub(crate) use remote::cached_remote_served;

@@ -290,6 +290,20 @@ impl Announcement for (String, String) {
     }
 }
 
+pub(crate) fn log_failed_put(backend: &str, key: &str, error: &StoreError) {
+    static GATE: LogGate = LogGate::new();
+    if let Some(suppressed) = GATE.admit() {
+        tracing::error!(
+            backend,
+            key,
+            %error,
+            suppressed,
+            "write-through did not reach redis; the key's invalidation is replayed once redis \
+             answers"
+        );
+    }
+}
+
 fn log_failed_invalidation(backend: &str, key: &str, error: &StoreError) {
     static GATE: LogGate = LogGate::new();
     if let Some(suppressed) = GATE.admit() {

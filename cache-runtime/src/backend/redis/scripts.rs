@@ -40,3 +40,9 @@ pub(super) const INVALIDATE_TAG: &str = include_str!("scripts/invalidate_tag.lua
 /// tag's current generation, created if missing; bytes that are not one (another program's)
 /// are replaced, so that a foreign key cannot keep every load of the tag uncached.
 pub(super) const CAPTURE_TAG: &str = include_str!("scripts/capture_tag.lua");
+
+/// KEYS: value, fence. ARGV: bytes, ttl ms, fence ttl ms, bus channel ("" for none), bus
+/// message, a random generation. Write-through: advances the fence as an invalidation does (so
+/// an older load under way cannot overwrite the new value), stores the value, and announces it
+/// on the bus so that peers drop their L1 copy; one atomic step.
+pub(super) const PUT: &str = include_str!("scripts/put.lua");

@@ -28,7 +28,7 @@ use super::blocking::{BlockingConnections, Unsent};
 use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit};
 use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
 use super::pending::PendingInvalidations;
-use super::scripts::{CLAIM, FILL, INVALIDATE, INVALIDATE_TAG, RELEASE, RENEW};
+use super::scripts::{CLAIM, FILL, INVALIDATE, INVALIDATE_TAG, PUT, RELEASE, RENEW};
 use super::wake::{Waiting, Wakeups};
 use crate::clock::Clock;
 use crate::log_gate::LogGate;
@@ -103,6 +103,7 @@ pub(crate) struct RedisStore {
     claim_script: Script,
     renew_script: Script,
     invalidate_tag_script: Script,
+    put_script: Script,
     /// Whether the background replayer runs (`replay_in_background`).
     replayer_running: AtomicBool,
     /// The backend's metric handles, once it is configured under a name.
@@ -163,6 +164,7 @@ impl RedisStore {
             claim_script: Script::new(CLAIM),
             renew_script: Script::new(RENEW),
             invalidate_tag_script: Script::new(INVALIDATE_TAG),
+            put_script: Script::new(PUT),
             replayer_running: AtomicBool::new(false),
             meters: OnceLock::new(),
             last_error: Mutex::new(None),
@@ -634,6 +636,7 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+mod put;
 mod replay;
 mod tags;
 #[cfg(test)]

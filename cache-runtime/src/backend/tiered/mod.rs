@@ -211,6 +211,27 @@ impl TieredBackend {
         self.invalidate_l1(keys, detach);
     }
 
+    /// Write-through: `bytes` stored in L2, fenced, and announced on the bus as an
+    /// invalidation of the key, so that every peer drops its L1 copy (and its load under way).
+    pub(crate) async fn put(
+        &self,
+        key: &CacheKey,
+        bytes: &[u8],
+        ttl: Duration,
+    ) -> Result<(), super::redis::StoreError> {
+        let (channel, message) = self.bus.announcement(key.as_str());
+        self.l2
+            .store()
+            .put(key.as_str(), bytes, ttl, Some((&channel, &message)))
+            .await
+    }
+
+    /// Detaches the key's load under way and drops its L1 copy in this process, after L2
+    /// changed (see [`invalidate`](Self::invalidate) for why after).
+    pub(crate) fn drop_local(&self, key: &CacheKey, detach: impl Fn(&str)) {
+        self.invalidate_l1(std::slice::from_ref(key), detach);
+    }
+
     /// The generations of tags this process learned from L2.
     pub(crate) fn tags(&self) -> &TagTable {
         &self.tags
