@@ -809,6 +809,61 @@ fn stampedes(c: &mut Criterion) {
     eprintln!("stampede loader calls per stampede: {json}");
 }
 
+// ---------------------------------------------------------------------------------------------
+// 8. Tag invalidation: `invalidate_tag` (every configured backend) of a tag carried by 100,000
+// entries, next to one carried by 10. The entries are filled once, before measuring: lazy
+// generation markers never touch them, stale or fresh, which is what the ratio shows.
+
+#[cached(ttl = "600s", key = "tagged:<family>:<n>", tags("family:<family>"))]
+async fn tagged_memory(family: &str, n: u32) -> u32 {
+    let _ = family;
+    n
+}
+
+#[cached(
+    ttl = "600s",
+    key = "tagged:<family>:<n>",
+    backend = "redis",
+    tags("family:<family>")
+)]
+async fn tagged_redis(family: &str, n: u32) -> u32 {
+    let _ = family;
+    n
+}
+
+fn tag_invalidation(c: &mut Criterion) {
+    setup();
+    let rt = multi_thread();
+    let redis = redis_url().is_some();
+    for (family, entries) in [("big", 100_000u32), ("small", 10)] {
+        rt.block_on(async {
+            let fills: Vec<_> = (0..64u32)
+                .map(|task| {
+                    tokio::spawn(async move {
+                        for n in (task..entries).step_by(64) {
+                            tagged_memory(family, n).await;
+                            if redis {
+                                tagged_redis(family, n).await;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for fill in fills {
+                fill.await.expect("filled");
+            }
+        });
+    }
+    let mut group = c.benchmark_group("tag_invalidation");
+    for (family, entries) in [("big", 100_000u32), ("small", 10)] {
+        let tag = KeyBuilder::new().lit("family:").arg(family).finish();
+        group.bench_function(BenchmarkId::new("every_backend", entries), |b| {
+            b.to_async(rt).iter(|| cachette::invalidate_tag(&tag))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     memory_hit,
@@ -818,7 +873,8 @@ criterion_group!(
     redis_hit,
     cluster_hit,
     miss_path,
-    stampedes
+    stampedes,
+    tag_invalidation
 );
 fn main() {
     // A child of `observe` measures its one row and variant, and nothing else.

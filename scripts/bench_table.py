@@ -43,6 +43,7 @@ ROWS = [
     ("7 stampede, 1000 callers", "stampede/cachette", "the 10 ms loader", LOADER_NS, "<= 2", lambda r: r <= 2),
     ("7 stampede, 1000 callers", "stampede/cachette", "cached #[cached]", "stampede/cached", "", None),
     ("7 stampede, 1000 callers", "stampede/cachette", "cached sync_writes", "stampede/cached_sync_writes", "", None),
+    ("8 invalidate a tag of 100,000 entries", "tag_invalidation/every_backend/100000", "a tag of 10 entries", "tag_invalidation/every_backend/10", "~1 (O(1))", lambda r: r < 1.5),
 ]
 # 9. Observability: each hit with a Prometheus recorder against the same hit without one, and
 # without one against the same hit before observability (when that build was given).

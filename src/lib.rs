@@ -75,12 +75,12 @@
 //! ```
 
 #[doc(inline)]
-pub use cache_macros::{cached, invalidates};
+pub use cache_macros::{cache_put, cached, invalidates};
 pub use cache_runtime::{
-    configure, health, invalidate, metric_names, publish_metrics, stats, BackendHealth,
-    BreakerState, CacheKey, CacheValue, Config, ConfigError, KeyBuilder, KeyPart, KeyWriter,
-    MemoryBackend, MemoryBackendBuilder, PortableValue, RedisBackend, RedisBackendBuilder,
-    SiteStats, Stats, TestClock, TieredBackend, TieredBackendBuilder,
+    configure, health, invalidate, invalidate_tag, metric_names, publish_metrics, stats,
+    BackendHealth, BreakerState, CacheKey, CacheValue, Config, ConfigError, KeyBuilder, KeyPart,
+    KeyWriter, MemoryBackend, MemoryBackendBuilder, PortableValue, RedisBackend,
+    RedisBackendBuilder, SiteStats, Stats, TestClock, TieredBackend, TieredBackendBuilder,
 };
 
 /// HTTP response caching for axum: a tower layer with ETags, `304 Not Modified` and

@@ -19,6 +19,7 @@ const CACHED_OPTIONS: &[&str] = &[
     "crate",
     "skip",
     "returns",
+    "tags",
 ];
 
 /// `#[cached(...)]`, as written: an option left out is `None` (its default is chosen in
@@ -37,6 +38,37 @@ pub(crate) struct CachedArgs {
     pub(crate) crate_path: Option<Path>,
     pub(crate) skip: Option<Vec<Ident>>,
     pub(crate) returns: Option<Returns>,
+    /// `tags("products", "category:<category>")`.
+    pub(crate) tags: Option<Tags>,
+}
+
+/// `tags(...)`: tag templates, and where the option was written.
+pub(crate) struct Tags {
+    pub(crate) templates: Vec<Template>,
+    pub(crate) span: Span,
+}
+
+impl Tags {
+    /// Parses the parenthesised list after `tags`; the templates' problems go to `errors`.
+    fn parse(input: ParseStream, span: Span, errors: &mut Vec<Error>) -> syn::Result<Tags> {
+        let content;
+        syn::parenthesized!(content in input);
+        let lits = content.parse_terminated(|input| input.parse::<LitStr>(), Token![,])?;
+        if lits.is_empty() {
+            errors.push(Error::new(
+                span,
+                "`tags()` needs at least one tag template\nhelp: write `tags(\"products\", \"category:<category>\")`",
+            ));
+        }
+        let mut templates = Vec::new();
+        for lit in lits {
+            match Template::parse(lit) {
+                Ok(template) => templates.push(template),
+                Err(error) => errors.push(error),
+            }
+        }
+        Ok(Tags { templates, span })
+    }
 }
 
 /// How the return value holds what is cached; stated for type aliases.
@@ -50,6 +82,7 @@ pub(crate) enum Returns {
 /// `#[invalidates("tpl", ...)]`.
 pub(crate) struct InvalidatesArgs {
     pub(crate) templates: Vec<Template>,
+    pub(crate) tags: Option<Tags>,
     pub(crate) crate_path: Option<Path>,
 }
 
@@ -235,6 +268,15 @@ impl CachedArgs {
                 })?;
                 set_once(&mut self.skip, names, meta, errors);
             }
+            // tags("products", "category:<category>")
+            "tags" => {
+                let span = meta
+                    .path
+                    .get_ident()
+                    .map_or_else(Span::call_site, Ident::span);
+                let tags = Tags::parse(meta.input, span, errors)?;
+                set_once(&mut self.tags, tags, meta, errors);
+            }
             // returns = "result" | "option" | "value"
             "returns" => {
                 let Some(lit) = literal::<LitStr>(meta, "a string", errors)? else {
@@ -273,9 +315,23 @@ impl InvalidatesArgs {
         let mut templates = Vec::new();
         let mut written = 0;
         let mut crate_path = None;
+        let mut tags: Option<Tags> = None;
         let parser = |input: ParseStream| {
             while !input.is_empty() {
-                if input.peek(LitStr) {
+                let is_tags = input
+                    .fork()
+                    .parse::<Ident>()
+                    .is_ok_and(|ident| ident == "tags");
+                if is_tags {
+                    let ident: Ident = input.parse()?;
+                    let parsed = Tags::parse(input, ident.span(), errors)?;
+                    if tags.is_some() {
+                        errors.push(Error::new(ident.span(), "duplicate option `tags`"));
+                    } else {
+                        written += parsed.templates.len().max(1);
+                        tags = Some(parsed);
+                    }
+                } else if input.peek(LitStr) {
                     written += 1;
                     match Template::parse(input.parse::<LitStr>()?) {
                         Ok(template) => templates.push(template),
@@ -307,11 +363,12 @@ impl InvalidatesArgs {
         if written == 0 && complete.is_ok() {
             errors.push(Error::new(
                 Span::call_site(),
-                "`#[invalidates]` needs at least one key template\nhelp: write `#[invalidates(\"user:<id>\")]`",
+                "`#[invalidates]` needs at least one key template or `tags(...)`\nhelp: write `#[invalidates(\"user:<id>\")]` or `#[invalidates(tags(\"users\"))]`",
             ));
         }
         InvalidatesArgs {
             templates,
+            tags,
             crate_path,
         }
     }

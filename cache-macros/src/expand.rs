@@ -6,7 +6,7 @@ use quote::{quote, quote_spanned, ToTokens};
 use syn::{Ident, ItemFn, Path};
 
 use crate::template::{Segment, Template};
-use crate::validate::{Cached, Entry, Invalidates, Key, KeyParam, Shape, SiteBackend};
+use crate::validate::{Cached, Entry, Invalidates, Key, KeyParam, Put, Shape, SiteBackend};
 
 pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
     let Cached {
@@ -19,6 +19,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         shape,
         entry,
         return_type,
+        tags,
     } = cached;
     let ItemFn {
         attrs,
@@ -52,20 +53,27 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         Shape::Whole => "Whole",
     };
     let shape = Ident::new(shape, ret_span);
-    let entry_fn = match entry {
-        Entry::Remote => "cached_remote",
-        Entry::Default => "cached_default",
-        Entry::Async => "cached",
-        Entry::Sync => "cached_sync",
+    let entry_fn = match (entry, tags.is_empty()) {
+        (Entry::Remote, true) => "cached_remote",
+        (Entry::Default, true) => "cached_default",
+        (Entry::Async, true) => "cached",
+        (Entry::Sync, _) => "cached_sync",
+        (Entry::Remote, false) => "cached_remote_tagged",
+        (Entry::Default, false) => "cached_default_tagged",
+        (Entry::Async, false) => "cached_tagged",
     };
     let entry_fn = Ident::new(entry_fn, ret_span);
     let krate_at_ret = respan(krate.to_token_stream(), ret_span);
     let entry_fn = quote_spanned! {ret_span=>
         #krate_at_ret::__private::#entry_fn::<#return_type, #krate_at_ret::__private::#shape>
     };
+    // Rendered before the body takes the arguments, as the key is.
+    let tag_keys = tags.iter().map(|tag| gen_template_key(tag, krate));
+    let tags_binding = (!tags.is_empty()).then(|| quote!(let __cachette_tags = [#(#tag_keys),*];));
+    let tags_arg = (!tags.is_empty()).then(|| quote!(__cachette_tags,));
     let call = match entry {
         Entry::Async | Entry::Remote | Entry::Default => quote_spanned! {ret_span=>
-            #entry_fn(&__CACHETTE_SITE, __cachette_key, async move #block).await
+            #entry_fn(&__CACHETTE_SITE, __cachette_key, #tags_arg async move #block).await
         },
         Entry::Sync => quote_spanned! {ret_span=>
             #entry_fn(&__CACHETTE_SITE, __cachette_key, move || #block)
@@ -82,7 +90,64 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
                 #version,
             );
             let __cachette_key = #key;
+            #tags_binding
             #call
+        }
+    }
+}
+
+/// A `#[cache_put]`: the site's `static` (where and how long), the key, and one call that runs
+/// the body and stores its value.
+pub(crate) fn gen_put(put: &Put) -> TokenStream {
+    let Put {
+        function,
+        krate,
+        ttl_millis,
+        backend,
+        version,
+        key,
+        shape,
+        return_type,
+    } = put;
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = function;
+    let fn_name = sig.ident.to_string();
+    let template = key.lit.value();
+    let (entry_fn, backend) = match backend {
+        SiteBackend::Named(backend) if backend.kind.is_remote() => {
+            ("cache_put_remote", backend.name.as_str())
+        }
+        SiteBackend::Named(backend) => ("cache_put", backend.name.as_str()),
+        SiteBackend::Default => ("cache_put_default", "default"),
+    };
+    let key = gen_template_key(key, krate);
+    let ret_span = syn::spanned::Spanned::span(return_type);
+    let shape = match shape {
+        Shape::OkOnly => "OkOnly",
+        Shape::SomeOnly => "SomeOnly",
+        Shape::Whole => "Whole",
+    };
+    let shape = Ident::new(shape, ret_span);
+    let entry_fn = Ident::new(entry_fn, ret_span);
+    let krate_at_ret = respan(krate.to_token_stream(), ret_span);
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            static __CACHETTE_SITE: #krate::__private::Site = #krate::__private::Site::new(
+                #krate::__private::function_path!(#fn_name),
+                #template,
+                #backend,
+                #ttl_millis,
+                #version,
+            );
+            let __cachette_key = #key;
+            #krate_at_ret::__private::#entry_fn::<#return_type, #krate_at_ret::__private::#shape>(
+                &__CACHETTE_SITE, __cachette_key, async move #block
+            ).await
         }
     }
 }
@@ -130,6 +195,7 @@ pub(crate) fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
         function,
         krate,
         templates,
+        tags,
         only_if_ok,
     } = invalidates;
     let ItemFn {
@@ -146,7 +212,11 @@ pub(crate) fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
     } else {
         quote!(#krate::__private::Always)
     };
-    let call = if sig.asyncness.is_some() {
+    let tag_keys = tags.iter().map(|tag| gen_template_key(tag, krate));
+    let tags_binding = (!tags.is_empty()).then(|| quote!(let __cachette_tags = [#(#tag_keys),*];));
+    let call = if !tags.is_empty() {
+        quote!(#krate::__private::invalidating_tagged(#success, __cachette_keys, __cachette_tags, async move #block).await)
+    } else if sig.asyncness.is_some() {
         quote!(#krate::__private::invalidating(#success, __cachette_keys, async move #block).await)
     } else {
         quote!(#krate::__private::invalidating_sync(#success, __cachette_keys, move || #block))
@@ -155,6 +225,7 @@ pub(crate) fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
         #(#attrs)*
         #vis #sig {
             let __cachette_keys = [#(#keys),*];
+            #tags_binding
             #call
         }
     }

@@ -43,6 +43,35 @@ pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
     invalidates_tokens(args.into(), item.into()).into()
 }
 
+/// Write-through: after the function succeeds, stores its value under the key.
+///
+/// `#[cache_put(key = "user:settings:<user_id>", ttl = "5m", backend = "tiered")]` on an
+/// `async fn`: the value (`Ok` of a `Result`, `Some` of an `Option`, else the whole return) is
+/// stored in the named backend, fenced so that an older load under way cannot overwrite it, and
+/// announced to peers; every other backend drops the key.
+#[proc_macro_attribute]
+pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
+    cache_put_tokens(args.into(), item.into()).into()
+}
+
+/// `#[cache_put]`, as [`cached_tokens`].
+fn cache_put_tokens(
+    args: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    let mut errors = Vec::new();
+    let args = CachedArgs::parse(args, &mut errors);
+    let function = match parse_fn(item.clone(), "cache_put") {
+        Ok(function) => function,
+        Err(error) => return with_errors(item, error, errors),
+    };
+    let signature = Signature::read(&function, "cache_put", &mut errors);
+    match validate::put(args, &signature, errors) {
+        Ok(put) => expand::gen_put(&put),
+        Err(error) => with_errors(function.to_token_stream(), error, Vec::new()),
+    }
+}
+
 /// `#[cached]`, phase by phase: parse the arguments and the function, validate, generate. On
 /// error, the function unchanged plus every error of the attribute (the arguments' too when the
 /// item is not a function).

@@ -22,6 +22,8 @@ pub(crate) struct Cached<'a> {
     pub(crate) shape: Shape,
     pub(crate) entry: Entry,
     pub(crate) return_type: &'a Type,
+    /// Tag templates (empty: an untagged site, whose expansion is unchanged).
+    pub(crate) tags: Vec<Template>,
 }
 
 /// Where a site stores its entries.
@@ -75,6 +77,8 @@ pub(crate) struct Invalidates<'a> {
     pub(crate) function: &'a ItemFn,
     pub(crate) krate: Path,
     pub(crate) templates: Vec<Template>,
+    /// Tags to invalidate (empty: keys only).
+    pub(crate) tags: Vec<Template>,
     /// Only an `Ok` invalidates a function that returns `Result`; any return does otherwise.
     pub(crate) only_if_ok: bool,
 }
@@ -128,6 +132,7 @@ pub(crate) fn cached<'a>(
             errors.push(unknown_param(name.span(), &name_text, signature, "skip"));
         }
     }
+    let tags = checked_tags(args.tags, signature, "cached", &mut errors);
     let key = match args.key {
         Some(template) => {
             check_placeholders(&template, signature, &mut errors);
@@ -170,6 +175,124 @@ pub(crate) fn cached<'a>(
             (Returns::Option, true) | (Returns::Value, _) => Shape::Whole,
         },
         return_type,
+        tags,
+    })
+}
+
+/// Tag templates whose placeholders name parameters, on an `async fn` (a tag invalidation
+/// reaches Redis, which a synchronous function cannot await).
+fn checked_tags(
+    tags: Option<crate::args::Tags>,
+    signature: &Signature,
+    attribute: &str,
+    errors: &mut Vec<Error>,
+) -> Vec<Template> {
+    let Some(tags) = tags else {
+        return Vec::new();
+    };
+    if !signature.is_async {
+        errors.push(Error::new(
+            tags.span,
+            format!(
+                "`tags(...)` on `#[{attribute}]` needs an `async fn`\n\
+                 help: make the function `async`, or call `cachette::invalidate_tag` from async code"
+            ),
+        ));
+    }
+    for template in &tags.templates {
+        check_placeholders(template, signature, errors);
+    }
+    tags.templates
+}
+
+/// A valid `#[cache_put]`: a write-through site.
+pub(crate) struct Put<'a> {
+    pub(crate) function: &'a ItemFn,
+    pub(crate) krate: Path,
+    pub(crate) ttl_millis: u64,
+    pub(crate) backend: SiteBackend,
+    pub(crate) version: u32,
+    pub(crate) key: Template,
+    pub(crate) shape: Shape,
+    pub(crate) return_type: &'a Type,
+}
+
+/// Checks a `#[cache_put]`: the options of `#[cached]` that say where and how long a value is
+/// stored, an explicit key (the default key names this function, which no reader shares), and
+/// an `async fn` (the value may go to Redis).
+pub(crate) fn put<'a>(
+    args: CachedArgs,
+    signature: &Signature<'a>,
+    mut errors: Vec<Error>,
+) -> Result<Put<'a>, Error> {
+    if args.ttl_millis.is_none() && !args.ttl_written {
+        errors.push(Error::new(
+            Span::call_site(),
+            "`#[cache_put]` needs a `ttl`: how long the stored value lives\nhelp: write the reader's, as in `#[cache_put(key = \"user:<id>\", ttl = \"60s\")]`",
+        ));
+    }
+    if let Some(span) = args.cache_none {
+        errors.push(Error::new(span, "`cache_none` does not apply to `#[cache_put]`: it stores what the function returns, classified as the reader's return type is"));
+    }
+    if let Some(skip) = args.skip.as_ref().and_then(|skip| skip.first()) {
+        errors.push(Error::new(
+            skip.span(),
+            "`skip` does not apply to `#[cache_put]`, which needs an explicit `key`",
+        ));
+    }
+    if let Some(tags) = &args.tags {
+        errors.push(Error::new(tags.span, "`tags` are not supported on `#[cache_put]`\nhelp: invalidate the tag with `#[invalidates(tags(...))]` instead"));
+    }
+    if !signature.is_async {
+        errors.push(Error::new_spanned(
+            signature.function.sig.fn_token,
+            "`#[cache_put]` needs an `async fn`: the value may be stored in Redis\nhelp: make the function `async`",
+        ));
+    }
+    if signature.output.is_none() {
+        errors.push(Error::new_spanned(
+            &signature.function.sig.ident,
+            "`#[cache_put]` stores the function's return value, and this one returns nothing",
+        ));
+    }
+    let key = match args.key {
+        Some(template) => {
+            check_placeholders(&template, signature, &mut errors);
+            Some(template)
+        }
+        None => {
+            errors.push(Error::new(
+                Span::call_site(),
+                "`#[cache_put]` needs the `key` its value is stored under: the reader's template\nhelp: write `#[cache_put(key = \"user:settings:<user_id>\", ttl = \"5m\")]`",
+            ));
+            None
+        }
+    };
+    if let Some(error) = combine(errors) {
+        return Err(error);
+    }
+    let (Some(ttl_millis), Some(key), Some(return_type)) = (args.ttl_millis, key, signature.output)
+    else {
+        return Err(Error::new(
+            Span::call_site(),
+            "`#[cache_put]` is incomplete",
+        ));
+    };
+    Ok(Put {
+        function: signature.function,
+        krate: crate_path(args.crate_path),
+        ttl_millis,
+        backend: args
+            .backend
+            .map_or(SiteBackend::Default, SiteBackend::Named),
+        version: args.version.unwrap_or(0),
+        key,
+        shape: match args.returns.unwrap_or(signature.detected_returns) {
+            Returns::Result => Shape::OkOnly,
+            Returns::Option => Shape::SomeOnly,
+            Returns::Value => Shape::Whole,
+        },
+        return_type,
     })
 }
 
@@ -182,6 +305,7 @@ pub(crate) fn invalidates<'a>(
     for template in &args.templates {
         check_placeholders(template, signature, &mut errors);
     }
+    let tags = checked_tags(args.tags, signature, "invalidates", &mut errors);
     if let Some(error) = combine(errors) {
         return Err(error);
     }
@@ -189,6 +313,7 @@ pub(crate) fn invalidates<'a>(
         function: signature.function,
         krate: crate_path(args.crate_path),
         templates: args.templates,
+        tags,
         only_if_ok: signature.detected_returns == Returns::Result,
     })
 }

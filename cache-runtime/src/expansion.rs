@@ -9,7 +9,7 @@
 use core::future::Future;
 
 pub use crate::__cachette_function_path as function_path;
-pub use crate::call::{invalidating, invalidating_sync};
+pub use crate::call::{invalidating, invalidating_sync, invalidating_tagged};
 pub use crate::key::KeyBuilder;
 pub use crate::shape::{Always, IfOk, OkOnly, SomeOnly, Whole};
 pub use crate::site::Site;
@@ -67,6 +67,85 @@ where
     S::Part: PortableValue,
 {
     crate::call::cached_default(site, S::default(), key, body)
+}
+
+/// Runs an async `#[cached(tags(...))]` function on the memory backend: as [`cached`], and the
+/// entry is served only while none of `tags` was invalidated since its load began.
+pub async fn cached_tagged<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    tags: impl AsRef<[CacheKey]>,
+    body: impl Future<Output = R>,
+) -> R
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    crate::call::cached_tagged(site, S::default(), key, tags.as_ref(), body).await
+}
+
+/// Runs an async `#[cached(tags(...))]` function on a remote backend.
+pub async fn cached_remote_tagged<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    tags: impl AsRef<[CacheKey]>,
+    body: impl Future<Output = R>,
+) -> R
+where
+    S: Holds<R>,
+    S::Part: PortableValue,
+{
+    crate::call::cached_remote_tagged(site, S::default(), key, tags.as_ref(), body).await
+}
+
+/// Runs an async `#[cached(tags(...))]` function on the configured default backend.
+pub async fn cached_default_tagged<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    tags: impl AsRef<[CacheKey]>,
+    body: impl Future<Output = R>,
+) -> R
+where
+    S: Holds<R>,
+    S::Part: PortableValue,
+{
+    crate::call::cached_default_tagged(site, S::default(), key, tags.as_ref(), body).await
+}
+
+/// Runs a `#[cache_put]` function whose backend is in process: its value is stored under `key`.
+pub async fn cache_put<R, S>(site: &'static Site, key: CacheKey, body: impl Future<Output = R>) -> R
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    crate::call::cache_put(site, S::default(), key, body).await
+}
+
+/// Runs a `#[cache_put]` function whose backend is remote: its value is stored under `key` in
+/// Redis, fenced, and announced to peers.
+pub async fn cache_put_remote<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    body: impl Future<Output = R>,
+) -> R
+where
+    S: Holds<R>,
+    S::Part: PortableValue,
+{
+    crate::call::cache_put_remote(site, S::default(), key, body).await
+}
+
+/// Runs a `#[cache_put]` function on the configured default backend, in process or remote.
+pub async fn cache_put_default<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    body: impl Future<Output = R>,
+) -> R
+where
+    S: Holds<R>,
+    S::Part: PortableValue,
+{
+    crate::call::cache_put_default(site, S::default(), key, body).await
 }
 
 /// `module::name` of the function an attribute is on, at compile time: `module_path!()` in a

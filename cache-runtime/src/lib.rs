@@ -28,7 +28,7 @@ pub use backend::{
     BreakerState, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder,
     TieredBackend, TieredBackendBuilder,
 };
-pub use call::invalidate;
+pub use call::{invalidate, invalidate_tag};
 pub use clock::TestClock;
 pub use error::ConfigError;
 pub use health::{health, BackendHealth};

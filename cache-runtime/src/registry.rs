@@ -154,6 +154,12 @@ fn resolve_once(site: &'static Site, reach: Reach) -> &'static Resolved {
     })
 }
 
+/// The backend a `#[cache_put]` site writes to, resolved on each put without registering the
+/// site: it makes no calls of its own, so [`stats`](crate::stats()) does not list it.
+pub(crate) fn put_backend(site: &Site) -> Option<Backend> {
+    global().resolve(site.backend_name(), Reach::Any, site)
+}
+
 /// The name of the backend `site` resolved to (a site on the default names the one it follows),
 /// or the name it was written with before its first call or when that is not configured.
 pub(crate) fn backend_name_of(site: &'static Site) -> &'static str {

@@ -6,6 +6,7 @@
 
 mod memory;
 mod redis;
+mod tags;
 /// The same real-redis-server helper the integration tests use.
 #[cfg(test)]
 #[allow(dead_code)] // not every helper method is used here
@@ -15,6 +16,7 @@ mod tiered;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
 pub use redis::{RedisBackend, RedisBackendBuilder};
@@ -22,11 +24,13 @@ pub use tiered::{TieredBackend, TieredBackendBuilder};
 
 pub use redis::BreakerState;
 pub(crate) use redis::{valid_prefix, Claim, HeldLock, RedisHealth, Waiting, LEASE, SAFETY_POLL};
+pub(crate) use tags::{note_tag_invalidation, tag_invalidations};
 
 use crate::flight::Flights;
 use crate::key::CacheKey;
 use crate::observe::meters::{BackendMeters, StoreMeters};
 use crate::observe::{Invalidation, Tier};
+use crate::shape::AnyValue;
 
 /// A configured backend: its store and the flights under way in it. Cheap to clone.
 #[derive(Clone)]
@@ -196,6 +200,72 @@ impl Backend {
                 let detach = |key: &str| self.inner.flights.invalidate(key);
                 tiered.invalidate_blocking(&self.inner.name, keys, detach);
             }
+        }
+    }
+
+    /// Invalidates `tags`: every entry carrying one becomes a miss, in O(1) per tag. Counted in
+    /// the invalidations sent, like keys.
+    pub(crate) async fn invalidate_tags(&self, tags: &[CacheKey]) {
+        self.inner
+            .meters
+            .invalidated(Invalidation::Sent, tags.len());
+        match &self.inner.store {
+            Store::Memory(memory) => {
+                for tag in tags {
+                    memory.tags().forget(tag.as_str());
+                }
+            }
+            Store::Redis(redis) => {
+                redis
+                    .invalidate_tags_announced(&self.inner.name, tags, |_| None::<(String, String)>)
+                    .await;
+            }
+            Store::Tiered(tiered) => tiered.invalidate_tags(&self.inner.name, tags).await,
+        }
+        // After the generations are gone: see `tags::TAG_INVALIDATIONS`.
+        note_tag_invalidation();
+    }
+
+    /// For encoding a value this remote store will hold: its envelope key hash, and now on its
+    /// clock (Unix ms). `None` for an in-process store.
+    pub(crate) fn remote_entry_hash(&self) -> Option<(impl Fn(&str) -> u64 + '_, u64)> {
+        let redis = match &self.inner.store {
+            Store::Memory(_) => return None,
+            Store::Redis(redis) => redis,
+            Store::Tiered(tiered) => tiered.l2(),
+        };
+        Some((|key: &str| redis.entry_hash(key), redis.now_ms()))
+    }
+
+    /// Write-through on a memory backend: detaches the key's load under way (its older value is
+    /// then not stored), then stores `value`. False if the store is not in process.
+    pub(crate) fn put_in_process(&self, key: CacheKey, value: AnyValue, ttl: Duration) -> bool {
+        let Store::Memory(memory) = &self.inner.store else {
+            return false;
+        };
+        self.inner.flights.invalidate(key.as_str());
+        memory.insert(key, value, ttl);
+        true
+    }
+
+    /// Write-through on a remote backend: `bytes` (an envelope) stored under `key` in one
+    /// script that also fences off older fills and, for a tiered store, announces it on the bus
+    /// so that peers drop their L1 copy; then this process's load under way is detached and its
+    /// L1 copy dropped (the next read fills L1 from L2, through a flight). If Redis is not
+    /// reached, the key's invalidation is queued for replay instead.
+    pub(crate) async fn put_remote(&self, key: &CacheKey, bytes: &[u8], ttl: Duration) {
+        self.detach_flights(std::slice::from_ref(key));
+        let result = match &self.inner.store {
+            Store::Memory(_) => return,
+            Store::Redis(redis) => redis.store().put(key.as_str(), bytes, ttl, None).await,
+            Store::Tiered(tiered) => tiered.put(key, bytes, ttl).await,
+        };
+        if let Err(error) = result {
+            redis::log_failed_put(&self.inner.name, key.as_str(), &error);
+        }
+        if let Store::Tiered(tiered) = &self.inner.store {
+            let detach = |key: &str| self.inner.flights.invalidate(key);
+            tiered.drop_local(key, detach);
         }
     }
 

@@ -141,7 +141,7 @@ fn load_sync<R, S: ReturnShape<R>>(report: &Report, shape: S, body: impl FnOnce(
 
 /// The site's backend and its memory store, unless the call runs uncached (no such backend, an
 /// unusable key). A remote backend here is a macro bug; the call then runs uncached too.
-fn memory_of<'s>(
+pub(super) fn memory_of<'s>(
     resolved: &'s Resolved,
     key: &CacheKey,
 ) -> Option<(&'s Backend, &'s MemoryBackend)> {

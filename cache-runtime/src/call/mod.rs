@@ -8,15 +8,21 @@
 
 mod follow;
 mod local;
+mod put;
 mod remote;
 mod report;
+mod tagged;
+mod tagged_remote;
 
 use std::future::Future;
 
 pub(crate) use local::{cached, cached_sync};
+pub(crate) use put::{cache_put, cache_put_default, cache_put_remote};
 pub(crate) use remote::cached_remote;
 #[cfg(feature = "axum")]
 pub(crate) use remote::cached_remote_served;
+pub(crate) use tagged::cached_tagged;
+pub(crate) use tagged_remote::cached_remote_tagged;
 
 use crate::key::CacheKey;
 use crate::registry;
@@ -46,6 +52,30 @@ where
     }
 }
 
+/// [`cached_default`] for a site with tags.
+pub(crate) async fn cached_default_tagged<R, S, F>(
+    site: &'static Site,
+    shape: S,
+    key: CacheKey,
+    tags: &[CacheKey],
+    body: F,
+) -> R
+where
+    S: ReturnShape<R>,
+    S::Value: PortableValue,
+    F: Future<Output = R>,
+{
+    let backend = registry::resolve(site).backend.as_ref();
+    if backend.is_some_and(|backend| !backend.is_remote()) {
+        tagged::cached_tagged(site, shape, key, tags, body).await
+    } else {
+        Box::pin(tagged_remote::cached_remote_tagged(
+            site, shape, key, tags, body,
+        ))
+        .await
+    }
+}
+
 /// Counts a call of `site` that runs without the cache outside the call paths (the HTTP
 /// layer, whose backend is not configured), as the call paths count theirs: a bypass.
 #[cfg(feature = "axum")]
@@ -64,7 +94,26 @@ where
 {
     let ret = body.await;
     if success.succeeded(&ret) {
-        invalidate_to_the_end(Vec::from(keys)).await;
+        invalidate_to_the_end(Vec::from(keys), Vec::new()).await;
+    }
+    ret
+}
+
+/// Runs an async `#[invalidates(..., tags(...))]` function, then, if it succeeded, removes
+/// `keys` and invalidates `tags` in every backend.
+pub async fn invalidating_tagged<R, C, F, const N: usize, const T: usize>(
+    success: C,
+    keys: [CacheKey; N],
+    tags: [CacheKey; T],
+    body: F,
+) -> R
+where
+    C: Success<R>,
+    F: Future<Output = R>,
+{
+    let ret = body.await;
+    if success.succeeded(&ret) {
+        invalidate_to_the_end(Vec::from(keys), Vec::from(tags)).await;
     }
     ret
 }
@@ -73,14 +122,14 @@ where
 /// mutation has happened, so a caller that gives up (a client that disconnects, a timeout) must
 /// not leave some backends holding the old values. Without a runtime, the caller's own future
 /// does it.
-async fn invalidate_to_the_end(keys: Vec<CacheKey>) {
+async fn invalidate_to_the_end(keys: Vec<CacheKey>, tags: Vec<CacheKey>) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            let invalidation = runtime.spawn(async move { invalidate_all(&keys).await });
+            let invalidation = runtime.spawn(async move { invalidate_all(&keys, &tags).await });
             // A panic in a backend's invalidation is the task's; the call itself succeeded.
             let _ = invalidation.await;
         }
-        Err(_) => invalidate_all(&keys).await,
+        Err(_) => invalidate_all(&keys, &tags).await,
     }
 }
 
@@ -108,14 +157,35 @@ where
     ret
 }
 
-async fn invalidate_all(keys: &[CacheKey]) {
+async fn invalidate_all(keys: &[CacheKey], tags: &[CacheKey]) {
     for backend in registry::global().all_backends() {
-        backend.invalidate(keys).await;
+        if !keys.is_empty() {
+            backend.invalidate(keys).await;
+        }
+        if !tags.is_empty() {
+            backend.invalidate_tags(tags).await;
+        }
     }
 }
 
 /// Removes `key` from every configured backend, as a successful `#[invalidates]` call does.
 /// A load of that key already under way will not store its result.
 pub async fn invalidate(key: &CacheKey) {
-    invalidate_to_the_end(vec![key.clone()]).await;
+    invalidate_to_the_end(vec![key.clone()], Vec::new()).await;
+}
+
+/// Invalidates the tag `tag` in every configured backend, as `#[invalidates(tags(...))]`
+/// does: every entry carrying it becomes a miss, at a cost that does not depend on how many
+/// there are, and a load carrying it that is already under way stores nothing that is served.
+/// For event handlers ("product updated"), with the tag built as keys are:
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// let category = 7u64;
+/// let tag = cache_runtime::KeyBuilder::new().lit("category:").arg(&category).finish();
+/// cache_runtime::invalidate_tag(&tag).await;
+/// # });
+/// ```
+pub async fn invalidate_tag(tag: &CacheKey) {
+    invalidate_to_the_end(Vec::new(), vec![tag.clone()]).await;
 }

@@ -115,7 +115,7 @@ where
     // what it read out of L1), or gives it the fence generation its fill must carry and tries
     // the lock. The fence is read before the load starts, which is all the fence protocol needs.
     let permit = if available {
-        let claimed = claim::<S::Value>(site, redis, &key).await;
+        let claimed = claim::<S::Value>(site, redis, &key, |_| true).await;
         match claimed {
             Claimed::Hit(value, remaining, waited) => {
                 // Coalesced only when the wait ended in the other process's fill; a waiter
@@ -189,12 +189,12 @@ where
 
 /// What a leader may do after its claim: load, with the fence generation its fill must carry
 /// and, unless it gave up waiting for another process, the lock.
-struct LoadPermit {
+pub(super) struct LoadPermit {
     fence: Option<i64>,
-    lock: Option<HeldLock>,
+    pub(super) lock: Option<HeldLock>,
 }
 
-enum Claimed<V> {
+pub(super) enum Claimed<V> {
     /// A fill, with the time its entry has left, and when the leader began waiting for it if it
     /// waited for another process's load.
     Hit(V, Duration, Option<Instant>),
@@ -205,11 +205,13 @@ enum Claimed<V> {
 
 /// The leader's claim: someone's fill, or the lock. While another process holds the lock, waits
 /// to be woken by its fill or release (`backend::redis::wake`), claiming again each time, for at
-/// most [`WAIT_LIMIT`]; then loads without the lock.
-async fn claim<V: DeserializeOwned>(
+/// most [`WAIT_LIMIT`]; then loads without the lock. A fill that `accept` refuses (a tagged
+/// entry of old generations) is reloaded over, as an unreadable one is.
+pub(super) async fn claim<V: DeserializeOwned>(
     site: &Site,
     redis: &RedisBackend,
     key: &CacheKey,
+    accept: impl Fn(&V) -> bool,
 ) -> Claimed<V> {
     let store = redis.store();
     let started = Instant::now();
@@ -222,7 +224,7 @@ async fn claim<V: DeserializeOwned>(
         let wake = waiting.as_ref().map(crate::backend::Waiting::listen);
         let (fence, token) = match store.claim(key.as_str(), LEASE, over_unreadable).await {
             Ok(Claim::Filled(bytes)) => match decode::<V>(site, redis, key, &bytes) {
-                Lookup::Hit(value, remaining) => {
+                Lookup::Hit(value, remaining) if accept(&value) => {
                     return Claimed::Hit(value, remaining, waited_since);
                 }
                 // Unreadable or past its time: reload over it, under the fence and the lock.
@@ -262,14 +264,14 @@ async fn claim<V: DeserializeOwned>(
 }
 
 /// A tiered backend's L1 as one call sees it: the epoch it started in.
-struct L1Slot<'a> {
+pub(super) struct L1Slot<'a> {
     tiered: &'a TieredBackend,
     epoch: u64,
     site_ttl: Duration,
 }
 
 impl<'a> L1Slot<'a> {
-    fn new(tiered: &'a TieredBackend, epoch: u64, site: &Site) -> Self {
+    pub(super) fn new(tiered: &'a TieredBackend, epoch: u64, site: &Site) -> Self {
         L1Slot {
             tiered,
             epoch,
@@ -283,7 +285,24 @@ impl<'a> L1Slot<'a> {
         })
     }
 
-    fn insert(&self, key: &CacheKey, value: AnyValue, l2_remaining: Duration) {
+    /// What `read` makes of the L1 value under `key`, if it was stored in this call's epoch.
+    pub(super) fn read<T>(
+        &self,
+        key: &CacheKey,
+        read: impl FnOnce(&AnyValue) -> Option<T>,
+    ) -> Option<T> {
+        self.tiered.l1_get(key.as_str(), self.epoch, read)
+    }
+
+    pub(super) fn tiered(&self) -> &'a TieredBackend {
+        self.tiered
+    }
+
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub(super) fn insert(&self, key: &CacheKey, value: AnyValue, l2_remaining: Duration) {
         self.tiered
             .l1_insert(key, value, l2_remaining, self.site_ttl, self.epoch);
     }
@@ -313,7 +332,7 @@ fn share<V: 'static + Clone + Send + Sync>(
     });
 }
 
-enum Lookup<V> {
+pub(super) enum Lookup<V> {
     /// A hit, with the time its L2 entry has left.
     Hit(V, Duration),
     /// A miss (or an unreadable entry, which the next fill replaces).
@@ -333,7 +352,7 @@ async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &Cach
 
 /// An entry's bytes as a hit, or a miss if they are unreadable (logged), written for another
 /// key (copied there) or past their time.
-fn decode<V: DeserializeOwned>(
+pub(super) fn decode<V: DeserializeOwned>(
     site: &Site,
     redis: &RedisBackend,
     key: &CacheKey,
@@ -366,7 +385,7 @@ fn decode<V: DeserializeOwned>(
 
 /// Stores `value` in Redis under the fence, releasing the lock; false only if the fence refused
 /// it (an invalidation landed during the load).
-async fn fill<V: Serialize>(
+pub(super) async fn fill<V: Serialize>(
     site: &Site,
     redis: &RedisBackend,
     key: &CacheKey,

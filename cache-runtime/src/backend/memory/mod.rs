@@ -21,6 +21,7 @@ use crate::observe::meters::StoreMeters;
 use crate::observe::Eviction;
 use crate::shape::AnyValue;
 
+use super::tags::TagTable;
 use crate::clock::{Clock, TestClock};
 use index::Index;
 
@@ -52,6 +53,8 @@ pub struct MemoryBackend {
     /// How it was built, to build it again on another clock (a tiered backend's L1 runs on
     /// its L2's clock).
     settings: Arc<MemoryBackendBuilder>,
+    /// The current generation of each tag its entries carry (`backend/tags.rs`).
+    tags: Arc<TagTable>,
 }
 
 #[derive(Clone)]
@@ -197,6 +200,7 @@ impl MemoryBackendBuilder {
             weigher,
             tally,
             settings: Arc::new(settings),
+            tags: Arc::new(TagTable::new()),
         }
     }
 }
@@ -330,6 +334,11 @@ impl MemoryBackend {
     pub(crate) fn invalidate(&self, key: &str) {
         self.index.remove(key);
         self.cache.invalidate(key);
+    }
+
+    /// The generations of the tags this backend's entries carry.
+    pub(crate) fn tags(&self) -> &TagTable {
+        &self.tags
     }
 
     /// Drops every entry (lazily, in moka; entries stored after this call stay).

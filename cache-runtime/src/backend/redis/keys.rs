@@ -26,6 +26,9 @@ pub(crate) enum Role {
     /// Set while callers in other processes wait for the lock holder: its fill or release then
     /// wakes them ([`wake_channel`]).
     Waiters,
+    /// A tag's current generation (`backend/tags.rs`), under the tag's own hash tag: the tag
+    /// takes the place of the cache key, so `{products}:g` is one slot, touched alone.
+    Generation,
 }
 
 impl Role {
@@ -35,6 +38,7 @@ impl Role {
             Role::Lock => "l",
             Role::Fence => "f",
             Role::Waiters => "w",
+            Role::Generation => "g",
         }
     }
 }
@@ -92,6 +96,11 @@ pub(crate) fn bus_channel(prefix: &str) -> String {
 /// overflowed somewhere, so which keys changed is not known). Not `<origin> <key>`-shaped, so
 /// a process of an older version ignores it.
 pub(crate) const FLUSH_MESSAGE: &str = "*";
+
+/// What a bus message's key part starts with when it invalidates a tag rather than a key:
+/// `<origin> {t}<tag>`. A cache key never holds a brace, so no key invalidation looks like
+/// this; a process of an older version drops a key that does not exist.
+pub(crate) const TAG_MESSAGE_MARK: &str = "{t}";
 
 /// The pub/sub channel a lock holder's fill or release wakes waiting processes on, with the
 /// cache key as the message: one per prefix, like [`bus_channel`].

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 pub use breaker::BreakerState;
 pub(crate) use connection::Target;
+pub(crate) use keys::TAG_MESSAGE_MARK;
 pub(crate) use keys::{bus_channel, FLUSH_MESSAGE};
 pub(crate) use lock::HeldLock;
 pub(crate) use store::{Announce, Claim, RedisHealth, RedisStore, StoreError, LEASE};
@@ -155,6 +156,30 @@ impl RedisBackend {
             if call.reachable(key, announcement.as_announce()) {
                 let result = self.store.invalidate(key, announcement.as_announce()).await;
                 call.record(key, result);
+            }
+        }
+    }
+
+    /// Deletes the generations of `tags` (publishing `announce(tag)` with each), so that every
+    /// entry carrying one becomes a miss: O(1) per tag. As with keys, once one fails the rest
+    /// are queued without being tried, and every failed one is replayed; the tag is pending
+    /// until then, and tagged reads of it do not trust Redis.
+    pub(crate) async fn invalidate_tags_announced<A: Announcement>(
+        &self,
+        backend: &str,
+        tags: &[CacheKey],
+        announce: impl Fn(&str) -> A,
+    ) {
+        let mut call = OneTimeoutPerCall::new(&self.store, backend);
+        for tag in tags {
+            let target = pending::tag_target(tag.as_str());
+            let announcement = announce(tag.as_str());
+            if call.reachable(&target, announcement.as_announce()) {
+                let result = self
+                    .store
+                    .invalidate_tag(tag.as_str(), announcement.as_announce())
+                    .await;
+                call.record(&target, result);
             }
         }
     }
@@ -350,6 +375,20 @@ impl Announcement for Option<(String, String)> {
 impl Announcement for (String, String) {
     fn as_announce(&self) -> Announce<'_> {
         Some((self.0.as_str(), self.1.as_str()))
+    }
+}
+
+pub(crate) fn log_failed_put(backend: &str, key: &str, error: &StoreError) {
+    static GATE: LogGate = LogGate::new();
+    if let Some(suppressed) = GATE.admit() {
+        tracing::error!(
+            backend,
+            key,
+            %error,
+            suppressed,
+            "write-through did not reach redis; the key's invalidation is replayed once redis \
+             answers"
+        );
     }
 }
 

@@ -19,6 +19,17 @@ use crate::log_gate::LogGate;
 use crate::observe::meters::BackendMeters;
 use crate::observe::Invalidation;
 
+/// What a pending tag invalidation is kept under, next to pending keys: `{t}<tag>`. A cache key
+/// never holds a brace, so no key is kept under such a name.
+pub(crate) fn tag_target(tag: &str) -> String {
+    format!("{}{tag}", super::keys::TAG_MESSAGE_MARK)
+}
+
+/// The tag of a pending target kept by [`tag_target`]; `None` for a key.
+pub(crate) fn as_tag(target: &str) -> Option<&str> {
+    target.strip_prefix(super::keys::TAG_MESSAGE_MARK)
+}
+
 /// At most this many keys are kept; past it, the queue overflows.
 pub(crate) const MAX_PENDING: usize = 10_000;
 

@@ -30,3 +30,19 @@ pub(super) const RELEASE: &str = include_str!("scripts/release.lua");
 
 /// KEYS: lock. ARGV: token, lease ms. Extends the lease if `token` still owns the lock.
 pub(super) const RENEW: &str = include_str!("scripts/renew.lua");
+
+/// KEYS: a tag's generation. ARGV: bus channel ("" for none), bus message. Deletes the
+/// generation (every entry stored under it becomes a miss; the next leader draws a new one)
+/// and announces it in the same step.
+pub(super) const INVALIDATE_TAG: &str = include_str!("scripts/invalidate_tag.lua");
+
+/// KEYS: a tag's generation. ARGV: a random generation (decimal, below 10^19), ttl ms. The
+/// tag's current generation, created if missing; bytes that are not one (another program's)
+/// are replaced, so that a foreign key cannot keep every load of the tag uncached.
+pub(super) const CAPTURE_TAG: &str = include_str!("scripts/capture_tag.lua");
+
+/// KEYS: value, fence. ARGV: bytes, ttl ms, fence ttl ms, bus channel ("" for none), bus
+/// message, a random generation. Write-through: advances the fence as an invalidation does (so
+/// an older load under way cannot overwrite the new value), stores the value, and announces it
+/// on the bus so that peers drop their L1 copy; one atomic step.
+pub(super) const PUT: &str = include_str!("scripts/put.lua");

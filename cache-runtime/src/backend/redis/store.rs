@@ -28,7 +28,7 @@ use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit};
 use super::connection::{Connection, Refusal, Target};
 use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
 use super::pending::PendingInvalidations;
-use super::scripts::{CLAIM, FILL, INVALIDATE, RELEASE, RENEW};
+use super::scripts::{CLAIM, FILL, INVALIDATE, INVALIDATE_TAG, PUT, RELEASE, RENEW};
 use super::wake::{Waiting, Wakeups};
 use crate::clock::Clock;
 use crate::log_gate::LogGate;
@@ -105,6 +105,8 @@ pub(crate) struct RedisStore {
     release_script: Script,
     claim_script: Script,
     renew_script: Script,
+    invalidate_tag_script: Script,
+    put_script: Script,
     /// Whether the background replayer runs (`replay_in_background`).
     replayer_running: AtomicBool,
     /// The backend's metric handles, once it is configured under a name.
@@ -165,6 +167,8 @@ impl RedisStore {
             release_script: Script::new(RELEASE),
             claim_script: Script::new(CLAIM),
             renew_script: Script::new(RENEW),
+            invalidate_tag_script: Script::new(INVALIDATE_TAG),
+            put_script: Script::new(PUT),
             replayer_running: AtomicBool::new(false),
             meters: OnceLock::new(),
             last_error: Mutex::new(None),
@@ -730,8 +734,10 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+mod put;
 mod replay;
 #[cfg(test)]
 mod slot_tests;
+mod tags;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bus::{Bus, BusTiming};
 
-use super::redis::bus_channel;
+use super::redis::{bus_channel, TAG_MESSAGE_MARK};
+use super::tags::{note_tag_invalidation, TagTable};
 use super::{MemoryBackend, RedisBackend};
 use crate::key::CacheKey;
 use crate::observe::meters::{BackendMeters, StoreMeters};
@@ -43,6 +44,9 @@ pub struct TieredBackend {
     bus: Arc<Bus>,
     l1_max_ttl: Duration,
     timing: BusTiming,
+    /// The tags' generations this process learned from L2, each with the bus epoch it was
+    /// learned in: trusted only while that epoch lasts, like L1 entries.
+    tags: Arc<TagTable>,
 }
 
 /// Configures a [`TieredBackend`].
@@ -165,11 +169,18 @@ impl TieredBackend {
         let target = Arc::clone(self.l2.store().target());
         let timing = self.timing;
         let l1 = self.l1.clone();
+        let tags = Arc::clone(&self.tags);
         runtime.spawn(async move {
             let invalidate = |key: &str| {
                 // The flight first: a load under way must not store what it read before.
                 let alive = detach(key);
-                l1.invalidate(key);
+                match key.strip_prefix(TAG_MESSAGE_MARK) {
+                    Some(tag) => {
+                        tags.forget(tag);
+                        note_tag_invalidation();
+                    }
+                    None => l1.invalidate(key),
+                }
                 alive
             };
             bus.run(&target, timing, invalidate, || l1.invalidate_all())
@@ -200,6 +211,47 @@ impl TieredBackend {
         self.l2
             .invalidate_announced_blocking(backend, keys, |key| self.bus.announcement(key));
         self.invalidate_l1(keys, detach);
+    }
+
+    /// Write-through: `bytes` stored in L2, fenced, and announced on the bus as an
+    /// invalidation of the key, so that every peer drops its L1 copy (and its load under way).
+    pub(crate) async fn put(
+        &self,
+        key: &CacheKey,
+        bytes: &[u8],
+        ttl: Duration,
+    ) -> Result<(), super::redis::StoreError> {
+        let (channel, message) = self.bus.announcement(key.as_str());
+        self.l2
+            .store()
+            .put(key.as_str(), bytes, ttl, Some((&channel, &message)))
+            .await
+    }
+
+    /// Detaches the key's load under way and drops its L1 copy in this process, after L2
+    /// changed (see [`invalidate`](Self::invalidate) for why after).
+    pub(crate) fn drop_local(&self, key: &CacheKey, detach: impl Fn(&str)) {
+        self.invalidate_l1(std::slice::from_ref(key), detach);
+    }
+
+    /// The generations of tags this process learned from L2.
+    pub(crate) fn tags(&self) -> &TagTable {
+        &self.tags
+    }
+
+    /// Deletes the generations of `tags` in L2 and announces each on the bus (one script per
+    /// tag), then forgets them here: every L1 entry carrying one, in every process, becomes a
+    /// miss as the message arrives. Forgotten here even if L2 did not answer (the invalidation
+    /// is then pending, and replayed with its announcement).
+    pub(crate) async fn invalidate_tags(&self, backend: &str, tags: &[CacheKey]) {
+        self.l2
+            .invalidate_tags_announced(backend, tags, |tag| {
+                self.bus.announcement(&format!("{TAG_MESSAGE_MARK}{tag}"))
+            })
+            .await;
+        for tag in tags {
+            self.tags.forget(tag.as_str());
+        }
     }
 
     fn invalidate_l1(&self, keys: &[CacheKey], detach: impl Fn(&str)) {
@@ -249,6 +301,7 @@ impl TieredBackendBuilder {
             l2: self.l2,
             l1_max_ttl: self.l1_max_ttl,
             timing,
+            tags: Arc::new(TagTable::new()),
         }
     }
 }

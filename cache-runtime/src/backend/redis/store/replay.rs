@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Weak;
 
 use super::super::keys::{bus_channel, FLUSH_MESSAGE, KEY_FORMAT};
+use super::super::pending::as_tag;
 use super::{is_transport_failure, Announce, Connection, RedisStore, StoreError};
 use crate::log_gate::LogGate;
 
@@ -57,13 +58,16 @@ impl RedisStore {
                 .iter()
                 .map(|(key, announce)| {
                     let announce = announce.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
-                    self.invalidation(key, announce)
+                    match as_tag(key) {
+                        Some(tag) => self.tag_invalidation(tag, announce),
+                        None => self.invalidation(key, announce),
+                    }
                 })
                 .collect();
             let connection = self.connection().await?;
             let results = self
                 .guarded(replay_all(
-                    &self.invalidate_script,
+                    &[&self.invalidate_script, &self.invalidate_tag_script],
                     &invocations,
                     connection,
                     self.target.is_cluster(),
@@ -234,7 +238,7 @@ impl RedisStore {
 /// pipeline on one server; on a cluster, where a pipeline must keep to one slot, every script
 /// sent at once on the multiplexed node connections.
 async fn replay_all(
-    script: &redis::Script,
+    scripts: &[&redis::Script],
     invocations: &[redis::ScriptInvocation<'_>],
     connection: Connection,
     cluster: bool,
@@ -259,7 +263,9 @@ async fn replay_all(
     }
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    pipe.load_script(script).ignore();
+    for script in scripts {
+        pipe.load_script(script).ignore();
+    }
     for invocation in invocations {
         pipe.invoke_script(invocation);
     }

@@ -22,7 +22,7 @@ fn store(server: &RedisServer) -> Arc<RedisStore> {
 
 const TTL: Duration = Duration::from_secs(60);
 
-fn server_target(server: &RedisServer) -> Target {
+pub(super) fn server_target(server: &RedisServer) -> Target {
     Target::server(
         &server.url(),
         &super::super::connection::TlsMaterial::default(),

@@ -1,0 +1,272 @@
+//! Tag generations in Redis (`backend/tags.rs` says what they are): one key per tag, under the
+//! tag's own hash tag (`<prefix>:1:{<tag>}:g`), so that each script touches one slot; reads of
+//! a value and its tags' generations are pipelined into one round trip.
+
+use std::time::Duration;
+
+use redis::Value;
+
+use super::super::keys::Role;
+use super::super::pending::tag_target;
+use super::{millis, Announce, RedisStore, StoreError};
+use crate::key::CacheKey;
+
+/// A tag generation is drawn below this, so that its decimal form has at most 19 digits: the
+/// capture script takes what looks longer for foreign bytes.
+const GENERATION_BOUND: u64 = 10_000_000_000_000_000_000;
+
+/// What a tagged read found: the value's bytes, and each tag's current generation (`None`: the
+/// tag has none, so no entry of it can be served).
+pub(crate) type TaggedRead = (Option<Vec<u8>>, Vec<Option<u64>>);
+
+impl RedisStore {
+    /// A tagged site's read: `GET` of the value and of each tag's generation, pipelined (one
+    /// round trip). Refused while an invalidation of the key or of one of the tags is pending.
+    pub(crate) async fn get_tagged(
+        &self,
+        cache_key: &str,
+        tags: &[CacheKey],
+    ) -> Result<TaggedRead, StoreError> {
+        self.settle_pending(cache_key).await?;
+        self.tags_settled(tags)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.key_arg(cache_key, Role::Value));
+        for tag in tags {
+            pipe.cmd("GET")
+                .arg(self.key_arg(tag.as_str(), Role::Generation));
+        }
+        let mut connection = self.connection().await?;
+        let mut replies: Vec<Value> = self.guarded(pipe.query_async(&mut connection)).await?;
+        if replies.len() != tags.len() + 1 {
+            return Err(unexpected("a tagged read"));
+        }
+        let generations = replies.split_off(1).iter().map(generation).collect();
+        let bytes = match replies.pop() {
+            Some(Value::BulkString(bytes)) => Some(bytes),
+            Some(Value::Nil) | None => None,
+            Some(_) => return Err(unexpected("a tagged read")),
+        };
+        Ok((bytes, generations))
+    }
+
+    /// A loading leader's capture, before it loads: each tag's current generation, created if
+    /// missing, in one round trip (one script per tag, each on its tag's slot). A generation
+    /// key lives `ttl`; one that expires only makes its entries misses.
+    pub(crate) async fn capture_tags(
+        &self,
+        tags: &[CacheKey],
+        ttl: Duration,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.tags_settled(tags)?;
+        let mut pipe = redis::pipe();
+        let drawn: Vec<u64> = tags
+            .iter()
+            .map(|_| fastrand::u64(..GENERATION_BOUND))
+            .collect();
+        for (tag, drawn) in tags.iter().zip(&drawn) {
+            pipe.cmd("EVAL")
+                .arg(super::super::scripts::CAPTURE_TAG)
+                .arg(1)
+                .arg(self.key_arg(tag.as_str(), Role::Generation))
+                .arg(drawn)
+                .arg(millis(ttl).max(1));
+        }
+        let mut connection = self.connection().await?;
+        let replies: Vec<Value> = self.guarded(pipe.query_async(&mut connection)).await?;
+        let generations: Option<Vec<u64>> = replies.iter().map(generation).collect();
+        match generations {
+            Some(generations) if generations.len() == tags.len() => Ok(generations),
+            _ => Err(unexpected("a tag capture")),
+        }
+    }
+
+    /// Deletes the tag's generation, publishing `announce` in the same script. If it does not
+    /// reach Redis, it is kept and replayed until it does, and the tag is pending meanwhile.
+    pub(crate) async fn invalidate_tag(
+        &self,
+        tag: &str,
+        announce: Announce<'_>,
+    ) -> Result<(), StoreError> {
+        let target = tag_target(tag);
+        let result = async {
+            if self.pending.any() {
+                match self.replay_batch(false).await {
+                    Err(error) if error.is_transport() => return Err(error),
+                    _ => {}
+                }
+            }
+            let mut connection = self.connection().await?;
+            let invocation = self.tag_invalidation(tag, announce);
+            let _: i64 = self
+                .guarded(invocation.invoke_async(&mut connection))
+                .await?;
+            Ok(())
+        }
+        .await;
+        match &result {
+            Ok(()) => self.pending.confirm([target.as_str()], false),
+            Err(_) => self.keep_for_replay(&target, announce),
+        }
+        result
+    }
+
+    pub(super) fn tag_invalidation(
+        &self,
+        tag: &str,
+        announce: Announce<'_>,
+    ) -> redis::ScriptInvocation<'_> {
+        let (channel, message) = announce.unwrap_or(("", ""));
+        let mut invocation = self.invalidate_tag_script.prepare_invoke();
+        invocation
+            .key(self.keys(tag).key(Role::Generation))
+            .arg(channel)
+            .arg(message);
+        invocation
+    }
+
+    /// Refuses the call while an invalidation of one of `tags` is pending: Redis may still hold
+    /// their old generations.
+    fn tags_settled(&self, tags: &[CacheKey]) -> Result<(), StoreError> {
+        if self.pending.any()
+            && tags
+                .iter()
+                .any(|tag| self.pending.holds(&tag_target(tag.as_str())))
+        {
+            return Err(StoreError::Pending);
+        }
+        Ok(())
+    }
+}
+
+/// A generation as Redis holds it (decimal text); anything else is none.
+fn generation(reply: &Value) -> Option<u64> {
+    match reply {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        Value::SimpleString(text) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+fn unexpected(what: &'static str) -> StoreError {
+    StoreError::Redis(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply",
+        what.to_owned(),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::RedisSettings;
+    use super::*;
+    use crate::backend::test_redis_server::RedisServer;
+    use crate::key::KeyBuilder;
+
+    fn store(server: &RedisServer) -> std::sync::Arc<RedisStore> {
+        let settings = RedisSettings {
+            prefix: "test".to_owned(),
+            op_timeout: Duration::from_millis(200),
+            ..RedisSettings::default()
+        };
+        RedisStore::new(super::super::tests::server_target(server), settings)
+    }
+
+    fn tag(name: &str) -> CacheKey {
+        KeyBuilder::new().lit(name).finish()
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_capture_creates_once_and_an_invalidation_forgets() {
+        let server = RedisServer::start();
+        let store = store(&server);
+        let tags = [tag("a"), tag("b")];
+        let first = store.capture_tags(&tags, TTL).await.expect("up");
+        assert_eq!(store.capture_tags(&tags, TTL).await.expect("up"), first);
+        let (value, current) = store.get_tagged("k", &tags).await.expect("up");
+        assert_eq!(value, None);
+        assert_eq!(current, vec![Some(first[0]), Some(first[1])]);
+        store.invalidate_tag("a", None).await.expect("up");
+        let (_, current) = store.get_tagged("k", &tags).await.expect("up");
+        assert_eq!(current, vec![None, Some(first[1])], "only `a` is forgotten");
+        let second = store.capture_tags(&tags, TTL).await.expect("up");
+        assert_ne!(second[0], first[0], "a new random generation");
+        assert_eq!(second[1], first[1]);
+        let mut raw = server.connection().await;
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg("test:1:{a}:g")
+            .query_async(&mut raw)
+            .await
+            .expect("pttl");
+        assert!(
+            ttl > 0 && ttl <= 60_000,
+            "the generation key expires: {ttl}"
+        );
+    }
+
+    #[tokio::test]
+    async fn foreign_bytes_under_a_generation_are_no_generation_and_replaced() {
+        let server = RedisServer::start();
+        let store = store(&server);
+        let mut raw = server.connection().await;
+        for foreign in ["not a number", "99999999999999999999999", "-3"] {
+            let _: () = redis::cmd("SET")
+                .arg("test:1:{t}:g")
+                .arg(foreign)
+                .query_async(&mut raw)
+                .await
+                .expect("set");
+            let (_, current) = store.get_tagged("k", &[tag("t")]).await.expect("up");
+            assert_eq!(current, vec![None], "{foreign:?}");
+            let captured = store.capture_tags(&[tag("t")], TTL).await.expect("up");
+            let (_, current) = store.get_tagged("k", &[tag("t")]).await.expect("up");
+            assert_eq!(current, vec![Some(captured[0])], "{foreign:?} replaced");
+        }
+        let _: () = redis::cmd("RPUSH")
+            .arg("test:1:{l}:g")
+            .arg("x")
+            .query_async(&mut raw)
+            .await
+            .expect("rpush");
+        let captured = store
+            .capture_tags(&[tag("l")], TTL)
+            .await
+            .expect("a list is replaced");
+        let (_, current) = store.get_tagged("k", &[tag("l")]).await.expect("up");
+        assert_eq!(current, vec![Some(captured[0])]);
+    }
+
+    #[tokio::test]
+    async fn a_pending_tag_is_not_read_nor_captured_from_redis() {
+        let server = RedisServer::start();
+        let store = store(&server);
+        let tags = [tag("t")];
+        let old = store.capture_tags(&tags, TTL).await.expect("up");
+        store.pending.push(&tag_target("t"), None);
+        {
+            // Another caller is replaying: this one's settle step goes on without replaying,
+            // and must still refuse what Redis holds for the tag.
+            let _replaying = store.pending.start_replay().expect("free");
+            assert!(matches!(
+                store.get_tagged("k", &tags).await,
+                Err(StoreError::Pending)
+            ));
+            assert!(matches!(
+                store.capture_tags(&tags, TTL).await,
+                Err(StoreError::Pending)
+            ));
+            let (_, other) = store
+                .get_tagged("k", &[tag("u")])
+                .await
+                .expect("another tag");
+            assert_eq!(other, vec![None]);
+        }
+        // The replay deletes the generation, and the tag is settled.
+        while store.pending.any() {
+            store.replay_batch(false).await.expect("up");
+        }
+        let (_, current) = store.get_tagged("k", &tags).await.expect("settled");
+        assert_eq!(current, vec![None], "the replay forgot {old:?}");
+    }
+}
