@@ -37,6 +37,21 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         SiteBackend::Named(backend) => backend.name.as_str(),
         SiteBackend::Default => "default",
     };
+    let family = match key {
+        Key::Template(template) => {
+            let template = template.lit.value();
+            quote!(#template)
+        }
+        Key::Default {
+            params,
+            with_self_type,
+        } => {
+            let self_type = if *with_self_type { "::<>" } else { "" };
+            let args = vec!["<>"; params.len()].join(",");
+            let rest = format!("{self_type}({args})");
+            quote!(::core::concat!(::core::module_path!(), "::", #fn_name, #rest))
+        }
+    };
     let key = match key {
         Key::Template(template) => gen_template_key(template, krate),
         Key::Default {
@@ -79,6 +94,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
             #entry_fn(&__CACHETTE_SITE, __cachette_key, move || #block)
         },
     };
+    let registration = gen_registration(krate, &fn_name, "Cached", &[family], tags);
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -89,10 +105,34 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
                 #ttl_millis,
                 #version,
             );
+            #registration
             let __cachette_key = #key;
             #tags_binding
             #call
         }
+    }
+}
+
+/// What the audit learns of this function: a static in `cachette::audit`'s distributed slice.
+fn gen_registration(
+    krate: &Path,
+    fn_name: &str,
+    kind: &str,
+    keys: &[TokenStream],
+    tags: &[Template],
+) -> TokenStream {
+    let kind = Ident::new(kind, Span::call_site());
+    let tags = tags.iter().map(|tag| tag.lit.value());
+    quote! {
+        #[#krate::__private::linkme::distributed_slice(#krate::__private::REGISTRATIONS)]
+        #[linkme(crate = #krate::__private::linkme)]
+        static __CACHETTE_REGISTRATION: #krate::__private::Registration =
+            #krate::__private::Registration {
+                function: #krate::__private::function_path!(#fn_name),
+                kind: #krate::__private::Kind::#kind,
+                keys: &[#(#keys),*],
+                tags: &[#(#tags),*],
+            };
     }
 }
 
@@ -134,6 +174,7 @@ pub(crate) fn gen_put(put: &Put) -> TokenStream {
     let shape = Ident::new(shape, ret_span);
     let entry_fn = Ident::new(entry_fn, ret_span);
     let krate_at_ret = respan(krate.to_token_stream(), ret_span);
+    let registration = gen_registration(krate, &fn_name, "Put", &[quote!(#template)], &[]);
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -144,6 +185,7 @@ pub(crate) fn gen_put(put: &Put) -> TokenStream {
                 #ttl_millis,
                 #version,
             );
+            #registration
             let __cachette_key = #key;
             #krate_at_ret::__private::#entry_fn::<#return_type, #krate_at_ret::__private::#shape>(
                 &__CACHETTE_SITE, __cachette_key, async move #block
@@ -221,9 +263,24 @@ pub(crate) fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
     } else {
         quote!(#krate::__private::invalidating_sync(#success, __cachette_keys, move || #block))
     };
+    let families: Vec<TokenStream> = templates
+        .iter()
+        .map(|template| {
+            let template = template.lit.value();
+            quote!(#template)
+        })
+        .collect();
+    let registration = gen_registration(
+        krate,
+        &sig.ident.to_string(),
+        "Invalidates",
+        &families,
+        tags,
+    );
     quote! {
         #(#attrs)*
         #vis #sig {
+            #registration
             let __cachette_keys = [#(#keys),*];
             #tags_binding
             #call

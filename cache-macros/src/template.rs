@@ -10,6 +10,20 @@ pub(crate) struct Template {
     pub(crate) segments: Vec<Segment>,
 }
 
+impl Template {
+    /// The literal text with each placeholder written `<>`: two templates render the same
+    /// keys exactly when their families are equal (the runtime's audit compares them so).
+    pub(crate) fn family(&self) -> String {
+        self.segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Lit(text) => text.as_str(),
+                Segment::Placeholder(_) => "<>",
+            })
+            .collect()
+    }
+}
+
 pub(crate) enum Segment {
     Lit(String),
     Placeholder(Placeholder),

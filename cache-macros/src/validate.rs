@@ -202,7 +202,26 @@ fn checked_tags(
     for template in &tags.templates {
         check_placeholders(template, signature, errors);
     }
+    check_listed_once(&tags.templates, "tag", errors);
     tags.templates
+}
+
+/// No two templates of one list name one family (the same literal text and number of
+/// placeholders): the second would render the same keys, so it is a slip, not a choice.
+fn check_listed_once(templates: &[Template], what: &str, errors: &mut Vec<Error>) {
+    for (index, template) in templates.iter().enumerate() {
+        let family = template.family();
+        if let Some(first) = templates[..index].iter().find(|t| t.family() == family) {
+            errors.push(Error::new(
+                template.lit.span(),
+                format!(
+                    "this {what} names the same entries as `{}` before it (placeholders are \
+                     matched by position, not by name)\nhelp: remove one of them",
+                    first.lit.value()
+                ),
+            ));
+        }
+    }
 }
 
 /// A valid `#[cache_put]`: a write-through site.
@@ -305,6 +324,7 @@ pub(crate) fn invalidates<'a>(
     for template in &args.templates {
         check_placeholders(template, signature, &mut errors);
     }
+    check_listed_once(&args.templates, "template", &mut errors);
     let tags = checked_tags(args.tags, signature, "invalidates", &mut errors);
     if let Some(error) = combine(errors) {
         return Err(error);

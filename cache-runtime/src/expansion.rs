@@ -9,11 +9,13 @@
 use core::future::Future;
 
 pub use crate::__cachette_function_path as function_path;
+pub use crate::audit::{Kind, Registration, REGISTRATIONS};
 pub use crate::call::{invalidating, invalidating_sync, invalidating_tagged};
 pub use crate::key::KeyBuilder;
 pub use crate::shape::{Always, IfOk, OkOnly, SomeOnly, Whole};
 pub use crate::site::Site;
 pub use core::any::type_name;
+pub use linkme;
 
 use crate::key::CacheKey;
 use crate::shape::{CacheValue, Holds, PortableValue};

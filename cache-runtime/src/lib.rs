@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+mod audit;
 mod backend;
 mod call;
 mod clock;
@@ -24,6 +25,7 @@ mod shape;
 mod site;
 mod stats;
 
+pub use audit::{audit, Audit, Finding};
 pub use backend::{
     BreakerState, MemoryBackend, MemoryBackendBuilder, RedisBackend, RedisBackendBuilder,
     TieredBackend, TieredBackendBuilder,
