@@ -112,7 +112,11 @@ pub async fn list_products(page: u32, size: u32, filters: &Filters, db: &Db) -> 
     db.read(|products| {
         products
             .values()
-            .filter(|p| filters.max_price_cents.is_none_or(|max| p.price_cents <= max))
+            .filter(|p| {
+                filters
+                    .max_price_cents
+                    .is_none_or(|max| p.price_cents <= max)
+            })
             .filter(|p| {
                 filters
                     .name_contains
@@ -206,10 +210,34 @@ pub async fn tour(db: &Db) -> Result<Vec<String>, DbError> {
 
     traced(db, &mut t, "product 4", product(4, db)).await;
     traced(db, &mut t, "product 4", product(4, db)).await;
-    traced(db, &mut t, "list page 0 (all)", list_products(0, 5, &all, db)).await;
-    traced(db, &mut t, "list page 1 (all)", list_products(1, 5, &all, db)).await;
-    traced(db, &mut t, "list page 0 (cheap)", list_products(0, 5, &cheap, db)).await;
-    traced(db, &mut t, "list page 0 (all)", list_products(0, 5, &all, db)).await;
+    traced(
+        db,
+        &mut t,
+        "list page 0 (all)",
+        list_products(0, 5, &all, db),
+    )
+    .await;
+    traced(
+        db,
+        &mut t,
+        "list page 1 (all)",
+        list_products(1, 5, &all, db),
+    )
+    .await;
+    traced(
+        db,
+        &mut t,
+        "list page 0 (cheap)",
+        list_products(0, 5, &cheap, db),
+    )
+    .await;
+    traced(
+        db,
+        &mut t,
+        "list page 0 (all)",
+        list_products(0, 5, &all, db),
+    )
+    .await;
     traced(db, &mut t, "category 1 page 0", category_page(1, 0, db)).await;
     traced(db, &mut t, "category 2 page 0", category_page(2, 0, db)).await;
     traced(db, &mut t, "category 1 page 0", category_page(1, 0, db)).await;
@@ -218,9 +246,27 @@ pub async fn tour(db: &Db) -> Result<Vec<String>, DbError> {
     let updated = update_price(4, 1, 1_999, db).await?;
     t.push(format!("update product 4: {} cents", updated.price_cents));
     let detail = traced(db, &mut t, "product 4", product(4, db)).await;
-    let page = traced(db, &mut t, "list page 0 (all)", list_products(0, 5, &all, db)).await;
-    traced(db, &mut t, "list page 1 (all)", list_products(1, 5, &all, db)).await;
-    traced(db, &mut t, "list page 0 (cheap)", list_products(0, 5, &cheap, db)).await;
+    let page = traced(
+        db,
+        &mut t,
+        "list page 0 (all)",
+        list_products(0, 5, &all, db),
+    )
+    .await;
+    traced(
+        db,
+        &mut t,
+        "list page 1 (all)",
+        list_products(1, 5, &all, db),
+    )
+    .await;
+    traced(
+        db,
+        &mut t,
+        "list page 0 (cheap)",
+        list_products(0, 5, &cheap, db),
+    )
+    .await;
     traced(db, &mut t, "category 1 page 0", category_page(1, 0, db)).await;
     traced(db, &mut t, "category 2 page 0", category_page(2, 0, db)).await;
     let seen = |p: Option<&Product>| p.map_or(0, |p| p.price_cents);

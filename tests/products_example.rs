@@ -49,7 +49,10 @@ fn main() {
         println!("backend: {backend}");
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         let db = products::Db::seeded();
-        for line in runtime.block_on(products::tour(&db)).expect("the tour runs") {
+        for line in runtime
+            .block_on(products::tour(&db))
+            .expect("the tour runs")
+        {
             println!("{line}");
         }
         return;

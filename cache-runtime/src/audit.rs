@@ -167,7 +167,7 @@ impl fmt::Display for Audit {
 /// time, so it can run first thing in a test:
 ///
 /// ```
-/// let audit = cachette::audit();
+/// let audit = cache_runtime::audit();
 /// assert!(audit.is_clean(), "{audit}");
 /// ```
 ///
