@@ -39,7 +39,9 @@
 //!    after a subscriber kill, `BUS_GRACE` = heartbeat + op_timeout + BUS_BOUND = 0.6 s.
 //! 4. **keys not fresh**: after the run, with the cache redis healthy and nobody writing, each
 //!    worker polls every key on every site until it returns the database's version, for at most
-//!    `FRESH_BOUND`; the keys that never did are reported.
+//!    `FRESH_BOUND`; the keys that never did are reported. No worker exits before all have
+//!    checked: an invalidation a worker could not deliver in the last outage is replayed from
+//!    its process's queue, which exits with it.
 //!
 //! Any non-zero count fails the run (exit 1, with examples), and so does a run too thin to mean
 //! anything (too few calls or writes, a kind of fault or injection that never happened). The seed is printed;
@@ -821,7 +823,7 @@ mod worker {
     use super::{
         env_u64, now_us, redis_server, run_length, start_line, CACHE_URL, DB_URL, FRESH_BOUND,
         HARD_DEADLINE, HEARTBEAT, HOT_KEYS, KEYS, MAX_LOAD_MS, MIN_LOAD_MS, OP_TIMEOUT,
-        READERS_PER_WORKER, WORKER_INDEX, WORKER_SEED,
+        READERS_PER_WORKER, WORKERS, WORKER_INDEX, WORKER_SEED,
     };
 
     const INJECTED: &str = "chaos: injected loader panic";
@@ -1120,6 +1122,12 @@ mod worker {
 
             start_line::arrive(&var(DB_URL), "chaos:settle").await;
             lines.extend(fresh_check().await);
+            // Up until every worker has checked: what this process could not invalidate in the
+            // last outage waits in its queue for the breaker's probe (about a probe interval
+            // after redis answers), and its own check, all loads while its breaker is open, is
+            // over long before. A process that exits takes its queue along, and the others
+            // would read the values it replaced until their TTL.
+            start_line::meet(&var(DB_URL), "chaos:checked", WORKERS).await;
             lines.push(format!("stats {proc} {}", tiered.l1_flushes()));
             lines.append(&mut LOADS.lock().unwrap_or_else(|e| e.into_inner()));
             let mut out = String::new();

@@ -42,3 +42,31 @@ pub async fn arrive(url: &str, name: &str) {
         .expect("wait for go");
     assert!(go.is_some(), "never released");
 }
+
+/// Worker side, with no parent to release them: announces this process at the `name` meeting
+/// point of the Redis at `url` and waits until `workers` processes have; the last to arrive
+/// lets them all go. For a barrier the parent cannot wait on (it is waiting for the workers'
+/// exit, and should see at once one that failed instead of blocking on its announcement).
+pub async fn meet(url: &str, name: &str, workers: usize) {
+    let mut redis = connect(url).await;
+    let arrived: usize = redis::cmd("INCR")
+        .arg(format!("{name}:arrived"))
+        .query_async(&mut redis)
+        .await
+        .expect("announce");
+    if arrived == workers {
+        let _: i64 = redis::cmd("RPUSH")
+            .arg(format!("{name}:go"))
+            .arg(vec!["go"; workers])
+            .query_async(&mut redis)
+            .await
+            .expect("release the others");
+    }
+    let go: Option<(String, String)> = redis::cmd("BLPOP")
+        .arg(format!("{name}:go"))
+        .arg(30)
+        .query_async(&mut redis)
+        .await
+        .expect("wait for the others");
+    assert!(go.is_some(), "the other workers did not arrive within 30 s");
+}
