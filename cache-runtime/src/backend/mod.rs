@@ -26,6 +26,7 @@ pub use redis::BreakerState;
 pub(crate) use redis::{valid_prefix, Claim, HeldLock, RedisHealth, Waiting, LEASE, SAFETY_POLL};
 pub(crate) use tags::{note_tag_invalidation, tag_invalidations};
 
+use crate::clock::Clock;
 use crate::flight::Flights;
 use crate::key::CacheKey;
 use crate::observe::meters::{BackendMeters, StoreMeters};
@@ -142,6 +143,15 @@ impl Backend {
                 Some((tiered.l2(), Some(tiered)))
             }
             Store::Memory(_) => None,
+        }
+    }
+
+    /// The clock the store's entries live by (a tiered store's is its L2's).
+    pub(crate) fn clock(&self) -> &Clock {
+        match &self.inner.store {
+            Store::Memory(memory) => memory.clock(),
+            Store::Redis(redis) => redis.clock(),
+            Store::Tiered(tiered) => tiered.l2().clock(),
         }
     }
 

@@ -175,7 +175,7 @@ fn step<'b, V: 'static + Clone>(
 }
 
 /// Classifies the leader's return value, and stores it unless the flight went stale.
-fn complete<R, S: ReturnShape<R>>(
+pub(super) fn complete<R, S: ReturnShape<R>>(
     memory: &MemoryBackend,
     site: &Site,
     shape: S,

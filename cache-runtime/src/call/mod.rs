@@ -1,6 +1,7 @@
 //! The call paths: what a `#[cached]` or `#[invalidates]` call does, above the stores it uses.
 //! `local.rs` is the in-process path (memory backends), `remote.rs` the Redis and tiered one,
-//! `follow.rs` what a follower of an in-process flight does with its leader's outcome; here,
+//! `follow.rs` what a follower of an in-process flight does with its leader's outcome,
+//! `refill.rs` the HTTP layer's revalidation of a held entry; here,
 //! the entry points the expansions reach (through `crate::expansion`) and invalidation.
 //!
 //! Calls flow down: call -> registry (which backend) -> backend (which store) -> the store's
@@ -9,6 +10,8 @@
 mod follow;
 mod local;
 mod put;
+#[cfg(feature = "axum")]
+pub(crate) mod refill;
 mod remote;
 mod report;
 mod tagged;

@@ -206,7 +206,8 @@ pub(super) enum Claimed<V> {
 /// The leader's claim: someone's fill, or the lock. While another process holds the lock, waits
 /// to be woken by its fill or release (`backend::redis::wake`), claiming again each time, for at
 /// most [`WAIT_LIMIT`]; then loads without the lock. A fill that `accept` refuses (a tagged
-/// entry of old generations) is reloaded over, as an unreadable one is.
+/// entry of old generations, the stale entry a refill replaces) is reloaded over, as an
+/// unreadable one is.
 pub(super) async fn claim<V: DeserializeOwned>(
     site: &Site,
     redis: &RedisBackend,
@@ -243,6 +244,9 @@ pub(super) async fn claim<V: DeserializeOwned>(
         if started.elapsed() >= WAIT_LIMIT {
             return Claimed::Load(LoadPermit { fence, lock: None });
         }
+        // Another process holds the lock: its fill, read by the next claim, may be what this
+        // caller wants (a refill's fresh entry, a readable one over an unreadable one).
+        over_unreadable = false;
         match wake {
             // Registered now; claim again at once, listening.
             None => {
@@ -310,7 +314,7 @@ impl<'a> L1Slot<'a> {
 
 /// Completes the flight with `value` (`found` in L2 without any load, or loaded) and, unless
 /// the flight went stale, puts it in L1.
-fn share<V: 'static + Clone + Send + Sync>(
+pub(super) fn share<V: 'static + Clone + Send + Sync>(
     guard: crate::flight::LeaderGuard<'_>,
     key: &CacheKey,
     value: &V,

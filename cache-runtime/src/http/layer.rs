@@ -1,29 +1,29 @@
 //! The tower layer: decides per request whether the cache may answer, and runs the handler
 //! through the runtime's call path (read, single-flight, Redis lock, fenced fill) on a miss.
+//! A hit on a stale entry goes on in `stale.rs`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams};
-use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, IF_NONE_MATCH, PRAGMA, RANGE};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, PRAGMA, RANGE};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{Method, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::call::{cached_remote, cached_remote_served};
-use crate::clock::unix_ms_now as now_ms;
-use crate::http::etag::if_none_match;
+use crate::http::answer::{age, reply, set_cache_status, Answered, Asked};
+use crate::http::conditional::Preconditions;
 use crate::http::key::{route_builder, variant_key, Variant};
 use crate::http::policy::CachePolicy;
-use crate::http::stored::{store, Refusal, Reply, StoredResponse};
-use crate::http::CACHE_STATUS;
+use crate::http::shared::Shared;
+use crate::http::stale::{self, Freshness, Revalidation};
+use crate::http::stored::{store, Refusal};
 use crate::shape::{OkOnly, Whole};
-use crate::site::Site;
 
 /// Caches the responses of the routes it wraps, following one [`CachePolicy`].
 ///
@@ -35,43 +35,11 @@ pub struct CacheLayer {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
-struct Shared {
-    policy: CachePolicy,
-    /// Stored responses, under variant keys.
-    responses: &'static Site,
-    /// Route generations, under route keys.
-    generations: &'static Site,
-}
-
 impl CacheLayer {
     /// A layer caching as `policy` says.
     pub fn new(policy: CachePolicy) -> Self {
-        // Sites are `&'static` (the macro makes them `static`); a layer's live as long as the
-        // process, so leaking two per layer built is the whole cost.
-        let backend: &'static str = Box::leak(policy.backend.clone().into_boxed_str());
-        let responses = Box::leak(Box::new(Site::new(
-            "cachette::http response",
-            "http:<METHOD>:<route>|g<generation>|q<query>|h:<name><value>|u<identity>",
-            backend,
-            millis(policy.ttl),
-            1,
-        )));
-        // A generation that outlives its variants keeps them reachable until their own TTL;
-        // one that ends sooner only costs a miss.
-        let generations = Box::leak(Box::new(Site::new(
-            "cachette::http route generation",
-            "http:<METHOD>:<route>",
-            backend,
-            millis(policy.ttl.saturating_mul(2)),
-            1,
-        )));
         CacheLayer {
-            shared: Arc::new(Shared {
-                policy,
-                responses,
-                generations,
-            }),
+            shared: Arc::new(Shared::new(policy)),
         }
     }
 }
@@ -132,9 +100,9 @@ async fn serve<S>(
     request: Request<Body>,
 ) -> Result<Response<Body>, S::Error>
 where
-    S: Service<Request<Body>, Response = Response<Body>> + Send,
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
     S::Future: Send,
-    S::Error: Send,
+    S::Error: Send + 'static,
 {
     let policy = &shared.policy;
     let (mut parts, body) = request.into_parts();
@@ -187,85 +155,69 @@ where
         backend.invalidate(std::slice::from_ref(&key)).await;
     }
 
-    let conditional: HeaderMap = parts
-        .headers
-        .get_all(IF_NONE_MATCH)
-        .iter()
-        .map(|value| (IF_NONE_MATCH, value.clone()))
-        .collect();
-    let head = method == Method::HEAD;
+    // Entries are stamped and aged on the backend's clock, the one that expires them.
+    let clock = backend.clock().clone();
+    let asked = Asked {
+        personal: plan.identity.is_some(),
+        preconditions: Preconditions::of(&parts.headers),
+        head: method == Method::HEAD,
+    };
     let mut ran = false;
+    // The handler's request, unless the handler ran: a stale entry's revalidation takes it.
+    let mut request = Some(Request::from_parts(parts, body));
     let fill = async {
         ran = true;
-        let response = inner
-            .call(Request::from_parts(parts, body))
-            .await
-            .map_err(Forward::Error)?;
-        if head {
+        let request = request.take().expect("a call's body runs at most once");
+        let response = inner.call(request).await.map_err(Forward::Error)?;
+        if asked.head {
             // Axum strips the body of a HEAD response: nothing here to store for GET.
             return Err(Forward::Pass(response, "head"));
         }
-        store(response, policy, now_ms())
+        store(response, policy, clock.unix_ms())
             .await
             .map_err(|(response, refusal)| Forward::Pass(response, refusal))
     };
-    let (response, served) = cached_remote_served(shared.responses, OkOnly, key, fill).await;
-    // Answered by another request's load: RFC 9211's `collapsed`.
-    let collapsed = served.coalesced && !ran;
-    match response {
-        Ok(stored) => Ok(reply(
-            policy,
-            &plan,
-            &stored,
-            (ran, collapsed),
-            &conditional,
-            head,
-        )),
+    let (response, served) =
+        cached_remote_served(shared.responses, OkOnly, key.clone(), fill).await;
+    let stored = match response {
+        Ok(stored) => stored,
         Err(Forward::Pass(mut response, refusal)) => {
-            set_status(
+            set_cache_status(
                 &mut response,
                 &format!("cachette; fwd=miss; detail={refusal}"),
             );
-            Ok(response)
+            return Ok(response);
         }
-        Err(Forward::Error(error)) => Err(error),
-    }
-}
-
-/// Answers from an entry, with a `304` when the client already holds it.
-fn reply(
-    policy: &CachePolicy,
-    plan: &Plan,
-    stored: &StoredResponse,
-    (ran, collapsed): (bool, bool),
-    conditional: &HeaderMap,
-    head: bool,
-) -> Response<Body> {
-    let age = Duration::from_millis(now_ms().saturating_sub(stored.stored_at_ms));
-    let remaining = policy.ttl.saturating_sub(age);
-    let status = match (ran, plan.revalidate) {
-        (false, _) if collapsed => {
-            format!("cachette; fwd=miss; collapsed; ttl={}", remaining.as_secs())
-        }
-        (false, _) => format!("cachette; hit; ttl={}", remaining.as_secs()),
-        (true, false) => format!("cachette; fwd=miss; stored; ttl={}", remaining.as_secs()),
-        (true, true) => format!("cachette; fwd=request; stored; ttl={}", remaining.as_secs()),
+        Err(Forward::Error(error)) => return Err(error),
     };
-    // Preconditions apply to what would otherwise be a 2xx (RFC 9110 §13.2.1).
-    let not_modified =
-        (200..300).contains(&stored.status) && if_none_match(conditional, &stored.etag);
-    stored.reply(Reply {
-        not_modified,
-        head,
-        // max-age is the whole TTL and Age the entry's age: a client's freshness, max-age
-        // minus Age (RFC 9111 §4.2), is then the entry's remaining TTL. Writing the remaining
-        // TTL into max-age too would count the age twice.
-        cache_control: policy.cache_control(policy.ttl, plan.identity.is_some()),
-        age,
-        vary: &policy.vary,
-        cache_status: HeaderValue::from_str(&status)
-            .unwrap_or(HeaderValue::from_static("cachette")),
-    })
+    let answered = match (ran, plan.revalidate) {
+        // Answered by another request's load: RFC 9211's `collapsed`.
+        (false, _) if served.coalesced => Answered::Collapsed,
+        (false, _) => Answered::Hit,
+        (true, false) => Answered::Stored,
+        (true, true) => Answered::Requested,
+    };
+    if let (Answered::Hit, Some(request)) = (answered, request) {
+        let revalidation = Revalidation {
+            shared: Arc::clone(&shared),
+            backend,
+            key,
+            clock: clock.clone(),
+        };
+        match Freshness::of(policy, age(&stored, clock.unix_ms())) {
+            Freshness::Fresh => {}
+            Freshness::WhileRevalidate => {
+                stale::revalidate_in_background(revalidation, inner, request);
+                let answered = Answered::StaleWhileRevalidate;
+                return Ok(reply(policy, &asked, &stored, answered, clock.unix_ms()));
+            }
+            Freshness::IfError => {
+                let answer = stale::revalidate_now(revalidation, inner, request, &stored, &asked);
+                return Ok(answer.await);
+            }
+        }
+    }
+    Ok(reply(policy, &asked, &stored, answered, clock.unix_ms()))
 }
 
 /// What a cacheable request asks of the cache.
@@ -374,19 +326,9 @@ where
     S: Service<Request<Body>, Response = Response<Body>>,
 {
     let mut response = inner.call(Request::from_parts(parts, body)).await?;
-    set_status(
+    set_cache_status(
         &mut response,
         &format!("cachette; fwd=bypass; detail={detail}"),
     );
     Ok(response)
-}
-
-fn set_status(response: &mut Response<Body>, status: &str) {
-    if let Ok(value) = HeaderValue::from_str(status) {
-        response.headers_mut().insert(CACHE_STATUS, value);
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -31,12 +31,17 @@
 //! - [`invalidate_route`], `#[invalidates("http:GET:/users/<id>")]`, and (by default) a
 //!   successful write to the same route remove every cached variant of a route.
 
+mod answer;
 mod body;
+mod conditional;
 mod etag;
 mod key;
 mod layer;
 mod policy;
+mod shared;
+mod stale;
 mod stored;
+mod throttle;
 
 pub use key::route_key;
 pub use layer::{CacheLayer, CacheService};

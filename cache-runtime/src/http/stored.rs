@@ -146,6 +146,14 @@ pub(crate) struct Reply<'a> {
 }
 
 impl StoredResponse {
+    /// The first stored value of the header `name` (lower case).
+    pub(crate) fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(stored, _)| stored == name)
+            .map(|(_, value)| value.as_slice())
+    }
+
     /// The response for one request: the stored one, or `304 Not Modified` with its validators
     /// and caching headers (RFC 9110 §15.4.5) and no body.
     pub(crate) fn reply(&self, reply: Reply<'_>) -> Response<Body> {

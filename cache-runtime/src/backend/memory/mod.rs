@@ -226,6 +226,11 @@ impl MemoryBackend {
         settings.build()
     }
 
+    /// The clock this backend checks expiry against.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.settings.clock
+    }
+
     /// How many entries the cache holds (approximate until [`run_pending_tasks`](Self::run_pending_tasks)).
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
