@@ -177,8 +177,9 @@ where
             .await
             .map_err(|(response, refusal)| Forward::Pass(response, refusal))
     };
-    let (response, served) =
-        cached_remote_served(shared.responses, OkOnly, key.clone(), fill).await;
+    // Kept for a revalidation only where entries can go stale: a plain hit pays nothing.
+    let stale_key = policy.serves_stale().then(|| key.clone());
+    let (response, served) = cached_remote_served(shared.responses, OkOnly, key, fill).await;
     let stored = match response {
         Ok(stored) => stored,
         Err(Forward::Pass(mut response, refusal)) => {
@@ -197,22 +198,23 @@ where
         (true, false) => Answered::Stored,
         (true, true) => Answered::Requested,
     };
-    if let (Answered::Hit, Some(request)) = (answered, request) {
-        let revalidation = Revalidation {
+    if let (Answered::Hit, Some(request), Some(key)) = (answered, request, stale_key) {
+        let freshness = Freshness::of(policy, age(&stored, clock.unix_ms()));
+        let revalidation = || Revalidation {
             shared: Arc::clone(&shared),
             backend,
             key,
             clock: clock.clone(),
         };
-        match Freshness::of(policy, age(&stored, clock.unix_ms())) {
+        match freshness {
             Freshness::Fresh => {}
             Freshness::WhileRevalidate => {
-                stale::revalidate_in_background(revalidation, inner, request);
+                stale::revalidate_in_background(revalidation(), inner, request);
                 let answered = Answered::StaleWhileRevalidate;
                 return Ok(reply(policy, &asked, &stored, answered, clock.unix_ms()));
             }
             Freshness::IfError => {
-                let answer = stale::revalidate_now(revalidation, inner, request, &stored, &asked);
+                let answer = stale::revalidate_now(revalidation(), inner, request, &stored, &asked);
                 return Ok(answer.await);
             }
         }

@@ -1,6 +1,7 @@
 //! HTTP response caching for axum (feature `axum`): a tower layer that stores whole `GET`
-//! responses in any cachette backend and answers `If-None-Match` with `304 Not Modified` without
-//! running the handler.
+//! responses in any cachette backend, answers `If-None-Match` and `If-Modified-Since` with
+//! `304 Not Modified` without running the handler, and serves stale responses while it
+//! revalidates them or when the handler fails (RFC 5861), as the policy allows.
 //!
 //! ```
 //! use std::time::Duration;
@@ -23,7 +24,13 @@
 //!   names in [`CachePolicy::vary`] and, where configured, the user's identity.
 //! - Its ETag is the handler's, or a strong hash of the body computed when it is stored.
 //! - Responses carry `Cache-Control` from the policy, `Age`, and an RFC 9211 `Cache-Status`
-//!   (`cachette; hit`, `cachette; fwd=miss; stored`, `cachette; fwd=bypass; detail=credentials`...).
+//!   (`cachette; hit`, `cachette; fwd=miss; stored`, `cachette; fwd=bypass; detail=credentials`,
+//!   `cachette; hit; ttl=-3; detail=stale-while-revalidate`...).
+//! - Past its TTL, a response is answered at once while one background run of its handler
+//!   revalidates it ([`CachePolicy::stale_while_revalidate`]), or revalidated first and
+//!   answered only if the handler fails ([`CachePolicy::stale_if_error`]); a failing handler
+//!   runs at most once per [`CachePolicy::error_throttle`] for it. An invalidated response is
+//!   never answered stale.
 //! - Never stored: responses with `Set-Cookie`, `Cache-Control: no-store`/`private`/`no-cache`,
 //!   a status the policy does not list, or a `Vary` it does not key on; requests with
 //!   `Authorization` or `Cookie` unless the policy keys on the user's identity; `Range` requests.

@@ -199,6 +199,11 @@ impl CachePolicy {
         self
     }
 
+    /// Whether a response may be answered past its TTL.
+    pub(crate) fn serves_stale(&self) -> bool {
+        self.stale_while_revalidate.is_some() || self.stale_if_error.is_some()
+    }
+
     /// How long a response is kept: its TTL, then the longer of its stale windows.
     pub(crate) fn retention(&self) -> Duration {
         let window = self
