@@ -20,6 +20,11 @@ const CACHED_OPTIONS: &[&str] = &[
     "skip",
     "returns",
     "tags",
+    "stale",
+    "throttle",
+    "hard_timeout",
+    "jitter",
+    "l1_ttl",
 ];
 
 /// `#[cached(...)]`, as written: an option left out is `None` (its default is chosen in
@@ -40,6 +45,23 @@ pub(crate) struct CachedArgs {
     pub(crate) returns: Option<Returns>,
     /// `tags("products", "category:<category>")`.
     pub(crate) tags: Option<Tags>,
+    /// `stale = "10m"`: the fail-safe window after the ttl.
+    pub(crate) stale: Option<Timed>,
+    /// `throttle = "30s"`: how long a stale value served after a failed load counts as fresh.
+    pub(crate) throttle: Option<Timed>,
+    /// `hard_timeout = "2s"`: with a stale value at hand, how long a load may run.
+    pub(crate) hard_timeout: Option<Timed>,
+    /// `jitter = 0.1`: in thousandths, with where it was written.
+    pub(crate) jitter: Option<(u16, Span)>,
+    /// `l1_ttl = "10s"`: how long a tiered process may serve its L1 copy.
+    pub(crate) l1_ttl: Option<Timed>,
+}
+
+/// A duration option's value, in milliseconds (never zero), and where it was written.
+#[derive(Clone, Copy)]
+pub(crate) struct Timed {
+    pub(crate) millis: u64,
+    pub(crate) span: Span,
 }
 
 /// `tags(...)`: tag templates, and where the option was written.
@@ -220,6 +242,31 @@ impl CachedArgs {
                     set_parsed(&mut self.ttl_millis, ttl, meta, errors);
                 }
             }
+            // stale = "10m" | throttle = "30s" | hard_timeout = "2s" | l1_ttl = "10s" (or seconds)
+            "stale" | "throttle" | "hard_timeout" | "l1_ttl" => {
+                let parsed = if meta.input.peek2(LitInt) {
+                    literal::<LitInt>(meta, "a duration", errors)?
+                        .map(|lit| duration_from_secs(&lit, &name))
+                } else {
+                    literal::<LitStr>(meta, "a duration", errors)?
+                        .map(|lit| duration_from_str(&lit, &name))
+                };
+                let slot = match name.as_str() {
+                    "stale" => &mut self.stale,
+                    "throttle" => &mut self.throttle,
+                    "hard_timeout" => &mut self.hard_timeout,
+                    _ => &mut self.l1_ttl,
+                };
+                if let Some(parsed) = parsed {
+                    set_parsed(slot, parsed, meta, errors);
+                }
+            }
+            // jitter = 0.1
+            "jitter" => {
+                if let Some(lit) = literal::<syn::LitFloat>(meta, "a fraction", errors)? {
+                    set_parsed(&mut self.jitter, jitter(&lit), meta, errors);
+                }
+            }
             // key = "user:<id>"
             "key" => {
                 if let Some(lit) = literal::<LitStr>(meta, "a string", errors)? {
@@ -396,6 +443,7 @@ fn literal<T: syn::parse::Parse>(
     let example = match takes {
         "an integer" => format!("`{name} = 2`"),
         "a duration" => format!("`{name} = \"60s\"` or `{name} = 60`"),
+        "a fraction" => format!("`{name} = 0.1` (a share of the ttl, below 1)"),
         _ => format!("`{name} = \"...\"`"),
     };
     errors.push(Error::new_spanned(
@@ -435,6 +483,50 @@ fn ttl_from_str(lit: &LitStr) -> Result<u64, Error> {
         u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
         lit.span(),
     )
+}
+
+/// `stale = 600`: seconds.
+fn duration_from_secs(lit: &LitInt, option: &str) -> Result<Timed, Error> {
+    let secs = lit.base10_parse::<u64>()?;
+    nonzero(secs.saturating_mul(1000), lit.span(), option)
+}
+
+/// `stale = "10m"`: a duration.
+fn duration_from_str(lit: &LitStr, option: &str) -> Result<Timed, Error> {
+    let duration = humantime::parse_duration(&lit.value()).map_err(|error| {
+        Error::new(
+            lit.span(),
+            format!(
+                "invalid {option} {:?}: {error}\nhelp: write a duration such as \"500ms\", \"30s\" or \"10m\"",
+                lit.value()
+            ),
+        )
+    })?;
+    let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    nonzero(millis, lit.span(), option)
+}
+
+fn nonzero(millis: u64, span: Span, option: &str) -> Result<Timed, Error> {
+    if millis == 0 {
+        return Err(Error::new(
+            span,
+            format!("`{option}` must be greater than zero\nhelp: to turn it off, remove the option"),
+        ));
+    }
+    Ok(Timed { millis, span })
+}
+
+/// `jitter = 0.1`: a share of the ttl, above 0 and below 1, in thousandths.
+fn jitter(lit: &syn::LitFloat) -> Result<(u16, Span), Error> {
+    let share = lit.base10_parse::<f64>()?;
+    if !(share > 0.0 && share < 1.0) {
+        return Err(Error::new(
+            lit.span(),
+            "`jitter` is a share of the ttl, above 0 and below 1\nhelp: write `jitter = 0.1` to shorten each entry's ttl by up to 10%",
+        ));
+    }
+    let permille = (share * 1000.0).round().clamp(1.0, 999.0) as u16;
+    Ok((permille, lit.span()))
 }
 
 fn nonzero_ttl(millis: u64, span: Span) -> Result<u64, Error> {

@@ -6,7 +6,9 @@ use quote::{quote, quote_spanned, ToTokens};
 use syn::{Ident, ItemFn, Path};
 
 use crate::template::{Segment, Template};
-use crate::validate::{Cached, Entry, Invalidates, Key, KeyParam, Put, Shape, SiteBackend};
+use crate::validate::{
+    Cached, Entry, Freshness, Invalidates, Key, KeyParam, Put, Shape, SiteBackend,
+};
 
 pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
     let Cached {
@@ -20,6 +22,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         entry,
         return_type,
         tags,
+        freshness,
     } = cached;
     let ItemFn {
         attrs,
@@ -95,6 +98,24 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         },
     };
     let registration = gen_registration(krate, &fn_name, "Cached", &[family], tags);
+    let with_freshness = freshness.as_ref().map(|freshness| {
+        let Freshness {
+            stale_millis,
+            throttle_millis,
+            hard_timeout_millis,
+            jitter_permille,
+            l1_ttl_millis,
+        } = freshness;
+        quote! {
+            .with_freshness(#krate::__private::Freshness {
+                stale_millis: #stale_millis,
+                throttle_millis: #throttle_millis,
+                hard_timeout_millis: #hard_timeout_millis,
+                jitter_permille: #jitter_permille,
+                l1_ttl_millis: #l1_ttl_millis,
+            })
+        }
+    });
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -104,7 +125,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
                 #backend,
                 #ttl_millis,
                 #version,
-            );
+            )#with_freshness;
             #registration
             let __cachette_key = #key;
             #tags_binding

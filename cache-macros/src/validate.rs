@@ -6,7 +6,7 @@
 use proc_macro2::Span;
 use syn::{Error, Ident, ItemFn, Path, Type};
 
-use crate::args::{BackendName, CachedArgs, InvalidatesArgs, Returns};
+use crate::args::{BackendKind, BackendName, CachedArgs, InvalidatesArgs, Returns};
 use crate::signature::Signature;
 use crate::suggest::closest;
 use crate::template::Template;
@@ -24,7 +24,22 @@ pub(crate) struct Cached<'a> {
     pub(crate) return_type: &'a Type,
     /// Tag templates (empty: an untagged site, whose expansion is unchanged).
     pub(crate) tags: Vec<Template>,
+    /// The end-of-life options, if any was written (`None`: the expansion is unchanged).
+    pub(crate) freshness: Option<Freshness>,
 }
+
+/// `stale`, `throttle`, `hard_timeout`, `jitter`, `l1_ttl`, checked; milliseconds, 0 for off.
+pub(crate) struct Freshness {
+    pub(crate) stale_millis: u64,
+    pub(crate) throttle_millis: u64,
+    pub(crate) hard_timeout_millis: u64,
+    pub(crate) jitter_permille: u16,
+    pub(crate) l1_ttl_millis: u64,
+}
+
+/// How long a stale value served after a failed load counts as fresh when `throttle` is not
+/// written (FusionCache's default), or the whole window if that is shorter.
+const DEFAULT_THROTTLE_MILLIS: u64 = 30_000;
 
 /// Where a site stores its entries.
 pub(crate) enum SiteBackend {
@@ -132,6 +147,7 @@ pub(crate) fn cached<'a>(
             errors.push(unknown_param(name.span(), &name_text, signature, "skip"));
         }
     }
+    let freshness = checked_freshness(&args, signature, &mut errors);
     let tags = checked_tags(args.tags, signature, "cached", &mut errors);
     let key = match args.key {
         Some(template) => {
@@ -176,6 +192,78 @@ pub(crate) fn cached<'a>(
         },
         return_type,
         tags,
+        freshness,
+    })
+}
+
+/// The end-of-life options: each needs what it works with, and states what it cannot do yet.
+fn checked_freshness(
+    args: &CachedArgs,
+    signature: &Signature,
+    errors: &mut Vec<Error>,
+) -> Option<Freshness> {
+    let written = args.stale.is_some()
+        || args.throttle.is_some()
+        || args.hard_timeout.is_some()
+        || args.jitter.is_some()
+        || args.l1_ttl.is_some();
+    if !written {
+        return None;
+    }
+    let kind = args.backend.as_ref().map(|backend| backend.kind);
+    if let Some(stale) = args.stale {
+        let problem = if !signature.is_async {
+            Some("fail-safe (`stale`) needs an `async fn` on `backend = \"redis\"` or `\"tiered\"`")
+        } else if !matches!(kind, Some(BackendKind::Redis | BackendKind::Tiered)) {
+            Some(
+                "fail-safe (`stale`) is built for `backend = \"redis\"` and `\"tiered\"` only: \
+                 an in-process entry is not kept past its ttl (and a site without `backend` \
+                 may be in process)\nhelp: name a remote backend, as in `backend = \"tiered\"`",
+            )
+        } else if args.tags.is_some() {
+            Some("fail-safe (`stale`) is not supported with `tags` yet\nhelp: remove one of them")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            errors.push(Error::new(stale.span, problem));
+        }
+    }
+    for (option, timed) in [("throttle", args.throttle), ("hard_timeout", args.hard_timeout)] {
+        if let (Some(timed), None) = (timed, args.stale) {
+            errors.push(Error::new(
+                timed.span,
+                format!(
+                    "`{option}` is part of fail-safe, which `stale` turns on\nhelp: add \
+                     `stale = \"10m\"`: how long past its ttl an entry may be served when a load \
+                     fails"
+                ),
+            ));
+        }
+    }
+    if let Some(l1_ttl) = args.l1_ttl {
+        if kind != Some(BackendKind::Tiered) {
+            errors.push(Error::new(
+                l1_ttl.span,
+                "`l1_ttl` bounds a tiered process's L1 copy; this site has no L1\nhelp: use it with `backend = \"tiered\"`",
+            ));
+        }
+        if args.ttl_millis.is_some_and(|ttl| l1_ttl.millis >= ttl) {
+            errors.push(Error::new(
+                l1_ttl.span,
+                "`l1_ttl` must be shorter than `ttl`: an L1 copy never outlives its entry\nhelp: remove it, or make it shorter",
+            ));
+        }
+    }
+    let stale_millis = args.stale.map_or(0, |stale| stale.millis);
+    Some(Freshness {
+        stale_millis,
+        throttle_millis: args
+            .throttle
+            .map_or(DEFAULT_THROTTLE_MILLIS.min(stale_millis), |t| t.millis),
+        hard_timeout_millis: args.hard_timeout.map_or(0, |t| t.millis),
+        jitter_permille: args.jitter.map_or(0, |(permille, _)| permille),
+        l1_ttl_millis: args.l1_ttl.map_or(0, |t| t.millis),
     })
 }
 
@@ -257,6 +345,17 @@ pub(crate) fn put<'a>(
         errors.push(Error::new(
             skip.span(),
             "`skip` does not apply to `#[cache_put]`, which needs an explicit `key`",
+        ));
+    }
+    let freshness = [args.stale, args.throttle, args.hard_timeout, args.l1_ttl]
+        .into_iter()
+        .flatten()
+        .map(|timed| timed.span)
+        .chain(args.jitter.map(|(_, span)| span));
+    for span in freshness {
+        errors.push(Error::new(
+            span,
+            "`stale`, `throttle`, `hard_timeout`, `jitter` and `l1_ttl` are the reader's: write them on its `#[cached]`",
         ));
     }
     if let Some(tags) = &args.tags {

@@ -182,13 +182,20 @@ pub(crate) struct Header {
 
 impl Header {
     /// The entry's lifetime, in the form [`encode`] takes it.
-    #[cfg_attr(not(test), allow(dead_code))] // for fail-safe (serving stale), a later layer
     pub(crate) fn times(&self) -> Times {
         Times {
             created_at_ms: self.created_at_ms,
             fresh_until_ms: self.fresh_until_ms,
             stale_until_ms: self.stale_until_ms,
         }
+    }
+
+    /// How long the entry is still fresh at `now_ms` (served without a load), or `None`.
+    pub(crate) fn fresh_remaining(&self, now_ms: u64) -> Option<Duration> {
+        self.fresh_until_ms
+            .checked_sub(now_ms)
+            .filter(|&left| left > 0)
+            .map(Duration::from_millis)
     }
 
     /// How long the entry may still be served at `now_ms`, or `None` once it may not.

@@ -13,7 +13,7 @@ pub use crate::audit::{Kind, Registration, REGISTRATIONS};
 pub use crate::call::{invalidating, invalidating_sync, invalidating_tagged};
 pub use crate::key::KeyBuilder;
 pub use crate::shape::{Always, IfOk, OkOnly, SomeOnly, Whole};
-pub use crate::site::Site;
+pub use crate::site::{Freshness, Site};
 pub use core::any::type_name;
 pub use linkme;
 

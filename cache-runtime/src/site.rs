@@ -24,7 +24,39 @@ pub struct Site {
     ttl: Duration,
     /// The value's schema version, part of the type fingerprint of serialised values.
     version: u32,
+    /// What happens around an entry's end: fail-safe, jitter, the L1 bound.
+    freshness: Freshness,
     state: SiteState,
+}
+
+/// A site's options for the end of an entry's life, all off by default. Built by the macro.
+///
+/// Not a stable API, as [`Site`].
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    /// `stale`: how long past its ttl an entry is kept, to be served when a load fails.
+    pub stale_millis: u64,
+    /// `throttle`: how long a stale value served after a failed load counts as fresh, so that
+    /// a failing loader is retried at most once per this interval.
+    pub throttle_millis: u64,
+    /// `hard_timeout`: with a stale value at hand, how long a load may run before the caller
+    /// gets the stale value instead (0: no bound).
+    pub hard_timeout_millis: u64,
+    /// `jitter`, in thousandths: each fill's ttl is shortened by up to this share, at random.
+    pub jitter_permille: u16,
+    /// `l1_ttl`: how long a tiered process may serve its L1 copy (0: the entry's own time).
+    pub l1_ttl_millis: u64,
+}
+
+impl Freshness {
+    /// Every option off.
+    pub const OFF: Freshness = Freshness {
+        stale_millis: 0,
+        throttle_millis: 0,
+        hard_timeout_millis: 0,
+        jitter_permille: 0,
+        l1_ttl_millis: 0,
+    };
 }
 
 /// What a [`Site`] learns at run time: its backend, what it counted, and which warnings it has
@@ -80,8 +112,15 @@ impl Site {
             backend,
             ttl: Duration::from_millis(ttl_millis),
             version,
+            freshness: Freshness::OFF,
             state: SiteState::new(),
         }
+    }
+
+    /// This site with `freshness` (written by the macro only when an option is set).
+    pub const fn with_freshness(mut self, freshness: Freshness) -> Site {
+        self.freshness = freshness;
+        self
     }
 
     /// The function's path, `module::name`: the default key starts with it.
@@ -102,6 +141,39 @@ impl Site {
     /// The value's schema version, part of the type fingerprint of serialised values.
     pub(crate) fn version(&self) -> u32 {
         self.version
+    }
+
+    /// How long past its ttl an entry is kept for fail-safe (zero: not kept).
+    pub(crate) fn stale(&self) -> Duration {
+        Duration::from_millis(self.freshness.stale_millis)
+    }
+
+    /// How long a stale value served after a failed load is served as fresh.
+    pub(crate) fn throttle(&self) -> Duration {
+        Duration::from_millis(self.freshness.throttle_millis)
+    }
+
+    /// With a stale value at hand, how long a load may run before the stale value is served.
+    pub(crate) fn hard_timeout(&self) -> Option<Duration> {
+        let millis = self.freshness.hard_timeout_millis;
+        (millis > 0).then(|| Duration::from_millis(millis))
+    }
+
+    /// The ttl of one fill: [`ttl`](Self::ttl) shortened by up to the jitter share, at random,
+    /// so that entries filled together do not end together. Never longer than the ttl.
+    pub(crate) fn fill_ttl(&self) -> Duration {
+        let permille = u32::from(self.freshness.jitter_permille);
+        if permille == 0 {
+            return self.ttl;
+        }
+        let cut = self.ttl.mul_f64(f64::from(fastrand::u32(0..=permille)) / 1000.0);
+        self.ttl.saturating_sub(cut).max(Duration::from_millis(1))
+    }
+
+    /// How long a tiered process may serve its L1 copy, at most.
+    pub(crate) fn l1_ttl(&self) -> Option<Duration> {
+        let millis = self.freshness.l1_ttl_millis;
+        (millis > 0).then(|| Duration::from_millis(millis))
     }
 
     /// Where the registry keeps what it resolved for this site (`registry::resolve`).

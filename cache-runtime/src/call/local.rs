@@ -188,7 +188,7 @@ pub(super) fn complete<R, S: ReturnShape<R>>(
             let value: AnyValue = Arc::new(value.clone());
             let shared = Arc::clone(&value);
             guard.complete(Outcome::Value(shared), || {
-                memory.insert(key, value, site.ttl());
+                memory.insert(key, value, site.fill_ttl());
             });
         }
         Produced::Absent => guard.complete(Outcome::Absent, || {}),

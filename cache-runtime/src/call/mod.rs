@@ -7,6 +7,7 @@
 //! Calls flow down: call -> registry (which backend) -> backend (which store) -> the store's
 //! own modules. Nothing below imports from here.
 
+mod fail_safe;
 mod follow;
 mod local;
 mod put;

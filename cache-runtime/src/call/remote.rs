@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::fail_safe::{self, Ending};
 use super::follow::{downcast, follow, Next};
 use super::local::load;
 use super::report::{Report, Served};
@@ -81,7 +82,8 @@ where
                 report.answer(Answer::Hit, Tier::L2);
                 return (shape.rebuild(value), report.served());
             }
-            Lookup::Miss => {}
+            // A stale entry is a miss here; the claim reads it again, with the fence.
+            Lookup::Miss | Lookup::Stale(_) => {}
             Lookup::Unavailable => available = false,
         }
     }
@@ -114,8 +116,11 @@ where
     // the leader, so that an invalidation arriving meanwhile marks the flight stale and keeps
     // what it read out of L1), or gives it the fence generation its fill must carry and tries
     // the lock. The fence is read before the load starts, which is all the fence protocol needs.
+    // A value past its ttl that this process may serve should its load fail (fail-safe): only
+    // one the claim read together with the fence, never what an earlier read saw.
+    let mut stale = None;
     let permit = if available {
-        let claimed = claim::<S::Value>(site, redis, &key, |_| true).await;
+        let claimed = claim::<S::Value>(site, redis, &key, |_| true, &mut stale).await;
         match claimed {
             Claimed::Hit(value, remaining, waited) => {
                 // Coalesced only when the wait ended in the other process's fill; a waiter
@@ -142,7 +147,10 @@ where
                 return (shape.rebuild(value), report.served());
             }
             Claimed::Load(permit) => {
-                report.answer(Answer::Miss, Tier::L2);
+                // With a stale value at hand the answer waits for the load: miss or stale.
+                if stale.is_none() {
+                    report.answer(Answer::Miss, Tier::L2);
+                }
                 Some(permit)
             }
             Claimed::Unavailable => {
@@ -156,17 +164,35 @@ where
     };
     // From here the lock (if held) is renewed while the body runs, and released by its guard
     // should the body panic or this future be dropped.
-    let ret = load(&report, shape, body).await;
+    let (ret, permit) = match (stale, permit) {
+        (Some(stale), Some(permit)) => {
+            match fail_safe::load_or_stale(site, redis, &key, &report, shape, body, stale, permit)
+                .await
+            {
+                Ending::Stale(value, fresh) => {
+                    report.answer(Answer::Stale, Tier::L2);
+                    share(guard, &key, &value, l1.as_ref(), fresh, false);
+                    return (shape.rebuild(value), report.served());
+                }
+                Ending::Returned(ret, permit) => {
+                    report.answer(Answer::Miss, Tier::L2);
+                    (ret, permit)
+                }
+            }
+        }
+        (_, permit) => (load(&report, shape, body).await, permit),
+    };
     match shape.produced(&ret) {
         Produced::Value(value) => {
+            let fresh = site.fill_ttl();
             let current = match permit {
-                Some(permit) => fill(site, redis, &key, value, permit).await,
+                Some(permit) => fill(site, redis, &key, value, permit, fresh).await,
                 None => true,
             };
             // A fill the fence refused loaded across an invalidation: callers get the value
             // (they asked before the invalidation returned), L1 does not.
             let l1 = l1.as_ref().filter(|_| current);
-            share(guard, &key, value, l1, site.ttl(), false);
+            share(guard, &key, value, l1, fresh, false);
         }
         produced => {
             let outcome = match produced {
@@ -185,6 +211,12 @@ where
         }
     }
     (ret, report.served())
+}
+
+/// A value past its ttl and within its fail-safe window, with the times it was written with.
+pub(super) struct Stale<V> {
+    pub(super) value: V,
+    pub(super) times: Times,
 }
 
 /// What a leader may do after its claim: load, with the fence generation its fill must carry
@@ -213,6 +245,7 @@ pub(super) async fn claim<V: DeserializeOwned>(
     redis: &RedisBackend,
     key: &CacheKey,
     accept: impl Fn(&V) -> bool,
+    stale: &mut Option<Stale<V>>,
 ) -> Claimed<V> {
     let store = redis.store();
     let started = Instant::now();
@@ -234,7 +267,23 @@ pub(super) async fn claim<V: DeserializeOwned>(
                     continue;
                 }
             },
-            Ok(Claim::Load { fence, token }) => (fence, token),
+            Ok(Claim::Load { fence, token, over }) => {
+                match over.map(|bytes| decode::<V>(site, redis, key, &bytes)) {
+                    // Another process's fill, landed while this caller waited over a stale or
+                    // unreadable entry: served, as a fill found by a plain claim is.
+                    Some(Lookup::Hit(value, remaining)) if accept(&value) => {
+                        if let Some(token) = token {
+                            HeldLock::new(store, key.as_str(), token).release().await;
+                        }
+                        return Claimed::Hit(value, remaining, waited_since);
+                    }
+                    // Only what this claim read with the fence may be served should the load
+                    // fail: an entry an earlier claim saw may have been invalidated since.
+                    Some(Lookup::Stale(found)) if accept(&found.value) => *stale = Some(found),
+                    _ => *stale = None,
+                }
+                (fence, token)
+            }
             Err(_) => return Claimed::Unavailable,
         };
         if let Some(token) = token {
@@ -272,6 +321,8 @@ pub(super) struct L1Slot<'a> {
     tiered: &'a TieredBackend,
     epoch: u64,
     site_ttl: Duration,
+    /// The site's `l1_ttl`: how long this process may serve a copy it cannot re-check.
+    l1_ttl: Option<Duration>,
 }
 
 impl<'a> L1Slot<'a> {
@@ -280,6 +331,7 @@ impl<'a> L1Slot<'a> {
             tiered,
             epoch,
             site_ttl: site.ttl(),
+            l1_ttl: site.l1_ttl(),
         }
     }
 
@@ -307,8 +359,9 @@ impl<'a> L1Slot<'a> {
     }
 
     pub(super) fn insert(&self, key: &CacheKey, value: AnyValue, l2_remaining: Duration) {
+        let ttl = self.l1_ttl.map_or(self.site_ttl, |l1| l1.min(self.site_ttl));
         self.tiered
-            .l1_insert(key, value, l2_remaining, self.site_ttl, self.epoch);
+            .l1_insert(key, value, l2_remaining, ttl, self.epoch);
     }
 }
 
@@ -337,8 +390,11 @@ pub(super) fn share<V: 'static + Clone + Send + Sync>(
 }
 
 pub(super) enum Lookup<V> {
-    /// A hit, with the time its L2 entry has left.
+    /// A hit, with the time its L2 entry is still fresh.
     Hit(V, Duration),
+    /// Past its ttl, within its fail-safe window (a site with `stale` only): a miss whose
+    /// value may be served if the load fails.
+    Stale(Stale<V>),
     /// A miss (or an unreadable entry, which the next fill replaces).
     Miss,
     /// Redis failed, timed out or is behind an open breaker: a miss that should not touch
@@ -355,7 +411,8 @@ async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &Cach
 }
 
 /// An entry's bytes as a hit, or a miss if they are unreadable (logged), written for another
-/// key (copied there) or past their time.
+/// key (copied there) or past their time; past their ttl but within the site's fail-safe
+/// window, stale.
 pub(super) fn decode<V: DeserializeOwned>(
     site: &Site,
     redis: &RedisBackend,
@@ -367,10 +424,19 @@ pub(super) fn decode<V: DeserializeOwned>(
         // Redis' PX expires entries; the envelope's own bound also catches an entry whose key
         // TTL was lost (a PERSIST, a restore from a dump). One clock reading decides both
         // whether and how long.
-        Ok((header, value)) => match header.remaining(redis.now_ms()) {
-            Some(remaining) => Lookup::Hit(value, remaining),
-            None => Lookup::Miss,
-        },
+        Ok((header, value)) => {
+            let now = redis.now_ms();
+            match header.fresh_remaining(now) {
+                Some(remaining) => Lookup::Hit(value, remaining),
+                None if !site.stale().is_zero() && header.remaining(now).is_some() => {
+                    Lookup::Stale(Stale {
+                        value,
+                        times: header.times(),
+                    })
+                }
+                None => Lookup::Miss,
+            }
+        }
         Err(error) => {
             static GATE: LogGate = LogGate::new();
             if let Some(suppressed) = GATE.admit() {
@@ -387,22 +453,48 @@ pub(super) fn decode<V: DeserializeOwned>(
     }
 }
 
-/// Stores `value` in Redis under the fence, releasing the lock; false only if the fence refused
-/// it (an invalidation landed during the load).
+/// Stores `value` in Redis under the fence, fresh for `fresh` (the site's
+/// [`fill_ttl`](Site::fill_ttl)) and kept for the site's fail-safe window after, releasing the
+/// lock; false only if the fence refused it (an invalidation landed during the load).
 pub(super) async fn fill<V: Serialize>(
     site: &Site,
     redis: &RedisBackend,
     key: &CacheKey,
     value: &V,
     permit: LoadPermit,
+    fresh: Duration,
 ) -> bool {
     let now = redis.now_ms();
-    let ttl = u64::try_from(site.ttl().as_millis()).unwrap_or(u64::MAX);
+    let fresh_until_ms = now.saturating_add(millis(fresh));
     let times = Times {
         created_at_ms: now,
-        fresh_until_ms: now.saturating_add(ttl),
-        stale_until_ms: now.saturating_add(ttl),
+        fresh_until_ms,
+        stale_until_ms: fresh_until_ms.saturating_add(millis(site.stale())),
     };
+    // Redis failing is no refusal: the value is served and may go into L1.
+    fill_with(site, redis, key, value, permit, times, now)
+        .await
+        .unwrap_or(true)
+}
+
+/// Milliseconds of `duration`, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// [`fill`] with the entry's `times` given, read at `now_ms`: Redis keeps it until its stale
+/// time. `Some(false)`: the fence refused it; `None`: Redis failed; a value that cannot be
+/// encoded is not stored, and counts as stored (it is returned, and L1 may keep it).
+pub(super) async fn fill_with<V: Serialize>(
+    site: &Site,
+    redis: &RedisBackend,
+    key: &CacheKey,
+    value: &V,
+    permit: LoadPermit,
+    times: Times,
+    now_ms: u64,
+) -> Option<bool> {
+    let kept = Duration::from_millis(times.stale_until_ms.saturating_sub(now_ms).max(1));
     let key_hash = redis.entry_hash(key.as_str());
     let LoadPermit { fence, lock, .. } = permit;
     match envelope::encode::<V, Bincode>(value, site.version(), key_hash, times) {
@@ -410,17 +502,17 @@ pub(super) async fn fill<V: Serialize>(
             let token = lock.as_ref().map(HeldLock::token);
             let filled = redis
                 .store()
-                .fill(key.as_str(), fence, &bytes, site.ttl(), token)
+                .fill(key.as_str(), fence, &bytes, kept, token)
                 .await;
             match (filled, lock) {
                 (Ok(stored), lock) => {
                     if let Some(lock) = lock {
                         lock.released_by_fill();
                     }
-                    stored
+                    Some(stored)
                 }
                 // The lock's guard releases it.
-                (Err(_), _) => true,
+                (Err(_), _) => None,
             }
         }
         Err(error) => {
@@ -436,7 +528,7 @@ pub(super) async fn fill<V: Serialize>(
             if let Some(lock) = lock {
                 lock.release().await;
             }
-            true
+            Some(true)
         }
     }
 }

@@ -148,7 +148,7 @@ where
             });
             let stored = Arc::clone(&tagged);
             guard.complete(Outcome::Value(tagged), || {
-                memory.insert(key, stored, site.ttl());
+                memory.insert(key, stored, site.fill_ttl());
             });
         }
         Produced::Absent => guard.complete(Outcome::Absent, || {}),

@@ -79,7 +79,7 @@ where
                 report.answer(Answer::Hit, Tier::L2);
                 return shape.rebuild(value);
             }
-            Lookup::Miss => {}
+            Lookup::Miss | Lookup::Stale(_) => {}
             Lookup::Unavailable => available = false,
         }
     }
@@ -142,8 +142,15 @@ where
     let permit = match &generations {
         Some(generations) => {
             let claimed =
-                claim::<Payload<S::Value>>(site, redis, &key, |(stored, _)| stored == generations)
-                    .await;
+                // A tagged site keeps no stale entries (`stale` is refused with `tags`).
+                claim::<Payload<S::Value>>(
+                    site,
+                    redis,
+                    &key,
+                    |(stored, _)| stored == generations,
+                    &mut None,
+                )
+                .await;
             match claimed {
                 Claimed::Hit((_, value), remaining, waited) => {
                     // Coalesced only when the wait ended in the other process's fill.
@@ -183,10 +190,11 @@ where
     let ret = load(&report, shape, body).await;
     match shape.produced(&ret) {
         Produced::Value(value) => {
+            let fresh = site.fill_ttl();
             let current = match (permit, &generations) {
                 (Some(permit), Some(generations)) => {
                     let payload = (generations.clone(), value.clone());
-                    fill(site, redis, &key, &payload, permit).await
+                    fill(site, redis, &key, &payload, permit, fresh).await
                 }
                 _ => true,
             };
@@ -198,7 +206,7 @@ where
                 seen,
                 value: value.clone(),
             };
-            share(guard, &key, shared, l1, site.ttl(), false);
+            share(guard, &key, shared, l1, fresh, false);
         }
         produced => {
             let outcome = match produced {

@@ -138,10 +138,12 @@ pub(crate) enum Claim {
     /// The entry was filled meanwhile: its bytes.
     Filled(Vec<u8>),
     /// Load: the fence generation the fill must carry, and the lock's owner token if this
-    /// caller took it (`None`: another process holds it).
+    /// caller took it (`None`: another process holds it). A claim over an entry also returns
+    /// the bytes it holds, read with the fence (fail-safe keeps them should the load fail).
     Load {
         fence: Option<i64>,
         token: Option<String>,
+        over: Option<Vec<u8>>,
     },
 }
 
@@ -690,12 +692,14 @@ fn parse_claim(reply: redis::Value, token: String) -> redis::RedisResult<Claim> 
     match <[Value; 1]>::try_from(items) {
         Ok([value]) => Ok(Claim::Filled(Vec::<u8>::from_redis_value(value)?)),
         Err(items) => {
-            let [_, fence, taken] = <[Value; 3]>::try_from(items).map_err(|_| unexpected())?;
+            let [_, fence, taken, over] =
+                <[Value; 4]>::try_from(items).map_err(|_| unexpected())?;
             let fence = Option::<i64>::from_redis_value(fence)?;
             let taken = i64::from_redis_value(taken)? == 1;
             Ok(Claim::Load {
                 fence,
                 token: taken.then_some(token),
+                over: Option::<Vec<u8>>::from_redis_value(over)?,
             })
         }
     }

@@ -20,4 +20,10 @@ local taken = redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
 if not taken then
   redis.call('SET', KEYS[4], '1', 'PX', ARGV[5])
 end
-return {false, fence, taken and 1 or 0}
+-- Over an entry (ARGV[6]): what it holds now, read with the fence in this one step, so that a
+-- value kept for fail-safe is one no invalidation removed before the fence was read.
+local current = false
+if ARGV[6] == '1' then
+  current = redis.call('GET', KEYS[1])
+end
+return {false, fence, taken and 1 or 0, current}
