@@ -68,13 +68,25 @@ async fn run_loader() -> Result<u64, String> {
 
 // Redis expires keys on its own, real, clock: long windows keep that out of the way; the
 // test clock moves the entries' own times.
-#[cached(ttl = "60s", key = "fs:<id>", backend = "redis", stale = "10m", throttle = "5s")]
+#[cached(
+    ttl = "60s",
+    key = "fs:<id>",
+    backend = "redis",
+    stale = "10m",
+    throttle = "5s"
+)]
 async fn price(id: u64) -> Result<u64, String> {
     let _ = id;
     run_loader().await
 }
 
-#[cached(ttl = "60s", key = "fs:<id>", backend = "redis.peer", stale = "10m", throttle = "5s")]
+#[cached(
+    ttl = "60s",
+    key = "fs:<id>",
+    backend = "redis.peer",
+    stale = "10m",
+    throttle = "5s"
+)]
 async fn price_in_peer(id: u64) -> Result<u64, String> {
     let _ = id;
     run_loader().await
@@ -315,7 +327,10 @@ async fn a_hung_loader_gives_way_after_the_hard_timeout(clock: &TestClock) {
     requote(5).await;
     // A bounded wait for nothing to happen: past the hard timeout, the call is still waiting.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(!call.is_finished(), "served an invalidated value, or gave up");
+    assert!(
+        !call.is_finished(),
+        "served an invalidated value, or gave up"
+    );
     RELEASE.notify_one();
     assert_eq!(
         call.await.expect("no panic"),
@@ -337,7 +352,11 @@ async fn a_cancelled_fail_safe_load_holds_nothing(clock: &TestClock) {
     set(Loader::Returns(610));
     let started = Instant::now();
     assert_eq!(price(6).await, Ok(610));
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 async fn a_write_back_redis_does_not_answer_serves_nothing_stale(

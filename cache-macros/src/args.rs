@@ -510,7 +510,9 @@ fn nonzero(millis: u64, span: Span, option: &str) -> Result<Timed, Error> {
     if millis == 0 {
         return Err(Error::new(
             span,
-            format!("`{option}` must be greater than zero\nhelp: to turn it off, remove the option"),
+            format!(
+                "`{option}` must be greater than zero\nhelp: to turn it off, remove the option"
+            ),
         ));
     }
     Ok(Timed { millis, span })

@@ -229,7 +229,10 @@ fn checked_freshness(
             errors.push(Error::new(stale.span, problem));
         }
     }
-    for (option, timed) in [("throttle", args.throttle), ("hard_timeout", args.hard_timeout)] {
+    for (option, timed) in [
+        ("throttle", args.throttle),
+        ("hard_timeout", args.hard_timeout),
+    ] {
         if let (Some(timed), None) = (timed, args.stale) {
             errors.push(Error::new(
                 timed.span,

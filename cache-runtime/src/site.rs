@@ -166,7 +166,9 @@ impl Site {
         if permille == 0 {
             return self.ttl;
         }
-        let cut = self.ttl.mul_f64(f64::from(fastrand::u32(0..=permille)) / 1000.0);
+        let cut = self
+            .ttl
+            .mul_f64(f64::from(fastrand::u32(0..=permille)) / 1000.0);
         self.ttl.saturating_sub(cut).max(Duration::from_millis(1))
     }
 

@@ -359,7 +359,9 @@ impl<'a> L1Slot<'a> {
     }
 
     pub(super) fn insert(&self, key: &CacheKey, value: AnyValue, l2_remaining: Duration) {
-        let ttl = self.l1_ttl.map_or(self.site_ttl, |l1| l1.min(self.site_ttl));
+        let ttl = self
+            .l1_ttl
+            .map_or(self.site_ttl, |l1| l1.min(self.site_ttl));
         self.tiered
             .l1_insert(key, value, l2_remaining, ttl, self.epoch);
     }

@@ -117,7 +117,8 @@ async fn every_script_touches_only_declared_keys_of_one_slot() {
         // A leader's claim and fill, a second process's claim behind a holder (which flags the
         // waiters, so the holder's fill wakes them), renewal, release, the release after an
         // unanswered claim, invalidations (announced, blocking, replayed).
-        let Claim::Load { fence, token, .. } = store.claim(key, LEASE, false).await.expect("up") else {
+        let Claim::Load { fence, token, .. } = store.claim(key, LEASE, false).await.expect("up")
+        else {
             panic!("a cold key is loaded")
         };
         let token = token.expect("the lock was free");
