@@ -85,6 +85,7 @@ async fn a_claim_returns_a_fill_or_the_fence_and_the_lock() {
     let Claim::Load {
         fence: Some(seeded),
         token: Some(token),
+        over: None,
     } = store.claim("k", lease, false).await.expect("up")
     else {
         panic!("a cold key is ours to load, under a fence of its own making");
@@ -93,7 +94,8 @@ async fn a_claim_returns_a_fill_or_the_fence_and_the_lock() {
         store.claim("k", lease, false).await.expect("up"),
         Claim::Load {
             fence: Some(seeded),
-            token: None
+            token: None,
+            over: None,
         },
         "the lock is held"
     );
@@ -102,7 +104,8 @@ async fn a_claim_returns_a_fill_or_the_fence_and_the_lock() {
         store.claim("k", lease, false).await.expect("up"),
         Claim::Load {
             fence: Some(seeded + 1),
-            token: None
+            token: None,
+            over: None,
         }
     );
     assert!(
@@ -121,12 +124,10 @@ async fn a_claim_returns_a_fill_or_the_fence_and_the_lock() {
         Claim::Filled(b"v".to_vec()),
         "a leader arriving after the fill takes it"
     );
+    let over = store.claim("k", lease, true).await.expect("up");
     assert!(
-        matches!(
-            store.claim("k", lease, true).await.expect("up"),
-            Claim::Load { token: Some(_), .. }
-        ),
-        "over an unreadable value, the claim takes the lock"
+        matches!(&over, Claim::Load { token: Some(_), over: Some(bytes), .. } if bytes == b"v"),
+        "over an unreadable value, the claim takes the lock, and returns what it holds: {over:?}"
     );
 }
 
