@@ -109,7 +109,7 @@ impl Refiller {
             return Refilled::Ran(ret);
         };
         let l1 = tiered.and_then(|tiered| Some(L1Slot::new(tiered, tiered.l1_epoch()?, site)));
-        let permit = match claim::<S::Value>(site, redis, &key, &current).await {
+        let permit = match claim::<S::Value>(site, redis, &key, &current, &mut None).await {
             Claimed::Hit(value, remaining, _) => {
                 share(guard, &key, &value, l1.as_ref(), remaining, true);
                 return Refilled::Found(value);
@@ -122,7 +122,7 @@ impl Refiller {
         match shape.produced(&ret) {
             Produced::Value(value) => {
                 let stored = match permit {
-                    Some(permit) => fill(site, redis, &key, value, permit).await,
+                    Some(permit) => fill(site, redis, &key, value, permit, site.ttl()).await,
                     None => true,
                 };
                 let l1 = l1.as_ref().filter(|_| stored);
