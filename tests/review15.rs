@@ -229,9 +229,9 @@ fn a_stale_write_back_does_not_overwrite_a_newer_fill() {
         let began = Instant::now();
         assert_eq!(price_in_peer(2).await, Ok(200));
         assert!(began.elapsed() >= Duration::from_secs(9), "it waited first");
-        // The leader's load now fails: it serves its stale value, fine for its own caller.
+        // The leader's load now fails: its caller gets the newer value, not the stale one.
         RELEASE.notify_one();
-        assert_eq!(leader.await.expect("no panic"), Ok(100));
+        assert_eq!(leader.await.expect("no panic"), Ok(200));
         assert_eq!(
             price(2).await,
             Ok(200),

@@ -7,7 +7,12 @@
 //! - an invalidation since the claim (the fence moved) refuses it, and the caller gets the
 //!   failure: an invalidated value is wrong, not old, and is never served;
 //! - every process then hits it for the throttle interval, so a failing loader is called at
-//!   most once per interval across all of them (the lock already makes it one at a time).
+//!   most once per interval across all of them (the lock already makes it one at a time);
+//! - it replaces only the bytes the claim read: a newer value filled meanwhile under the same
+//!   fence (by a process that gave up waiting for the lock) is kept, and served instead.
+//!
+//! A load that answers "nothing" (`None`) ends the stale entry the same way: the source says
+//! the value is gone, so it is wrong now, not old.
 
 use std::future::Future;
 use std::panic::{resume_unwind, AssertUnwindSafe};
@@ -16,7 +21,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use super::local::load;
-use super::remote::{fill_with, LoadPermit, Stale};
+use super::remote::{fill_with, read, LoadPermit, Lookup, Stale};
 use super::report::Report;
 use crate::backend::RedisBackend;
 use crate::envelope::Times;
@@ -32,6 +37,9 @@ pub(super) enum Ending<R, V> {
     Returned(R, Option<LoadPermit>),
     /// The stale value, written back fresh for this long.
     Stale(V, Duration),
+    /// Not the stale value: another process's fill replaced it during the load; fresh for this
+    /// long.
+    Filled(V, Duration),
 }
 
 /// Runs the load with `stale` at hand; see the module's description.
@@ -67,11 +75,16 @@ where
         Some(Ok(ret)) if matches!(shape.produced(&ret), Produced::Failed) => {
             ("the loader failed", Some(Ok(ret)))
         }
+        Some(Ok(ret)) if matches!(shape.produced(&ret), Produced::Absent) => {
+            end_stale(site, redis, key, &stale, permit).await;
+            return Ending::Returned(ret, None);
+        }
         Some(Ok(ret)) => return Ending::Returned(ret, Some(permit)),
         Some(Err(panic)) => ("the loader panicked", Some(Err(panic))),
         None => ("the loader ran past its hard_timeout", None),
     };
-    if let Some(fresh) = write_back(site, redis, key, &stale, permit).await {
+    let written = write_back(site, redis, key, &stale, permit).await;
+    if let WriteBack::Stored(fresh) = written {
         static GATE: LogGate = LogGate::new();
         if let Some(suppressed) = GATE.admit() {
             tracing::warn!(
@@ -83,6 +96,13 @@ where
             );
         }
         return Ending::Stale(stale.value, fresh);
+    }
+    if let WriteBack::Refused = written {
+        // Refused by a newer fill (or a refill after an invalidation): that value, read after
+        // the refusal, is current.
+        if let Lookup::Hit(value, fresh) = read::<S::Value>(site, redis, key).await {
+            return Ending::Filled(value, fresh);
+        }
     }
     // Invalidated since the claim: the failure, as the function gave it.
     let ret = match first {
@@ -96,20 +116,30 @@ where
     Ending::Returned(ret, None)
 }
 
-/// Stores `stale` again under the claim's fence, fresh for the throttle interval (within its
-/// window); `None` if the fence refused it (an invalidation since the claim) or its window is
-/// over, or if it did not reach Redis (nothing then says that no invalidation landed).
+/// What became of a write-back.
+enum WriteBack {
+    /// Stored, fresh for this long.
+    Stored(Duration),
+    /// Refused: an invalidation since the claim moved the fence, or the entry no longer holds
+    /// the stale value (a newer fill), or the window is over.
+    Refused,
+    /// Redis did not answer: nothing then says that no invalidation landed.
+    Unanswered,
+}
+
+/// Stores `stale` again under the claim's fence and over the bytes it read, fresh for the
+/// throttle interval (within its window).
 async fn write_back<V: PortableValue>(
     site: &Site,
     redis: &RedisBackend,
     key: &CacheKey,
     stale: &Stale<V>,
     permit: LoadPermit,
-) -> Option<Duration> {
+) -> WriteBack {
     let now = redis.now_ms();
     let until = stale.times.stale_until_ms;
     if until <= now {
-        return None;
+        return WriteBack::Refused;
     }
     let throttle = u64::try_from(site.throttle().as_millis()).unwrap_or(u64::MAX);
     let fresh_until_ms = now.saturating_add(throttle.max(1)).min(until);
@@ -118,6 +148,32 @@ async fn write_back<V: PortableValue>(
         fresh_until_ms,
         stale_until_ms: until,
     };
-    let stored = fill_with(site, redis, key, &stale.value, permit, times, now).await;
-    (stored == Some(true)).then(|| Duration::from_millis(fresh_until_ms - now))
+    let over = Some(stale.bytes.as_slice());
+    match fill_with(site, redis, key, &stale.value, permit, (times, now), over).await {
+        Some(true) => WriteBack::Stored(Duration::from_millis(fresh_until_ms - now)),
+        Some(false) => WriteBack::Refused,
+        None => WriteBack::Unanswered,
+    }
+}
+
+/// Ends the stale entry after a load that answered "nothing": written back already past its
+/// end (every reader's clock within the ttl of this one sees it so), under the fence and over
+/// the bytes the claim read. Releases the lock; a Redis that does not answer leaves the entry,
+/// as it leaves any.
+async fn end_stale<V: PortableValue>(
+    site: &Site,
+    redis: &RedisBackend,
+    key: &CacheKey,
+    stale: &Stale<V>,
+    permit: LoadPermit,
+) {
+    let ended = stale.times.created_at_ms;
+    let times = Times {
+        created_at_ms: ended,
+        fresh_until_ms: ended,
+        stale_until_ms: ended,
+    };
+    let over = Some(stale.bytes.as_slice());
+    let now = redis.now_ms();
+    let _ = fill_with(site, redis, key, &stale.value, permit, (times, now), over).await;
 }

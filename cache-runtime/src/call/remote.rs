@@ -174,6 +174,12 @@ where
                     share(guard, &key, &value, l1.as_ref(), fresh, false);
                     return (shape.rebuild(value), report.served());
                 }
+                Ending::Filled(value, fresh) => {
+                    // A miss that another process's load answered.
+                    report.answer(Answer::Miss, Tier::L2);
+                    share(guard, &key, &value, l1.as_ref(), fresh, false);
+                    return (shape.rebuild(value), report.served());
+                }
                 Ending::Returned(ret, permit) => {
                     report.answer(Answer::Miss, Tier::L2);
                     (ret, permit)
@@ -213,10 +219,12 @@ where
     (ret, report.served())
 }
 
-/// A value past its ttl and within its fail-safe window, with the times it was written with.
+/// A value past its ttl and within its fail-safe window, with the times it was written with
+/// and the bytes it was read from (a write-back replaces only those).
 pub(super) struct Stale<V> {
     pub(super) value: V,
     pub(super) times: Times,
+    pub(super) bytes: Vec<u8>,
 }
 
 /// What a leader may do after its claim: load, with the fence generation its fill must carry
@@ -404,7 +412,11 @@ pub(super) enum Lookup<V> {
     Unavailable,
 }
 
-async fn read<V: DeserializeOwned>(site: &Site, redis: &RedisBackend, key: &CacheKey) -> Lookup<V> {
+pub(super) async fn read<V: DeserializeOwned>(
+    site: &Site,
+    redis: &RedisBackend,
+    key: &CacheKey,
+) -> Lookup<V> {
     match redis.store().get(key.as_str()).await {
         Ok(Some(bytes)) => decode(site, redis, key, &bytes),
         Ok(None) => Lookup::Miss,
@@ -434,6 +446,7 @@ pub(super) fn decode<V: DeserializeOwned>(
                     Lookup::Stale(Stale {
                         value,
                         times: header.times(),
+                        bytes: bytes.to_vec(),
                     })
                 }
                 None => Lookup::Miss,
@@ -474,7 +487,7 @@ pub(super) async fn fill<V: Serialize>(
         stale_until_ms: fresh_until_ms.saturating_add(millis(site.stale())),
     };
     // Redis failing is no refusal: the value is served and may go into L1.
-    fill_with(site, redis, key, value, permit, times, now)
+    fill_with(site, redis, key, value, permit, (times, now), None)
         .await
         .unwrap_or(true)
 }
@@ -485,16 +498,17 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// [`fill`] with the entry's `times` given, read at `now_ms`: Redis keeps it until its stale
-/// time. `Some(false)`: the fence refused it; `None`: Redis failed; a value that cannot be
-/// encoded is not stored, and counts as stored (it is returned, and L1 may keep it).
+/// time; with `over`, only if the entry still holds those bytes. `Some(false)`: the fence (or
+/// `over`) refused it; `None`: Redis failed; a value that cannot be encoded is not stored, and
+/// counts as stored (it is returned, and L1 may keep it), or with `over` as refused.
 pub(super) async fn fill_with<V: Serialize>(
     site: &Site,
     redis: &RedisBackend,
     key: &CacheKey,
     value: &V,
     permit: LoadPermit,
-    times: Times,
-    now_ms: u64,
+    (times, now_ms): (Times, u64),
+    over: Option<&[u8]>,
 ) -> Option<bool> {
     let kept = Duration::from_millis(times.stale_until_ms.saturating_sub(now_ms).max(1));
     let key_hash = redis.entry_hash(key.as_str());
@@ -504,7 +518,7 @@ pub(super) async fn fill_with<V: Serialize>(
             let token = lock.as_ref().map(HeldLock::token);
             let filled = redis
                 .store()
-                .fill(key.as_str(), fence, &bytes, kept, token)
+                .fill(key.as_str(), fence, &bytes, kept, token, over)
                 .await;
             match (filled, lock) {
                 (Ok(stored), lock) => {
@@ -530,7 +544,9 @@ pub(super) async fn fill_with<V: Serialize>(
             if let Some(lock) = lock {
                 lock.release().await;
             }
-            Some(true)
+            // A write-back over an entry that cannot be stored cannot show that the fence still
+            // holds either: refused.
+            Some(over.is_none())
         }
     }
 }
@@ -564,7 +580,7 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let fill = |bytes: Vec<u8>| {
             let store = Arc::clone(redis.store());
-            async move { store.fill("k", None, &bytes, ttl, None).await }
+            async move { store.fill("k", None, &bytes, ttl, None, None).await }
         };
         assert!(fill(envelope(now + 60_000)).await.expect("up"));
         assert!(matches!(

@@ -497,7 +497,8 @@ impl RedisStore {
 
     /// Stores `bytes` unless an invalidation moved the fence past `read_fence`, releases the
     /// lock held by `token` and wakes the key's waiters: one script, one round trip. Returns
-    /// whether it stored.
+    /// whether it stored. Given `expected`, it stores only if the entry still holds exactly
+    /// those bytes (a fail-safe write-back over the value its claim read).
     pub(crate) async fn fill(
         &self,
         cache_key: &str,
@@ -505,6 +506,7 @@ impl RedisStore {
         bytes: &[u8],
         ttl: Duration,
         token: Option<&str>,
+        expected: Option<&[u8]>,
     ) -> Result<bool, StoreError> {
         self.settle_pending(cache_key).await?;
         let keys = self.keys(cache_key);
@@ -522,6 +524,9 @@ impl RedisStore {
             .arg(token.unwrap_or(""))
             .arg(&self.wake_channel)
             .arg(cache_key);
+        if let Some(expected) = expected {
+            invocation.arg(expected);
+        }
         let stored: i64 = self
             .guarded(invocation.invoke_async(&mut connection))
             .await?;

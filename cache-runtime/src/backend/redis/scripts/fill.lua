@@ -1,6 +1,8 @@
 local fence = redis.call('GET', KEYS[2])
 local stored = 0
-if (fence or '') == ARGV[1] then
+-- ARGV[7], when given: the bytes the entry must still hold (a fail-safe write-back replaces
+-- only the stale value its claim read, never a newer fill made under the same fence).
+if (fence or '') == ARGV[1] and (not ARGV[7] or redis.call('GET', KEYS[1]) == ARGV[7]) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   stored = 1
 end

@@ -125,7 +125,14 @@ async fn every_script_touches_only_declared_keys_of_one_slot() {
         let _behind = store.claim(key, LEASE, false).await.expect("up");
         assert!(store.renew(key, &token, LEASE).await.expect("up"));
         assert!(store
-            .fill(key, fence, b"v", Duration::from_secs(60), Some(&token))
+            .fill(
+                key,
+                fence,
+                b"v",
+                Duration::from_secs(60),
+                Some(&token),
+                None
+            )
             .await
             .expect("up"));
         let Claim::Load { token, .. } = store.claim(key, LEASE, true).await.expect("up") else {

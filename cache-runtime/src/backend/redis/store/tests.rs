@@ -43,12 +43,38 @@ async fn a_fill_is_read_back_in_one_round_trip() {
         }
     );
     assert!(store
-        .fill("k", miss.fence, b"bytes", TTL, None)
+        .fill("k", miss.fence, b"bytes", TTL, None, None)
         .await
         .expect("up"));
     assert_eq!(
         read(&store, "k").await.expect("up").value.as_deref(),
         Some(&b"bytes"[..])
+    );
+}
+
+/// A write-back over the bytes a claim read: refused once another fill replaced them, even
+/// under the same fence.
+#[tokio::test]
+async fn a_fill_over_expected_bytes_is_refused_once_they_changed() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let fence = read(&store, "k").await.expect("up").fence;
+    assert!(store
+        .fill("k", fence, b"old", TTL, None, None)
+        .await
+        .expect("up"));
+    let over = Some(&b"old"[..]);
+    assert!(store
+        .fill("k", fence, b"kept", TTL, None, over)
+        .await
+        .expect("up"));
+    assert!(!store
+        .fill("k", fence, b"back", TTL, None, over)
+        .await
+        .expect("up"));
+    assert_eq!(
+        read(&store, "k").await.expect("up").value.as_deref(),
+        Some(&b"kept"[..])
     );
 }
 
@@ -59,7 +85,7 @@ async fn a_fill_that_read_before_an_invalidation_is_refused() {
     let before = read(&store, "k").await.expect("up");
     store.invalidate("k", None).await.expect("up");
     assert!(!store
-        .fill("k", before.fence, b"old", TTL, None)
+        .fill("k", before.fence, b"old", TTL, None, None)
         .await
         .expect("up"));
     assert_eq!(read(&store, "k").await.expect("up").value, None);
@@ -67,12 +93,12 @@ async fn a_fill_that_read_before_an_invalidation_is_refused() {
     let after = read(&store, "k").await.expect("up");
     assert_eq!(after.fence, Some(1));
     assert!(store
-        .fill("k", after.fence, b"new", TTL, None)
+        .fill("k", after.fence, b"new", TTL, None, None)
         .await
         .expect("up"));
     store.invalidate("k", None).await.expect("up");
     assert!(!store
-        .fill("k", after.fence, b"stale", TTL, None)
+        .fill("k", after.fence, b"stale", TTL, None, None)
         .await
         .expect("up"));
 }
@@ -110,13 +136,13 @@ async fn a_claim_returns_a_fill_or_the_fence_and_the_lock() {
     );
     assert!(
         !store
-            .fill("k", Some(seeded), b"old", TTL, None)
+            .fill("k", Some(seeded), b"old", TTL, None, None)
             .await
             .expect("up"),
         "a load that claimed before the invalidation is fenced off"
     );
     assert!(store
-        .fill("k", Some(seeded + 1), b"v", TTL, Some(&token))
+        .fill("k", Some(seeded + 1), b"v", TTL, Some(&token), None)
         .await
         .expect("up"));
     assert_eq!(
@@ -143,7 +169,7 @@ async fn a_fill_after_the_server_lost_its_keys_is_refused() {
     server.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     let stored = loop {
-        match store.fill("k", fence, b"old", TTL, None).await {
+        match store.fill("k", fence, b"old", TTL, None, None).await {
             Ok(stored) => break stored,
             Err(_) => assert!(Instant::now() < deadline, "redis did not come back"),
         }
@@ -175,7 +201,7 @@ async fn only_the_owner_releases_or_renews_the_lock() {
     // The fill releases the lock of its own token in the same round trip.
     let fence = fence(&store, "k").await.expect("up");
     assert!(store
-        .fill("k", fence, b"v", TTL, Some(&token))
+        .fill("k", fence, b"v", TTL, Some(&token), None)
         .await
         .expect("up"));
     assert!(take(Arc::clone(&store)).await.is_some());
@@ -194,7 +220,7 @@ fn a_blocking_invalidation_fences_like_the_async_one() {
     store
         .invalidate_blocking("k", None)
         .expect("the connection is reused");
-    let refused = runtime.block_on(store.fill("k", before.fence, b"old", TTL, None));
+    let refused = runtime.block_on(store.fill("k", before.fence, b"old", TTL, None, None));
     assert!(!refused.expect("up"), "the fence moved");
     let after = runtime.block_on(read(&store, "k")).expect("up");
     assert_eq!(after.fence, Some(2));
@@ -238,7 +264,10 @@ async fn a_dead_redis_opens_the_breaker_and_a_restarted_one_closes_it() {
 async fn an_invalidation_lost_to_a_paused_redis_is_replayed_before_the_next_read() {
     let server = RedisServer::start();
     let store = store(&server);
-    assert!(store.fill("k", None, b"old", TTL, None).await.expect("up"));
+    assert!(store
+        .fill("k", None, b"old", TTL, None, None)
+        .await
+        .expect("up"));
     server.pause();
     assert!(store.invalidate("k", None).await.is_err(), "lost");
     server.resume();
@@ -266,7 +295,10 @@ async fn an_overflowed_queue_ends_in_a_purge_of_the_prefix() {
         panic!("cold");
     };
     for key in ["a", "b"] {
-        assert!(store.fill(key, None, b"old", TTL, None).await.expect("up"));
+        assert!(store
+            .fill(key, None, b"old", TTL, None, None)
+            .await
+            .expect("up"));
     }
     server.kill();
     // More lost invalidations than are kept, none of them of `a`, `b` or `loading`.
@@ -322,7 +354,7 @@ async fn an_overflowed_queue_ends_in_a_purge_of_the_prefix() {
     assert_eq!(held, None, "the purge deleted the entry");
     assert!(
         !store
-            .fill("loading", fence, b"old", TTL, None)
+            .fill("loading", fence, b"old", TTL, None, None)
             .await
             .expect("up"),
         "and removed the fence of a load under way"
