@@ -1,11 +1,12 @@
 //! Review of issue 15's fail-safe (`stale`, `throttle`, `hard_timeout`): repros against a real
-//! redis-server, on a test clock. One configuration per test binary, so the tests share one
-//! server, one clock and one runtime, and run one at a time (each takes `SERIAL`).
+//! redis-server, on a test clock. One configuration per test binary, so the scenarios share
+//! one server, one clock and one runtime (`fail_safe_review`).
 
 mod support;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cachette::{cached, configure, invalidates, stats, RedisBackend, TestClock};
@@ -129,13 +130,8 @@ struct Env {
     runtime: tokio::runtime::Runtime,
 }
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// The shared server, clock and runtime, configured once; the guard keeps tests one at a time.
-fn env() -> (&'static Env, MutexGuard<'static, ()>) {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let env = ENV.get_or_init(|| {
+impl Env {
+    fn start() -> Env {
         let server = RedisServer::start();
         let clock = TestClock::new();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -164,8 +160,33 @@ fn env() -> (&'static Env, MutexGuard<'static, ()>) {
             clock,
             runtime,
         }
-    });
-    (env, serial)
+    }
+}
+
+/// One configuration per test binary: the scenarios run one after the other on one server,
+/// clock and runtime; each failure is reported (its panic message above) and the rest still
+/// run, and the server is stopped whatever happened.
+#[test]
+fn fail_safe_review() {
+    let env = Env::start();
+    let mut failed = Vec::new();
+    macro_rules! scenario {
+        ($name:ident) => {
+            let ran =
+                std::panic::catch_unwind(AssertUnwindSafe(|| env.runtime.block_on($name(&env))));
+            if ran.is_err() {
+                failed.push(stringify!($name));
+            }
+        };
+    }
+    scenario!(a_none_answer_ends_the_stale_entry);
+    scenario!(a_stale_write_back_does_not_overwrite_a_newer_fill);
+    scenario!(a_waiter_answered_by_the_stale_write_back_counts_stale);
+    scenario!(the_throttle_holds_across_instances_and_concurrent_callers);
+    scenario!(followers_of_a_panicking_load_get_the_stale_value);
+    scenario!(corrupt_or_foreign_entries_are_not_served_stale);
+    drop(env);
+    assert!(failed.is_empty(), "failed: {failed:?}");
 }
 
 fn site_stats(suffix: &str) -> cachette::SiteStats {
@@ -192,196 +213,172 @@ fn stale_of(suffixes: &[&str]) -> u64 {
 /// `Option` site: the loader answered `None` after the ttl (the item was deleted at the
 /// source). The old `Some` is still kept for fail-safe, so a later load that panics or hangs
 /// serves a value the source already said does not exist.
-#[test]
-fn a_none_answer_ends_the_stale_entry() {
-    let (env, _serial) = env();
-    env.runtime.block_on(async {
-        set(Loader::Returns(10));
-        assert_eq!(member(1).await, Some(10));
-        env.clock.advance(TTL + Duration::from_secs(1));
-        set(Loader::Absent);
-        assert_eq!(member(1).await, None, "the item is gone at the source");
-        set(Loader::Panics);
-        let served = tokio::spawn(member(1)).await;
-        assert!(
-            served.is_err(),
-            "served {served:?} after the loader said the item is gone"
-        );
-    });
+async fn a_none_answer_ends_the_stale_entry(env: &Env) {
+    set(Loader::Returns(10));
+    assert_eq!(member(1).await, Some(10));
+    env.clock.advance(TTL + Duration::from_secs(1));
+    set(Loader::Absent);
+    assert_eq!(member(1).await, None, "the item is gone at the source");
+    set(Loader::Panics);
+    let served = tokio::spawn(member(1)).await;
+    assert!(
+        served.is_err(),
+        "served {served:?} after the loader said the item is gone"
+    );
 }
 
 /// A fail-safe write-back stores the stale value under the claim's fence only: a newer value
 /// that another process filled meanwhile under the same fence (a waiter that gave up after the
 /// 10 s wait limit and loaded without the lock) is overwritten by the older one.
-#[test]
-fn a_stale_write_back_does_not_overwrite_a_newer_fill() {
-    let (env, _serial) = env();
-    env.runtime.block_on(async {
-        set(Loader::Returns(100));
-        assert_eq!(price(2).await, Ok(100));
-        env.clock.advance(TTL + Duration::from_secs(1));
-        set(Loader::HangsThenFails);
-        let mut started = next_start();
-        let leader = tokio::spawn(price(2));
-        started.recv().await;
-        // The peer waits behind the leader's lock for the wait limit, then loads on its own.
-        set(Loader::Returns(200));
-        let began = Instant::now();
-        assert_eq!(price_in_peer(2).await, Ok(200));
-        assert!(began.elapsed() >= Duration::from_secs(9), "it waited first");
-        // The leader's load now fails: its caller gets the newer value, not the stale one.
-        RELEASE.notify_one();
-        assert_eq!(leader.await.expect("no panic"), Ok(200));
-        assert_eq!(
-            price(2).await,
-            Ok(200),
-            "the stale write-back replaced the newer value"
-        );
-    });
+async fn a_stale_write_back_does_not_overwrite_a_newer_fill(env: &Env) {
+    set(Loader::Returns(100));
+    assert_eq!(price(2).await, Ok(100));
+    env.clock.advance(TTL + Duration::from_secs(1));
+    set(Loader::HangsThenFails);
+    let mut started = next_start();
+    let leader = tokio::spawn(price(2));
+    started.recv().await;
+    // The peer waits behind the leader's lock for the wait limit, then loads on its own.
+    set(Loader::Returns(200));
+    let began = Instant::now();
+    assert_eq!(price_in_peer(2).await, Ok(200));
+    assert!(began.elapsed() >= Duration::from_secs(9), "it waited first");
+    // The leader's load now fails: its caller gets the newer value, not the stale one.
+    RELEASE.notify_one();
+    assert_eq!(leader.await.expect("no panic"), Ok(200));
+    assert_eq!(
+        price(2).await,
+        Ok(200),
+        "the stale write-back replaced the newer value"
+    );
 }
 
 /// A caller in another process that waited for the failing load and is answered by its stale
 /// write-back got a stale value: it is counted so, as the leader is.
-#[test]
-fn a_waiter_answered_by_the_stale_write_back_counts_stale() {
-    let (env, _serial) = env();
-    env.runtime.block_on(async {
-        set(Loader::Returns(300));
-        assert_eq!(price(3).await, Ok(300));
-        env.clock.advance(TTL + Duration::from_secs(1));
-        set(Loader::HangsThenFails);
-        let before = stale_of(&["::price", "::price_in_peer"]);
-        let mut started = next_start();
-        let leader = tokio::spawn(price(3));
-        started.recv().await;
-        let waiter = tokio::spawn(price_in_peer(3));
-        // The waiter is registered once its claim finds the lock held (the waiters flag).
-        let mut raw = env.server.connection().await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let flags: Vec<String> = redis::cmd("KEYS")
-                .arg("rv:*{rv:<3>}:w")
-                .query_async(&mut raw)
-                .await
-                .expect("redis up");
-            if !flags.is_empty() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the peer never waited");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+async fn a_waiter_answered_by_the_stale_write_back_counts_stale(env: &Env) {
+    set(Loader::Returns(300));
+    assert_eq!(price(3).await, Ok(300));
+    env.clock.advance(TTL + Duration::from_secs(1));
+    set(Loader::HangsThenFails);
+    let before = stale_of(&["::price", "::price_in_peer"]);
+    let mut started = next_start();
+    let leader = tokio::spawn(price(3));
+    started.recv().await;
+    let waiter = tokio::spawn(price_in_peer(3));
+    // The waiter is registered once its claim finds the lock held (the waiters flag).
+    let mut raw = env.server.connection().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let flags: Vec<String> = redis::cmd("KEYS")
+            .arg("rv:*{rv:<3>}:w")
+            .query_async(&mut raw)
+            .await
+            .expect("redis up");
+        if !flags.is_empty() {
+            break;
         }
-        RELEASE.notify_one();
-        assert_eq!(leader.await.expect("no panic"), Ok(300));
-        assert_eq!(waiter.await.expect("no panic"), Ok(300));
-        assert_eq!(
-            stale_of(&["::price", "::price_in_peer"]) - before,
-            2,
-            "both callers were answered with the stale value; peer: {:?}",
-            site_stats("::price_in_peer")
-        );
-    });
+        assert!(Instant::now() < deadline, "the peer never waited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    RELEASE.notify_one();
+    assert_eq!(leader.await.expect("no panic"), Ok(300));
+    assert_eq!(waiter.await.expect("no panic"), Ok(300));
+    assert_eq!(
+        stale_of(&["::price", "::price_in_peer"]) - before,
+        2,
+        "both callers were answered with the stale value; peer: {:?}",
+        site_stats("::price_in_peer")
+    );
 }
 
 /// 2 instances x 20 concurrent callers while the loader keeps failing: one load per throttle
 /// interval, every caller gets the stale value, over three intervals.
-#[test]
-fn the_throttle_holds_across_instances_and_concurrent_callers() {
-    let (env, _serial) = env();
-    env.runtime.block_on(async {
-        set(Loader::Returns(400));
-        assert_eq!(price(4).await, Ok(400));
-        env.clock.advance(TTL + Duration::from_secs(1));
-        set(Loader::Fails);
-        for interval in 0..3 {
-            let before = loads();
-            let calls: Vec<_> = (0..40)
-                .map(|n| {
-                    if n % 2 == 0 {
-                        tokio::spawn(price(4))
-                    } else {
-                        tokio::spawn(price_in_peer(4))
-                    }
-                })
-                .collect();
-            for call in calls {
-                assert_eq!(
-                    call.await.expect("no panic"),
-                    Ok(400),
-                    "interval {interval}"
-                );
-            }
-            assert_eq!(loads() - before, 1, "loads in interval {interval}");
-            env.clock.advance(Duration::from_secs(6));
+async fn the_throttle_holds_across_instances_and_concurrent_callers(env: &Env) {
+    set(Loader::Returns(400));
+    assert_eq!(price(4).await, Ok(400));
+    env.clock.advance(TTL + Duration::from_secs(1));
+    set(Loader::Fails);
+    for interval in 0..3 {
+        let before = loads();
+        let calls: Vec<_> = (0..40)
+            .map(|n| {
+                if n % 2 == 0 {
+                    tokio::spawn(price(4))
+                } else {
+                    tokio::spawn(price_in_peer(4))
+                }
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(
+                call.await.expect("no panic"),
+                Ok(400),
+                "interval {interval}"
+            );
         }
-    });
+        assert_eq!(loads() - before, 1, "loads in interval {interval}");
+        env.clock.advance(Duration::from_secs(6));
+    }
 }
 
 /// A panicking loader with followers waiting: all of them get the stale value.
-#[test]
-fn followers_of_a_panicking_load_get_the_stale_value() {
-    let (env, _serial) = env();
-    env.runtime.block_on(async {
-        set(Loader::Returns(500));
-        assert_eq!(price(5).await, Ok(500));
-        env.clock.advance(TTL + Duration::from_secs(1));
-        set(Loader::Panics);
-        let before = loads();
-        let calls: Vec<_> = (0..20).map(|_| tokio::spawn(price(5))).collect();
-        for call in calls {
-            assert_eq!(call.await.expect("no panic reaches a caller"), Ok(500));
-        }
-        assert_eq!(loads() - before, 1);
-    });
+async fn followers_of_a_panicking_load_get_the_stale_value(env: &Env) {
+    set(Loader::Returns(500));
+    assert_eq!(price(5).await, Ok(500));
+    env.clock.advance(TTL + Duration::from_secs(1));
+    set(Loader::Panics);
+    let before = loads();
+    let calls: Vec<_> = (0..20).map(|_| tokio::spawn(price(5))).collect();
+    for call in calls {
+        assert_eq!(call.await.expect("no panic reaches a caller"), Ok(500));
+    }
+    assert_eq!(loads() - before, 1);
 }
 
 /// Corrupt bytes, and an entry a site without fail-safe wrote, are never served stale.
-#[test]
-fn corrupt_or_foreign_entries_are_not_served_stale() {
-    let (env, _serial) = env();
-    env.runtime.block_on(async {
-        let mut raw = env.server.connection().await;
-        // Corrupt bytes over an entry past its ttl.
-        set(Loader::Returns(600));
-        assert_eq!(price(6).await, Ok(600));
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("rv:*{rv:<6>}:v")
-            .query_async(&mut raw)
-            .await
-            .expect("redis up");
-        let [value_key] = <[String; 1]>::try_from(keys).expect("one value key");
-        let mut bytes: Vec<u8> = redis::cmd("GET")
-            .arg(&value_key)
-            .query_async(&mut raw)
-            .await
-            .expect("redis up");
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        let () = redis::cmd("SET")
-            .arg(&value_key)
-            .arg(bytes)
-            .query_async(&mut raw)
-            .await
-            .expect("redis up");
-        env.clock.advance(TTL + Duration::from_secs(1));
-        set(Loader::Fails);
-        assert_eq!(price(6).await, Err("the database is down".to_owned()));
+async fn corrupt_or_foreign_entries_are_not_served_stale(env: &Env) {
+    let mut raw = env.server.connection().await;
+    // Corrupt bytes over an entry past its ttl.
+    set(Loader::Returns(600));
+    assert_eq!(price(6).await, Ok(600));
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("rv:*{rv:<6>}:v")
+        .query_async(&mut raw)
+        .await
+        .expect("redis up");
+    let [value_key] = <[String; 1]>::try_from(keys).expect("one value key");
+    let mut bytes: Vec<u8> = redis::cmd("GET")
+        .arg(&value_key)
+        .query_async(&mut raw)
+        .await
+        .expect("redis up");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    let () = redis::cmd("SET")
+        .arg(&value_key)
+        .arg(bytes)
+        .query_async(&mut raw)
+        .await
+        .expect("redis up");
+    env.clock.advance(TTL + Duration::from_secs(1));
+    set(Loader::Fails);
+    assert_eq!(price(6).await, Err("the database is down".to_owned()));
 
-        // Written without fail-safe: no stale window.
-        set(Loader::Returns(610));
-        assert_eq!(price_plain(7).await, Ok(610));
-        env.clock.advance(TTL + Duration::from_secs(1));
-        set(Loader::Fails);
-        assert_eq!(price(7).await, Err("the database is down".to_owned()));
+    // Written without fail-safe: no stale window.
+    set(Loader::Returns(610));
+    assert_eq!(price_plain(7).await, Ok(610));
+    env.clock.advance(TTL + Duration::from_secs(1));
+    set(Loader::Fails);
+    assert_eq!(price(7).await, Err("the database is down".to_owned()));
 
-        // Written with fail-safe, read without: a miss past the ttl.
-        set(Loader::Returns(620));
-        assert_eq!(price(8).await, Ok(620));
-        env.clock.advance(TTL + Duration::from_secs(1));
-        set(Loader::Fails);
-        assert_eq!(price_plain(8).await, Err("the database is down".to_owned()));
-        // And the fail-safe site still has it.
-        assert_eq!(price(8).await, Ok(620));
-        reprice(8).await;
-        assert_eq!(price(8).await, Err("the database is down".to_owned()));
-    });
+    // Written with fail-safe, read without: a miss past the ttl.
+    set(Loader::Returns(620));
+    assert_eq!(price(8).await, Ok(620));
+    env.clock.advance(TTL + Duration::from_secs(1));
+    set(Loader::Fails);
+    assert_eq!(price_plain(8).await, Err("the database is down".to_owned()));
+    // And the fail-safe site still has it.
+    assert_eq!(price(8).await, Ok(620));
+    reprice(8).await;
+    assert_eq!(price(8).await, Err("the database is down".to_owned()));
 }
