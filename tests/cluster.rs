@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cachette::{cached, configure, invalidates, RedisBackend, TieredBackend};
+use cachette::{cache_put, cached, configure, invalidates, RedisBackend, TieredBackend};
 use support::redis_cluster::RedisCluster;
 use support::redis_server::{self, free_port, RedisServer};
 use support::start_line;
@@ -61,11 +61,12 @@ fn main() {
             });
             processes_on_one_cold_key_load_once(&cluster, &coordination);
             the_bus_reaches_other_processes(&cluster, &coordination, &runtime);
+            tags_and_puts_reach_other_processes(&cluster, &coordination, &runtime);
             runtime.block_on(a_killed_master_is_survived(&mut cluster));
             an_overflow_is_purged_on_every_master(&cluster, &coordination);
             assert_no_cross_slot(logs);
-            println!("cluster: 9 scenarios passed in {:?}", started.elapsed());
-            println!("test result: ok. 9 passed; 0 failed");
+            println!("cluster: 10 scenarios passed in {:?}", started.elapsed());
+            println!("test result: ok. 10 passed; 0 failed");
         }
     }
 }
@@ -482,6 +483,69 @@ fn the_bus_reaches_other_processes(
     eprintln!("ok: the bus reached {WORKERS} processes (messages received {received:?})");
 }
 
+// ---- Tags and write-through across processes ----
+
+const TAG_PAGES: u32 = 4;
+const TAG_CATEGORIES: u64 = 3;
+const TAG_USERS: u64 = 4;
+/// The category whose tag the parent invalidates.
+const CHANGED: u64 = 1;
+
+#[invalidates(tags("category:<category>"))]
+async fn change_category(category: u64) {
+    let _ = category;
+}
+
+#[cache_put(key = "tag-settings:<user>", ttl = "60s", backend = "tiered")]
+async fn put_tag_settings(user: u64, version: i64) -> Result<i64, String> {
+    let _ = user;
+    Ok(version)
+}
+
+/// Workers hold tagged list pages (on tiered, warm in L1, and on redis) and settings in L1;
+/// this process invalidates one category's tag and puts new settings. Each tag's generation is
+/// a key of its own slot, each entry another: every script keeps to one slot, and the tagged
+/// read and the capture, which touch both, may not be one pipeline.
+fn tags_and_puts_reach_other_processes(
+    cluster: &RedisCluster,
+    coordination: &RedisServer,
+    runtime: &tokio::runtime::Runtime,
+) {
+    let workers = spawn_workers("tags", cluster, coordination);
+    start_line::release(&coordination.url(), "tags-filled", WORKERS);
+    let mut redis = coordination.blocking_connection();
+    runtime.block_on(async {
+        let _: i64 = redis::cmd("INCR")
+            .arg(format!("tags:version:{CHANGED}"))
+            .query(&mut redis)
+            .expect("bump");
+        change_category(CHANGED).await;
+        for user in 0..TAG_USERS {
+            let version: i64 = redis::cmd("INCR")
+                .arg(format!("settings:version:{user}"))
+                .query(&mut redis)
+                .expect("bump");
+            put_tag_settings(user, version).await.expect("put");
+        }
+    });
+    start_line::release(&coordination.url(), "tags-changed", WORKERS);
+    let lines = wait_for(workers);
+    let reports: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.starts_with("tags "))
+        .collect();
+    assert_eq!(reports.len(), WORKERS, "every worker checked: {lines:?}");
+    eprintln!(
+        "ok: a tag invalidation and {TAG_USERS} puts reached {WORKERS} processes' L1s over the \
+         cluster ({})",
+        reports
+            .iter()
+            .map(|line| line.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}
+
 // ---- A master killed under load ----
 
 static FAILOVER_LOADS: AtomicU64 = AtomicU64::new(0);
@@ -752,7 +816,10 @@ mod workers {
     use cachette::{cached, configure, invalidates, RedisBackend, TieredBackend};
     use tokio::sync::Barrier;
 
-    use super::{redis_server, start_line, COORDINATION, OP_TIMEOUT, SEEDS};
+    use super::{
+        redis_server, start_line, CHANGED, COORDINATION, OP_TIMEOUT, SEEDS, TAG_CATEGORIES,
+        TAG_PAGES, TAG_USERS,
+    };
 
     static COORDINATION_URL: OnceLock<String> = OnceLock::new();
 
@@ -854,6 +921,7 @@ mod workers {
                 "stampede" => run_stampede().await,
                 "bus" => run_bus(&tiered).await,
                 "overflow" => run_overflow().await,
+                "tags" => run_tags(&tiered).await,
                 other => panic!("unknown role {other}"),
             }
         });
@@ -916,5 +984,148 @@ mod workers {
             }
         }
         println!("received {}", tiered.invalidations_received());
+    }
+
+    static TAG_LOADS: AtomicU64 = AtomicU64::new(0);
+
+    /// The coordination server's counter `name`, 0 if unset.
+    async fn version(name: String) -> Result<i64, String> {
+        TAG_LOADS.fetch_add(1, Ordering::SeqCst);
+        let mut redis = redis_server::connect(coordination()).await;
+        let version: Option<i64> = redis::cmd("GET")
+            .arg(name)
+            .query_async(&mut redis)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(version.unwrap_or(0))
+    }
+
+    #[cached(
+        ttl = "60s",
+        key = "tag-list:<page>:<category>",
+        backend = "tiered",
+        tags("products", "category:<category>")
+    )]
+    async fn tag_list(page: u32, category: u64) -> Result<i64, String> {
+        let _ = page;
+        version(format!("tags:version:{category}")).await
+    }
+
+    /// The same pages on redis alone: its hit is the pipelined tagged read.
+    #[cached(
+        ttl = "60s",
+        key = "tag-list:<page>:<category>",
+        backend = "redis",
+        tags("products", "category:<category>")
+    )]
+    async fn tag_list_redis(page: u32, category: u64) -> Result<i64, String> {
+        let _ = page;
+        version(format!("tags:version:{category}")).await
+    }
+
+    #[cached(ttl = "60s", key = "tag-settings:<user>", backend = "tiered")]
+    async fn tag_settings(user: u64) -> Result<i64, String> {
+        version(format!("settings:version:{user}")).await
+    }
+
+    fn l1_hits() -> u64 {
+        cachette::stats()
+            .sites
+            .iter()
+            .map(|site| site.l1_hits)
+            .sum()
+    }
+
+    /// Every page of `categories` and every user's settings: (tiered pages, redis pages,
+    /// settings).
+    async fn read_tagged(categories: &[u64]) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+        let (mut tiered, mut redis, mut settings) = (Vec::new(), Vec::new(), Vec::new());
+        for &category in categories {
+            for page in 0..TAG_PAGES {
+                tiered.push(tag_list(page, category).await.expect("ok"));
+                redis.push(tag_list_redis(page, category).await.expect("ok"));
+            }
+        }
+        for user in 0..TAG_USERS {
+            settings.push(tag_settings(user).await.expect("ok"));
+        }
+        (tiered, redis, settings)
+    }
+
+    async fn run_tags(tiered: &TieredBackend) {
+        let _ = tag_settings(u64::MAX).await;
+        tiered.l1_ready().await;
+        let all: Vec<u64> = (0..TAG_CATEGORIES).collect();
+        let unchanged: Vec<u64> = all.iter().copied().filter(|&c| c != CHANGED).collect();
+        // Loaded (or read from L2) into L1, then read from there.
+        let before = read_tagged(&all).await;
+        let (loads, l1) = (TAG_LOADS.load(Ordering::SeqCst), l1_hits());
+        assert_eq!(read_tagged(&all).await, before, "the same values");
+        assert_eq!(TAG_LOADS.load(Ordering::SeqCst), loads, "all hits");
+        let from_l1 = u64::from(TAG_PAGES) * TAG_CATEGORIES + TAG_USERS;
+        assert_eq!(l1_hits() - l1, from_l1, "the tiered reads from L1");
+        let received = tiered.invalidations_received();
+        start_line::arrive(coordination(), "tags-filled").await;
+        start_line::arrive(coordination(), "tags-changed").await;
+
+        // Redis alone holds the generations: the changed category's pages are misses at once.
+        let changed = read_tagged(&[CHANGED]).await;
+        let pages = TAG_PAGES as usize;
+        let first = CHANGED as usize * pages;
+        assert!(
+            changed
+                .1
+                .iter()
+                .zip(&before.1[first..first + pages])
+                .all(|(now, old)| now > old),
+            "redis: the tag's pages reloaded: {:?} after {:?}",
+            changed.1,
+            &before.1[first..first + pages]
+        );
+        // Tiered: within the bus bound, the tag's pages in L1 are misses, and each user's
+        // settings are the put value.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        loop {
+            let (pages_now, _, settings_now) = read_tagged(&[CHANGED]).await;
+            let pages_new = pages_now
+                .iter()
+                .zip(&before.0[first..first + pages])
+                .all(|(now, old)| now > old);
+            let settings_new = settings_now
+                .iter()
+                .zip(&before.2)
+                .all(|(now, old)| now > old);
+            if pages_new && settings_new {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tiered still reads {pages_now:?} and settings {settings_now:?} after the \
+                 invalidation and the puts"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The other categories are still L1 hits, and the puts' values are hits too.
+        let (loads, l1) = (TAG_LOADS.load(Ordering::SeqCst), l1_hits());
+        let others = read_tagged(&unchanged).await;
+        assert_eq!(TAG_LOADS.load(Ordering::SeqCst), loads, "no load");
+        assert_eq!(
+            l1_hits() - l1,
+            u64::from(TAG_PAGES) * unchanged.len() as u64 + TAG_USERS,
+            "the other categories and the settings from L1"
+        );
+        let kept: Vec<i64> = before
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i / pages != CHANGED as usize)
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(others.0, kept, "the other categories kept their values");
+        println!(
+            "tags received {} messages, {} loads",
+            tiered.invalidations_received() - received,
+            TAG_LOADS.load(Ordering::SeqCst)
+        );
     }
 }
