@@ -1,6 +1,8 @@
 //! Tag generations in Redis (`backend/tags.rs` says what they are): one key per tag, under the
 //! tag's own hash tag (`<prefix>:1:{<tag>}:g`), so that each script touches one slot; reads of
-//! a value and its tags' generations are pipelined into one round trip.
+//! a value and its tags' generations are sent in one round trip: pipelined on one server, and
+//! on a cluster, where a pipeline must keep to one slot and these keys are of several, sent
+//! all at once on the multiplexed node connections.
 
 use std::time::Duration;
 
@@ -35,8 +37,7 @@ impl RedisStore {
             pipe.cmd("GET")
                 .arg(self.key_arg(tag.as_str(), Role::Generation));
         }
-        let mut connection = self.connection().await?;
-        let mut replies: Vec<Value> = self.guarded(pipe.query_async(&mut connection)).await?;
+        let mut replies = self.query_together(&pipe).await?;
         if replies.len() != tags.len() + 1 {
             return Err(unexpected("a tagged read"));
         }
@@ -59,20 +60,15 @@ impl RedisStore {
     ) -> Result<Vec<u64>, StoreError> {
         self.tags_settled(tags)?;
         let mut pipe = redis::pipe();
-        let drawn: Vec<u64> = tags
-            .iter()
-            .map(|_| fastrand::u64(..GENERATION_BOUND))
-            .collect();
-        for (tag, drawn) in tags.iter().zip(&drawn) {
+        for tag in tags {
             pipe.cmd("EVAL")
                 .arg(super::super::scripts::CAPTURE_TAG)
                 .arg(1)
                 .arg(self.key_arg(tag.as_str(), Role::Generation))
-                .arg(drawn)
+                .arg(fastrand::u64(..GENERATION_BOUND))
                 .arg(millis(ttl).max(1));
         }
-        let mut connection = self.connection().await?;
-        let replies: Vec<Value> = self.guarded(pipe.query_async(&mut connection)).await?;
+        let replies = self.query_together(&pipe).await?;
         let generations: Option<Vec<u64>> = replies.iter().map(generation).collect();
         match generations {
             Some(generations) if generations.len() == tags.len() => Ok(generations),
@@ -108,6 +104,23 @@ impl RedisStore {
             Err(_) => self.keep_for_replay(&target, announce),
         }
         result
+    }
+
+    /// Sends `pipe`'s commands in one round trip, their replies in order: as the pipeline on
+    /// one server; on a cluster, each command on its own (routed to its key's slot) and all at
+    /// once, since redis-rs refuses a pipeline whose keys span slots ("crossed slots").
+    async fn query_together(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
+        let mut connection = self.connection().await?;
+        if self.target.is_cluster() {
+            let calls = pipe.cmd_iter().map(|command| {
+                let mut connection = connection.clone();
+                async move { command.query_async::<Value>(&mut connection).await }
+            });
+            return self
+                .guarded(futures_util::future::try_join_all(calls))
+                .await;
+        }
+        self.guarded(pipe.query_async(&mut connection)).await
     }
 
     pub(super) fn tag_invalidation(
