@@ -1,15 +1,18 @@
 //! Every script touches only the keys it declares, all in one Redis Cluster slot: the server's
 //! `MONITOR` shows each script call with its keys and then each command the script ran (as
 //! `lua`), so the test computes the slot of every declared key and checks each command's key
-//! against the declared ones, over many generated keys and every operation of the store. A
-//! script that built a key from ARGV, or was given keys of two entries, fails it.
+//! against the declared ones, over many generated keys and every operation of the store, the
+//! tags' and the write-through's included. A script that built a key from ARGV, or was given
+//! keys of two entries (or an entry's and a tag's), fails it.
 
 use std::collections::HashSet;
 
 use futures_util::StreamExt;
 
+use super::super::pending::tag_target;
 use super::*;
 use crate::backend::test_redis_server::RedisServer;
+use crate::key::KeyBuilder;
 
 /// Commands the scripts may run, with the position of their key (`PUBLISH` has none: its
 /// first argument is a channel).
@@ -150,6 +153,39 @@ async fn every_script_touches_only_declared_keys_of_one_slot() {
         while store.pending.any() {
             let _ = store.replay_batch(false).await;
         }
+        // Tags: each generation key is of its tag's slot, not the entry's. The capture (one
+        // script per tag), the tagged read (one `GET` per key), the put (value and fence), the
+        // tag invalidation (announced and replayed).
+        let tags = [
+            KeyBuilder::new()
+                .lit("category:")
+                .arg(key.as_str())
+                .finish(),
+            KeyBuilder::new().lit("products").finish(),
+        ];
+        let generations = store.capture_tags(&tags, LEASE).await.expect("up");
+        let (_, current) = store.get_tagged(key, &tags).await.expect("up");
+        assert_eq!(
+            current,
+            generations.iter().copied().map(Some).collect::<Vec<_>>()
+        );
+        store
+            .put(
+                key,
+                b"w",
+                Duration::from_secs(60),
+                Some(("test:1:bus", "origin key")),
+            )
+            .await
+            .expect("up");
+        store
+            .invalidate_tag(tags[0].as_str(), Some(("test:1:bus", "origin {t}tag")))
+            .await
+            .expect("up");
+        store.keep_for_replay(&tag_target(tags[0].as_str()), None);
+        while store.pending.any() {
+            let _ = store.replay_batch(false).await;
+        }
     }
     let mut end = redis::Client::open(server.url())
         .expect("url")
@@ -166,6 +202,7 @@ async fn every_script_touches_only_declared_keys_of_one_slot() {
     let mut commands = 0usize;
     let mut declared: Option<HashSet<Vec<u8>>> = None;
     let mut names_seen = HashSet::new();
+    let mut single_key_reads = 0usize;
     loop {
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next())
             .await
@@ -194,6 +231,12 @@ async fn every_script_touches_only_declared_keys_of_one_slot() {
             continue;
         }
         declared = None;
+        if name == "GET" {
+            // The tagged read: each `GET` on its own key, so that a cluster routes each to its
+            // slot (tests/cluster.rs shows they are not sent as one pipeline there).
+            assert_eq!(args.len(), 2, "one key per read: {line}");
+            single_key_reads += 1;
+        }
         if name == "ECHO" && args.get(1).map(Vec::as_slice) == Some(b"slot-test-end".as_slice()) {
             break;
         }
@@ -208,13 +251,19 @@ async fn every_script_touches_only_declared_keys_of_one_slot() {
             scripts += 1;
         }
     }
-    // claim x3 and fill, renew, release x2, invalidate x3 per key
+    // claim x3 and fill, renew, release x2, invalidate x3, capture x2, put, tag invalidation
+    // x2 per key
     assert!(
-        scripts >= keys.len() * 10,
+        scripts >= keys.len() * 15,
         "{scripts} script calls seen for {} keys",
         keys.len()
     );
     assert!(commands > scripts, "the scripts' own commands were seen");
+    assert_eq!(
+        single_key_reads,
+        keys.len() * 3,
+        "the tagged reads' GETs were seen"
+    );
     assert_eq!(
         names_seen,
         HashSet::from([1, 2, 4]),
