@@ -1,6 +1,7 @@
 //! The redis and tiered backends on a real local Redis Cluster (3 masters + 3 replicas, issue
 //! 16): keys over every master, the fence race, a corrupt entry, fail-open, single-flight across
-//! processes, the invalidation bus across processes, and a master killed while 32 tasks call.
+//! processes, the invalidation bus across processes, tags and write-through across processes,
+//! and a master killed while 32 tasks call.
 //! Every log line of every process is kept, and any `CROSSSLOT` (or a script's cross-slot
 //! refusal) fails the test.
 //!

@@ -32,7 +32,7 @@ const TASKS: usize = 4;
 /// a tag captures the tag's current generation. In the quiet part nothing does, as in a real
 /// lull, so an L1 entry left stale stays stale, and the reads past the bound see it.
 const ROUNDS: usize = 4;
-const BUSY_OPS: usize = 400;
+const BUSY_OPS: usize = 250;
 const QUIET: Duration = Duration::from_millis(800);
 const CATEGORIES: u64 = 6;
 const PAGES: u32 = 3;
@@ -474,7 +474,7 @@ mod worker {
                 // Leave the other processes and the bus some CPU on a 2-core machine.
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            if rng.u32(0..40) == 0 {
+            if rng.u32(0..30) == 0 {
                 let start = now_us();
                 let (tag, version, how) = invalidate(&mut rng).await;
                 lines.push(format!("I {tag} {version} {start} {} {how}", now_us()));
@@ -490,7 +490,8 @@ mod worker {
         let mut lines = Vec::new();
         let end = std::time::Instant::now() + QUIET;
         while std::time::Instant::now() < end {
-            if lines.len() % 20 == 0 {
+            if lines.len() % 5 == 0 {
+                // Enough reads to see a stale entry, not so many that checking them is slow.
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             logged_read(&mut rng, &mut lines).await;
