@@ -31,8 +31,8 @@ const TASKS: usize = 4;
 /// tags anew within milliseconds, which would hide a lost invalidation: a miss on any entry of
 /// a tag captures the tag's current generation. In the quiet part nothing does, as in a real
 /// lull, so an L1 entry left stale stays stale, and the reads past the bound see it.
-const ROUNDS: usize = 4;
-const BUSY_OPS: usize = 250;
+const ROUNDS: usize = 6;
+const BUSY_OPS: usize = 170;
 const QUIET: Duration = Duration::from_millis(800);
 const CATEGORIES: u64 = 6;
 const PAGES: u32 = 3;
