@@ -11,10 +11,9 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cachette::{cached, configure, invalidates, RedisBackend, TieredBackend};

@@ -2,10 +2,11 @@
 //! (issue 16): a real local cluster of 3 masters and 3 replicas with `--port 0`, TLS between
 //! the nodes and to the replicas too, client certificates required (a CA and certificates made
 //! with rcgen), the default user off and replicas authenticating as the user. Hits on every
-//! master, the invalidation bus between two tiered backends on every master's subscription,
-//! fail-open while the cluster is frozen; a wrong password and an untrusted certificate fail
-//! open too, with one log line naming the cause (as on a single server: the connections are
-//! lazy), and no password reaches `Debug`, a log line, an error or `health()`.
+//! master, the invalidation bus between two tiered backends on every master's subscription; a
+//! wrong password and an untrusted certificate fail open, with one log line naming the cause
+//! (as on a single server: the connections are lazy); fail-open while the cluster is frozen,
+//! and caching resumed once it thaws; no password in `Debug`, a log line, an error or
+//! `health()`.
 //!
 //! The scenarios run in turn in one test on one runtime, as a backend's connection lives on the
 //! runtime that first used it.
@@ -13,7 +14,6 @@
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cachette::{cached, configure, invalidates, RedisBackend, RedisBackendBuilder, TieredBackend};
@@ -24,7 +24,11 @@ use support::tls::Pki;
 const USER: &str = "cacheapp";
 const PASSWORD: &str = "cl-s3cret-pa55";
 const WRONG_PASSWORD: &str = "cl-not-the-pa55word";
-const OP_TIMEOUT: Duration = Duration::from_millis(250);
+/// Longer than the 250 ms default: a fresh cluster connection's first operation connects to
+/// every node, and in a debug build a TLS handshake with a client certificate costs 30-50 ms of
+/// CPU on this 2-core machine (a whole fresh connection measured 165-600 ms), so 250 ms timed
+/// out, the store renewed the connection, and caching came and went.
+const OP_TIMEOUT: Duration = Duration::from_secs(1);
 
 static LOADS: AtomicUsize = AtomicUsize::new(0);
 static SOURCE: AtomicUsize = AtomicUsize::new(1);
@@ -109,6 +113,7 @@ fn configure_backends(cluster: &RedisCluster, pki: &Pki) -> Backends {
         .iter()
         .map(|seed| seed.replace(PASSWORD, WRONG_PASSWORD))
         .collect();
+    // Short timeouts: these never connect.
     let wrong_password =
         build(secured(&wrong_seeds, "ctwrong").op_timeout(Duration::from_millis(200)));
     // The system's roots do not include the test CA.
@@ -164,9 +169,11 @@ where
 
 /// The ids of `ids`, grouped by the master their entry lives on.
 fn ids_by_master(cluster: &RedisCluster, ids: std::ops::Range<u64>) -> Vec<Vec<u64>> {
+    let ids: Vec<u64> = ids.collect();
+    let tags: Vec<String> = ids.iter().map(|id| format!("{{item:<{id}>}}")).collect();
+    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
     let mut by_master: Vec<(u16, Vec<u64>)> = Vec::new();
-    for id in ids {
-        let master = cluster.master_port_of(&format!("{{item:<{id}>}}"));
+    for (id, master) in ids.into_iter().zip(cluster.master_ports_of(&tags)) {
         match by_master.iter_mut().find(|(port, _)| *port == master) {
             Some((_, ids)) => ids.push(id),
             None => by_master.push((master, vec![id])),
@@ -239,28 +246,34 @@ async fn the_bus_between_two_tiered_backends(backends: &Backends, ids: &[u64]) {
     }
 }
 
-/// The whole cluster frozen: every call answers (uncached) within a bound; thawed, caching
-/// through the TLS connections resumes.
+/// The whole cluster frozen: a call answers (uncached) within the operation timeout; thawed,
+/// caching through the TLS connections resumes on every master.
 async fn a_frozen_cluster_fails_open(cluster: &RedisCluster) {
-    // Under the node timeout, so that no node marks another failed once thawed.
+    // One call, so that the freeze stays under the node timeout and no node marks another
+    // failed once thawed.
     cluster.pause_all();
-    let frozen = Instant::now();
-    for id in 1_000..1_003 {
-        let started = Instant::now();
-        let answered = over_redis(id).await;
-        let took = started.elapsed();
-        assert!(answered.is_ok(), "{answered:?}");
-        assert!(
-            took < 2 * OP_TIMEOUT + Duration::from_millis(100),
-            "{took:?}"
-        );
-    }
-    let frozen_for = frozen.elapsed();
+    let started = Instant::now();
+    let answered = over_redis(1_000_000).await;
+    let took = started.elapsed();
     cluster.resume_all();
+    assert_eq!(answered, Ok((1_000_000, SOURCE.load(Ordering::SeqCst))));
+    assert!(
+        took < 2 * OP_TIMEOUT + Duration::from_millis(500),
+        "a call on a frozen cluster took {took:?}"
+    );
+    let thawed = Instant::now();
     cluster.wait_until_ok(Duration::from_secs(30));
-    let ids = ids_by_master(cluster, 2_000..2_060);
-    let resumed = until_caching(over_redis, "redis after the freeze", &ids).await;
-    eprintln!("frozen for {frozen_for:?}; caching resumed {resumed:?} after the thaw");
+    until_caching(
+        over_redis,
+        "redis after the freeze",
+        &ids_by_master(cluster, 2_000..2_300),
+    )
+    .await;
+    eprintln!(
+        "a call on the frozen cluster answered in {took:?}; caching resumed on every master {:?} \
+         after the thaw",
+        thawed.elapsed()
+    );
 }
 
 /// A wrong password and an untrusted certificate: every call answers (uncached) within a
@@ -281,7 +294,7 @@ async fn refused_configurations_fail_open_with_the_cause_named(logs: &std::sync:
         "redis rejected the credentials",
         "the TLS handshake with redis failed",
     ];
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(15);
     let text = loop {
         let text = captured(logs);
         if causes.iter().all(|cause| text.contains(cause)) || Instant::now() > deadline {
@@ -330,9 +343,8 @@ fn no_password_anywhere(logs: &std::sync::Mutex<Vec<u8>>, seeds: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_acl_over_a_cluster() {
-    static PKI: OnceLock<Pki> = OnceLock::new();
     let logs = capture_logs();
-    let pki = PKI.get_or_init(Pki::make);
+    let pki = Pki::make();
     let dir = std::env::temp_dir().join(format!("cachette-cluster-tls-{}", std::process::id()));
     let files = pki.write_to(&dir);
     let security = Security {
@@ -343,7 +355,7 @@ async fn tls_and_acl_over_a_cluster() {
     let _remove_certificates = support::redis_server::OnExit(|| {
         let _ = std::fs::remove_dir_all(&dir);
     });
-    let backends = configure_backends(&cluster, pki);
+    let backends = configure_backends(&cluster, &pki);
     // One id whose entry lives on each master: the scenarios then use every master's TLS
     // connection (redirections carry the certificates and the user) and its bus subscription.
     let ids: Vec<u64> = ids_by_master(&cluster, 0..30)
@@ -351,24 +363,25 @@ async fn tls_and_acl_over_a_cluster() {
         .map(|ids| ids[0])
         .collect();
     let connected = [
-        until_caching(over_redis, "redis", &ids_by_master(&cluster, 100..160)).await,
-        until_caching(over_tiered, "tiered", &ids_by_master(&cluster, 100..160)).await,
+        until_caching(over_redis, "redis", &ids_by_master(&cluster, 100..400)).await,
+        until_caching(over_tiered, "tiered", &ids_by_master(&cluster, 100..400)).await,
         until_caching(
             over_tiered_peer,
             "tiered.peer",
-            &ids_by_master(&cluster, 200..260),
+            &ids_by_master(&cluster, 400..700),
         )
         .await,
     ];
-    eprintln!("caching through fresh cluster connections after {connected:?}");
+    eprintln!("caching on every master through fresh cluster connections after {connected:?}");
 
     hits_on_every_master(&cluster, &ids).await;
     eprintln!("ok: redis hits on every master over TLS as an ACL user");
     the_bus_between_two_tiered_backends(&backends, &ids).await;
     eprintln!("ok: the bus between two tiered backends on every master");
-    a_frozen_cluster_fails_open(&cluster).await;
-    eprintln!("ok: a frozen cluster fails open, and caching resumes");
+    // Before the freeze, during which a diagnosis would find no cause to name.
     refused_configurations_fail_open_with_the_cause_named(logs).await;
     eprintln!("ok: a wrong password and an untrusted certificate are named");
+    a_frozen_cluster_fails_open(&cluster).await;
+    eprintln!("ok: a frozen cluster fails open, and caching resumes");
     no_password_anywhere(logs, &cluster.seeds());
 }

@@ -222,16 +222,17 @@ impl RedisCluster {
 
     /// The port of the master now serving `key`'s slot (asked of a running node).
     pub fn master_port_of(&self, key: &str) -> u16 {
+        self.master_ports_of(&[key])[0]
+    }
+
+    /// [`master_port_of`](Self::master_port_of) for each of `keys`, over one connection.
+    pub fn master_ports_of(&self, keys: &[&str]) -> Vec<u16> {
         let mut redis = self.any_connection();
-        let slot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query(&mut redis)
-            .expect("keyslot");
         let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query(&mut redis)
             .expect("cluster slots");
+        let mut masters: Vec<((i64, i64), u16)> = Vec::new();
         for range in ranges {
             let redis::Value::Array(items) = range else {
                 continue;
@@ -240,14 +241,28 @@ impl RedisCluster {
                 redis::from_redis_value(items[0].clone()).expect("start"),
                 redis::from_redis_value(items[1].clone()).expect("end"),
             );
-            if (bounds.0..=bounds.1).contains(&slot) {
-                let redis::Value::Array(master) = &items[2] else {
-                    panic!("a master entry")
-                };
-                return redis::from_redis_value(master[1].clone()).expect("port");
-            }
+            let redis::Value::Array(master) = &items[2] else {
+                panic!("a master entry")
+            };
+            masters.push((
+                bounds,
+                redis::from_redis_value(master[1].clone()).expect("port"),
+            ));
         }
-        panic!("no master serves slot {slot}")
+        keys.iter()
+            .map(|key| {
+                let slot: i64 = redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(*key)
+                    .query(&mut redis)
+                    .expect("keyslot");
+                masters
+                    .iter()
+                    .find(|((start, end), _)| (*start..=*end).contains(&slot))
+                    .map(|(_, port)| *port)
+                    .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+            })
+            .collect()
     }
 
     /// The ports of the masters now serving slots.
