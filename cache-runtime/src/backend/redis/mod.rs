@@ -517,6 +517,29 @@ mod tests {
         );
     }
 
+    /// A PEM holding no certificate (a key file given as the CA, an empty file) was accepted;
+    /// every handshake then failed as untrusted, far from the mistake.
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_material_without_a_certificate_or_key_is_an_error() {
+        let url = "rediss://127.0.0.1:1/";
+        let not_pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+        let cases = [
+            RedisBackend::builder().url(url).tls_ca_pem(""),
+            RedisBackend::builder().url(url).tls_ca_pem(not_pem),
+            RedisBackend::builder()
+                .url(url)
+                .tls_client_cert_pem("no certificate here", not_pem),
+        ];
+        for builder in cases {
+            let shown = format!("{builder:?}");
+            match builder.build() {
+                Err(ConfigError::BadTls { .. }) => {}
+                other => panic!("{shown}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn bad_configurations_are_errors() {
         assert!(matches!(
