@@ -303,6 +303,8 @@ impl RedisBackendBuilder {
             return Err(ConfigError::BadPrefix(self.settings.prefix));
         }
         let prefix = self.settings.prefix.clone();
+        #[cfg(feature = "tls")]
+        self.tls.check()?;
         let target = match &endpoint {
             Endpoint::Server(url) => Target::server(url, &self.tls),
             #[cfg(feature = "cluster")]
@@ -523,7 +525,8 @@ mod tests {
     #[test]
     fn tls_material_without_a_certificate_or_key_is_an_error() {
         let url = "rediss://127.0.0.1:1/";
-        let not_pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+        let not_pem =
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
         let cases = [
             RedisBackend::builder().url(url).tls_ca_pem(""),
             RedisBackend::builder().url(url).tls_ca_pem(not_pem),
