@@ -116,6 +116,22 @@ fn certificates(pki: &Pki) -> redis::TlsCertificates {
 /// failover test takes seconds, and far above a loaded 2-core machine's stalls.
 pub const NODE_TIMEOUT_MS: u64 = 1_500;
 
+/// A cluster that speaks only TLS, with client certificates of a test CA made for it, and
+/// knows one ACL user: [`RedisCluster::start_tls_acl`].
+pub struct TlsAclCluster {
+    pub cluster: RedisCluster,
+    pub pki: Pki,
+    /// The PEM files (removed when this is dropped).
+    pub files: PkiFiles,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for TlsAclCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The nodes of a running cluster.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
@@ -127,6 +143,24 @@ impl RedisCluster {
     /// cluster serves every slot.
     pub fn start() -> RedisCluster {
         RedisCluster::start_secured(Security::default())
+    }
+
+    /// [`start_secured`](Self::start_secured) with TLS only (a new CA, client certificates
+    /// required) and the ACL user `user`.
+    pub fn start_tls_acl(user: &str, password: &str) -> TlsAclCluster {
+        let pki = Pki::make();
+        let dir = std::env::temp_dir().join(format!("cachette-cluster-pki-{}", std::process::id()));
+        let files = pki.write_to(&dir);
+        let cluster = RedisCluster::start_secured(Security {
+            tls: Some((pki.clone(), files.clone())),
+            user: Some((user.to_owned(), password.to_owned())),
+        });
+        TlsAclCluster {
+            cluster,
+            pki,
+            files,
+            dir,
+        }
     }
 
     /// [`start`](Self::start), the nodes requiring what `security` says of every client.

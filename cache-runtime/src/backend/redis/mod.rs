@@ -30,6 +30,8 @@ pub(crate) use store::{Announce, Claim, RedisHealth, RedisStore, StoreError, LEA
 pub(crate) use subscription::Subscription;
 pub(crate) use wake::{resubscribe_backoff, Waiting, SAFETY_POLL};
 
+#[cfg(feature = "tls")]
+pub(crate) use connection::{check_certificates, check_private_key};
 pub(crate) use keys::valid_prefix;
 
 use connection::TlsMaterial;
