@@ -27,6 +27,16 @@ const PASSWORD: &str = "cl-s3cret-pa55";
 /// CPU on this 2-core machine (a whole fresh connection measured 165-600 ms), so at 250 ms it
 /// timed out, the store renewed the connection, and caching came and went.
 const OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// What the application's user may do: exactly what README.md lists (its keys and channels
+/// under the prefix, and the commands cachette and its scripts send), so that a command missing
+/// from the list fails this test.
+fn app_rules() -> String {
+    format!(
+        "~{PREFIX}:* &{PREFIX}:* +get +set +del +incr +pexpire +pttl +type +eval +evalsha \
+         +script +publish +subscribe +ping +scan +cluster|slots"
+    )
+}
+
 /// The prefix of `redis`, `tiered` (which share their L2 store, as `from_env` configures them)
 /// and `tiered.peer`.
 const PREFIX: &str = "ct";
@@ -62,7 +72,7 @@ async fn change_item(id: u64) {
 /// `redis` and `tiered` from the environment, as a deployment gives them; `tiered.peer` built
 /// in code (returned, for its bus counters).
 fn configure_backends(secured: &TlsAclCluster) -> TieredBackend {
-    let seeds = secured.cluster.seeds();
+    let seeds = secured.app_seeds();
     assert!(
         seeds
             .iter()
@@ -285,7 +295,7 @@ fn no_password_anywhere(logs: &std::sync::Mutex<Vec<u8>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_acl_over_a_cluster() {
     let logs = capture_logs();
-    let secured = RedisCluster::start_tls_acl(USER, PASSWORD);
+    let secured = RedisCluster::start_tls_acl(USER, PASSWORD, &app_rules());
     let cluster = &secured.cluster;
     let peer = configure_backends(&secured);
     // `redis` and `tiered` share their entries: each scenario has ids of its own, one whose

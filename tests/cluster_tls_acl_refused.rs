@@ -20,6 +20,10 @@ const USER: &str = "cacheapp";
 const PASSWORD: &str = "cl-s3cret-pa55";
 const WRONG_PASSWORD: &str = "cl-not-the-pa55word";
 
+fn app_rules() -> String {
+    "~ct*:* &ct*:* +@all".to_owned()
+}
+
 #[cached(ttl = "60s", key = "wrong:<id>", backend = "redis.wrong_password")]
 async fn with_wrong_password(id: u64) -> Result<u64, String> {
     Ok(id)
@@ -45,8 +49,8 @@ fn built(builder: RedisBackendBuilder) -> RedisBackend {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_and_an_untrusted_certificate_fail_open_and_are_named() {
     let logs = capture_logs();
-    let secured = RedisCluster::start_tls_acl(USER, PASSWORD);
-    let seeds = secured.cluster.seeds();
+    let secured = RedisCluster::start_tls_acl(USER, PASSWORD, &app_rules());
+    let seeds = secured.app_seeds();
     let wrong_seeds: Vec<String> = seeds
         .iter()
         .map(|seed| seed.replace(PASSWORD, WRONG_PASSWORD))

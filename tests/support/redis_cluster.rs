@@ -24,25 +24,33 @@ const TEST_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Security {
     /// TLS only: the certificates' PEM text (for clients) and files (for the servers).
     pub tls: Option<(Pki, PkiFiles)>,
-    /// The one ACL user (name, password); the default user is then off, and replicas
-    /// authenticate to their masters as this user.
+    /// The ACL user (name, password) that `redis-cli`, the replicas and the test's own
+    /// connections use, allowed everything; the default user is then off.
     pub user: Option<(String, String)>,
+    /// More ACL users, each as `--user` rules (`app on >password ~prefix:* +get ...`).
+    pub more_users: Vec<String>,
 }
 
 impl Security {
     /// The URL of the node on `port`, as a client of this cluster writes it.
     pub fn url(&self, port: u16) -> String {
+        let user = self.user.as_ref();
+        self.url_as(
+            port,
+            user.map(|(user, password)| (user.as_str(), password.as_str())),
+        )
+    }
+
+    /// [`url`](Self::url) with another user's credentials, or none.
+    pub fn url_as(&self, port: u16, user: Option<(&str, &str)>) -> String {
         let scheme = if self.tls.is_some() {
             "rediss"
         } else {
             "redis"
         };
-        let auth = self
-            .user
-            .as_ref()
-            .map_or(String::new(), |(user, password)| {
-                format!("{user}:{password}@")
-            });
+        let auth = user.map_or(String::new(), |(user, password)| {
+            format!("{user}:{password}@")
+        });
         format!("{scheme}://{auth}127.0.0.1:{port}/")
     }
 
@@ -64,6 +72,10 @@ impl Security {
                 .split_whitespace()
                 .map(str::to_owned),
             );
+        }
+        for rules in &self.more_users {
+            args.push("--user".to_owned());
+            args.extend(rules.split_whitespace().map(str::to_owned));
         }
         args
     }
@@ -124,6 +136,25 @@ pub struct TlsAclCluster {
     /// The PEM files (removed when this is dropped).
     pub files: PkiFiles,
     dir: std::path::PathBuf,
+    /// The user the application connects as, and its password.
+    app: (String, String),
+}
+
+impl TlsAclCluster {
+    /// Every node's URL with the application's user: the seeds a backend is given.
+    pub fn app_seeds(&self) -> Vec<String> {
+        let (user, password) = &self.app;
+        self.cluster
+            .nodes
+            .iter()
+            .filter(|node| node.is_running())
+            .map(|node| {
+                self.cluster
+                    .security
+                    .url_as(node.port(), Some((user, password)))
+            })
+            .collect()
+    }
 }
 
 impl Drop for TlsAclCluster {
@@ -146,20 +177,23 @@ impl RedisCluster {
     }
 
     /// [`start_secured`](Self::start_secured) with TLS only (a new CA, client certificates
-    /// required) and the ACL user `user`.
-    pub fn start_tls_acl(user: &str, password: &str) -> TlsAclCluster {
+    /// required), an `admin` user for the cluster's own commands, and the application's user
+    /// `user`, allowed what `rules` say (`~prefix:* +get ...`).
+    pub fn start_tls_acl(user: &str, password: &str, rules: &str) -> TlsAclCluster {
         let pki = Pki::make();
         let dir = std::env::temp_dir().join(format!("cachette-cluster-pki-{}", std::process::id()));
         let files = pki.write_to(&dir);
         let cluster = RedisCluster::start_secured(Security {
             tls: Some((pki.clone(), files.clone())),
-            user: Some((user.to_owned(), password.to_owned())),
+            user: Some(("admin".to_owned(), "admin-pa55".to_owned())),
+            more_users: vec![format!("{user} on >{password} {rules}")],
         });
         TlsAclCluster {
             cluster,
             pki,
             files,
             dir,
+            app: (user.to_owned(), password.to_owned()),
         }
     }
 
