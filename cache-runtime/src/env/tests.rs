@@ -589,6 +589,7 @@ mod cluster_and_tls {
     }
 
     /// Each case refused, naming its variable, with its reason, and no password.
+    #[cfg(any(feature = "cluster", feature = "tls"))]
     fn check_refusals(cases: &[(Given, &str, &str)]) {
         for (vars, variable, reason) in cases {
             let (named, message) = refused(vars);
