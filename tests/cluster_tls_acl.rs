@@ -16,7 +16,7 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cachette::{cached, configure, invalidates, RedisBackend, TieredBackend};
+use cachette::{cache_put, cached, configure, invalidates, RedisBackend, TieredBackend};
 use support::log_capture::{capture_logs, captured};
 use support::redis_cluster::{RedisCluster, TlsAclCluster};
 
@@ -67,6 +67,23 @@ async fn over_tiered_peer(id: u64) -> Result<(u64, usize), String> {
 async fn change_item(id: u64) {
     let _ = id;
     SOURCE.fetch_add(1, Ordering::SeqCst);
+}
+
+#[cached(ttl = "60s", key = "tagged:<id>", backend = "redis", tags("family"))]
+async fn tagged(id: u64) -> Result<(u64, usize), String> {
+    LOADS.fetch_add(1, Ordering::SeqCst);
+    Ok((id, SOURCE.load(Ordering::SeqCst)))
+}
+
+#[invalidates(tags("family"))]
+async fn change_family() {
+    SOURCE.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Write-through: the value stored is the put's, with no load.
+#[cache_put(key = "item:<id>", ttl = "60s", backend = "tiered")]
+async fn put_item(id: u64) -> Result<(u64, usize), String> {
+    Ok((id, 1_000 + SOURCE.fetch_add(1, Ordering::SeqCst)))
 }
 
 /// `redis` and `tiered` from the environment, as a deployment gives them; `tiered.peer` built
@@ -250,6 +267,51 @@ async fn the_bus_between_two_tiered_backends(peer: &TieredBackend, ids: &[u64]) 
     }
 }
 
+/// A tag's invalidation and a write-through, with their own scripts and keys (a tag's
+/// generation key): the ACL user's command list covers them too. Tagged entries of 30 ids
+/// (over every master); a put for an id on each master.
+async fn tags_and_write_through(put_ids: &[u64]) {
+    let ids: Vec<u64> = (0..30).collect();
+    let loads = LOADS.load(Ordering::SeqCst);
+    let mut before = Vec::new();
+    for &id in &ids {
+        before.push(tagged(id).await.expect("ok"));
+        assert_eq!(
+            tagged(id).await.expect("ok"),
+            before[before.len() - 1],
+            "id {id}: a hit"
+        );
+    }
+    assert_eq!(
+        LOADS.load(Ordering::SeqCst),
+        loads + ids.len(),
+        "one load per id"
+    );
+    change_family().await;
+    for (&id, value) in ids.iter().zip(&before) {
+        assert_ne!(
+            &tagged(id).await.expect("ok"),
+            value,
+            "id {id}: the tag's invalidation missed it"
+        );
+    }
+    assert_eq!(LOADS.load(Ordering::SeqCst), loads + 2 * ids.len());
+    for &id in put_ids {
+        let put = put_item(id).await.expect("ok");
+        let loads = LOADS.load(Ordering::SeqCst);
+        assert_eq!(
+            over_tiered_peer(id).await.expect("ok"),
+            put,
+            "id {id}: the put's value"
+        );
+        assert_eq!(
+            LOADS.load(Ordering::SeqCst),
+            loads,
+            "id {id}: read from L2, no load"
+        );
+    }
+}
+
 /// The whole cluster frozen: a call answers (uncached) within the operation timeout; thawed,
 /// caching through the TLS connections resumes on every master.
 async fn a_frozen_cluster_fails_open(cluster: &RedisCluster) {
@@ -280,10 +342,20 @@ async fn a_frozen_cluster_fails_open(cluster: &RedisCluster) {
     );
 }
 
-/// No password in any log line or in `health()`.
-fn no_password_anywhere(logs: &std::sync::Mutex<Vec<u8>>) {
+/// No password in any log line or in `health()`, and no request refused by the cluster (a
+/// cross-slot pipeline or script, a command the ACL user may not send).
+fn logs_are_clean(logs: &std::sync::Mutex<Vec<u8>>) {
     let text = captured(logs);
     assert!(!text.contains(PASSWORD), "a password in the logs:\n{text}");
+    for refusal in [
+        "redis refused",
+        "CROSSSLOT",
+        "CrossSlot",
+        "crossed slots",
+        "NOPERM",
+    ] {
+        assert!(!text.contains(refusal), "`{refusal}` in the logs:\n{text}");
+    }
     let health = format!("{:?}", cachette::health());
     assert!(health.contains("tiered.peer"), "{health}");
     assert!(
@@ -320,7 +392,9 @@ async fn tls_and_acl_over_a_cluster() {
     eprintln!("ok: redis hits on every master over TLS as an ACL user");
     the_bus_between_two_tiered_backends(&peer, &bus_ids).await;
     eprintln!("ok: the bus between two tiered backends on every master");
+    tags_and_write_through(&first_of_each(ids_by_master(cluster, 60..90))).await;
+    eprintln!("ok: a tag's invalidation and a write-through on every master");
     a_frozen_cluster_fails_open(cluster).await;
     eprintln!("ok: a frozen cluster fails open, and caching resumes");
-    no_password_anywhere(logs);
+    logs_are_clean(logs);
 }
