@@ -1,6 +1,7 @@
 //! Tag generations in Redis (`backend/tags.rs` says what they are): one key per tag, under the
 //! tag's own hash tag (`<prefix>:1:{<tag>}:g`), so that each script touches one slot; reads of
-//! a value and its tags' generations are pipelined into one round trip.
+//! a value and its tags' generations are pipelined into one round trip (on a cluster, sent at
+//! once: their keys are of several slots, which a cluster pipeline may not mix).
 
 use std::time::Duration;
 
@@ -35,8 +36,7 @@ impl RedisStore {
             pipe.cmd("GET")
                 .arg(self.key_arg(tag.as_str(), Role::Generation));
         }
-        let mut connection = self.connection().await?;
-        let mut replies: Vec<Value> = self.guarded(pipe.query_async(&mut connection)).await?;
+        let mut replies = self.query_at_once(&pipe).await?;
         if replies.len() != tags.len() + 1 {
             return Err(unexpected("a tagged read"));
         }
@@ -71,8 +71,7 @@ impl RedisStore {
                 .arg(drawn)
                 .arg(millis(ttl).max(1));
         }
-        let mut connection = self.connection().await?;
-        let replies: Vec<Value> = self.guarded(pipe.query_async(&mut connection)).await?;
+        let replies = self.query_at_once(&pipe).await?;
         let generations: Option<Vec<u64>> = replies.iter().map(generation).collect();
         match generations {
             Some(generations) if generations.len() == tags.len() => Ok(generations),
@@ -122,6 +121,29 @@ impl RedisStore {
             .arg(channel)
             .arg(message);
         invocation
+    }
+
+    /// `pipe`'s replies in one round trip, under one operation timeout: the pipeline itself on
+    /// one server; on a cluster, where a pipeline must keep to one slot (redis-rs refuses
+    /// "crossed slots") and these keys are of several, every command sent at once on the
+    /// multiplexed node connections. The first error is the call's, as a pipeline's is.
+    async fn query_at_once(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
+        let connection = self.connection().await?;
+        if !self.target.is_cluster() {
+            let mut connection = connection;
+            return self.guarded(pipe.query_async(&mut connection)).await;
+        }
+        let calls = pipe.cmd_iter().map(|command| {
+            let mut connection = connection.clone();
+            async move { command.query_async::<Value>(&mut connection).await }
+        });
+        self.guarded(async {
+            futures_util::future::join_all(calls)
+                .await
+                .into_iter()
+                .collect::<redis::RedisResult<Vec<Value>>>()
+        })
+        .await
     }
 
     /// Refuses the call while an invalidation of one of `tags` is pending: Redis may still hold
