@@ -12,13 +12,13 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cachette::{cache_put, cached, configure, invalidates, RedisBackend, TieredBackend};
+use support::log_capture::capture_logs;
 use support::redis_cluster::RedisCluster;
 use support::redis_server::{self, free_port, RedisServer};
 use support::start_line;
@@ -769,32 +769,6 @@ fn an_overflow_is_purged_on_every_master(cluster: &RedisCluster, coordination: &
 }
 
 // ---- Logs ----
-
-/// Every log line of this process, kept (and still written to stderr).
-fn capture_logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    struct Capture;
-    impl Write for Capture {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            LOGS.get()
-                .expect("set")
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend_from_slice(bytes);
-            std::io::stderr().write(bytes)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            std::io::stderr().flush()
-        }
-    }
-    let logs = LOGS.get_or_init(|| Mutex::new(Vec::new()));
-    tracing_subscriber::fmt()
-        .with_writer(|| Capture)
-        .with_ansi(false)
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-        .init();
-    logs
-}
 
 fn assert_no_cross_slot(logs: &Mutex<Vec<u8>>) {
     let logs = logs.lock().expect("lock");

@@ -9,55 +9,17 @@
 
 mod support;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cachette::{cached, configure, invalidates, RedisBackend, TieredBackend};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
+use support::log_capture::capture_logs;
 use support::redis_server::{OnExit, RedisServer};
+use support::tls::Pki;
 
 const PASSWORD: &str = "s3cret-pa55";
 const WRONG_PASSWORD: &str = "not-the-pa55word";
-
-/// PEM files of a test CA, a server certificate for 127.0.0.1 and a client certificate.
-struct Pki {
-    ca: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn make_pki() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "cachette test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let leaf = |names: Vec<String>| {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(names).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "cachette test");
-        let cert = params.signed_by(&key, &ca).expect("signed");
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        server: leaf(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]),
-        client: leaf(vec!["cachette-client".to_owned()]),
-        ca: ca.pem(),
-    }
-}
 
 struct Fixture {
     tls: RedisServer,
@@ -71,27 +33,9 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let pki = make_pki();
+        let pki = Pki::make();
         let dir = std::env::temp_dir().join(format!("cachette-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let write = |name: &str, pem: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).expect("write pem");
-            path.to_string_lossy().into_owned()
-        };
-        let tls = RedisServer::start_with(
-            vec![
-                "--tls-cert-file".into(),
-                write("server.crt", &pki.server.0),
-                "--tls-key-file".into(),
-                write("server.key", &pki.server.1),
-                "--tls-ca-cert-file".into(),
-                write("ca.crt", &pki.ca),
-                "--tls-auth-clients".into(),
-                "yes".into(),
-            ],
-            true,
-        );
+        let tls = RedisServer::start_with(pki.write_to(&dir).server_args(), true);
         let acl = RedisServer::start_with(
             format!("--user default off --user app on >{PASSWORD} ~* &* +@all")
                 .split(' ')
@@ -315,30 +259,4 @@ async fn tls_and_acl_users() {
         !logs.contains(PASSWORD) && !logs.contains(WRONG_PASSWORD),
         "a password in the logs:\n{logs}"
     );
-}
-
-/// Every log line of this binary, kept (and still written to stderr).
-fn capture_logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    struct Capture;
-    impl Write for Capture {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            LOGS.get()
-                .expect("set")
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend_from_slice(bytes);
-            std::io::stderr().write(bytes)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            std::io::stderr().flush()
-        }
-    }
-    let logs = LOGS.get_or_init(|| Mutex::new(Vec::new()));
-    tracing_subscriber::fmt()
-        .with_writer(|| Capture)
-        .with_ansi(false)
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-        .init();
-    logs
 }

@@ -3,11 +3,10 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cachette::{cached, configure, RedisBackend};
+use support::log_capture::capture_logs;
 use support::redis_server::{free_port, RedisServer};
 
 const PASSWORD: &str = "s3cret/pa55";
@@ -82,32 +81,6 @@ async fn a_wrong_password_is_named_when_the_first_seed_is_down() {
     );
     server.stop();
     let _ = std::fs::remove_dir_all(server.dir());
-}
-
-/// Every log line of this binary, kept (and still written to stderr).
-fn capture_logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    struct Capture;
-    impl Write for Capture {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            LOGS.get()
-                .expect("set")
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend_from_slice(bytes);
-            std::io::stderr().write(bytes)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            std::io::stderr().flush()
-        }
-    }
-    let logs = LOGS.get_or_init(|| Mutex::new(Vec::new()));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(|| Capture)
-        .with_ansi(false)
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-        .try_init();
-    logs
 }
 
 /// Seeds must carry the same credentials: redis-rs uses the first seed's for every node, so a

@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cachette::{cached, configure, RedisBackend};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
+use support::log_capture::capture_logs;
 use support::redis_server::RedisServer;
+use support::tls::Pki;
 
 #[cached(ttl = "60s", key = "nocert:<id>", backend = "redis.no_client_cert")]
 async fn without_client_certificate(id: u64) -> Result<u64, String> {
@@ -21,43 +20,13 @@ async fn without_client_certificate(id: u64) -> Result<u64, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_client_certificate_is_named_as_a_tls_refusal() {
     let logs = capture_logs();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let key = KeyPair::generate().expect("key");
-    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("signed");
+    let pki = Pki::make();
     let dir = std::env::temp_dir().join(format!("cachette-r16-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let write = |name: &str, pem: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).expect("write pem");
-        path.to_string_lossy().into_owned()
-    };
-    let server = RedisServer::start_with(
-        vec![
-            "--tls-cert-file".into(),
-            write("server.crt", &server_cert.pem()),
-            "--tls-key-file".into(),
-            write("server.key", &key.serialize_pem()),
-            "--tls-ca-cert-file".into(),
-            write("ca.crt", &ca.pem()),
-            "--tls-auth-clients".into(),
-            "yes".into(),
-        ],
-        true,
-    );
+    let server = RedisServer::start_with(pki.write_to(&dir).server_args(), true);
     let backend = RedisBackend::builder()
         .url(format!("rediss://127.0.0.1:{}/", server.port()))
         .prefix("nocert")
-        .tls_ca_pem(ca.pem())
+        .tls_ca_pem(pki.ca.clone())
         .op_timeout(Duration::from_millis(200))
         .build()
         .expect("valid: nothing connects yet");
@@ -94,30 +63,4 @@ async fn a_missing_client_certificate_is_named_as_a_tls_refusal() {
         line.contains("tls_client_cert_pem"),
         "the hint should name the missing client certificate: {line}"
     );
-}
-
-/// Every log line of this binary, kept (and still written to stderr).
-fn capture_logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    struct Capture;
-    impl Write for Capture {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            LOGS.get()
-                .expect("set")
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend_from_slice(bytes);
-            std::io::stderr().write(bytes)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            std::io::stderr().flush()
-        }
-    }
-    let logs = LOGS.get_or_init(|| Mutex::new(Vec::new()));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(|| Capture)
-        .with_ansi(false)
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-        .try_init();
-    logs
 }

@@ -4,12 +4,21 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use crate::backend::{valid_prefix, MemoryBackend, RedisBackend, TieredBackend};
+use crate::backend::{valid_prefix, MemoryBackend, TieredBackend};
 use crate::error::ConfigError;
 use crate::registry::Config;
 
 /// The Redis server; unset, no Redis is configured (and `tiered` sites run in memory).
 pub(crate) const REDIS_URL: &str = "CACHETTE_REDIS_URL";
+/// A Redis Cluster's seed nodes, comma-separated URLs (feature `cluster`), instead of a URL.
+pub(crate) const REDIS_CLUSTER_NODES: &str = "CACHETTE_REDIS_CLUSTER_NODES";
+/// A PEM file of the CA certificates that `rediss://` trusts instead of the system's (feature
+/// `tls`).
+pub(crate) const REDIS_CA_FILE: &str = "CACHETTE_REDIS_CA_FILE";
+/// A PEM file of the client certificate chain presented on `rediss://` (feature `tls`).
+pub(crate) const REDIS_CLIENT_CERT_FILE: &str = "CACHETTE_REDIS_CLIENT_CERT_FILE";
+/// A PEM file of that certificate's private key (feature `tls`).
+pub(crate) const REDIS_CLIENT_KEY_FILE: &str = "CACHETTE_REDIS_CLIENT_KEY_FILE";
 /// The application prefix of every Redis key.
 pub(crate) const KEY_PREFIX: &str = "CACHETTE_KEY_PREFIX";
 /// The bound on every Redis operation.
@@ -30,9 +39,14 @@ pub(crate) const DEFAULT_BACKEND: &str = "CACHETTE_DEFAULT_BACKEND";
 /// `Instant + duration` in the first bounded Redis call).
 const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-/// Every variable [`Config::from_env`] reads.
-const VARIABLES: [&str; 8] = [
+/// Every variable [`Config::from_env`] reads (those of features this build lacks included:
+/// they are refused by name, not warned about as unknown).
+const VARIABLES: [&str; 12] = [
     REDIS_URL,
+    REDIS_CLUSTER_NODES,
+    REDIS_CA_FILE,
+    REDIS_CLIENT_CERT_FILE,
+    REDIS_CLIENT_KEY_FILE,
     KEY_PREFIX,
     OP_TIMEOUT,
     CONNECT_TIMEOUT,
@@ -44,13 +58,17 @@ const VARIABLES: [&str; 8] = [
 
 impl Config {
     /// Adds what the `CACHETTE_*` environment variables configure. Every variable is optional;
-    /// one that is set but unusable (empty, malformed, zero) is an error naming it. With a
-    /// Redis URL it adds backends named `redis` and `tiered` (and `memory` with a capacity), so
-    /// configure further ones in code under other names (`redis.<name>`, ...).
+    /// one that is set but unusable (empty, malformed, zero, a file that cannot be read, a
+    /// variable of a feature this build lacks) is an error naming it. With a Redis URL or a
+    /// cluster's seeds it adds backends named `redis` and `tiered` (and `memory` with a
+    /// capacity), so configure further ones in code under other names (`redis.<name>`, ...).
     ///
     /// | variable | value | without it |
     /// |---|---|---|
-    /// | `CACHETTE_REDIS_URL` | `redis://[user][:password@]host[:port][/db]`; configures `redis` and `tiered` over it | no Redis: `tiered` sites cache in memory |
+    /// | `CACHETTE_REDIS_URL` | `redis://[user][:password@]host[:port][/db]` (`rediss://` for TLS); configures `redis` and `tiered` over it | no Redis: `tiered` sites cache in memory |
+    /// | `CACHETTE_REDIS_CLUSTER_NODES` | feature `cluster`: a Redis Cluster's seed nodes instead, comma-separated URLs of one scheme and one user (`rediss://app:pw@node-1:6379,rediss://app:pw@node-2:6379`) | — |
+    /// | `CACHETTE_REDIS_CA_FILE` | feature `tls`: a PEM file of the CA certificates to trust for `rediss://` | the system's roots |
+    /// | `CACHETTE_REDIS_CLIENT_CERT_FILE`, `CACHETTE_REDIS_CLIENT_KEY_FILE` | feature `tls`: PEM files of a client certificate chain and its private key, both or neither | no client certificate |
     /// | `CACHETTE_KEY_PREFIX` | the Redis key prefix | `cachette` |
     /// | `CACHETTE_OP_TIMEOUT` | a duration (`250ms`) bounding each Redis operation | 250 ms |
     /// | `CACHETTE_CONNECT_TIMEOUT` | a duration bounding a connection attempt | 1 s |
@@ -78,14 +96,14 @@ impl Config {
         lookup: impl Fn(&str) -> Option<OsString>,
     ) -> Result<Config, ConfigError> {
         let vars = Vars { lookup };
-        let url = vars.text(REDIS_URL)?;
+        let target = vars.redis_target()?;
         let prefix = vars.prefix()?;
         let op_timeout = vars.duration(OP_TIMEOUT)?;
         let connect_timeout = vars.duration(CONNECT_TIMEOUT)?;
         let l1_max_ttl = vars.duration(L1_MAX_TTL)?;
         let memory_entries = vars.count(MEMORY_MAX_ENTRIES)?;
         let l1_entries = vars.count(L1_MAX_ENTRIES)?;
-        let default = vars.default_backend(|name| url.is_some() || self.configures(name))?;
+        let default = vars.default_backend(|name| target.is_some() || self.configures(name))?;
 
         // Caught at install as "configured twice", the conflict would name no variable.
         let conflict = |variable: &'static str, name: &str| {
@@ -100,9 +118,9 @@ impl Config {
         if memory_entries.is_some() && self.configures("memory") {
             return Err(conflict(MEMORY_MAX_ENTRIES, "memory"));
         }
-        if url.is_some() {
+        if let Some(target) = &target {
             if let Some(name) = ["redis", "tiered"].into_iter().find(|n| self.configures(n)) {
-                return Err(conflict(REDIS_URL, name));
+                return Err(conflict(target.variable(), name));
             }
         }
 
@@ -112,9 +130,10 @@ impl Config {
             config = config.memory("memory", memory);
         }
         let l1 = l1_entries.map(|entries| MemoryBackend::builder().max_entries(entries).build());
-        match url {
-            Some(url) => {
-                let mut redis = RedisBackend::builder().url(url);
+        match target {
+            Some(target) => {
+                let variable = target.variable();
+                let mut redis = target.builder();
                 if let Some(prefix) = prefix {
                     redis = redis.prefix(prefix);
                 }
@@ -125,7 +144,7 @@ impl Config {
                     redis = redis.connect_timeout(timeout);
                 }
                 let redis = redis.build().map_err(|error| ConfigError::BadVariable {
-                    variable: REDIS_URL,
+                    variable,
                     reason: error.to_string(),
                 })?;
                 let mut tiered = TieredBackend::builder(redis.clone());
@@ -251,7 +270,10 @@ impl<F: Fn(&str) -> Option<OsString>> Vars<F> {
         if kind == "redis" && !has_redis(&name) {
             return Err(bad(
                 REDIS_URL,
-                format!("not set, but `{DEFAULT_BACKEND}={name}` needs a Redis server"),
+                format!(
+                    "not set (nor `{REDIS_CLUSTER_NODES}`), but `{DEFAULT_BACKEND}={name}` needs \
+                     a Redis server"
+                ),
             ));
         }
         Ok(Some(name))
@@ -276,5 +298,6 @@ fn warn_about_unknown_variables() {
     }
 }
 
+mod redis_target;
 #[cfg(test)]
 mod tests;

@@ -46,6 +46,16 @@ pub enum ConfigError {
         /// The environment variable it was read from, if any.
         variable: Option<&'static str>,
     },
+    /// The TLS material given for `rediss://` cannot be used: no certificate in a PEM, or one
+    /// malformed, or no private key (feature `tls`).
+    #[error("invalid TLS {part}: {reason}")]
+    BadTls {
+        /// Which: `CA certificates (tls_ca_pem)`, `client certificate (tls_client_cert_pem)`
+        /// or `client private key (tls_client_cert_pem)`.
+        part: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An environment variable read by [`Config::from_env`](crate::Config::from_env) holds a
     /// value that cannot be used.
     #[error("environment variable `{variable}`: {reason}")]

@@ -14,3 +14,9 @@ pub mod redis_cluster;
 
 #[allow(dead_code)]
 pub mod alloc_count;
+
+#[allow(dead_code)]
+pub mod tls;
+
+#[allow(dead_code)]
+pub mod log_capture;

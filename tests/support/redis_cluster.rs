@@ -4,46 +4,221 @@
 //! every node reports `cluster_state:ok` and every master has its replica. Every node is killed
 //! when the cluster is dropped (a failed test included). Both programs come with Debian's
 //! `redis-server` package; a test that cannot start them fails.
+//!
+//! [`RedisCluster::start_secured`] starts one whose nodes speak only TLS (`--port 0`), between
+//! themselves and to their replicas too, require client certificates, and know one ACL user
+//! (the default user off): what a managed cluster asks of a client.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::redis_server::{connect_blocking, free_port, RedisServer};
+use super::redis_server::{free_port, RedisServer};
+use super::tls::{Pki, PkiFiles};
+
+/// How long the test's own connections may take to connect and to answer.
+const TEST_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the nodes require of a client: nothing (the default), TLS with a client certificate
+/// of a test CA, an ACL user, or both.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// TLS only: the certificates' PEM text (for clients) and files (for the servers).
+    pub tls: Option<(Pki, PkiFiles)>,
+    /// The ACL user (name, password) that `redis-cli`, the replicas and the test's own
+    /// connections use, allowed everything; the default user is then off.
+    pub user: Option<(String, String)>,
+    /// More ACL users, each as `--user` rules (`app on >password ~prefix:* +get ...`).
+    pub more_users: Vec<String>,
+}
+
+impl Security {
+    /// The URL of the node on `port`, as a client of this cluster writes it.
+    pub fn url(&self, port: u16) -> String {
+        let user = self.user.as_ref();
+        self.url_as(
+            port,
+            user.map(|(user, password)| (user.as_str(), password.as_str())),
+        )
+    }
+
+    /// [`url`](Self::url) with another user's credentials, or none.
+    pub fn url_as(&self, port: u16, user: Option<(&str, &str)>) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let auth = user.map_or(String::new(), |(user, password)| {
+            format!("{user}:{password}@")
+        });
+        format!("{scheme}://{auth}127.0.0.1:{port}/")
+    }
+
+    /// `redis-server` arguments for a node.
+    fn node_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some((_, files)) = &self.tls {
+            args.extend(files.server_args());
+            for option in ["--tls-cluster", "--tls-replication"] {
+                args.extend([option.to_owned(), "yes".to_owned()]);
+            }
+        }
+        if let Some((user, password)) = &self.user {
+            args.extend(
+                format!(
+                    "--user default off --user {user} on >{password} ~* &* +@all \
+                     --masteruser {user} --masterauth {password}"
+                )
+                .split_whitespace()
+                .map(str::to_owned),
+            );
+        }
+        for rules in &self.more_users {
+            args.push("--user".to_owned());
+            args.extend(rules.split_whitespace().map(str::to_owned));
+        }
+        args
+    }
+
+    /// `redis-cli` arguments to reach a node.
+    fn cli_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some((_, files)) = &self.tls {
+            args.extend(files.cli_args());
+        }
+        if let Some((user, password)) = &self.user {
+            args.extend(
+                ["--user", user, "--pass", password, "--no-auth-warning"].map(str::to_owned),
+            );
+        }
+        args
+    }
+
+    /// A client for `url` that trusts the test CA and presents the client certificate.
+    fn client(&self, url: &str) -> redis::Client {
+        match &self.tls {
+            None => redis::Client::open(url).expect("valid url"),
+            Some((pki, _)) => tls_client(url, pki),
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+fn tls_client(url: &str, pki: &Pki) -> redis::Client {
+    redis::Client::build_with_tls(url, certificates(pki)).expect("valid url and certificates")
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_client(_: &str, _: &Pki) -> redis::Client {
+    panic!("a TLS cluster needs the `tls` feature: declare it in the test's required-features")
+}
+
+#[cfg(feature = "tls")]
+fn certificates(pki: &Pki) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: Some(redis::ClientTlsConfig {
+            client_cert: pki.client.0.clone().into_bytes(),
+            client_key: pki.client.1.clone().into_bytes(),
+        }),
+        root_cert: Some(pki.ca.clone().into_bytes()),
+    }
+}
 
 /// How long a node may go unanswered before the others fail it over: short, so that the
 /// failover test takes seconds, and far above a loaded 2-core machine's stalls.
 pub const NODE_TIMEOUT_MS: u64 = 1_500;
 
+/// A cluster that speaks only TLS, with client certificates of a test CA made for it, and
+/// knows one ACL user: [`RedisCluster::start_tls_acl`].
+pub struct TlsAclCluster {
+    pub cluster: RedisCluster,
+    pub pki: Pki,
+    /// The PEM files (removed when this is dropped).
+    pub files: PkiFiles,
+    dir: std::path::PathBuf,
+    /// The user the application connects as, and its password.
+    app: (String, String),
+}
+
+impl TlsAclCluster {
+    /// Every node's URL with the application's user: the seeds a backend is given.
+    pub fn app_seeds(&self) -> Vec<String> {
+        let (user, password) = &self.app;
+        self.cluster
+            .nodes
+            .iter()
+            .filter(|node| node.is_running())
+            .map(|node| {
+                self.cluster
+                    .security
+                    .url_as(node.port(), Some((user, password)))
+            })
+            .collect()
+    }
+}
+
+impl Drop for TlsAclCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The nodes of a running cluster.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    security: Security,
 }
 
 impl RedisCluster {
     /// Starts 6 nodes, joins them as 3 masters with one replica each, and waits until the
     /// cluster serves every slot.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_secured(Security::default())
+    }
+
+    /// [`start_secured`](Self::start_secured) with TLS only (a new CA, client certificates
+    /// required), an `admin` user for the cluster's own commands, and the application's user
+    /// `user`, allowed what `rules` say (`~prefix:* +get ...`).
+    pub fn start_tls_acl(user: &str, password: &str, rules: &str) -> TlsAclCluster {
+        let pki = Pki::make();
+        let dir = std::env::temp_dir().join(format!("cachette-cluster-pki-{}", std::process::id()));
+        let files = pki.write_to(&dir);
+        let cluster = RedisCluster::start_secured(Security {
+            tls: Some((pki.clone(), files.clone())),
+            user: Some(("admin".to_owned(), "admin-pa55".to_owned())),
+            more_users: vec![format!("{user} on >{password} {rules}")],
+        });
+        TlsAclCluster {
+            cluster,
+            pki,
+            files,
+            dir,
+            app: (user.to_owned(), password.to_owned()),
+        }
+    }
+
+    /// [`start`](Self::start), the nodes requiring what `security` says of every client.
+    pub fn start_secured(security: Security) -> RedisCluster {
         let started = Instant::now();
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
-                RedisServer::start_with(
-                    [
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        &NODE_TIMEOUT_MS.to_string(),
-                        "--cluster-port",
-                        &free_port().to_string(),
-                        // A replica promotes itself whatever its lag: the tests' data is tiny.
-                        "--cluster-replica-validity-factor",
-                        "0",
-                    ]
-                    .map(str::to_owned)
-                    .to_vec(),
-                    false,
-                )
+                let mut args: Vec<String> = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    &NODE_TIMEOUT_MS.to_string(),
+                    "--cluster-port",
+                    &free_port().to_string(),
+                    // A replica promotes itself whatever its lag: the tests' data is tiny.
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                args.extend(security.node_args());
+                RedisServer::start_with(args, security.tls.is_some())
             })
             .collect();
         let addresses: Vec<String> = nodes
@@ -51,6 +226,7 @@ impl RedisCluster {
             .map(|node| format!("127.0.0.1:{}", node.port()))
             .collect();
         let output = Command::new("redis-cli")
+            .args(security.cli_args())
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -64,7 +240,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, security };
         cluster.wait_until_ok(Duration::from_secs(30));
         eprintln!(
             "cluster of 6 nodes up in {:?} (ports {})",
@@ -100,7 +276,7 @@ impl RedisCluster {
         self.nodes
             .iter()
             .filter(|node| node.is_running())
-            .map(RedisServer::url)
+            .map(|node| self.security.url(node.port()))
             .collect()
     }
 
@@ -114,16 +290,17 @@ impl RedisCluster {
 
     /// The port of the master now serving `key`'s slot (asked of a running node).
     pub fn master_port_of(&self, key: &str) -> u16 {
+        self.master_ports_of(&[key])[0]
+    }
+
+    /// [`master_port_of`](Self::master_port_of) for each of `keys`, over one connection.
+    pub fn master_ports_of(&self, keys: &[&str]) -> Vec<u16> {
         let mut redis = self.any_connection();
-        let slot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query(&mut redis)
-            .expect("keyslot");
         let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query(&mut redis)
             .expect("cluster slots");
+        let mut masters: Vec<((i64, i64), u16)> = Vec::new();
         for range in ranges {
             let redis::Value::Array(items) = range else {
                 continue;
@@ -132,14 +309,28 @@ impl RedisCluster {
                 redis::from_redis_value(items[0].clone()).expect("start"),
                 redis::from_redis_value(items[1].clone()).expect("end"),
             );
-            if (bounds.0..=bounds.1).contains(&slot) {
-                let redis::Value::Array(master) = &items[2] else {
-                    panic!("a master entry")
-                };
-                return redis::from_redis_value(master[1].clone()).expect("port");
-            }
+            let redis::Value::Array(master) = &items[2] else {
+                panic!("a master entry")
+            };
+            masters.push((
+                bounds,
+                redis::from_redis_value(master[1].clone()).expect("port"),
+            ));
         }
-        panic!("no master serves slot {slot}")
+        keys.iter()
+            .map(|key| {
+                let slot: i64 = redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(*key)
+                    .query(&mut redis)
+                    .expect("keyslot");
+                masters
+                    .iter()
+                    .find(|((start, end), _)| (*start..=*end).contains(&slot))
+                    .map(|(_, port)| *port)
+                    .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+            })
+            .collect()
     }
 
     /// The ports of the masters now serving slots.
@@ -170,14 +361,34 @@ impl RedisCluster {
             .iter()
             .find(|node| node.is_running())
             .expect("a running node");
-        connect_blocking(&node.url())
+        self.node_connection(node.port())
+    }
+
+    /// A blocking connection to the node on `port` (as the cluster's security requires).
+    pub fn node_connection(&self, port: u16) -> redis::Connection {
+        let url = self.security.url(port);
+        let connection = self
+            .security
+            .client(&url)
+            .get_connection_with_timeout(TEST_CONNECTION_TIMEOUT)
+            .unwrap_or_else(|error| panic!("connect to the test cluster's node {port}: {error}"));
+        connection
+            .set_read_timeout(Some(TEST_CONNECTION_TIMEOUT))
+            .expect("set the read timeout");
+        connection
     }
 
     /// A cluster connection of the test's own, for planting and checking keys.
     pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
-        redis::cluster::ClusterClient::builder(self.seeds())
-            .connection_timeout(Duration::from_secs(5))
-            .response_timeout(Duration::from_secs(10))
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+        let mut builder = redis::cluster::ClusterClient::builder(self.seeds())
+            .connection_timeout(TEST_CONNECTION_TIMEOUT)
+            .response_timeout(Duration::from_secs(10));
+        #[cfg(feature = "tls")]
+        if let Some((pki, _)) = &self.security.tls {
+            builder = builder.certs(certificates(pki));
+        }
+        builder
             .build()
             .expect("cluster client")
             .get_async_connection()
@@ -202,7 +413,7 @@ impl RedisCluster {
     fn state(&self) -> Result<(), String> {
         let mut masters_with_replica = 0;
         for node in self.nodes.iter().filter(|node| node.is_running()) {
-            let mut redis = connect_blocking(&node.url());
+            let mut redis = self.node_connection(node.port());
             let info: String = redis::cmd("CLUSTER")
                 .arg("INFO")
                 .query(&mut redis)

@@ -23,6 +23,8 @@ pub use redis::{RedisBackend, RedisBackendBuilder};
 pub use tiered::{TieredBackend, TieredBackendBuilder};
 
 pub use redis::BreakerState;
+#[cfg(feature = "tls")]
+pub(crate) use redis::{check_certificates, check_private_key};
 pub(crate) use redis::{valid_prefix, Claim, HeldLock, RedisHealth, Waiting, LEASE, SAFETY_POLL};
 pub(crate) use tags::{note_tag_invalidation, tag_invalidations};
 

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 
 use super::*;
+use crate::backend::RedisBackend;
 use crate::registry::Registry;
 
 /// Variables and their values.
@@ -292,5 +293,310 @@ fn review18_a_variable_configuring_a_backend_the_code_configured_is_an_error_nam
             matches!(error, ConfigError::BadVariable { variable: named, .. } if named == variable),
             "{error}"
         );
+    }
+}
+
+/// The cluster and TLS variables, with their features and without.
+mod cluster_and_tls {
+    use super::*;
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_nodes_configure_redis_and_tiered_over_the_cluster() {
+        let registry = registry(&[(
+            REDIS_CLUSTER_NODES,
+            " redis://app:hunter2@10.0.0.1:7000 ,redis://app:hunter2@10.0.0.2:7000",
+        )]);
+        let where_ =
+            "cluster [redis://app:***@10.0.0.1:7000, redis://app:***@10.0.0.2:7000], prefix `cachette`";
+        assert_eq!(
+            names(&registry),
+            [
+                ("redis", format!("redis at {where_}")),
+                ("tiered", format!("L1 in process, L2 redis at {where_}")),
+                ("memory", "in process".to_owned()),
+            ]
+        );
+        let redis_default = registry_with_default(REDIS_CLUSTER_NODES, "redis");
+        assert_eq!(redis_default.default_backend().name(), "redis");
+    }
+
+    #[cfg(feature = "cluster")]
+    fn registry_with_default(variable: &str, default: &str) -> Registry {
+        registry(&[
+            (variable, "redis://10.0.0.1:7000,redis://10.0.0.2:7000"),
+            (DEFAULT_BACKEND, default),
+        ])
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn malformed_cluster_nodes_are_an_error_naming_the_variable() {
+        let cases: &[(Given, &str, &str)] = &[
+            (
+                &[(REDIS_CLUSTER_NODES, "redis://:hunter2@a:1,,redis://b:1")],
+                REDIS_CLUSTER_NODES,
+                "seed 2 of 3 is empty",
+            ),
+            (
+                &[(REDIS_CLUSTER_NODES, "redis://:hunter2@a:1,")],
+                REDIS_CLUSTER_NODES,
+                "seed 2 of 2 is empty",
+            ),
+            (
+                &[(
+                    REDIS_CLUSTER_NODES,
+                    "rediss://:hunter2@a:1,redis://:hunter2@b:1",
+                )],
+                REDIS_CLUSTER_NODES,
+                "same scheme",
+            ),
+            (
+                &[(REDIS_CLUSTER_NODES, "http://:hunter2@a:1")],
+                REDIS_CLUSTER_NODES,
+                "invalid Redis URL",
+            ),
+            (
+                &[(
+                    REDIS_CLUSTER_NODES,
+                    "redis://a:hunter2@h:1,redis://b:hunter2@h:2",
+                )],
+                REDIS_CLUSTER_NODES,
+                "same user and password",
+            ),
+            (
+                &[
+                    (REDIS_URL, "redis://:hunter2@a:1"),
+                    (REDIS_CLUSTER_NODES, "redis://:hunter2@a:1"),
+                ],
+                REDIS_CLUSTER_NODES,
+                "set one",
+            ),
+            (&[(REDIS_CLUSTER_NODES, " ")], REDIS_CLUSTER_NODES, "empty"),
+        ];
+        check_refusals(cases);
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_nodes_conflict_with_a_redis_backend_the_code_configured() {
+        let redis = RedisBackend::builder()
+            .url("redis://127.0.0.1:1/")
+            .build()
+            .expect("valid; nothing connects");
+        let error = Config::default()
+            .redis("redis", redis)
+            .read_vars(|name| (name == REDIS_CLUSTER_NODES).then(|| "redis://a:1".into()))
+            .err()
+            .expect("a conflict");
+        assert!(
+            matches!(
+                error,
+                ConfigError::BadVariable {
+                    variable: REDIS_CLUSTER_NODES,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    #[test]
+    fn cluster_nodes_without_the_cluster_feature_are_an_error() {
+        let (variable, message) = refused(&[(REDIS_CLUSTER_NODES, "redis://:hunter2@a:1")]);
+        assert_eq!(variable, REDIS_CLUSTER_NODES, "{message}");
+        assert!(message.contains("`cluster` feature"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_files_without_the_tls_feature_are_an_error() {
+        for variable in [REDIS_CA_FILE, REDIS_CLIENT_CERT_FILE, REDIS_CLIENT_KEY_FILE] {
+            let (named, message) = refused(&[
+                (REDIS_URL, "rediss://cache:6379/"),
+                (variable, "/etc/ca.pem"),
+            ]);
+            assert_eq!(named, variable, "{message}");
+            assert!(message.contains("`tls` feature"), "{message}");
+        }
+    }
+
+    /// PEM files made for the test: a CA, a client certificate it signed and its key, and a
+    /// file holding no certificate.
+    #[cfg(feature = "tls")]
+    struct Files {
+        dir: std::path::PathBuf,
+    }
+
+    #[cfg(feature = "tls")]
+    impl Files {
+        fn new(name: &str) -> Files {
+            use rcgen::{CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+            let dir =
+                std::env::temp_dir().join(format!("cachette-env-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("dir");
+            let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+            ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca =
+                CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("ca");
+            let key = KeyPair::generate().expect("key");
+            let client = CertificateParams::new(vec!["client".to_owned()])
+                .expect("params")
+                .signed_by(&key, &ca)
+                .expect("signed");
+            for (file, pem) in [
+                ("ca.pem", ca.pem()),
+                ("client.pem", client.pem()),
+                ("client.key", key.serialize_pem()),
+                ("empty.pem", String::new()),
+            ] {
+                std::fs::write(dir.join(file), pem).expect("write");
+            }
+            Files { dir }
+        }
+
+        fn path(&self, file: &str) -> String {
+            self.dir.join(file).to_string_lossy().into_owned()
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_files_configure_the_backend() {
+        let files = Files::new("ok");
+        let (ca, cert, key) = (
+            files.path("ca.pem"),
+            files.path("client.pem"),
+            files.path("client.key"),
+        );
+        let with_all = registry(&[
+            (REDIS_URL, "rediss://app:hunter2@cache:6380/"),
+            (REDIS_CA_FILE, &ca),
+            (REDIS_CLIENT_CERT_FILE, &cert),
+            (REDIS_CLIENT_KEY_FILE, &key),
+        ]);
+        assert_eq!(
+            names(&with_all)[0],
+            (
+                "redis",
+                "redis at rediss://app:***@cache:6380/, prefix `cachette`".to_owned()
+            )
+        );
+        // The CA alone (a managed service's), and, with `cluster`, over a cluster's seeds.
+        registry(&[(REDIS_URL, "rediss://cache:6380/"), (REDIS_CA_FILE, &ca)]);
+        #[cfg(feature = "cluster")]
+        registry(&[
+            (
+                REDIS_CLUSTER_NODES,
+                "rediss://app:pw@a:7000,rediss://app:pw@b:7000",
+            ),
+            (REDIS_CA_FILE, &ca),
+            (REDIS_CLIENT_CERT_FILE, &cert),
+            (REDIS_CLIENT_KEY_FILE, &key),
+        ]);
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn unusable_tls_files_are_an_error_naming_the_variable() {
+        let files = Files::new("bad");
+        let (ca, cert, key) = (
+            files.path("ca.pem"),
+            files.path("client.pem"),
+            files.path("client.key"),
+        );
+        let (empty, missing) = (files.path("empty.pem"), files.path("missing.pem"));
+        let tls_url = (REDIS_URL, "rediss://:hunter2@cache:6380/");
+        let cases: &[(Given, &str, &str)] = &[
+            (
+                &[tls_url, (REDIS_CA_FILE, &missing)],
+                REDIS_CA_FILE,
+                "cannot read",
+            ),
+            (
+                &[tls_url, (REDIS_CA_FILE, &empty)],
+                REDIS_CA_FILE,
+                "no PEM certificate",
+            ),
+            // A key given as the CA.
+            (
+                &[tls_url, (REDIS_CA_FILE, &key)],
+                REDIS_CA_FILE,
+                "no PEM certificate",
+            ),
+            (&[tls_url, (REDIS_CA_FILE, "")], REDIS_CA_FILE, "empty"),
+            (
+                &[tls_url, (REDIS_CLIENT_CERT_FILE, &cert)],
+                REDIS_CLIENT_KEY_FILE,
+                "needs its private key",
+            ),
+            (
+                &[tls_url, (REDIS_CLIENT_KEY_FILE, &key)],
+                REDIS_CLIENT_CERT_FILE,
+                "needs its private key",
+            ),
+            (
+                &[
+                    tls_url,
+                    (REDIS_CLIENT_CERT_FILE, &key),
+                    (REDIS_CLIENT_KEY_FILE, &key),
+                ],
+                REDIS_CLIENT_CERT_FILE,
+                "no PEM certificate",
+            ),
+            (
+                &[
+                    tls_url,
+                    (REDIS_CLIENT_CERT_FILE, &cert),
+                    (REDIS_CLIENT_KEY_FILE, &cert),
+                ],
+                REDIS_CLIENT_KEY_FILE,
+                "no usable PEM private key",
+            ),
+            // TLS files with no Redis, or a Redis without TLS: they would do nothing.
+            (&[(REDIS_CA_FILE, &ca)], REDIS_CA_FILE, "no Redis is"),
+            (
+                &[
+                    (REDIS_URL, "redis://:hunter2@cache:6379/"),
+                    (REDIS_CA_FILE, &ca),
+                ],
+                REDIS_CA_FILE,
+                "not a `rediss://` URL",
+            ),
+        ];
+        check_refusals(cases);
+        #[cfg(feature = "cluster")]
+        check_refusals(&[(
+            &[
+                (
+                    REDIS_CLUSTER_NODES,
+                    "redis://:hunter2@a:1,redis://:hunter2@b:1",
+                ),
+                (REDIS_CA_FILE, &ca),
+            ],
+            REDIS_CA_FILE,
+            "`CACHETTE_REDIS_CLUSTER_NODES` is not a `rediss://` URL",
+        )]);
+    }
+
+    /// Each case refused, naming its variable, with its reason, and no password.
+    #[cfg(any(feature = "cluster", feature = "tls"))]
+    fn check_refusals(cases: &[(Given, &str, &str)]) {
+        for (vars, variable, reason) in cases {
+            let (named, message) = refused(vars);
+            assert_eq!(named, *variable, "{vars:?}: {message}");
+            assert!(message.contains(variable), "{message}");
+            assert!(message.contains(reason), "{vars:?}: {message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
     }
 }

@@ -23,6 +23,55 @@ impl TlsMaterial {
     fn is_set(&self) -> bool {
         self.ca.is_some() || self.identity.is_some()
     }
+
+    /// Every PEM holds what it is for: a PEM without a certificate would otherwise be accepted
+    /// (redis-rs parses what it finds, which may be nothing), and every handshake would fail,
+    /// far from the mistake.
+    #[cfg(feature = "tls")]
+    pub(crate) fn check(&self) -> Result<(), crate::error::ConfigError> {
+        let bad = |part, reason| crate::error::ConfigError::BadTls { part, reason };
+        if let Some(ca) = &self.ca {
+            check_certificates(ca).map_err(|reason| bad(CA_PART, reason))?;
+        }
+        if let Some((chain, key)) = &self.identity {
+            check_certificates(chain).map_err(|reason| bad(CLIENT_CERT_PART, reason))?;
+            check_private_key(key).map_err(|reason| bad(CLIENT_KEY_PART, reason))?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`ConfigError::BadTls`](crate::ConfigError::BadTls) names.
+#[cfg(feature = "tls")]
+pub(crate) const CA_PART: &str = "CA certificates (tls_ca_pem)";
+#[cfg(feature = "tls")]
+pub(crate) const CLIENT_CERT_PART: &str = "client certificate (tls_client_cert_pem)";
+#[cfg(feature = "tls")]
+pub(crate) const CLIENT_KEY_PART: &str = "client private key (tls_client_cert_pem)";
+
+/// Why `pem` is not a usable list of certificates: none in it, or one malformed.
+#[cfg(feature = "tls")]
+pub(crate) fn check_certificates(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut certificates = 0;
+    for certificate in CertificateDer::pem_slice_iter(pem) {
+        certificate.map_err(|error| format!("a malformed PEM certificate ({error})"))?;
+        certificates += 1;
+    }
+    if certificates == 0 {
+        return Err("no PEM certificate (`-----BEGIN CERTIFICATE-----`) in it".to_owned());
+    }
+    Ok(())
+}
+
+/// Why `pem` is not a usable private key.
+#[cfg(feature = "tls")]
+pub(crate) fn check_private_key(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+    // The error names what is missing or malformed, never the key's bytes.
+    PrivateKeyDer::from_pem_slice(pem)
+        .map(drop)
+        .map_err(|error| format!("no usable PEM private key ({error})"))
 }
 
 /// The server or cluster a store talks to.

@@ -30,6 +30,8 @@ pub(crate) use store::{Announce, Claim, RedisHealth, RedisStore, StoreError, LEA
 pub(crate) use subscription::Subscription;
 pub(crate) use wake::{resubscribe_backoff, Waiting, SAFETY_POLL};
 
+#[cfg(feature = "tls")]
+pub(crate) use connection::{check_certificates, check_private_key};
 pub(crate) use keys::valid_prefix;
 
 use connection::TlsMaterial;
@@ -303,6 +305,8 @@ impl RedisBackendBuilder {
             return Err(ConfigError::BadPrefix(self.settings.prefix));
         }
         let prefix = self.settings.prefix.clone();
+        #[cfg(feature = "tls")]
+        self.tls.check()?;
         let target = match &endpoint {
             Endpoint::Server(url) => Target::server(url, &self.tls),
             #[cfg(feature = "cluster")]
@@ -515,6 +519,30 @@ mod tests {
             !error.contains("hunter2") && !error.contains("hunter3"),
             "{error}"
         );
+    }
+
+    /// A PEM holding no certificate (a key file given as the CA, an empty file) was accepted;
+    /// every handshake then failed as untrusted, far from the mistake.
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_material_without_a_certificate_or_key_is_an_error() {
+        let url = "rediss://127.0.0.1:1/";
+        let not_pem =
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+        let cases = [
+            RedisBackend::builder().url(url).tls_ca_pem(""),
+            RedisBackend::builder().url(url).tls_ca_pem(not_pem),
+            RedisBackend::builder()
+                .url(url)
+                .tls_client_cert_pem("no certificate here", not_pem),
+        ];
+        for builder in cases {
+            let shown = format!("{builder:?}");
+            match builder.build() {
+                Err(ConfigError::BadTls { .. }) => {}
+                other => panic!("{shown}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub(crate) struct RedisStore {
     meters: OnceLock<Arc<BackendMeters>>,
     /// The last error, and when, for `health()`.
     last_error: Mutex<Option<(String, SystemTime)>>,
+    /// Paces the diagnoses made while the breaker stays open: one per log interval.
+    rediagnosis: LogGate,
 }
 
 /// What a store knows of its Redis's health.
@@ -174,6 +176,7 @@ impl RedisStore {
             replayer_running: AtomicBool::new(false),
             meters: OnceLock::new(),
             last_error: Mutex::new(None),
+            rediagnosis: LogGate::new(),
         })
     }
 
@@ -282,6 +285,15 @@ impl RedisStore {
                         "redis keeps failing; calls run uncached and redis is probed every {:?}",
                         self.settings.breaker.probe_interval
                     );
+                    // The next one no sooner than a log interval later.
+                    let _ = self.rediagnosis.admit();
+                    self.diagnose();
+                } else if self.breaker.position() != BreakerState::Closed
+                    && self.rediagnosis.admit().is_some()
+                {
+                    // A failed probe: the cause may have changed since the breaker opened
+                    // (Redis was not up yet, then came up refusing the password), and a
+                    // breaker that never closes would otherwise never name it.
                     self.diagnose();
                 }
             }
