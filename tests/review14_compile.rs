@@ -93,6 +93,19 @@ macro_rules! cached_pair {
 cached_pair!(pair_a);
 cached_pair!(pair_b);
 
+/// A tag by value and a tag by hash of one argument are two families (a hash never renders
+/// as a plain value), so listing both is not listing one twice.
+#[derive(serde::Serialize)]
+struct Query {
+    name: String,
+}
+
+#[cached(ttl = "60s", key = "q:<q.name>", tags("q:<q.name>", "q:<q:hash>"))]
+async fn query(q: &Query) -> usize {
+    let _ = q;
+    load()
+}
+
 mod renamed {
     use ::cachette as facade;
 
@@ -134,6 +147,9 @@ async fn every_shape_compiles_and_caches() {
     assert_eq!(renamed::tagged(1).await, 2);
     renamed::drop_it(1).await;
     assert_eq!(renamed::put(1).await, 3);
+    let q = Query { name: "n".into() };
+    let first = query(&q).await;
+    assert_eq!(query(&q).await, first);
     let audit = cachette::audit();
-    assert_eq!(audit.functions(), 13, "{audit}");
+    assert_eq!(audit.functions(), 14, "{audit}");
 }
