@@ -11,13 +11,15 @@ pub(crate) struct Template {
 }
 
 impl Template {
-    /// The literal text with each placeholder written `<>`: two templates render the same
-    /// keys exactly when their families are equal (the runtime's audit compares them so).
+    /// The literal text with each placeholder written `<>` (`<#>` if hashed: a hash never
+    /// renders as a plain value does): two templates render the same keys exactly when their
+    /// families are equal (the runtime's audit compares them so).
     pub(crate) fn family(&self) -> String {
         self.segments
             .iter()
             .map(|segment| match segment {
                 Segment::Lit(text) => text.as_str(),
+                Segment::Placeholder(placeholder) if placeholder.hashed => "<#>",
                 Segment::Placeholder(_) => "<>",
             })
             .collect()

@@ -252,22 +252,21 @@ pub(crate) fn audit_of(registrations: &[Registration]) -> Audit {
     }
 }
 
-/// The family of a template: its literal text, each placeholder (`<...>`) written `<>`.
+/// The family of a template: its literal text, each placeholder (`<...>`) written `<>`, or
+/// `<#>` if hashed (`<f:hash>`): a hash renders as `<#...>` and a plain value escapes `#`, so
+/// the two never render the same key.
 fn family(template: &str) -> String {
     let mut family = String::with_capacity(template.len());
-    let mut in_placeholder = false;
+    let mut placeholder: Option<String> = None;
     for c in template.chars() {
-        match (c, in_placeholder) {
-            ('<', false) => {
-                in_placeholder = true;
-                family.push('<');
+        match (c, placeholder.as_mut()) {
+            ('<', None) => placeholder = Some(String::new()),
+            ('>', Some(text)) => {
+                family.push_str(if text.ends_with(":hash") { "<#>" } else { "<>" });
+                placeholder = None;
             }
-            ('>', true) => {
-                in_placeholder = false;
-                family.push('>');
-            }
-            (_, true) => {}
-            (c, false) => family.push(c),
+            (c, Some(text)) => text.push(c),
+            (c, None) => family.push(c),
         }
     }
     family
@@ -289,7 +288,8 @@ mod tests {
     #[test]
     fn families_ignore_placeholder_names_only() {
         assert_eq!(family("user:<id>"), family("user:<user_id>"));
-        assert_eq!(family("list:<page>:<f:hash>"), "list:<>:<>");
+        assert_eq!(family("list:<page>:<f:hash>"), "list:<>:<#>");
+        assert_ne!(family("search:<f>"), family("search:<f:hash>"));
         assert_ne!(family("user:<id>"), family("user:v2:<id>"));
         assert_ne!(family("user:<id>"), family("user:<a>:<b>"));
         assert_eq!(family("m::f(<>,<>)"), "m::f(<>,<>)");
