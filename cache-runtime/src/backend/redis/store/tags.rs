@@ -1,8 +1,8 @@
 //! Tag generations in Redis (`backend/tags.rs` says what they are): one key per tag, under the
 //! tag's own hash tag (`<prefix>:1:{<tag>}:g`), so that each script touches one slot; reads of
-//! a value and its tags' generations are sent in one round trip: pipelined on one server, and
-//! on a cluster, where a pipeline must keep to one slot and these keys are of several, sent
-//! all at once on the multiplexed node connections.
+//! a value and its tags' generations are sent in one round trip, each answered on its own:
+//! pipelined on one server, and on a cluster, where a pipeline must keep to one slot and these
+//! keys are of several, sent all at once on the multiplexed node connections.
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use super::super::keys::Role;
 use super::super::pending::tag_target;
 use super::{millis, Announce, RedisStore, StoreError};
 use crate::key::CacheKey;
+use crate::log_gate::LogGate;
 
 /// A tag generation is drawn below this, so that its decimal form has at most 19 digits: the
 /// capture script takes what looks longer for foreign bytes.
@@ -31,21 +32,38 @@ impl RedisStore {
     ) -> Result<TaggedRead, StoreError> {
         self.settle_pending(cache_key).await?;
         self.tags_settled(tags)?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(self.key_arg(cache_key, Role::Value));
+        let mut commands = Vec::with_capacity(tags.len() + 1);
+        let mut get = redis::cmd("GET");
+        get.arg(self.key_arg(cache_key, Role::Value));
+        commands.push(get);
         for tag in tags {
-            pipe.cmd("GET")
-                .arg(self.key_arg(tag.as_str(), Role::Generation));
+            let mut get = redis::cmd("GET");
+            get.arg(self.key_arg(tag.as_str(), Role::Generation));
+            commands.push(get);
         }
-        let mut replies = self.query_together(&pipe).await?;
+        let mut replies = self.each_answered(&commands).await?;
         if replies.len() != tags.len() + 1 {
             return Err(unexpected("a tagged read"));
         }
-        let generations = replies.split_off(1).iter().map(generation).collect();
+        // A generation key of another type (a reply error about it) is no generation: a miss,
+        // and the leader's capture replaces it. Failing the read instead kept the whole
+        // family uncached, since a failed read makes the call leave Redis alone.
+        let generations = replies
+            .split_off(1)
+            .iter()
+            .map(|reply| match reply {
+                Ok(reply) => generation(reply),
+                Err(error) => {
+                    foreign_generation(error);
+                    None
+                }
+            })
+            .collect();
         let bytes = match replies.pop() {
-            Some(Value::BulkString(bytes)) => Some(bytes),
-            Some(Value::Nil) | None => None,
-            Some(_) => return Err(unexpected("a tagged read")),
+            Some(Ok(Value::BulkString(bytes))) => Some(bytes),
+            Some(Ok(Value::Nil)) | None => None,
+            Some(Ok(_)) => return Err(unexpected("a tagged read")),
+            Some(Err(error)) => return Err(self.recorded(error)),
         };
         Ok((bytes, generations))
     }
@@ -59,21 +77,73 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<Vec<u64>, StoreError> {
         self.tags_settled(tags)?;
-        let mut pipe = redis::pipe();
-        for tag in tags {
-            pipe.cmd("EVAL")
-                .arg(super::super::scripts::CAPTURE_TAG)
-                .arg(1)
-                .arg(self.key_arg(tag.as_str(), Role::Generation))
-                .arg(fastrand::u64(..GENERATION_BOUND))
-                .arg(millis(ttl).max(1));
+        let commands: Vec<redis::Cmd> = tags
+            .iter()
+            .map(|tag| {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(super::super::scripts::CAPTURE_TAG)
+                    .arg(1)
+                    .arg(self.key_arg(tag.as_str(), Role::Generation))
+                    .arg(fastrand::u64(..GENERATION_BOUND))
+                    .arg(millis(ttl).max(1));
+                eval
+            })
+            .collect();
+        let mut generations = Vec::with_capacity(tags.len());
+        for reply in self.each_answered(&commands).await? {
+            match reply {
+                Ok(reply) => generations.push(generation(&reply)),
+                Err(error) => return Err(self.recorded(error)),
+            }
         }
-        let replies = self.query_together(&pipe).await?;
-        let generations: Option<Vec<u64>> = replies.iter().map(generation).collect();
-        match generations {
+        match generations.into_iter().collect::<Option<Vec<u64>>>() {
             Some(generations) if generations.len() == tags.len() => Ok(generations),
             _ => Err(unexpected("a tag capture")),
         }
+    }
+
+    /// Runs `commands` in one round trip, each answered on its own: a pipeline on one server;
+    /// on a cluster, where redis-rs refuses a pipeline whose keys span slots (and a tag's
+    /// generation is in the tag's slot, not the entry's), every command sent at once on the
+    /// multiplexed node connections, as replays are.
+    async fn each_answered(
+        &self,
+        commands: &[redis::Cmd],
+    ) -> Result<Vec<redis::RedisResult<Value>>, StoreError> {
+        let connection = self.connection().await?;
+        let cluster = self.target.is_cluster();
+        self.guarded(async move {
+            if cluster {
+                let calls = commands.iter().map(|command| {
+                    let mut connection = connection.clone();
+                    async move { command.query_async::<Value>(&mut connection).await }
+                });
+                let results = futures_util::future::join_all(calls).await;
+                // Nothing got through: fail as a pipeline would, so that the breaker counts it.
+                if let Some(Err(error)) = results.first() {
+                    if results.iter().all(
+                        |result| matches!(result, Err(error) if super::is_transport_failure(error)),
+                    ) {
+                        return Err(error.clone());
+                    }
+                }
+                return Ok(results);
+            }
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for command in commands {
+                pipe.add_command(command.clone());
+            }
+            let mut connection = connection;
+            pipe.query_async(&mut connection).await
+        })
+        .await
+    }
+
+    /// One command's error, counted as the store counts a failed operation.
+    fn recorded(&self, error: redis::RedisError) -> StoreError {
+        self.record(&Err::<(), _>(StoreError::Redis(error.clone())));
+        StoreError::Redis(error)
     }
 
     /// Deletes the tag's generation, publishing `announce` in the same script. If it does not
@@ -104,23 +174,6 @@ impl RedisStore {
             Err(_) => self.keep_for_replay(&target, announce),
         }
         result
-    }
-
-    /// Sends `pipe`'s commands in one round trip, their replies in order: as the pipeline on
-    /// one server; on a cluster, each command on its own (routed to its key's slot) and all at
-    /// once, since redis-rs refuses a pipeline whose keys span slots ("crossed slots").
-    async fn query_together(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
-        let mut connection = self.connection().await?;
-        if self.target.is_cluster() {
-            let calls = pipe.cmd_iter().map(|command| {
-                let mut connection = connection.clone();
-                async move { command.query_async::<Value>(&mut connection).await }
-            });
-            return self
-                .guarded(futures_util::future::try_join_all(calls))
-                .await;
-        }
-        self.guarded(pipe.query_async(&mut connection)).await
     }
 
     pub(super) fn tag_invalidation(
@@ -157,6 +210,18 @@ fn generation(reply: &Value) -> Option<u64> {
         Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
         Value::SimpleString(text) => text.parse().ok(),
         _ => None,
+    }
+}
+
+/// Logs, rate-limited, a generation key Redis refused to read (another type): a miss.
+fn foreign_generation(error: &redis::RedisError) {
+    static GATE: LogGate = LogGate::new();
+    if let Some(suppressed) = GATE.admit() {
+        tracing::warn!(
+            %error,
+            suppressed,
+            "a tag's generation key holds something else; its entries miss until a load replaces it"
+        );
     }
 }
 
@@ -242,6 +307,11 @@ mod tests {
             .query_async(&mut raw)
             .await
             .expect("rpush");
+        let (_, current) = store
+            .get_tagged("k", &[tag("l")])
+            .await
+            .expect("a list is no generation, not a failed read");
+        assert_eq!(current, vec![None]);
         let captured = store
             .capture_tags(&[tag("l")], TTL)
             .await
