@@ -283,6 +283,29 @@ mod tests {
         );
     }
 
+    /// Review 14: a leader that captures an existing generation stores an entry meant to live
+    /// its ttl from now; the generation must live at least that long too, or the entry (and
+    /// every entry of the tag, whichever site made the key first and how short its ttl) turns
+    /// into a miss when the key made by the first capture expires.
+    #[tokio::test]
+    async fn a_capture_keeps_the_generation_for_its_ttl() {
+        let server = RedisServer::start();
+        let store = store(&server);
+        let tags = [tag("lives")];
+        let short = Duration::from_millis(400);
+        let first = store.capture_tags(&tags, short).await.expect("up");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // A leader of a longer-lived site: its entry lives a minute from now.
+        assert_eq!(store.capture_tags(&tags, TTL).await.expect("up"), first);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_, current) = store.get_tagged("k", &tags).await.expect("up");
+        assert_eq!(
+            current,
+            vec![Some(first[0])],
+            "the generation outlives the capture that promised it a minute"
+        );
+    }
+
     #[tokio::test]
     async fn foreign_bytes_under_a_generation_are_no_generation_and_replaced() {
         let server = RedisServer::start();
