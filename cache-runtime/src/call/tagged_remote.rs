@@ -31,9 +31,9 @@ use crate::site::Site;
 /// What a tagged entry's payload is in Redis: its tags' generations, then the value.
 type Payload<V> = (Vec<u64>, V);
 
-/// How long a tag's generation key lives in Redis: twice the site's ttl, at least a minute.
-/// One that expires (or that another site created with a shorter life) only turns entries
-/// into misses.
+/// How long a tag's generation key lives in Redis after a capture: twice the site's ttl, at
+/// least a minute (each capture extends it, so it outlives the entry its leader stores). One
+/// that expires only turns entries into misses.
 fn generation_ttl(site: &Site) -> Duration {
     (site.ttl() * 2).max(Duration::from_secs(60))
 }

@@ -37,8 +37,9 @@ pub(super) const RENEW: &str = include_str!("scripts/renew.lua");
 pub(super) const INVALIDATE_TAG: &str = include_str!("scripts/invalidate_tag.lua");
 
 /// KEYS: a tag's generation. ARGV: a random generation (decimal, below 10^19), ttl ms. The
-/// tag's current generation, created if missing; bytes that are not one (another program's)
-/// are replaced, so that a foreign key cannot keep every load of the tag uncached.
+/// tag's current generation, created if missing, and kept at least ttl from now (the entry
+/// the capturing leader stores must not outlive it); bytes that are not one (another
+/// program's) are replaced, so that a foreign key cannot keep every load of the tag uncached.
 pub(super) const CAPTURE_TAG: &str = include_str!("scripts/capture_tag.lua");
 
 /// KEYS: value, fence. ARGV: bytes, ttl ms, fence ttl ms, bus channel ("" for none), bus

@@ -70,7 +70,8 @@ impl RedisStore {
 
     /// A loading leader's capture, before it loads: each tag's current generation, created if
     /// missing, in one round trip (one script per tag, each on its tag's slot). A generation
-    /// key lives `ttl`; one that expires only makes its entries misses.
+    /// key lives at least `ttl` from the last capture (an existing one's expiry is extended,
+    /// never shortened); one that expires only makes its entries misses.
     pub(crate) async fn capture_tags(
         &self,
         tags: &[CacheKey],
