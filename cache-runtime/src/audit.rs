@@ -61,7 +61,8 @@ pub enum Finding {
         /// The tag template.
         tag: &'static str,
     },
-    /// A `#[cache_put]` key that no `#[cached]` site reads: the stored value is never served.
+    /// A `#[cache_put]` key that no `#[cached]` site reads, or only sites with tags (whose
+    /// entries carry generations, so a put value is a miss there): it is never served.
     UnreadPut {
         /// The putting function.
         function: &'static str,
@@ -219,9 +220,12 @@ pub(crate) fn audit_of(registrations: &[Registration]) -> Audit {
             Kind::Put => {
                 for &template in registration.keys {
                     let family = family(template);
-                    let read = cached
-                        .iter()
-                        .any(|site| site.keys.iter().any(|key| self::family(key) == family));
+                    // A tagged site's entries carry its tags' generations, so a put value
+                    // under its key is a miss there (the put only drops its entry).
+                    let read = cached.iter().any(|site| {
+                        site.tags.is_empty()
+                            && site.keys.iter().any(|key| self::family(key) == family)
+                    });
                     if !read {
                         findings.push(Finding::UnreadPut { function, template });
                     }
@@ -340,6 +344,26 @@ mod tests {
             ]
         );
         assert!(audit.expect_ttl_only(&["detail"]).findings().len() == 1);
+    }
+
+    #[test]
+    fn a_put_only_a_tagged_site_reads_is_reported() {
+        let registrations = [
+            Registration {
+                tags: &["pages"],
+                ..site("page", Kind::Cached, &["page:<n>"])
+            },
+            site("put_page", Kind::Put, &["page:<n>"]),
+        ];
+        let audit = audit_of(&registrations);
+        assert_eq!(
+            audit.findings(),
+            [Finding::UnreadPut {
+                function: "put_page",
+                template: "page:<n>"
+            }],
+            "reported, and the tagged site counts as touched"
+        );
     }
 
     #[test]
