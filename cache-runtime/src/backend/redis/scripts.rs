@@ -11,7 +11,9 @@ pub(super) const FILL: &str = include_str!("scripts/fill.lua");
 /// generation. Publishing in the same script makes "deleted" and "announced" one atomic step: no
 /// process can see the deletion without the message being on its way. A fence that is not a
 /// number (written by something else) is replaced by the random generation: the script cannot
-/// fail on what the keys hold, so a replayed batch cannot be stuck on one bad key.
+/// fail on what the keys hold, so a replayed batch cannot be stuck on one bad key. A missing
+/// fence is made random too, not `INCR`ed: `INCR` makes 1 of nothing every time, so a load that
+/// saw such a fence before a restart (which loses every fence) would match the one made after.
 pub(super) const INVALIDATE: &str = include_str!("scripts/invalidate.lua");
 
 /// KEYS: value, fence, lock, waiters. ARGV: token, lease ms, a random fence generation, fence
@@ -43,7 +45,8 @@ pub(super) const INVALIDATE_TAG: &str = include_str!("scripts/invalidate_tag.lua
 pub(super) const CAPTURE_TAG: &str = include_str!("scripts/capture_tag.lua");
 
 /// KEYS: value, fence. ARGV: bytes, ttl ms, fence ttl ms, bus channel ("" for none), bus
-/// message, a random generation. Write-through: advances the fence as an invalidation does (so
-/// an older load under way cannot overwrite the new value), stores the value, and announces it
-/// on the bus so that peers drop their L1 copy; one atomic step.
+/// message, a random generation. Write-through: advances the fence as an invalidation does (a
+/// missing or foreign one made random; so an older load under way cannot overwrite the new
+/// value), stores the value, and announces it on the bus so that peers drop their L1 copy; one
+/// atomic step.
 pub(super) const PUT: &str = include_str!("scripts/put.lua");

@@ -1,5 +1,8 @@
-local generation = redis.pcall('INCR', KEYS[2])
-if type(generation) == 'table' then
+local generation = false
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  generation = redis.pcall('INCR', KEYS[2])
+end
+if type(generation) ~= 'number' then
   redis.call('SET', KEYS[2], ARGV[6])
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])

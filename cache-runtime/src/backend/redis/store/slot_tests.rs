@@ -18,7 +18,7 @@ use crate::key::KeyBuilder;
 /// first argument is a channel).
 fn key_position(command: &str) -> Option<Option<usize>> {
     match command.to_ascii_uppercase().as_str() {
-        "GET" | "SET" | "DEL" | "INCR" | "PEXPIRE" | "TYPE" | "PTTL" => Some(Some(1)),
+        "GET" | "SET" | "DEL" | "INCR" | "PEXPIRE" | "TYPE" | "PTTL" | "EXISTS" => Some(Some(1)),
         "PUBLISH" => Some(None),
         _ => None,
     }
