@@ -367,11 +367,31 @@ impl<'a> L1Slot<'a> {
     }
 
     pub(super) fn insert(&self, key: &CacheKey, value: AnyValue, l2_remaining: Duration) {
-        let ttl = self
-            .l1_ttl
-            .map_or(self.site_ttl, |l1| l1.min(self.site_ttl));
         self.tiered
-            .l1_insert(key, value, l2_remaining, ttl, self.epoch);
+            .l1_insert(key, (value, None), l2_remaining, self.l1_entry_ttl(), self.epoch);
+    }
+
+    /// [`insert`](Self::insert), weighed as `weighed` (the cached value `value` wraps).
+    pub(super) fn insert_weighing(
+        &self,
+        key: &CacheKey,
+        value: AnyValue,
+        weighed: &(dyn std::any::Any + Send + Sync),
+        l2_remaining: Duration,
+    ) {
+        self.tiered.l1_insert(
+            key,
+            (value, Some(weighed)),
+            l2_remaining,
+            self.l1_entry_ttl(),
+            self.epoch,
+        );
+    }
+
+    /// The site's ttl, or its `l1_ttl` if shorter.
+    fn l1_entry_ttl(&self) -> Duration {
+        self.l1_ttl
+            .map_or(self.site_ttl, |l1| l1.min(self.site_ttl))
     }
 }
 

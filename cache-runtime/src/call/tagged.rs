@@ -148,7 +148,8 @@ where
             });
             let stored = Arc::clone(&tagged);
             guard.complete(Outcome::Value(tagged), || {
-                memory.insert(key, stored, site.fill_ttl());
+                // The weigher is promised the cached type, not the generations around it.
+                memory.insert_weighing(key, stored, value, site.fill_ttl(), 0);
             });
         }
         Produced::Absent => guard.complete(Outcome::Absent, || {}),

@@ -278,7 +278,8 @@ fn share<V: 'static + Send + Sync>(
     l2_remaining: Duration,
     found: bool,
 ) {
-    let shared: AnyValue = Arc::new(tagged);
+    let typed = Arc::new(tagged);
+    let shared: AnyValue = Arc::clone(&typed) as AnyValue;
     let stored = Arc::clone(&shared);
     let outcome = if found {
         Outcome::Found(shared)
@@ -287,7 +288,8 @@ fn share<V: 'static + Send + Sync>(
     };
     guard.complete(outcome, || {
         if let Some(l1) = l1 {
-            l1.insert(key, stored, l2_remaining);
+            // The weigher is promised the cached type, not the generations around it.
+            l1.insert_weighing(key, stored, &typed.value, l2_remaining);
         }
     });
 }

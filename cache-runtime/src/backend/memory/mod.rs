@@ -301,6 +301,32 @@ impl MemoryBackend {
     ) {
         // Weighed before anything is stored: a weigher that panics leaves nothing behind.
         let weight = (self.weigher)(key.as_str(), &*value);
+        self.insert_weighed(key, value, weight, ttl, epoch);
+    }
+
+    /// [`insert_in_epoch`](Self::insert_in_epoch), the weigher given `weighed`: the cached
+    /// value inside `value` when that wraps it (a tagged entry's generations around it), since
+    /// the weigher is promised a value it can downcast to the cached type.
+    pub(crate) fn insert_weighing(
+        &self,
+        key: CacheKey,
+        value: AnyValue,
+        weighed: &(dyn Any + Send + Sync),
+        ttl: Duration,
+        epoch: u64,
+    ) {
+        let weight = (self.weigher)(key.as_str(), weighed);
+        self.insert_weighed(key, value, weight, ttl, epoch);
+    }
+
+    fn insert_weighed(
+        &self,
+        key: CacheKey,
+        value: AnyValue,
+        weight: u32,
+        ttl: Duration,
+        epoch: u64,
+    ) {
         let expires_at = index::after(self.index.now(), ttl);
         // The index first: should moka refuse or evict the entry at once, its listener then
         // finds the value here to remove, and nothing stays that moka does not hold. Should

@@ -3,6 +3,7 @@
 
 mod bus;
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,18 +129,25 @@ impl TieredBackend {
     }
 
     /// Puts `value` in L1 for the least of what its L2 entry has left, the site's `ttl` and
-    /// `l1_max_ttl`, so that no L1 entry outlives its L2 entry.
+    /// `l1_max_ttl`, so that no L1 entry outlives its L2 entry; weighed as `weighed` if given
+    /// (the cached value a tagged entry wraps).
     pub(crate) fn l1_insert(
         &self,
         key: &CacheKey,
-        value: AnyValue,
+        (value, weighed): (AnyValue, Option<&(dyn Any + Send + Sync)>),
         l2_remaining: Duration,
         ttl: Duration,
         epoch: u64,
     ) {
         let ttl = l2_remaining.min(self.l1_max_ttl).min(ttl);
-        if !ttl.is_zero() {
-            self.l1.insert_in_epoch(key.clone(), value, ttl, epoch);
+        if ttl.is_zero() {
+            return;
+        }
+        match weighed {
+            Some(weighed) => self
+                .l1
+                .insert_weighing(key.clone(), value, weighed, ttl, epoch),
+            None => self.l1.insert_in_epoch(key.clone(), value, ttl, epoch),
         }
     }
 
