@@ -40,10 +40,12 @@ async fn an_invalidation_of_a_hashed_key_by_its_plain_value_is_reported() {
     );
     let audit = audit();
     assert!(
-        audit.findings().contains(&Finding::UnreachableInvalidation {
-            function: "review14_audit::refresh",
-            template: "search:<filter>",
-        }),
+        audit
+            .findings()
+            .contains(&Finding::UnreachableInvalidation {
+                function: "review14_audit::refresh",
+                template: "search:<filter>",
+            }),
         "{audit}"
     );
 }

@@ -90,5 +90,9 @@ async fn after_a_tag_invalidation_processes_load_once() {
         2,
         "the waiting process takes the fill it waited for"
     );
-    assert_eq!(LOADS.load(Ordering::SeqCst), 2, "one load after the invalidation");
+    assert_eq!(
+        LOADS.load(Ordering::SeqCst),
+        2,
+        "one load after the invalidation"
+    );
 }

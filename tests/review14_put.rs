@@ -106,7 +106,11 @@ async fn a_load_from_before_a_restart_cannot_overwrite_a_put_after_it() {
             .await
             .expect("get");
         LOADER_GO.notify_one();
-        assert_eq!(slow.await.expect("no panic"), old, "the caller gets its own load");
+        assert_eq!(
+            slow.await.expect("no panic"),
+            old,
+            "the caller gets its own load"
+        );
         assert_eq!(
             read(id).await,
             old + 1,

@@ -172,7 +172,11 @@ async fn a_follower_that_joined_after_a_tag_invalidation_gets_no_older_value() {
         // then, it leads a flight of its own, which loads the new version all the same).
         tokio::time::sleep(Duration::from_millis(50)).await;
         LOADER_GO.notify_one();
-        assert_eq!(early.await.expect("no panic"), old, "{kind:?}: its own load");
+        assert_eq!(
+            early.await.expect("no panic"),
+            old,
+            "{kind:?}: its own load"
+        );
         assert_eq!(
             joined_late.await.expect("no panic"),
             old + 1,

@@ -32,7 +32,12 @@ async fn plain(page: u32) -> Vec<u8> {
     vec![page as u8; PAGE]
 }
 
-#[cached(ttl = "60s", key = "tagged:<page>", backend = "memory.sized", tags("pages"))]
+#[cached(
+    ttl = "60s",
+    key = "tagged:<page>",
+    backend = "memory.sized",
+    tags("pages")
+)]
 async fn tagged(page: u32) -> Vec<u8> {
     vec![page as u8; PAGE]
 }
@@ -69,7 +74,10 @@ async fn a_byte_bound_holds_for_tagged_entries() {
     }
     sized.run_pending_tasks();
     let untagged = sized.entry_count();
-    assert!(untagged <= 2, "untagged: {untagged} pages of {PAGE} bytes held");
+    assert!(
+        untagged <= 2,
+        "untagged: {untagged} pages of {PAGE} bytes held"
+    );
     for page in 0..20 {
         tagged(page).await;
     }

@@ -92,7 +92,10 @@ async fn a_fill_that_read_before_an_invalidation_is_refused() {
 
     let after = read(&store, "k").await.expect("up");
     // Made of nothing: random, never the 1 an `INCR` makes again after a restart.
-    assert!(after.fence.is_some_and(|fence| fence >= 1 << 40), "{after:?}");
+    assert!(
+        after.fence.is_some_and(|fence| fence >= 1 << 40),
+        "{after:?}"
+    );
     assert!(store
         .fill("k", after.fence, b"new", TTL, None, None)
         .await
@@ -224,7 +227,10 @@ fn a_blocking_invalidation_fences_like_the_async_one() {
     let refused = runtime.block_on(store.fill("k", before.fence, b"old", TTL, None, None));
     assert!(!refused.expect("up"), "the fence moved");
     let after = runtime.block_on(read(&store, "k")).expect("up");
-    assert!(after.fence.is_some_and(|fence| fence >= 1 << 40), "{after:?}");
+    assert!(
+        after.fence.is_some_and(|fence| fence >= 1 << 40),
+        "{after:?}"
+    );
     store.invalidate_blocking("k", None).expect("up");
     let next = runtime.block_on(read(&store, "k")).expect("up");
     assert_eq!(next.fence, after.fence.map(|fence| fence + 1), "advanced");
