@@ -367,8 +367,13 @@ impl<'a> L1Slot<'a> {
     }
 
     pub(super) fn insert(&self, key: &CacheKey, value: AnyValue, l2_remaining: Duration) {
-        self.tiered
-            .l1_insert(key, (value, None), l2_remaining, self.l1_entry_ttl(), self.epoch);
+        self.tiered.l1_insert(
+            key,
+            (value, None),
+            l2_remaining,
+            self.l1_entry_ttl(),
+            self.epoch,
+        );
     }
 
     /// [`insert`](Self::insert), weighed as `weighed` (the cached value `value` wraps).
