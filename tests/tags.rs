@@ -3,8 +3,9 @@
 //! number; a load held across a tag invalidation stores nothing that is served; random
 //! interleavings of fills, tag invalidations and reads never serve an entry after its tag's
 //! invalidation returned; a tagged redis hit is one round trip and a warm tiered hit none; a
-//! tag invalidation reaches a peer's L1 over the bus, and one that did not reach Redis leaves
-//! nothing stale behind.
+//! tag invalidation reaches a second tiered instance's L1 (in one process, as every backend is
+//! invalidated; across real processes, over the bus, in `tests/tags_processes.rs`), and one that
+//! did not reach Redis leaves nothing stale behind.
 
 mod support;
 
@@ -418,9 +419,11 @@ where
     }
 }
 
-/// A tag invalidated in one process reaches another's L1: its warm entries of the tag become
-/// misses as the bus message arrives.
-async fn a_tag_invalidation_travels_the_bus_to_a_peer() {
+/// A tag invalidated through `invalidate_tag` reaches a second tiered instance's warm L1
+/// entries of the tag. In one process `invalidate_tag` reaches every configured backend, the
+/// peer's too, so this does not isolate the bus: `tests/tags_processes.rs` does, across real
+/// processes.
+async fn a_tag_invalidation_reaches_a_peer_instance() {
     let fixture = fixture().lock().await;
     list_peer(9, 2, 0).await;
     fixture.peer.l1_ready().await;
@@ -430,8 +433,6 @@ async fn a_tag_invalidation_travels_the_bus_to_a_peer() {
     assert_eq!(list_peer(9, 2, 0).await, old, "warm on the peer");
     assert_eq!(loads(), before);
     let received = fixture.peer.invalidations_received();
-    // Invalidated through the other instance only: `update_category` would reach every
-    // backend of this process, the peer's too.
     SOURCE[2].fetch_add(1, Ordering::SeqCst);
     let tag = KeyBuilder::new().lit("category:").arg(&2u64).finish();
     cachette::invalidate_tag(&tag).await;
@@ -482,7 +483,7 @@ async fn tag_scenarios() {
     a_tag_invalidation_reaches_every_entry_of_the_tag_and_no_other().await;
     a_load_held_across_a_tag_invalidation_stores_nothing_fresh().await;
     tagged_hits_cost_one_round_trip_on_redis_and_none_on_tiered().await;
-    a_tag_invalidation_travels_the_bus_to_a_peer().await;
+    a_tag_invalidation_reaches_a_peer_instance().await;
     a_tag_invalidation_redis_did_not_get_leaves_nothing_stale().await;
     random_interleavings_never_serve_an_invalidated_tag().await;
 }
