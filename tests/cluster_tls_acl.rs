@@ -32,7 +32,7 @@ const OP_TIMEOUT: Duration = Duration::from_secs(1);
 /// from the list fails this test.
 fn app_rules() -> String {
     format!(
-        "~{PREFIX}:* &{PREFIX}:* +get +set +del +incr +pexpire +pttl +type +eval +evalsha \
+        "~{PREFIX}:* &{PREFIX}:* +get +set +del +exists +incr +pexpire +pttl +type +eval +evalsha \
          +script +publish +subscribe +ping +scan +cluster|slots"
     )
 }
