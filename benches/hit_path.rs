@@ -31,6 +31,9 @@ mod support;
 #[path = "hit_path/observe.rs"]
 mod observe;
 
+#[path = "hit_path/arc_hit.rs"]
+mod arc_hit;
+
 /// The cached value: about 200 bytes, two of them on the heap, as a typical row would be.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Profile {
@@ -73,7 +76,7 @@ async fn peer_default(id: u64) -> Profile {
     profile(id)
 }
 
-#[peer_cached(ttl = 600)]
+#[peer_cached(ttl_secs = 600)]
 async fn peer_ttl(id: u64) -> Profile {
     profile(id)
 }
@@ -83,7 +86,7 @@ fn peer_default_sync(id: u64) -> Profile {
     profile(id)
 }
 
-#[peer_cached(ttl = 600)]
+#[peer_cached(ttl_secs = 600)]
 fn peer_ttl_sync(id: u64) -> Profile {
     profile(id)
 }
@@ -322,7 +325,12 @@ fn setup() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let memory = MEMORY.get_or_init(|| MemoryBackend::builder().max_entries(200_000).build());
-        let mut config = configure().memory("memory", memory.clone());
+        let mut config = configure().memory("memory", memory.clone()).memory(
+            "memory.zipf",
+            MemoryBackend::builder()
+                .max_entries(arc_hit::ZIPF_CAPACITY)
+                .build(),
+        );
         if let Some(url) = redis_url() {
             let backend = RedisBackend::builder()
                 .url(url)
@@ -332,8 +340,13 @@ fn setup() {
                 .expect("valid redis configuration");
             // L1 holds the contention bench's whole hot set (observe/tiered_64).
             let l1 = MemoryBackend::builder().max_entries(200_000).build();
-            let tiered =
-                TIERED.get_or_init(|| TieredBackend::builder(backend.clone()).l1(l1).build());
+            // L1 entries outlive the run (the default cap is 60 s, shorter than a run).
+            let tiered = TIERED.get_or_init(|| {
+                TieredBackend::builder(backend.clone())
+                    .l1(l1)
+                    .l1_max_ttl(Duration::from_secs(600))
+                    .build()
+            });
             config = config
                 .redis("redis", backend)
                 .tiered("tiered", tiered.clone());
@@ -866,6 +879,9 @@ fn tag_invalidation(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    arc_hit::arc_hit,
+    arc_hit::key_hash,
+    arc_hit::engine_hit_ratio,
     memory_hit,
     contention,
     observe::observe,
