@@ -312,7 +312,7 @@ static MEMORY: OnceLock<MemoryBackend> = OnceLock::new();
 /// cachette's memory store used by hand, with the same key: the floor of a cachette memory hit.
 fn store_user(id: u64) -> Profile {
     let memory = MEMORY.get().expect("set up");
-    memory.peek(user_key(id).as_str()).expect("warm")
+    memory.peek(&user_key(id)).expect("warm")
 }
 
 fn redis_url() -> Option<String> {

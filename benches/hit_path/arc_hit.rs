@@ -71,7 +71,7 @@ fn cachette_store(id: u64) -> Arc<Account> {
     MEMORY
         .get()
         .expect("set up")
-        .peek(key.as_str())
+        .peek(&key)
         .expect("warm")
 }
 

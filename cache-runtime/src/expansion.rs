@@ -31,7 +31,10 @@ where
     S: Holds<R>,
     S::Part: CacheValue,
 {
-    crate::call::cached(site, S::default(), key, body)
+    let shape = S::default();
+    crate::call::hit_first(site, shape, key, move |key| {
+        crate::call::cached(site, shape, key, body)
+    })
 }
 
 /// Runs a synchronous `#[cached]` function; followers block their thread while they wait.
@@ -54,7 +57,10 @@ where
     S: Holds<R>,
     S::Part: PortableValue,
 {
-    crate::call::cached_remote(site, S::default(), key, body)
+    let shape = S::default();
+    crate::call::hit_first(site, shape, key, move |key| {
+        crate::call::cached_remote(site, shape, key, body)
+    })
 }
 
 /// Runs an async `#[cached]` function on the configured default backend (`memory` unless the
@@ -68,7 +74,10 @@ where
     S: Holds<R>,
     S::Part: PortableValue,
 {
-    crate::call::cached_default(site, S::default(), key, body)
+    let shape = S::default();
+    crate::call::hit_first(site, shape, key, move |key| {
+        crate::call::cached_default(site, shape, key, body)
+    })
 }
 
 /// Runs an async `#[cached(tags(...))]` function on the memory backend: as [`cached`], and the

@@ -42,8 +42,9 @@ impl CacheKey {
 
 // By text, as `Borrow<str>` requires: a key equals, hashes and orders as its `as_str()`.
 impl PartialEq for CacheKey {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.text == other.text
     }
 }
 
@@ -74,12 +75,35 @@ const INLINE: usize = 46;
 /// A key's text: inline while it is short, on the heap beyond.
 #[derive(Clone)]
 enum Text {
-    /// Invariant: `bytes[..len]` is UTF-8, since only whole `&str`s are ever appended.
+    /// Invariants: `bytes[..len]` is UTF-8, since only whole `&str`s (or ASCII digits) are ever
+    /// appended; `bytes[len..]` are zeros, since text is only ever appended to zeros; and a text
+    /// is inline exactly while it fits (`Heap` only ever holds more than `INLINE` bytes).
     Inline {
         len: u8,
         bytes: [u8; INLINE],
     },
     Heap(String),
+}
+
+/// Equal texts are equal representations (the invariants of `Inline`), so two short keys
+/// compare as two fixed-size arrays: a few vector compares, no call and no length-dependent
+/// loop, where comparing `as_str()`s calls `memcmp` (the memory index compares the key of
+/// every hit).
+impl PartialEq for Text {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Text::Inline { len, bytes },
+                Text::Inline {
+                    len: other_len,
+                    bytes: other_bytes,
+                },
+            ) => len == other_len && bytes == other_bytes,
+            (Text::Heap(text), Text::Heap(other)) => text == other,
+            _ => false,
+        }
+    }
 }
 
 impl Default for Text {
@@ -135,6 +159,26 @@ impl Text {
             }
             Text::Heap(heap) => heap.push_str(text),
         }
+    }
+
+    /// Appends `value` in decimal, as `itoa` writes it, straight into the inline bytes: no
+    /// intermediate buffer and no copy of variable length (which is a `memcpy` call).
+    #[inline]
+    fn push_decimal(&mut self, mut value: u64) {
+        let digits = value.checked_ilog10().map_or(1, |log| log as usize + 1);
+        if let Text::Inline { len, bytes } = self {
+            let start = usize::from(*len);
+            if let Some(free) = bytes.get_mut(start..start + digits) {
+                for digit in free.iter_mut().rev() {
+                    *digit = b'0' + (value % 10) as u8;
+                    value /= 10;
+                }
+                // At most `INLINE`, which is below 256.
+                *len = (start + digits) as u8;
+                return;
+            }
+        }
+        self.spill(itoa::Buffer::new().format(value));
     }
 
     #[inline]
@@ -330,6 +374,23 @@ impl KeyWriter<'_> {
         self.0.push_str(itoa::Buffer::new().format(value));
     }
 
+    /// Writes an unsigned integer of up to 64 bits in decimal, as [`write_int`](Self::write_int)
+    /// does, without its intermediate buffer.
+    #[inline]
+    fn write_u64(&mut self, value: u64) {
+        self.0.push_decimal(value);
+    }
+
+    /// Writes a signed integer of up to 64 bits in decimal, as [`write_int`](Self::write_int)
+    /// does.
+    #[inline]
+    fn write_i64(&mut self, value: i64) {
+        if value < 0 {
+            self.0.push('-');
+        }
+        self.0.push_decimal(value.unsigned_abs());
+    }
+
     /// Writes the mark of an absent value (`None`): `%none`, which escaping never produces
     /// since it always follows `%` with two hexadecimal digits.
     pub fn write_none(&mut self) {
@@ -412,7 +473,36 @@ macro_rules! int_key_parts {
         }
     )*};
 }
-int_key_parts!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize);
+int_key_parts!(u128 i128);
+
+// Up to 64 bits, the common case (ids), written without `itoa`'s buffer; the same text.
+macro_rules! small_int_key_parts {
+    ($write:ident as $wide:ty: $($ty:ty)*) => {$(
+        impl KeyPart for $ty {
+            #[inline]
+            fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+                out.$write(<$wide>::from(*self));
+            }
+        }
+    )*};
+}
+small_int_key_parts!(write_u64 as u64: u8 u16 u32 u64);
+small_int_key_parts!(write_i64 as i64: i8 i16 i32 i64);
+
+impl KeyPart for usize {
+    #[inline]
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        // `usize` is at most 64 bits on every target Rust supports.
+        out.write_u64(*self as u64);
+    }
+}
+
+impl KeyPart for isize {
+    #[inline]
+    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+        out.write_i64(*self as i64);
+    }
+}
 
 impl KeyPart for str {
     #[inline]
@@ -716,6 +806,67 @@ mod tests {
             }
         }
         String::from_utf8(out).expect("utf-8")
+    }
+
+    proptest! {
+        /// Integers render as `itoa` (and `Display`) writes them, at every width, inline and
+        /// past the inline bytes.
+        #[test]
+        fn integers_render_in_decimal(
+            a in any::<u64>(), b in any::<i64>(), c in any::<u8>(), d in any::<i16>(),
+            e in any::<usize>(), f in any::<isize>(), g in any::<u128>(), pad in 0..48usize,
+        ) {
+            let lead = "p".repeat(pad);
+            let key = KeyBuilder::new()
+                .lit(&lead).arg(&a).arg(&b).arg(&c).arg(&d).arg(&e).arg(&f).arg(&g)
+                .finish();
+            prop_assert_eq!(key.as_str(), format!("{lead}<{a}><{b}><{c}><{d}><{e}><{f}><{g}>"));
+        }
+
+        /// Keys are equal exactly when their texts are, however each was built (the inline
+        /// comparison relies on the zeros past the text and on short texts staying inline).
+        #[test]
+        fn keys_are_equal_exactly_when_their_texts_are(
+            a in proptest::collection::vec(part(), 0..6),
+            b in proptest::collection::vec(part(), 0..6),
+        ) {
+            let (ka, kb) = (key(&a), key(&b));
+            prop_assert_eq!(ka == kb, ka.as_str() == kb.as_str());
+            // The same text built in other pieces (literals a character at a time, integers
+            // as strings) is the same key, as a key built by hand for `invalidate` must be.
+            let mut other = KeyBuilder::new();
+            for part in &a {
+                other = match part {
+                    Part::Lit(text) => text.chars().fold(other, |k, c| k.lit(c.encode_utf8(&mut [0; 4]))),
+                    Part::Int(value) => other.arg(&value.to_string()),
+                    Part::Str(value) => other.arg(value),
+                    Part::Opt(value) => other.arg(value),
+                };
+            }
+            prop_assert_eq!(&ka, &other.finish());
+            prop_assert_eq!(&ka, &ka.clone());
+        }
+    }
+
+    #[test]
+    fn extreme_integers_render_like_display() {
+        let key = KeyBuilder::new()
+            .arg(&0u64)
+            .arg(&u64::MAX)
+            .arg(&i64::MIN)
+            .arg(&i64::MAX)
+            .arg(&-1i8)
+            .arg(&i8::MIN)
+            .arg(&9u8)
+            .arg(&10u16)
+            .finish();
+        let expected = format!(
+            "<0><{}><{}><{}><-1><-128><9><10>",
+            u64::MAX,
+            i64::MIN,
+            i64::MAX
+        );
+        assert_eq!(key.as_str(), expected);
     }
 
     #[test]

@@ -89,6 +89,9 @@ where
 {
     // A synchronous site that follows a remote default is given `memory`.
     let resolved = registry::resolve_in_process(site);
+    if let Some(value) = memory_hit::<R, S>(site, resolved, &key) {
+        return shape.rebuild(value);
+    }
     let mut report = Report::start(site, &resolved.meters);
     let Some((backend, memory)) = memory_of(resolved, &key) else {
         report.answer(Answer::Bypass, Tier::None);
@@ -139,6 +142,24 @@ fn load_sync<R, S: ReturnShape<R>>(report: &Report, shape: S, body: impl FnOnce(
     ret
 }
 
+/// The value of a hit in the site's memory store, reported, or `None` for anything else (a
+/// miss, no memory store, an unusable key), which the full path then handles from the start.
+/// The async entry points ask it before they build the miss path's future (`call::hit_first`).
+#[inline]
+pub(super) fn memory_hit<R, S: ReturnShape<R>>(
+    site: &'static Site,
+    resolved: &'static Resolved,
+    key: &CacheKey,
+) -> Option<S::Value> {
+    let (_, memory) = memory_of(resolved, key)?;
+    // Downcast and clone under the store's read lock: a hit moves no reference count.
+    let value = memory.read(key, |any| {
+        downcast::<S::Value>(site, key.as_str(), any)
+    })?;
+    Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::Memory);
+    Some(value)
+}
+
 /// The site's backend and its memory store, unless the call runs uncached (no such backend, an
 /// unusable key). A remote backend here is a macro bug; the call then runs uncached too.
 pub(super) fn memory_of<'s>(
@@ -157,7 +178,7 @@ fn step<'b, V: 'static + Clone>(
     key: &CacheKey,
 ) -> Step<'b, V> {
     // Downcast and clone under the store's read lock: a hit moves no reference count.
-    let lookup = || memory.read(key.as_str(), |any| downcast::<V>(site, key.as_str(), any));
+    let lookup = || memory.read(key, |any| downcast::<V>(site, key.as_str(), any));
     if let Some(value) = lookup() {
         return Step::Hit(value);
     }

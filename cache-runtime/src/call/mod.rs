@@ -28,10 +28,39 @@ pub(crate) use remote::cached_remote_served;
 pub(crate) use tagged::cached_tagged;
 pub(crate) use tagged_remote::cached_remote_tagged;
 
+use futures_util::future::{lazy, Either};
+
 use crate::key::CacheKey;
 use crate::registry;
 use crate::shape::{PortableValue, ReturnShape, Success};
 use crate::site::Site;
+
+/// An async call: answered at once when this process holds the value (a memory store, or a
+/// tiered backend's L1 while its bus is up), else the future `full` makes of the key, the
+/// whole call path. A hit so builds none of that path's state (its future is several hundred
+/// bytes: the key, the body, a follower's wait), which a hit would otherwise write and move
+/// through every layer of the path. The hit's future holds the cached value and the shape,
+/// not `R`: a return type that is not `Send` (`Result<V, Box<dyn Error>>`) must not make the
+/// caller's future lose `Send`.
+#[inline]
+pub(crate) fn hit_first<R, S, F>(
+    site: &'static Site,
+    shape: S,
+    key: CacheKey,
+    full: impl FnOnce(CacheKey) -> F,
+) -> impl Future<Output = R>
+where
+    S: ReturnShape<R>,
+    F: Future<Output = R>,
+{
+    let resolved = registry::resolve(site);
+    let hit = local::memory_hit::<R, S>(site, resolved, &key)
+        .or_else(|| remote::l1_hit::<R, S>(site, resolved, &key));
+    match hit {
+        Some(value) => Either::Left(lazy(move |_| shape.rebuild(value))),
+        None => Either::Right(full(key)),
+    }
+}
 
 /// Runs an async `#[cached]` function on the configured default backend: on the in-process
 /// path when the default is in this process, else on the remote one, boxed. Boxed because the

@@ -21,7 +21,7 @@ use crate::log_gate::LogGate;
 use crate::observe::{Answer, Scope, Tier};
 use crate::registry;
 use crate::shape::{AnyValue, PortableValue, Produced, ReturnShape};
-use crate::site::Site;
+use crate::site::{Resolved, Site};
 
 /// How long a caller waits for another process's load before it loads itself.
 const WAIT_LIMIT: Duration = Duration::from_secs(10);
@@ -219,6 +219,26 @@ where
     (ret, report.served())
 }
 
+/// The value of a hit in the L1 of the site's tiered backend, reported, or `None` for anything
+/// else (an L1 miss, L1 not in use, another kind of backend), which the full path then handles
+/// from the start; see `local::memory_hit`.
+#[inline]
+pub(super) fn l1_hit<R, S: ReturnShape<R>>(
+    site: &'static Site,
+    resolved: &'static Resolved,
+    key: &CacheKey,
+) -> Option<S::Value> {
+    let backend = resolved.backend.as_ref().filter(|_| key.is_usable())?;
+    let (_, Some(tiered)) = backend.remote()? else {
+        return None;
+    };
+    // L1 is usable only in an epoch of a live bus subscription; see `backend::tiered::bus`.
+    let l1 = L1Slot::new(tiered, tiered.l1_epoch()?, site);
+    let value = l1.get::<S::Value>(site, key)?;
+    Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::L1);
+    Some(value)
+}
+
 /// A value past its ttl and within its fail-safe window, with the times it was written with
 /// and the bytes it was read from (a write-back replaces only those).
 pub(super) struct Stale<V> {
@@ -344,7 +364,7 @@ impl<'a> L1Slot<'a> {
     }
 
     fn get<V: 'static + Clone>(&self, site: &Site, key: &CacheKey) -> Option<V> {
-        self.tiered.l1_get(key.as_str(), self.epoch, |any| {
+        self.tiered.l1_get(key, self.epoch, |any| {
             downcast::<V>(site, key.as_str(), any)
         })
     }
@@ -355,7 +375,7 @@ impl<'a> L1Slot<'a> {
         key: &CacheKey,
         read: impl FnOnce(&AnyValue) -> Option<T>,
     ) -> Option<T> {
-        self.tiered.l1_get(key.as_str(), self.epoch, read)
+        self.tiered.l1_get(key, self.epoch, read)
     }
 
     pub(super) fn tiered(&self) -> &'a TieredBackend {

@@ -165,7 +165,7 @@ fn read<V: 'static + Clone>(
     key: &CacheKey,
     tags: &[CacheKey],
 ) -> Option<V> {
-    memory.read(key.as_str(), |any| {
+    memory.read(key, |any| {
         let tagged = downcast_tagged::<V>(site, key.as_str(), any)?;
         memory
             .tags()

@@ -101,13 +101,13 @@ impl Index {
     /// count, which cores hitting one hot key would otherwise bounce between them.
     pub(super) fn get<T>(
         &self,
-        key: &str,
+        key: &CacheKey,
         epoch: u64,
         read: impl FnOnce(&AnyValue) -> Option<T>,
     ) -> Option<T> {
-        let hash = self.hash(key);
+        let hash = self.hash(key.as_str());
         let table = self.read(hash);
-        let slot = table.find(hash, |slot| slot.key.as_str() == key)?;
+        let slot = table.find(hash, |slot| slot.key == *key)?;
         if slot.epoch == epoch && slot.expires_at > self.clock.moment() {
             read(&slot.value)
         } else {

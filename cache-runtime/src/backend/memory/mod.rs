@@ -245,7 +245,7 @@ impl MemoryBackend {
     /// should only downcast and clone.
     pub(crate) fn read<T>(
         &self,
-        key: &str,
+        key: &CacheKey,
         read: impl FnOnce(&AnyValue) -> Option<T>,
     ) -> Option<T> {
         self.read_in_epoch(key, 0, read)
@@ -271,7 +271,7 @@ impl MemoryBackend {
     /// which the workspace's own benchmarks enable; not an API.
     #[cfg(feature = "bench-internals")]
     #[doc(hidden)]
-    pub fn peek<V: Clone + 'static>(&self, key: &str) -> Option<V> {
+    pub fn peek<V: Clone + 'static>(&self, key: &CacheKey) -> Option<V> {
         self.read(key, |value| value.downcast_ref::<V>().cloned())
     }
 
@@ -283,12 +283,12 @@ impl MemoryBackend {
     /// backend's L1 epoch; see `backend::tiered::bus`).
     pub(crate) fn read_in_epoch<T>(
         &self,
-        key: &str,
+        key: &CacheKey,
         epoch: u64,
         read: impl FnOnce(&AnyValue) -> Option<T>,
     ) -> Option<T> {
         let value = self.index.get(key, epoch, read)?;
-        self.sample_for_policy(key);
+        self.sample_for_policy(key.as_str());
         Some(value)
     }
 
@@ -411,7 +411,7 @@ mod tests {
     use super::*;
 
     /// The type-erased read.
-    fn get(backend: &MemoryBackend, key: &str) -> Option<AnyValue> {
+    fn get(backend: &MemoryBackend, key: &CacheKey) -> Option<AnyValue> {
         backend.read(key, |value| Some(Arc::clone(value)))
     }
     use crate::KeyBuilder;
@@ -462,7 +462,7 @@ mod tests {
         backend.insert(key.clone(), Arc::new(1u8), Duration::from_millis(1));
         backend.insert(key.clone(), Arc::new(2u8), Duration::from_secs(60));
         clock.advance(Duration::from_millis(20));
-        let value = get(&backend, key.as_str()).expect("the refill's TTL applies");
+        let value = get(&backend, &key).expect("the refill's TTL applies");
         assert_eq!(value.downcast_ref::<u8>(), Some(&2));
     }
 
@@ -473,7 +473,7 @@ mod tests {
         let held = (0..500u32)
             .filter(|n| {
                 let key = KeyBuilder::new().lit("k:").arg(n).finish();
-                get(&backend, key.as_str()).is_some()
+                get(&backend, &key).is_some()
             })
             .count();
         backend.run_pending_tasks();
@@ -488,17 +488,17 @@ mod tests {
         let backend = on(&clock);
         let key = KeyBuilder::new().lit("k").finish();
         backend.insert(key.clone(), Arc::new(1u8), Duration::from_millis(5));
-        assert!(get(&backend, key.as_str()).is_some());
+        assert!(get(&backend, &key).is_some());
         clock.advance(Duration::from_millis(20));
         assert!(
-            get(&backend, key.as_str()).is_none(),
+            get(&backend, &key).is_none(),
             "expired in the index"
         );
         // On a test clock moka keeps the entry (its own clock is real time, which the test
         // clock does not follow): the next fill replaces it, in both.
         backend.run_pending_tasks();
         backend.insert(key.clone(), Arc::new(2u8), Duration::from_millis(5));
-        let value = get(&backend, key.as_str()).expect("the refill");
+        let value = get(&backend, &key).expect("the refill");
         assert_eq!(value.downcast_ref::<u8>(), Some(&2));
         backend.run_pending_tasks();
         assert_eq!((backend.index.len(), backend.entry_count()), (1, 1));
@@ -510,7 +510,7 @@ mod tests {
         let key = KeyBuilder::new().lit("k").finish();
         backend.insert(key.clone(), Arc::new(1u8), Duration::from_secs(60));
         backend.invalidate(key.as_str());
-        assert!(get(&backend, key.as_str()).is_none());
+        assert!(get(&backend, &key).is_none());
         backend.run_pending_tasks();
         assert_eq!((backend.index.len(), backend.entry_count()), (0, 0));
     }

@@ -121,7 +121,7 @@ impl TieredBackend {
     /// What `read` makes of the L1 value under `key`, if it was stored in `epoch`.
     pub(crate) fn l1_get<T>(
         &self,
-        key: &str,
+        key: &CacheKey,
         epoch: u64,
         read: impl FnOnce(&AnyValue) -> Option<T>,
     ) -> Option<T> {
