@@ -22,19 +22,21 @@ use crate::shape::{CacheValue, Holds, PortableValue};
 
 /// Runs an async `#[cached]` function on the memory backend: a hit returns the cached value; a
 /// miss runs `body` once per key across concurrent callers and stores what `S` says is cached.
-pub fn cached<R, S>(
+pub async fn cached<R, S>(
     site: &'static Site,
     key: CacheKey,
     body: impl Future<Output = R>,
-) -> impl Future<Output = R>
+) -> R
 where
     S: Holds<R>,
     S::Part: CacheValue,
 {
     let shape = S::default();
-    crate::call::hit_first(site, shape, key, move |key| {
-        crate::call::cached(site, shape, key, body)
-    })
+    // A hit returns before the full path's future exists (`call::hit_in_process`).
+    if let Some(value) = crate::call::hit_in_process::<R, S>(site, &key) {
+        return shape.rebuild(value);
+    }
+    crate::call::cached(site, shape, key, body).await
 }
 
 /// Runs a synchronous `#[cached]` function; followers block their thread while they wait.
@@ -48,36 +50,40 @@ where
 
 /// Runs an async `#[cached]` function on a remote backend (Redis, or tiered: an in-process L1 in
 /// front of Redis).
-pub fn cached_remote<R, S>(
+pub async fn cached_remote<R, S>(
     site: &'static Site,
     key: CacheKey,
     body: impl Future<Output = R>,
-) -> impl Future<Output = R>
+) -> R
 where
     S: Holds<R>,
     S::Part: PortableValue,
 {
     let shape = S::default();
-    crate::call::hit_first(site, shape, key, move |key| {
-        crate::call::cached_remote(site, shape, key, body)
-    })
+    // A hit returns before the full path's future exists (`call::hit_in_process`).
+    if let Some(value) = crate::call::hit_in_process::<R, S>(site, &key) {
+        return shape.rebuild(value);
+    }
+    crate::call::cached_remote(site, shape, key, body).await
 }
 
 /// Runs an async `#[cached]` function on the configured default backend (`memory` unless the
 /// application chose another), which may be remote: so its value must be [`PortableValue`].
-pub fn cached_default<R, S>(
+pub async fn cached_default<R, S>(
     site: &'static Site,
     key: CacheKey,
     body: impl Future<Output = R>,
-) -> impl Future<Output = R>
+) -> R
 where
     S: Holds<R>,
     S::Part: PortableValue,
 {
     let shape = S::default();
-    crate::call::hit_first(site, shape, key, move |key| {
-        crate::call::cached_default(site, shape, key, body)
-    })
+    // A hit returns before the full path's future exists (`call::hit_in_process`).
+    if let Some(value) = crate::call::hit_in_process::<R, S>(site, &key) {
+        return shape.rebuild(value);
+    }
+    crate::call::cached_default(site, shape, key, body).await
 }
 
 /// Runs an async `#[cached(tags(...))]` function on the memory backend: as [`cached`], and the

@@ -75,8 +75,7 @@ const INLINE: usize = 46;
 /// A key's text: inline while it is short, on the heap beyond.
 #[derive(Clone)]
 enum Text {
-    /// Invariants: `bytes[..len]` is UTF-8, since only whole `&str`s (or ASCII digits) are ever
-    /// appended; `bytes[len..]` are zeros, since text is only ever appended to zeros; and a text
+    /// Invariants: `bytes[..len]` is UTF-8, since only whole `&str`s are ever appended; `bytes[len..]` are zeros, since text is only ever appended to zeros; and a text
     /// is inline exactly while it fits (`Heap` only ever holds more than `INLINE` bytes).
     Inline {
         len: u8,
@@ -86,9 +85,8 @@ enum Text {
 }
 
 /// Equal texts are equal representations (the invariants of `Inline`), so two short keys
-/// compare as two fixed-size arrays: a few vector compares, no call and no length-dependent
-/// loop, where comparing `as_str()`s calls `memcmp` (the memory index compares the key of
-/// every hit).
+/// compare as fixed-size arrays: one vector compare for keys of up to 16 bytes, where comparing
+/// `as_str()`s calls `memcmp` (the memory index compares the key of every hit).
 impl PartialEq for Text {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
@@ -99,7 +97,13 @@ impl PartialEq for Text {
                     len: other_len,
                     bytes: other_bytes,
                 },
-            ) => len == other_len && bytes == other_bytes,
+            ) => {
+                // Most keys fit the first 16 bytes, which are one vector compare; the zeros
+                // past the text make the prefix enough for them.
+                len == other_len
+                    && bytes[..16] == other_bytes[..16]
+                    && (usize::from(*len) <= 16 || bytes[16..] == other_bytes[16..])
+            }
             (Text::Heap(text), Text::Heap(other)) => text == other,
             _ => false,
         }
@@ -159,26 +163,6 @@ impl Text {
             }
             Text::Heap(heap) => heap.push_str(text),
         }
-    }
-
-    /// Appends `value` in decimal, as `itoa` writes it, straight into the inline bytes: no
-    /// intermediate buffer and no copy of variable length (which is a `memcpy` call).
-    #[inline]
-    fn push_decimal(&mut self, mut value: u64) {
-        let digits = value.checked_ilog10().map_or(1, |log| log as usize + 1);
-        if let Text::Inline { len, bytes } = self {
-            let start = usize::from(*len);
-            if let Some(free) = bytes.get_mut(start..start + digits) {
-                for digit in free.iter_mut().rev() {
-                    *digit = b'0' + (value % 10) as u8;
-                    value /= 10;
-                }
-                // At most `INLINE`, which is below 256.
-                *len = (start + digits) as u8;
-                return;
-            }
-        }
-        self.spill(itoa::Buffer::new().format(value));
     }
 
     #[inline]
@@ -374,23 +358,6 @@ impl KeyWriter<'_> {
         self.0.push_str(itoa::Buffer::new().format(value));
     }
 
-    /// Writes an unsigned integer of up to 64 bits in decimal, as [`write_int`](Self::write_int)
-    /// does, without its intermediate buffer.
-    #[inline]
-    fn write_u64(&mut self, value: u64) {
-        self.0.push_decimal(value);
-    }
-
-    /// Writes a signed integer of up to 64 bits in decimal, as [`write_int`](Self::write_int)
-    /// does.
-    #[inline]
-    fn write_i64(&mut self, value: i64) {
-        if value < 0 {
-            self.0.push('-');
-        }
-        self.0.push_decimal(value.unsigned_abs());
-    }
-
     /// Writes the mark of an absent value (`None`): `%none`, which escaping never produces
     /// since it always follows `%` with two hexadecimal digits.
     pub fn write_none(&mut self) {
@@ -473,36 +440,7 @@ macro_rules! int_key_parts {
         }
     )*};
 }
-int_key_parts!(u128 i128);
-
-// Up to 64 bits, the common case (ids), written without `itoa`'s buffer; the same text.
-macro_rules! small_int_key_parts {
-    ($write:ident as $wide:ty: $($ty:ty)*) => {$(
-        impl KeyPart for $ty {
-            #[inline]
-            fn write_key_part(&self, out: &mut KeyWriter<'_>) {
-                out.$write(<$wide>::from(*self));
-            }
-        }
-    )*};
-}
-small_int_key_parts!(write_u64 as u64: u8 u16 u32 u64);
-small_int_key_parts!(write_i64 as i64: i8 i16 i32 i64);
-
-impl KeyPart for usize {
-    #[inline]
-    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
-        // `usize` is at most 64 bits on every target Rust supports.
-        out.write_u64(*self as u64);
-    }
-}
-
-impl KeyPart for isize {
-    #[inline]
-    fn write_key_part(&self, out: &mut KeyWriter<'_>) {
-        out.write_i64(*self as i64);
-    }
-}
+int_key_parts!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize);
 
 impl KeyPart for str {
     #[inline]

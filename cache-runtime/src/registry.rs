@@ -118,16 +118,26 @@ pub(crate) fn global() -> &'static Registry {
 /// What `site` uses, resolved once per site: its backend, and its metric handles. The backend
 /// is `None` when no backend of that name is configured: the function then runs uncached, and
 /// the error is logged once per site.
+#[inline]
 pub(crate) fn resolve(site: &'static Site) -> &'static Resolved {
-    resolve_once(site, Reach::Any)
+    // Every call asks; all but a site's first find it resolved, without a call.
+    match site.resolved().get() {
+        Some(resolved) => resolved,
+        None => resolve_once(site, Reach::Any),
+    }
 }
 
 /// [`resolve`] for a synchronous site: one that follows a remote default uses `memory` instead
 /// (logged once).
+#[inline]
 pub(crate) fn resolve_in_process(site: &'static Site) -> &'static Resolved {
-    resolve_once(site, Reach::InProcess)
+    match site.resolved().get() {
+        Some(resolved) => resolved,
+        None => resolve_once(site, Reach::InProcess),
+    }
 }
 
+#[cold]
 fn resolve_once(site: &'static Site, reach: Reach) -> &'static Resolved {
     site.resolved().get_or_init(|| {
         let backend = global().resolve(site.backend_name(), reach, site);

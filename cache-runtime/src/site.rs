@@ -179,6 +179,7 @@ impl Site {
     }
 
     /// Where the registry keeps what it resolved for this site (`registry::resolve`).
+    #[inline]
     pub(crate) fn resolved(&self) -> &OnceLock<Resolved> {
         &self.state.resolved
     }

@@ -116,6 +116,7 @@ impl Backend {
     }
 
     /// The in-process store of a memory backend; `None` for a remote one.
+    #[inline]
     pub(crate) fn memory(&self) -> Option<&MemoryBackend> {
         match &self.inner.store {
             Store::Memory(memory) => Some(memory),

@@ -162,6 +162,7 @@ pub(super) fn memory_hit<R, S: ReturnShape<R>>(
 
 /// The site's backend and its memory store, unless the call runs uncached (no such backend, an
 /// unusable key). A remote backend here is a macro bug; the call then runs uncached too.
+#[inline]
 pub(super) fn memory_of<'s>(
     resolved: &'s Resolved,
     key: &CacheKey,

@@ -28,38 +28,24 @@ pub(crate) use remote::cached_remote_served;
 pub(crate) use tagged::cached_tagged;
 pub(crate) use tagged_remote::cached_remote_tagged;
 
-use futures_util::future::{lazy, Either};
-
 use crate::key::CacheKey;
 use crate::registry;
 use crate::shape::{PortableValue, ReturnShape, Success};
 use crate::site::Site;
 
-/// An async call: answered at once when this process holds the value (a memory store, or a
-/// tiered backend's L1 while its bus is up), else the future `full` makes of the key, the
-/// whole call path. A hit so builds none of that path's state (its future is several hundred
-/// bytes: the key, the body, a follower's wait), which a hit would otherwise write and move
-/// through every layer of the path. The hit's future holds the cached value and the shape,
-/// not `R`: a return type that is not `Send` (`Result<V, Box<dyn Error>>`) must not make the
-/// caller's future lose `Send`.
+/// The value of a hit in this process (a memory store, or a tiered backend's L1 while its bus
+/// is up), reported; `None` sends the call down its full path. The async entry points
+/// (`expansion.rs`) ask this first, before the full path's future is built: that future is
+/// several hundred bytes (the key, the body, a follower's wait), which a hit would otherwise
+/// write and move through every layer of the path.
 #[inline]
-pub(crate) fn hit_first<R, S, F>(
+pub(crate) fn hit_in_process<R, S: ReturnShape<R>>(
     site: &'static Site,
-    shape: S,
-    key: CacheKey,
-    full: impl FnOnce(CacheKey) -> F,
-) -> impl Future<Output = R>
-where
-    S: ReturnShape<R>,
-    F: Future<Output = R>,
-{
+    key: &CacheKey,
+) -> Option<S::Value> {
     let resolved = registry::resolve(site);
-    let hit = local::memory_hit::<R, S>(site, resolved, &key)
-        .or_else(|| remote::l1_hit::<R, S>(site, resolved, &key));
-    match hit {
-        Some(value) => Either::Left(lazy(move |_| shape.rebuild(value))),
-        None => Either::Right(full(key)),
-    }
+    local::memory_hit::<R, S>(site, resolved, key)
+        .or_else(|| remote::l1_hit::<R, S>(site, resolved, key))
 }
 
 /// Runs an async `#[cached]` function on the configured default backend: on the in-process

@@ -243,6 +243,7 @@ impl MemoryBackend {
 
     /// What `read` makes of the value under `key`; `read` runs under a shard's read lock, so it
     /// should only downcast and clone.
+    #[inline]
     pub(crate) fn read<T>(
         &self,
         key: &CacheKey,
@@ -281,6 +282,7 @@ impl MemoryBackend {
 
     /// What `read` makes of the value under `key`, if it was stored in `epoch` (a tiered
     /// backend's L1 epoch; see `backend::tiered::bus`).
+    #[inline]
     pub(crate) fn read_in_epoch<T>(
         &self,
         key: &CacheKey,
