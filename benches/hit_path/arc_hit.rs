@@ -68,11 +68,7 @@ async fn cachette_tiered(id: u64) -> Arc<Account> {
 /// The memory store read by hand with the same key: the floor of a cachette hit.
 fn cachette_store(id: u64) -> Arc<Account> {
     let key = KeyBuilder::new().lit("acct:").arg(&id).finish();
-    MEMORY
-        .get()
-        .expect("set up")
-        .peek(&key)
-        .expect("warm")
+    MEMORY.get().expect("set up").peek(&key).expect("warm")
 }
 
 // cached 4: its TTL store (one lock), and `#[concurrent_cached]` (sharded), bare and with a TTL.
@@ -335,9 +331,9 @@ pub(super) fn engine_hit_ratio(_: &mut Criterion) {
         .skip(1)
         .filter(|arg| !arg.starts_with('-') && arg.parse::<f64>().is_err())
         .any(|filter| {
-            !filter
-                .split('|')
-                .any(|alternative| "engine_hit_ratio".contains(alternative.trim_matches(['^', '$'])))
+            !filter.split('|').any(|alternative| {
+                "engine_hit_ratio".contains(alternative.trim_matches(['^', '$']))
+            })
         });
     if filtered_out {
         return;

@@ -22,11 +22,7 @@ use crate::shape::{CacheValue, Holds, PortableValue};
 
 /// Runs an async `#[cached]` function on the memory backend: a hit returns the cached value; a
 /// miss runs `body` once per key across concurrent callers and stores what `S` says is cached.
-pub async fn cached<R, S>(
-    site: &'static Site,
-    key: CacheKey,
-    body: impl Future<Output = R>,
-) -> R
+pub async fn cached<R, S>(site: &'static Site, key: CacheKey, body: impl Future<Output = R>) -> R
 where
     S: Holds<R>,
     S::Part: CacheValue,

@@ -153,9 +153,7 @@ pub(super) fn memory_hit<R, S: ReturnShape<R>>(
 ) -> Option<S::Value> {
     let (_, memory) = memory_of(resolved, key)?;
     // Downcast and clone under the store's read lock: a hit moves no reference count.
-    let value = memory.read(key, |any| {
-        downcast::<S::Value>(site, key.as_str(), any)
-    })?;
+    let value = memory.read(key, |any| downcast::<S::Value>(site, key.as_str(), any))?;
     Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::Memory);
     Some(value)
 }

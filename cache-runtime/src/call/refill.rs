@@ -97,9 +97,7 @@ impl Refiller {
                 drop(guard);
                 return Refilled::Ran(load(&report, shape, body).await);
             };
-            let held = memory.read(key.as_str(), |any| {
-                downcast::<S::Value>(site, key.as_str(), any)
-            });
+            let held = memory.read(&key, |any| downcast::<S::Value>(site, key.as_str(), any));
             if let Some(value) = held.filter(|value| current(value)) {
                 guard.complete(Outcome::Found(Arc::new(value.clone())), || {});
                 return Refilled::Found(value);

@@ -492,10 +492,7 @@ mod tests {
         backend.insert(key.clone(), Arc::new(1u8), Duration::from_millis(5));
         assert!(get(&backend, &key).is_some());
         clock.advance(Duration::from_millis(20));
-        assert!(
-            get(&backend, &key).is_none(),
-            "expired in the index"
-        );
+        assert!(get(&backend, &key).is_none(), "expired in the index");
         // On a test clock moka keeps the entry (its own clock is real time, which the test
         // clock does not follow): the next fill replaces it, in both.
         backend.run_pending_tasks();
