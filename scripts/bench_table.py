@@ -55,7 +55,23 @@ for row, case in OBSERVE_ROWS:
     ROWS.append((f"9 {case}, no recorder", f"observe/{row}/none", "before observability",
                  f"observe/{row}/before", "", None))
 
-THROUGHPUT = ("contention/", "redis_hit/cachette_par", "redis_hit/raw_par", "observe/memory_64",
+# 10. Issue 17: an `Arc` value, 10,000 warm keys, against `cached` 4's stores, one task and 64.
+for group, tasks in (("arc_hit", "one task"), ("arc_hit_64", "64 tasks")):
+    for mine, other, name, target in (
+        ("cachette", "concurrent_cached", "#[concurrent_cached] (async)", 1.0),
+        ("cachette", "concurrent_cached_ttl", "#[concurrent_cached(ttl_secs)] (async)", None),
+        ("cachette", "cached_ttl", "#[cached(ttl_secs)] (async)", None),
+        ("cachette_sync", "concurrent_cached_sync", "#[concurrent_cached] (sync)", 1.0),
+        ("cachette_sync", "cached_ttl_sync", "#[cached(ttl_secs)] (sync)", None),
+        ("cachette_tiered", "cachette", "cachette memory hit", 1.1),
+        ("store_sync", "quick_cache", "quick_cache by hand (ids)", None),
+        ("store_sync", "moka_sync", "moka sync::Cache by hand (ids)", None),
+    ):
+        check = (lambda limit: (lambda r: r <= limit))(target) if target else None
+        ROWS.append((f"10 {mine}, {tasks}", f"{group}/{mine}", name, f"{group}/{other}",
+                     f"<= {target}" if target else "", check))
+
+THROUGHPUT = ("contention/", "arc_hit_64/", "redis_hit/cachette_par", "redis_hit/raw_par", "observe/memory_64",
               "observe/tiered_64", "cluster_hit/")
 
 
