@@ -82,6 +82,72 @@ where
     crate::call::cached_default(site, shape, key, body).await
 }
 
+/// Runs an async `#[cached]` function with `refresh` (or `timeout`) on the memory backend: as
+/// [`cached`], and a hit on an entry due for a refresh starts one, in the background, with
+/// `body`; so the body owns everything it uses (the macro refuses borrowed parameters).
+pub async fn cached_detached<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    body: impl Future<Output = R> + Send + 'static,
+) -> R
+where
+    R: Send + 'static,
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    let shape = S::default();
+    if let Some((value, due)) = crate::call::hit_in_process_due::<R, S>(site, &key) {
+        if due {
+            crate::call::refresh_local(site, shape, &key, Box::pin(body));
+        }
+        return shape.rebuild(value);
+    }
+    crate::call::cached(site, shape, key, body).await
+}
+
+/// [`cached_detached`] on a remote backend: the refresh is one per key across processes, and
+/// with fail-safe, a load past the soft `timeout` goes on in the background.
+pub async fn cached_remote_detached<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    body: impl Future<Output = R> + Send + 'static,
+) -> R
+where
+    R: Send + 'static,
+    S: Holds<R>,
+    S::Part: PortableValue,
+{
+    let shape = S::default();
+    if let Some((value, due)) = crate::call::hit_in_process_due::<R, S>(site, &key) {
+        if due {
+            crate::call::refresh(site, shape, &key, Box::pin(body));
+        }
+        return shape.rebuild(value);
+    }
+    crate::call::cached_remote_detached(site, shape, key, body).await
+}
+
+/// [`cached_detached`] on the configured default backend, which may be remote.
+pub async fn cached_default_detached<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    body: impl Future<Output = R> + Send + 'static,
+) -> R
+where
+    R: Send + 'static,
+    S: Holds<R>,
+    S::Part: PortableValue,
+{
+    let shape = S::default();
+    if let Some((value, due)) = crate::call::hit_in_process_due::<R, S>(site, &key) {
+        if due {
+            crate::call::refresh(site, shape, &key, Box::pin(body));
+        }
+        return shape.rebuild(value);
+    }
+    crate::call::cached_default_detached(site, shape, key, body).await
+}
+
 /// Runs an async `#[cached(tags(...))]` function on the memory backend: as [`cached`], and the
 /// entry is served only while none of `tags` was invalidated since its load began.
 pub async fn cached_tagged<R, S>(

@@ -46,6 +46,12 @@ pub struct Freshness {
     pub jitter_permille: u16,
     /// `l1_ttl`: how long a tiered process may serve its L1 copy (0: the entry's own time).
     pub l1_ttl_millis: u64,
+    /// `refresh`: an entry this old is refreshed in the background by the hit that finds it,
+    /// once per key and interval across processes (0: no refresh-ahead).
+    pub refresh_millis: u64,
+    /// `timeout` (soft): with a stale value at hand, how long a caller waits for a load before
+    /// it gets the stale value; the load goes on and stores its result (0: no bound).
+    pub soft_timeout_millis: u64,
 }
 
 impl Freshness {
@@ -56,6 +62,8 @@ impl Freshness {
         hard_timeout_millis: 0,
         jitter_permille: 0,
         l1_ttl_millis: 0,
+        refresh_millis: 0,
+        soft_timeout_millis: 0,
     };
 }
 
@@ -175,6 +183,47 @@ impl Site {
     /// How long a tiered process may serve its L1 copy, at most.
     pub(crate) fn l1_ttl(&self) -> Option<Duration> {
         let millis = self.freshness.l1_ttl_millis;
+        (millis > 0).then(|| Duration::from_millis(millis))
+    }
+
+    /// How long before its ttl ends an entry is due for a refresh-ahead (`ttl - refresh`), if
+    /// the site refreshes ahead.
+    fn refresh_lead(&self) -> Option<Duration> {
+        let millis = self.freshness.refresh_millis;
+        (millis > 0).then(|| self.ttl.saturating_sub(Duration::from_millis(millis)))
+    }
+
+    /// Whether an entry still fresh for `fresh_remaining` is due for a refresh-ahead.
+    pub(crate) fn refresh_due(&self, fresh_remaining: Duration) -> bool {
+        self.refresh_lead()
+            .is_some_and(|lead| fresh_remaining <= lead)
+    }
+
+    /// From how far ahead an entry fresh for `fresh_remaining` is due for a refresh-ahead,
+    /// if the site refreshes ahead (what the memory store keeps with the entry).
+    pub(crate) fn refresh_in(&self, fresh_remaining: Duration) -> Option<Duration> {
+        self.refresh_lead()
+            .map(|lead| fresh_remaining.saturating_sub(lead))
+    }
+
+    /// How often a key may start a refresh-ahead, in a process and across processes: the
+    /// shorter of the window and `refresh`, so that a refresh that failed is retried within a
+    /// long window and a successful one never delays the next; but with fail-safe, not more
+    /// often than its `throttle` (up to `refresh`), which bounds how often a failing loader runs.
+    pub(crate) fn refresh_interval(&self) -> Duration {
+        let refresh = Duration::from_millis(self.freshness.refresh_millis);
+        let window = self
+            .refresh_lead()
+            .map_or(refresh, |lead| lead.min(refresh));
+        window
+            .max(self.throttle())
+            .min(refresh)
+            .max(Duration::from_millis(1))
+    }
+
+    /// The soft timeout: with a stale value at hand, how long a caller waits for a load.
+    pub(crate) fn soft_timeout(&self) -> Option<Duration> {
+        let millis = self.freshness.soft_timeout_millis;
         (millis > 0).then(|| Duration::from_millis(millis))
     }
 

@@ -57,6 +57,9 @@ pub struct SiteStats {
     pub load_time: Duration,
     /// Calls that waited for another caller's load, in this process or in another one.
     pub coalesced: u64,
+    /// Refreshes-ahead this process started (`refresh`): each is also one of the loads, run in
+    /// the background while hits kept the old value.
+    pub refreshes: u64,
 }
 
 impl SiteStats {
@@ -114,6 +117,7 @@ pub fn stats() -> Stats {
                 load_failures: get(Count::LoadFailures),
                 load_time: Duration::from_nanos(get(Count::LoadNanos)),
                 coalesced: get(Count::Coalesced),
+                refreshes: get(Count::Refreshes),
             }
         })
         .collect();

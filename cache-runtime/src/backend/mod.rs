@@ -6,6 +6,7 @@
 
 mod memory;
 mod redis;
+mod refresh_ledger;
 mod tags;
 /// The same real-redis-server helper the integration tests use.
 #[cfg(test)]
@@ -34,6 +35,7 @@ use crate::key::CacheKey;
 use crate::observe::meters::{BackendMeters, StoreMeters};
 use crate::observe::{Invalidation, Tier};
 use crate::shape::AnyValue;
+use refresh_ledger::RefreshLedger;
 
 /// A configured backend: its store and the flights under way in it. Cheap to clone.
 #[derive(Clone)]
@@ -45,6 +47,8 @@ struct Inner {
     name: String,
     store: Store,
     flights: Flights,
+    /// Which keys may start a refresh-ahead in this process (`call/refresh.rs`).
+    refreshes: RefreshLedger,
     meters: Arc<BackendMeters>,
 }
 
@@ -82,6 +86,7 @@ impl Backend {
                 name,
                 store,
                 flights: Flights::new(),
+                refreshes: RefreshLedger::default(),
                 meters,
             }),
         }
@@ -113,6 +118,11 @@ impl Backend {
 
     pub(crate) fn flights(&self) -> &Flights {
         &self.inner.flights
+    }
+
+    /// Which keys of this backend may start a refresh-ahead in this process.
+    pub(crate) fn refreshes(&self) -> &RefreshLedger {
+        &self.inner.refreshes
     }
 
     /// The in-process store of a memory backend; `None` for a remote one.

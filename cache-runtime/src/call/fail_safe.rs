@@ -13,6 +13,12 @@
 //!
 //! A load that answers "nothing" (`None`) ends the stale entry the same way: the source says
 //! the value is gone, so it is wrong now, not old.
+//!
+//! With a soft `timeout`, a caller with a stale value at hand waits that long for the load; then
+//! it gets the stale value while the load goes on in a task of its own, with the lock and the
+//! flight, and stores its result as it would have (or, should it fail, writes the stale value
+//! back as above). Its followers, and callers in other processes waiting for its lock, read the
+//! stale value themselves after the same time (`remote.rs`).
 
 use std::future::Future;
 use std::panic::{resume_unwind, AssertUnwindSafe};
@@ -20,13 +26,17 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
+use super::body::Detached;
 use super::local::load;
-use super::remote::{fill_with, read, LoadPermit, Lookup, Stale};
+use super::remote::{fill_with, read, settle, share, L1Slot, LoadPermit, Lookup, Stale};
 use super::report::Report;
 use crate::backend::RedisBackend;
 use crate::envelope::Times;
+use crate::flight::LeaderGuard;
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
+use crate::observe::{Answer, Tier};
+use crate::registry;
 use crate::shape::{PortableValue, Produced, ReturnShape};
 use crate::site::Site;
 
@@ -116,6 +126,137 @@ where
     Ending::Returned(ret, None)
 }
 
+/// How a load under a soft timeout ended, in time for its caller.
+enum Finished<R, V> {
+    Stale(V),
+    Filled(V),
+    Returned(R),
+}
+
+/// A leader's call, as a load that may outlive it takes it over.
+pub(super) type Leader = (
+    &'static Site,
+    &'static RedisBackend,
+    CacheKey,
+    Option<L1Slot<'static>>,
+    LeaderGuard<'static>,
+);
+
+/// Runs the load with `stale` at hand in the call; the caller's answer is reported here.
+pub(super) async fn serve_stale<R, S, F>(
+    leader: Leader,
+    report: &mut Report,
+    shape: S,
+    body: F,
+    stale: Stale<S::Value>,
+    permit: LoadPermit,
+) -> R
+where
+    S: ReturnShape<R>,
+    S::Value: PortableValue,
+    F: Future<Output = R>,
+{
+    let finished = load_and_settle(leader, report, shape, body, stale, permit).await;
+    answer(report, shape, finished)
+}
+
+/// Runs the load with `stale` at hand for at most `soft`; see the module's description. The
+/// caller's answer is reported here.
+pub(super) async fn within_soft_timeout<R, S>(
+    leader: Leader,
+    report: &mut Report,
+    shape: S,
+    body: Detached<R>,
+    stale: Stale<S::Value>,
+    permit: LoadPermit,
+    soft: Duration,
+) -> R
+where
+    R: Send + 'static,
+    S: ReturnShape<R>,
+    S::Value: PortableValue,
+{
+    let at_hand = stale.value.clone();
+    let site = leader.0;
+    let mut loading = Box::pin(async move {
+        // The load's own reporter: it is timed and counted wherever it ends.
+        let report = Report::start(site, &registry::resolve(site).meters);
+        load_and_settle(leader, &report, shape, body, stale, permit).await
+    });
+    match tokio::time::timeout(soft, loading.as_mut()).await {
+        Ok(finished) => answer(report, shape, finished),
+        Err(_) => {
+            // A panic in the load from here on is the task's; its guards release the lock and
+            // the flight as they would in the call.
+            drop(tokio::spawn(loading));
+            report.answer(Answer::Stale, Tier::L2);
+            shape.rebuild(at_hand)
+        }
+    }
+}
+
+/// Runs the load with `stale` at hand, and ends the leader's flight and lock with what came of
+/// it.
+async fn load_and_settle<R, S, F>(
+    (site, redis, key, l1, guard): Leader,
+    report: &Report,
+    shape: S,
+    body: F,
+    stale: Stale<S::Value>,
+    permit: LoadPermit,
+) -> Finished<R, S::Value>
+where
+    S: ReturnShape<R>,
+    S::Value: PortableValue,
+    F: Future<Output = R>,
+{
+    match load_or_stale(site, redis, &key, report, shape, body, stale, permit).await {
+        Ending::Stale(value, fresh) => {
+            share(guard, &key, &value, l1.as_ref(), fresh, false);
+            Finished::Stale(value)
+        }
+        Ending::Filled(value, fresh) => {
+            share(guard, &key, &value, l1.as_ref(), fresh, false);
+            Finished::Filled(value)
+        }
+        Ending::Returned(ret, permit) => {
+            settle(
+                site,
+                (redis, &key),
+                l1.as_ref(),
+                guard,
+                shape.produced(&ret),
+                permit,
+            )
+            .await;
+            Finished::Returned(ret)
+        }
+    }
+}
+
+/// Reports the caller's answer: the stale value, or a miss (its own load's, or another
+/// process's fill).
+fn answer<R, S: ReturnShape<R>>(
+    report: &mut Report,
+    shape: S,
+    finished: Finished<R, S::Value>,
+) -> R {
+    match finished {
+        Finished::Stale(value) => {
+            report.answer(Answer::Stale, Tier::L2);
+            shape.rebuild(value)
+        }
+        Finished::Filled(value) => {
+            report.answer(Answer::Miss, Tier::L2);
+            shape.rebuild(value)
+        }
+        Finished::Returned(ret) => {
+            report.answer(Answer::Miss, Tier::L2);
+            ret
+        }
+    }
+}
+
 /// What became of a write-back.
 enum WriteBack {
     /// Stored, fresh for this long.
@@ -149,7 +290,17 @@ async fn write_back<V: PortableValue>(
         stale_until_ms: until,
     };
     let over = Some(stale.bytes.as_slice());
-    match fill_with(site, redis, key, &stale.value, permit, (times, now), over).await {
+    match fill_with(
+        site,
+        redis,
+        key,
+        &stale.value,
+        permit,
+        (times, now),
+        (over, None),
+    )
+    .await
+    {
         Some(true) => WriteBack::Stored(Duration::from_millis(fresh_until_ms - now)),
         Some(false) => WriteBack::Refused,
         None => WriteBack::Unanswered,
@@ -175,5 +326,14 @@ async fn end_stale<V: PortableValue>(
     };
     let over = Some(stale.bytes.as_slice());
     let now = redis.now_ms();
-    let _ = fill_with(site, redis, key, &stale.value, permit, (times, now), over).await;
+    let _ = fill_with(
+        site,
+        redis,
+        key,
+        &stale.value,
+        permit,
+        (times, now),
+        (over, None),
+    )
+    .await;
 }

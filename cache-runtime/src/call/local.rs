@@ -151,11 +151,21 @@ pub(super) fn memory_hit<R, S: ReturnShape<R>>(
     resolved: &'static Resolved,
     key: &CacheKey,
 ) -> Option<S::Value> {
+    memory_hit_due::<R, S>(site, resolved, key).map(|(value, _)| value)
+}
+
+/// [`memory_hit`], and whether the entry is due for a refresh-ahead.
+#[inline]
+pub(super) fn memory_hit_due<R, S: ReturnShape<R>>(
+    site: &'static Site,
+    resolved: &'static Resolved,
+    key: &CacheKey,
+) -> Option<(S::Value, bool)> {
     let (_, memory) = memory_of(resolved, key)?;
     // Downcast and clone under the store's read lock: a hit moves no reference count.
-    let value = memory.read(key, |any| downcast::<S::Value>(site, key.as_str(), any))?;
+    let found = memory.read_due(key, 0, |any| downcast::<S::Value>(site, key.as_str(), any))?;
     Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::Memory);
-    Some(value)
+    Some(found)
 }
 
 /// The site's backend and its memory store, unless the call runs uncached (no such backend, an
@@ -207,8 +217,9 @@ pub(super) fn complete<R, S: ReturnShape<R>>(
         Produced::Value(value) => {
             let value: AnyValue = Arc::new(value.clone());
             let shared = Arc::clone(&value);
+            let ttl = site.fill_ttl();
             guard.complete(Outcome::Value(shared), || {
-                memory.insert(key, value, site.fill_ttl());
+                memory.insert_refreshing(key, value, (ttl, site.refresh_in(ttl)), 0);
             });
         }
         Produced::Absent => guard.complete(Outcome::Absent, || {}),

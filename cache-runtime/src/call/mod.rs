@@ -7,12 +7,14 @@
 //! Calls flow down: call -> registry (which backend) -> backend (which store) -> the store's
 //! own modules. Nothing below imports from here.
 
+mod body;
 mod fail_safe;
 mod follow;
 mod local;
 mod put;
 #[cfg(feature = "axum")]
 pub(crate) mod refill;
+mod refresh;
 mod remote;
 mod report;
 mod tagged;
@@ -22,9 +24,10 @@ use std::future::Future;
 
 pub(crate) use local::{cached, cached_sync};
 pub(crate) use put::{cache_put, cache_put_default, cache_put_remote};
-pub(crate) use remote::cached_remote;
+pub(crate) use refresh::{start as refresh, start_local as refresh_local};
 #[cfg(feature = "axum")]
 pub(crate) use remote::cached_remote_served;
+pub(crate) use remote::{cached_remote, cached_remote_detached};
 pub(crate) use tagged::cached_tagged;
 pub(crate) use tagged_remote::cached_remote_tagged;
 
@@ -46,6 +49,39 @@ pub(crate) fn hit_in_process<R, S: ReturnShape<R>>(
     let resolved = registry::resolve(site);
     local::memory_hit::<R, S>(site, resolved, key)
         .or_else(|| remote::l1_hit::<R, S>(site, resolved, key))
+}
+
+/// [`hit_in_process`], and whether the entry is due for a refresh-ahead (a site with
+/// `refresh`).
+#[inline]
+pub(crate) fn hit_in_process_due<R, S: ReturnShape<R>>(
+    site: &'static Site,
+    key: &CacheKey,
+) -> Option<(S::Value, bool)> {
+    let resolved = registry::resolve(site);
+    local::memory_hit_due::<R, S>(site, resolved, key)
+        .or_else(|| remote::l1_hit_due::<R, S>(site, resolved, key))
+}
+
+/// [`cached_default`] for a site with `refresh` or `timeout`, whose body may outlive the call.
+pub(crate) async fn cached_default_detached<R, S, F>(
+    site: &'static Site,
+    shape: S,
+    key: CacheKey,
+    body: F,
+) -> R
+where
+    R: Send + 'static,
+    S: ReturnShape<R>,
+    S::Value: PortableValue,
+    F: Future<Output = R> + Send + 'static,
+{
+    let backend = registry::resolve(site).backend.as_ref();
+    if backend.is_some_and(|backend| !backend.is_remote()) {
+        local::cached(site, shape, key, body).await
+    } else {
+        Box::pin(remote::cached_remote_detached(site, shape, key, body)).await
+    }
 }
 
 /// Runs an async `#[cached]` function on the configured default backend: on the in-process

@@ -112,7 +112,8 @@ impl Refiller {
                 share(guard, &key, &value, l1.as_ref(), remaining, true);
                 return Refilled::Found(value);
             }
-            Claimed::Load(permit) => Some(permit),
+            // `Stale` needs a stale value, which a refill never keeps.
+            Claimed::Load(permit) | Claimed::Stale(permit) => Some(permit),
             // Redis failed: the value reaches this caller (and L1) only.
             Claimed::Unavailable => None,
         };

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::fail_safe::{self, Ending};
+use super::body::{Body, Detachable, Inline};
+
 use super::follow::{downcast, follow, Next};
 use super::local::load;
 use super::report::{Report, Served};
@@ -51,16 +52,42 @@ where
     S::Value: PortableValue,
     F: Future<Output = R>,
 {
+    serve(site, shape, key, Inline(body)).await
+}
+
+/// [`cached_remote`] for a site with `refresh` or `timeout`, whose body may outlive the call.
+pub(crate) async fn cached_remote_detached<R, S, F>(
+    site: &'static Site,
+    shape: S,
+    key: CacheKey,
+    body: F,
+) -> R
+where
+    R: Send + 'static,
+    S: ReturnShape<R>,
+    S::Value: PortableValue,
+    F: Future<Output = R> + Send + 'static,
+{
+    serve(site, shape, key, Detachable(body)).await.0
+}
+
+/// The remote call path, for a body that may or may not outlive the call.
+async fn serve<R, S, B>(site: &'static Site, shape: S, key: CacheKey, body: B) -> (R, Served)
+where
+    S: ReturnShape<R>,
+    S::Value: PortableValue,
+    B: Body<R>,
+{
     let resolved = registry::resolve(site);
     let backend = resolved.backend.as_ref().filter(|_| key.is_usable());
     let remote = backend.map(|backend| (backend, backend.remote()));
     let Some((backend, Some((redis, tiered)))) = remote else {
         if remote.is_some() {
-            return super::local::cached_served(site, shape, key, body).await;
+            return super::local::cached_served(site, shape, key, body.run()).await;
         }
         let mut report = Report::start(site, &resolved.meters);
         report.answer(Answer::Bypass, Tier::None);
-        let ret = load(&report, shape, body).await;
+        let ret = load(&report, shape, body.run()).await;
         return (ret, report.served());
     };
     let mut report = Report::start(site, &resolved.meters);
@@ -78,8 +105,9 @@ where
     if tiered.is_none() {
         // Redis alone: a hit needs no flight.
         match read::<S::Value>(site, redis, &key).await {
-            Lookup::Hit(value, _) => {
+            Lookup::Hit(value, remaining) => {
                 report.answer(Answer::Hit, Tier::L2);
+                refresh_if_due(site, shape, &key, remaining, body);
                 return (shape.rebuild(value), report.served());
             }
             // A stale entry is a miss here; the claim reads it again, with the fence.
@@ -98,12 +126,31 @@ where
             Role::Leader(guard) => break guard,
             Role::Follower(flight) => {
                 let since = Instant::now();
-                let outcome = flight.wait().await;
+                let outcome = match site.soft_timeout().filter(|_| available) {
+                    Some(soft) => match tokio::time::timeout(soft, flight.wait()).await {
+                        Ok(outcome) => outcome,
+                        // The leader's load runs long: a stale value in Redis is this caller's
+                        // answer, as it is the leader's (an invalidated entry is gone, and so
+                        // never read here).
+                        Err(_) => match read::<S::Value>(site, redis, &key).await {
+                            Lookup::Stale(found) => {
+                                report.answer(Answer::Stale, Tier::L2);
+                                return (shape.rebuild(found.value), report.served());
+                            }
+                            Lookup::Hit(value, _) => {
+                                report.answer(Answer::Miss, Tier::L2);
+                                return (shape.rebuild(value), report.served());
+                            }
+                            Lookup::Miss | Lookup::Unavailable => flight.wait().await,
+                        },
+                    },
+                    None => flight.wait().await,
+                };
                 let call = (site, shape, key.as_str());
                 match follow(&mut report, since, (missed, first_tier), call, outcome) {
                     Next::Return(ret) => return (ret, report.served()),
                     Next::RunUncached => {
-                        let ret = load(&report, shape, body).await;
+                        let ret = load(&report, shape, body.run()).await;
                         return (ret, report.served());
                     }
                     Next::Retry => {}
@@ -144,7 +191,22 @@ where
                     remaining,
                     waited.is_none(),
                 );
+                if waited.is_none() {
+                    refresh_if_due(site, shape, &key, remaining, body);
+                }
                 return (shape.rebuild(value), report.served());
+            }
+            Claimed::Stale(_) => {
+                // Another process's load ran past the soft timeout: the stale value the claim
+                // read with the fence, to this caller and its followers, kept nowhere.
+                if let Some(found) = stale.take() {
+                    report.answer(Answer::Stale, Tier::L2);
+                    let shared: AnyValue = Arc::new(found.value.clone());
+                    guard.complete(Outcome::Value(shared), || {});
+                    return (shape.rebuild(found.value), report.served());
+                }
+                report.answer(Answer::Miss, Tier::L2);
+                None
             }
             Claimed::Load(permit) => {
                 // With a stale value at hand the answer waits for the load: miss or stale.
@@ -166,57 +228,79 @@ where
     // should the body panic or this future be dropped.
     let (ret, permit) = match (stale, permit) {
         (Some(stale), Some(permit)) => {
-            match fail_safe::load_or_stale(site, redis, &key, &report, shape, body, stale, permit)
-                .await
-            {
-                Ending::Stale(value, fresh) => {
-                    report.answer(Answer::Stale, Tier::L2);
-                    share(guard, &key, &value, l1.as_ref(), fresh, false);
-                    return (shape.rebuild(value), report.served());
-                }
-                Ending::Filled(value, fresh) => {
-                    // A miss that another process's load answered.
-                    report.answer(Answer::Miss, Tier::L2);
-                    share(guard, &key, &value, l1.as_ref(), fresh, false);
-                    return (shape.rebuild(value), report.served());
-                }
-                Ending::Returned(ret, permit) => {
-                    report.answer(Answer::Miss, Tier::L2);
-                    (ret, permit)
-                }
-            }
+            let leader = (site, redis, key, l1, guard);
+            let ret = body
+                .load_with_stale(leader, &mut report, shape, stale, permit)
+                .await;
+            return (ret, report.served());
         }
-        (_, permit) => (load(&report, shape, body).await, permit),
+        (_, permit) => (load(&report, shape, body.run()).await, permit),
     };
-    match shape.produced(&ret) {
+    settle(
+        site,
+        (redis, &key),
+        l1.as_ref(),
+        guard,
+        shape.produced(&ret),
+        permit,
+    )
+    .await;
+    (ret, report.served())
+}
+
+/// Ends a leader's load: a value is filled under the permit, given to the followers and, unless
+/// the fence refused it (it was loaded across an invalidation: callers get it, since they asked
+/// before the invalidation returned, but L1 does not), kept in L1; nothing to cache ends the
+/// flight and frees the key at once, waking other processes' waiters.
+/// (`produced`: what the shape says of the load's return; not the return itself, which a task
+/// holding it across the fill would need to be `Sync`.)
+pub(super) async fn settle<V: PortableValue>(
+    site: &Site,
+    (redis, key): (&RedisBackend, &CacheKey),
+    l1: Option<&L1Slot<'_>>,
+    guard: crate::flight::LeaderGuard<'_>,
+    produced: Produced<'_, V>,
+    permit: Option<LoadPermit>,
+) {
+    match produced {
         Produced::Value(value) => {
             let fresh = site.fill_ttl();
             let current = match permit {
-                Some(permit) => fill(site, redis, &key, value, permit, fresh).await,
+                Some(permit) => fill(site, redis, key, value, permit, fresh).await,
                 None => true,
             };
-            // A fill the fence refused loaded across an invalidation: callers get the value
-            // (they asked before the invalidation returned), L1 does not.
-            let l1 = l1.as_ref().filter(|_| current);
-            share(guard, &key, value, l1, fresh, false);
+            share(guard, key, value, l1.filter(|_| current), fresh, false);
         }
         produced => {
             let outcome = match produced {
                 Produced::Absent => Outcome::Absent,
                 _ => Outcome::Failed,
             };
-            // This process's followers first; then free the key at once, waking other
-            // processes' waiters.
+            // This process's followers first; then free the key at once.
             guard.complete(outcome, || {});
-            if let Some(LoadPermit {
-                lock: Some(lock), ..
-            }) = permit
-            {
-                lock.release().await;
+            if let Some(permit) = permit {
+                permit.release().await;
             }
         }
     }
-    (ret, report.served())
+}
+
+/// After a hit on an entry still fresh for `remaining`: if it is due, a refresh-ahead with
+/// `body` (which the site's expansion lets outlive the call; otherwise nothing happens).
+fn refresh_if_due<R, S, B>(
+    site: &'static Site,
+    shape: S,
+    key: &CacheKey,
+    remaining: Duration,
+    body: B,
+) where
+    S: ReturnShape<R>,
+    S::Value: PortableValue,
+    B: Body<R>,
+{
+    if site.refresh_due(remaining) {
+        body.refresh(site, shape, key);
+    }
 }
 
 /// The value of a hit in the L1 of the site's tiered backend, reported, or `None` for anything
@@ -228,15 +312,27 @@ pub(super) fn l1_hit<R, S: ReturnShape<R>>(
     resolved: &'static Resolved,
     key: &CacheKey,
 ) -> Option<S::Value> {
+    l1_hit_due::<R, S>(site, resolved, key).map(|(value, _)| value)
+}
+
+/// [`l1_hit`], and whether the entry is due for a refresh-ahead.
+#[inline]
+pub(super) fn l1_hit_due<R, S: ReturnShape<R>>(
+    site: &'static Site,
+    resolved: &'static Resolved,
+    key: &CacheKey,
+) -> Option<(S::Value, bool)> {
     let backend = resolved.backend.as_ref().filter(|_| key.is_usable())?;
     let (_, Some(tiered)) = backend.remote()? else {
         return None;
     };
     // L1 is usable only in an epoch of a live bus subscription; see `backend::tiered::bus`.
-    let l1 = L1Slot::new(tiered, tiered.l1_epoch()?, site);
-    let value = l1.get::<S::Value>(site, key)?;
+    let epoch = tiered.l1_epoch()?;
+    let found = tiered.l1_get_due(key, epoch, |any| {
+        downcast::<S::Value>(site, key.as_str(), any)
+    })?;
     Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::L1);
-    Some(value)
+    Some(found)
 }
 
 /// A value past its ttl and within its fail-safe window, with the times it was written with
@@ -254,11 +350,32 @@ pub(super) struct LoadPermit {
     pub(super) lock: Option<HeldLock>,
 }
 
+impl LoadPermit {
+    /// A permit with the lock held.
+    pub(super) fn new(fence: Option<i64>, lock: HeldLock) -> Self {
+        LoadPermit {
+            fence,
+            lock: Some(lock),
+        }
+    }
+
+    /// Frees the key for other loaders at once (waking their waiters), after a load that left
+    /// nothing to fill.
+    pub(super) async fn release(self) {
+        if let Some(lock) = self.lock {
+            lock.release().await;
+        }
+    }
+}
+
 pub(super) enum Claimed<V> {
     /// A fill, with the time its entry has left, and when the leader began waiting for it if it
     /// waited for another process's load.
     Hit(V, Duration, Option<Instant>),
     Load(LoadPermit),
+    /// Another process's load ran past the site's soft timeout, and the claim read a stale
+    /// value with the fence: serve it (with the fence, if the caller loads after all).
+    Stale(LoadPermit),
     /// Redis failed: load without touching it again in this call.
     Unavailable,
 }
@@ -318,6 +435,11 @@ pub(super) async fn claim<V: DeserializeOwned>(
             let lock = Some(HeldLock::new(store, key.as_str(), token));
             return Claimed::Load(LoadPermit { fence, lock });
         }
+        // A stale value at hand, read with this fence: past the soft timeout it is the answer.
+        let soft = site.soft_timeout().filter(|_| stale.is_some());
+        if soft.is_some_and(|soft| started.elapsed() >= soft) {
+            return Claimed::Stale(LoadPermit { fence, lock: None });
+        }
         if started.elapsed() >= WAIT_LIMIT {
             return Claimed::Load(LoadPermit { fence, lock: None });
         }
@@ -338,6 +460,10 @@ pub(super) async fn claim<V: DeserializeOwned>(
                     poll = (poll * 2).min(Duration::from_millis(50));
                     poll
                 };
+                // Awake at the soft timeout, not after it.
+                let wait = soft.map_or(wait, |soft| {
+                    wait.min(soft.saturating_sub(started.elapsed()))
+                });
                 let _ = tokio::time::timeout(wait, wake).await;
             }
         }
@@ -348,18 +474,17 @@ pub(super) async fn claim<V: DeserializeOwned>(
 pub(super) struct L1Slot<'a> {
     tiered: &'a TieredBackend,
     epoch: u64,
-    site_ttl: Duration,
-    /// The site's `l1_ttl`: how long this process may serve a copy it cannot re-check.
-    l1_ttl: Option<Duration>,
+    /// The site: its ttl, its `l1_ttl` (how long this process may serve a copy it cannot
+    /// re-check) and its refresh-ahead.
+    site: &'a Site,
 }
 
 impl<'a> L1Slot<'a> {
-    pub(super) fn new(tiered: &'a TieredBackend, epoch: u64, site: &Site) -> Self {
+    pub(super) fn new(tiered: &'a TieredBackend, epoch: u64, site: &'a Site) -> Self {
         L1Slot {
             tiered,
             epoch,
-            site_ttl: site.ttl(),
-            l1_ttl: site.l1_ttl(),
+            site,
         }
     }
 
@@ -386,12 +511,15 @@ impl<'a> L1Slot<'a> {
         self.epoch
     }
 
+    /// Puts `value` in L1 for what its L2 entry has left at most, due for a refresh-ahead
+    /// when the L2 entry is.
     pub(super) fn insert(&self, key: &CacheKey, value: AnyValue, l2_remaining: Duration) {
+        let refresh_in = self.site.refresh_in(l2_remaining);
         self.tiered.l1_insert(
             key,
             (value, None),
             l2_remaining,
-            self.l1_entry_ttl(),
+            (self.l1_entry_ttl(), refresh_in),
             self.epoch,
         );
     }
@@ -408,15 +536,15 @@ impl<'a> L1Slot<'a> {
             key,
             (value, Some(weighed)),
             l2_remaining,
-            self.l1_entry_ttl(),
+            (self.l1_entry_ttl(), None),
             self.epoch,
         );
     }
 
     /// The site's ttl, or its `l1_ttl` if shorter.
     fn l1_entry_ttl(&self) -> Duration {
-        self.l1_ttl
-            .map_or(self.site_ttl, |l1| l1.min(self.site_ttl))
+        let ttl = self.site.ttl();
+        self.site.l1_ttl().map_or(ttl, |l1| l1.min(ttl))
     }
 }
 
@@ -524,6 +652,20 @@ pub(super) async fn fill<V: Serialize>(
     permit: LoadPermit,
     fresh: Duration,
 ) -> bool {
+    fill_announcing(site, redis, key, value, permit, fresh, None).await
+}
+
+/// [`fill`], and if it is stored, `announce` (a tiered bus's channel and message) published
+/// with it, so that other processes drop the copies they hold of the entry it replaced.
+pub(super) async fn fill_announcing<V: Serialize>(
+    site: &Site,
+    redis: &RedisBackend,
+    key: &CacheKey,
+    value: &V,
+    permit: LoadPermit,
+    fresh: Duration,
+    announce: Option<&(String, String)>,
+) -> bool {
     let now = redis.now_ms();
     let fresh_until_ms = now.saturating_add(millis(fresh));
     let times = Times {
@@ -532,9 +674,17 @@ pub(super) async fn fill<V: Serialize>(
         stale_until_ms: fresh_until_ms.saturating_add(millis(site.stale())),
     };
     // Redis failing is no refusal: the value is served and may go into L1.
-    fill_with(site, redis, key, value, permit, (times, now), None)
-        .await
-        .unwrap_or(true)
+    fill_with(
+        site,
+        redis,
+        key,
+        value,
+        permit,
+        (times, now),
+        (None, announce),
+    )
+    .await
+    .unwrap_or(true)
 }
 
 /// Milliseconds of `duration`, saturating.
@@ -543,7 +693,8 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// [`fill`] with the entry's `times` given, read at `now_ms`: Redis keeps it until its stale
-/// time; with `over`, only if the entry still holds those bytes. `Some(false)`: the fence (or
+/// time; with `over`, only if the entry still holds those bytes; with `announce`, published
+/// if stored. `Some(false)`: the fence (or
 /// `over`) refused it; `None`: Redis failed; a value that cannot be encoded is not stored, and
 /// counts as stored (it is returned, and L1 may keep it), or with `over` as refused.
 pub(super) async fn fill_with<V: Serialize>(
@@ -553,7 +704,7 @@ pub(super) async fn fill_with<V: Serialize>(
     value: &V,
     permit: LoadPermit,
     (times, now_ms): (Times, u64),
-    over: Option<&[u8]>,
+    (over, announce): (Option<&[u8]>, Option<&(String, String)>),
 ) -> Option<bool> {
     let kept = Duration::from_millis(times.stale_until_ms.saturating_sub(now_ms).max(1));
     let key_hash = redis.entry_hash(key.as_str());
@@ -561,9 +712,10 @@ pub(super) async fn fill_with<V: Serialize>(
     match envelope::encode::<V, Bincode>(value, site.version(), key_hash, times) {
         Ok(bytes) => {
             let token = lock.as_ref().map(HeldLock::token);
+            let announce = announce.map(|(channel, message)| (channel.as_str(), message.as_str()));
             let filled = redis
                 .store()
-                .fill(key.as_str(), fence, &bytes, kept, token, over)
+                .fill(key.as_str(), fence, &bytes, kept, token, (over, announce))
                 .await;
             match (filled, lock) {
                 (Ok(stored), lock) => {
@@ -625,7 +777,7 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let fill = |bytes: Vec<u8>| {
             let store = Arc::clone(redis.store());
-            async move { store.fill("k", None, &bytes, ttl, None, None).await }
+            async move { store.fill("k", None, &bytes, ttl, None, (None, None)).await }
         };
         assert!(fill(envelope(now + 60_000)).await.expect("up"));
         assert!(matches!(

@@ -172,7 +172,8 @@ where
                     share(guard, &key, shared, l1.as_ref(), remaining, found);
                     return shape.rebuild(value);
                 }
-                Claimed::Load(permit) => {
+                // `Stale` needs a stale value, which a tagged site never keeps.
+                Claimed::Load(permit) | Claimed::Stale(permit) => {
                     report.answer(Answer::Miss, Tier::L2);
                     Some(permit)
                 }

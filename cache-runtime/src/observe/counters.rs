@@ -25,9 +25,10 @@ pub(crate) enum Count {
     LoadFailures,
     LoadNanos,
     Coalesced,
+    Refreshes,
 }
 
-const COUNTS: usize = 10;
+const COUNTS: usize = 11;
 
 /// Each stripe on its own pair of cache lines (adjacent-line prefetch pairs them on x86).
 #[repr(align(128))]

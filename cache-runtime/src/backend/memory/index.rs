@@ -42,6 +42,9 @@ struct Slot {
     key: CacheKey,
     value: AnyValue,
     expires_at: Moment,
+    /// From when a hit on this entry starts a refresh-ahead (`expires_at` for a site without
+    /// `refresh`: never, since no hit reads it past its expiry).
+    refresh_at: Moment,
     /// The tiered backend's L1 epoch when the entry was stored (0 in a plain memory backend):
     /// advancing the epoch turns every older entry into a miss at once.
     epoch: u64,
@@ -99,29 +102,51 @@ impl Index {
     /// What `read` makes of the value under `key`, unless it has expired. `read` runs under the
     /// shard's read lock, so a hit can clone the typed value out without touching the `Arc`'s
     /// count, which cores hitting one hot key would otherwise bounce between them.
+    #[inline]
     pub(super) fn get<T>(
         &self,
         key: &CacheKey,
         epoch: u64,
         read: impl FnOnce(&AnyValue) -> Option<T>,
     ) -> Option<T> {
+        self.get_due(key, epoch, read).map(|(value, _)| value)
+    }
+
+    /// [`get`](Self::get), and whether the entry is due for a refresh-ahead.
+    #[inline]
+    pub(super) fn get_due<T>(
+        &self,
+        key: &CacheKey,
+        epoch: u64,
+        read: impl FnOnce(&AnyValue) -> Option<T>,
+    ) -> Option<(T, bool)> {
         let hash = self.hash(key.as_str());
         let table = self.read(hash);
         let slot = table.find(hash, |slot| slot.key == *key)?;
-        if slot.epoch == epoch && slot.expires_at > self.clock.moment() {
-            read(&slot.value)
+        let now = self.clock.moment();
+        if slot.epoch == epoch && slot.expires_at > now {
+            read(&slot.value).map(|value| (value, slot.refresh_at <= now))
         } else {
             None
         }
     }
 
-    pub(super) fn insert(&self, key: CacheKey, value: AnyValue, expires_at: Moment, epoch: u64) {
+    /// Stores `value` until `expires_at`, due for a refresh-ahead from `refresh_at` if given.
+    pub(super) fn insert(
+        &self,
+        key: CacheKey,
+        value: AnyValue,
+        (expires_at, refresh_at): (Moment, Option<Moment>),
+        epoch: u64,
+    ) {
+        let refresh_at = refresh_at.map_or(expires_at, |at| at.min(expires_at));
         let hash = self.hash(key.as_str());
         let mut table = self.write(hash);
         match table.find_mut(hash, |slot| slot.key == key) {
             Some(slot) => {
                 slot.value = value;
                 slot.expires_at = expires_at;
+                slot.refresh_at = refresh_at;
                 slot.epoch = epoch;
             }
             None => {
@@ -132,6 +157,7 @@ impl Index {
                         key,
                         value,
                         expires_at,
+                        refresh_at,
                         epoch,
                     },
                     |slot| slot.hash,

@@ -294,6 +294,20 @@ impl MemoryBackend {
         Some(value)
     }
 
+    /// [`read_in_epoch`](Self::read_in_epoch), and whether the entry is due for a
+    /// refresh-ahead (stored with a `refresh_in` that has passed).
+    #[inline]
+    pub(crate) fn read_due<T>(
+        &self,
+        key: &CacheKey,
+        epoch: u64,
+        read: impl FnOnce(&AnyValue) -> Option<T>,
+    ) -> Option<(T, bool)> {
+        let found = self.index.get_due(key, epoch, read)?;
+        self.sample_for_policy(key.as_str());
+        Some(found)
+    }
+
     pub(crate) fn insert_in_epoch(
         &self,
         key: CacheKey,
@@ -301,9 +315,21 @@ impl MemoryBackend {
         ttl: Duration,
         epoch: u64,
     ) {
+        self.insert_refreshing(key, value, (ttl, None), epoch);
+    }
+
+    /// [`insert_in_epoch`](Self::insert_in_epoch), the entry due for a refresh-ahead after
+    /// `refresh_in` (a site with `refresh`).
+    pub(crate) fn insert_refreshing(
+        &self,
+        key: CacheKey,
+        value: AnyValue,
+        (ttl, refresh_in): (Duration, Option<Duration>),
+        epoch: u64,
+    ) {
         // Weighed before anything is stored: a weigher that panics leaves nothing behind.
         let weight = (self.weigher)(key.as_str(), &*value);
-        self.insert_weighed(key, value, weight, ttl, epoch);
+        self.insert_weighed(key, value, weight, (ttl, refresh_in), epoch);
     }
 
     /// [`insert_in_epoch`](Self::insert_in_epoch), the weigher given `weighed`: the cached
@@ -318,7 +344,7 @@ impl MemoryBackend {
         epoch: u64,
     ) {
         let weight = (self.weigher)(key.as_str(), weighed);
-        self.insert_weighed(key, value, weight, ttl, epoch);
+        self.insert_weighed(key, value, weight, (ttl, None), epoch);
     }
 
     fn insert_weighed(
@@ -326,15 +352,21 @@ impl MemoryBackend {
         key: CacheKey,
         value: AnyValue,
         weight: u32,
-        ttl: Duration,
+        (ttl, refresh_in): (Duration, Option<Duration>),
         epoch: u64,
     ) {
-        let expires_at = index::after(self.index.now(), ttl);
+        let now = self.index.now();
+        let expires_at = index::after(now, ttl);
+        let refresh_at = refresh_in.map(|refresh_in| index::after(now, refresh_in));
         // The index first: should moka refuse or evict the entry at once, its listener then
         // finds the value here to remove, and nothing stays that moka does not hold. Should
         // moka's insert panic (a user weigher), the guard takes the entry out again.
-        self.index
-            .insert(key.clone(), Arc::clone(&value), expires_at, epoch);
+        self.index.insert(
+            key.clone(),
+            Arc::clone(&value),
+            (expires_at, refresh_at),
+            epoch,
+        );
         let unaccepted = Unaccepted {
             index: &self.index,
             key: &key,

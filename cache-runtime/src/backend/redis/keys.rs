@@ -29,6 +29,9 @@ pub(crate) enum Role {
     /// A tag's current generation (`backend/tags.rs`), under the tag's own hash tag: the tag
     /// takes the place of the cache key, so `{products}:g` is one slot, touched alone.
     Generation,
+    /// Set when a refresh-ahead of the key starts, for its interval: no other may start
+    /// meanwhile, in any process.
+    Refresh,
 }
 
 impl Role {
@@ -39,6 +42,7 @@ impl Role {
             Role::Fence => "f",
             Role::Waiters => "w",
             Role::Generation => "g",
+            Role::Refresh => "r",
         }
     }
 }

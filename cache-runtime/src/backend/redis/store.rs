@@ -430,6 +430,29 @@ impl RedisStore {
         lease: Duration,
         over_unreadable: bool,
     ) -> Result<Claim, StoreError> {
+        self.claim_for(cache_key, lease, over_unreadable, None)
+            .await
+    }
+
+    /// The claim of a refresh-ahead: the lock and the fence, as a claim over the entry, but only
+    /// if no load holds the lock and no refresh of the key started within `interval` (in any
+    /// process); then none may start for `interval`. Refused: a `Claim::Load` without a token.
+    pub(crate) async fn claim_refresh(
+        &self,
+        cache_key: &str,
+        lease: Duration,
+        interval: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.claim_for(cache_key, lease, true, Some(interval)).await
+    }
+
+    async fn claim_for(
+        &self,
+        cache_key: &str,
+        lease: Duration,
+        over_unreadable: bool,
+        refresh: Option<Duration>,
+    ) -> Result<Claim, StoreError> {
         self.settle_pending(cache_key).await?;
         let token = format!("{:032x}", fastrand::u128(..));
         let keys = self.keys(cache_key);
@@ -446,6 +469,11 @@ impl RedisStore {
             .arg(millis(self.settings.fence_ttl))
             .arg(millis(lease * 2))
             .arg(if over_unreadable { "1" } else { "" });
+        if let Some(interval) = refresh {
+            invocation
+                .key(keys.key(Role::Refresh))
+                .arg(millis(interval).max(1));
+        }
         // Until its reply is in hand, the claim may take the lock for a token nobody will hold
         // (the caller cancelled, or gave up at the timeout while a paused server kept the
         // script to run on resume): the guard then sends a release after it.
@@ -518,12 +546,13 @@ impl RedisStore {
         bytes: &[u8],
         ttl: Duration,
         token: Option<&str>,
-        expected: Option<&[u8]>,
+        (expected, announce): (Option<&[u8]>, Option<(&str, &str)>),
     ) -> Result<bool, StoreError> {
         self.settle_pending(cache_key).await?;
         let keys = self.keys(cache_key);
         let mut connection = self.connection().await?;
         let fence = read_fence.map(|g| g.to_string()).unwrap_or_default();
+        let (channel, message) = announce.unwrap_or_default();
         let mut invocation = self.fill_script.prepare_invoke();
         invocation
             .key(keys.key(Role::Value))
@@ -535,10 +564,10 @@ impl RedisStore {
             .arg(millis(ttl).max(1))
             .arg(token.unwrap_or(""))
             .arg(&self.wake_channel)
-            .arg(cache_key);
-        if let Some(expected) = expected {
-            invocation.arg(expected);
-        }
+            .arg(cache_key)
+            .arg(expected.unwrap_or_default())
+            .arg(channel)
+            .arg(message);
         let stored: i64 = self
             .guarded(invocation.invoke_async(&mut connection))
             .await?;

@@ -128,6 +128,17 @@ impl TieredBackend {
         self.l1.read_in_epoch(key, epoch, read)
     }
 
+    /// [`l1_get`](Self::l1_get), and whether the entry is due for a refresh-ahead.
+    #[inline]
+    pub(crate) fn l1_get_due<T>(
+        &self,
+        key: &CacheKey,
+        epoch: u64,
+        read: impl FnOnce(&AnyValue) -> Option<T>,
+    ) -> Option<(T, bool)> {
+        self.l1.read_due(key, epoch, read)
+    }
+
     /// Puts `value` in L1 for the least of what its L2 entry has left, the site's `ttl` and
     /// `l1_max_ttl`, so that no L1 entry outlives its L2 entry; weighed as `weighed` if given
     /// (the cached value a tagged entry wraps).
@@ -136,7 +147,7 @@ impl TieredBackend {
         key: &CacheKey,
         (value, weighed): (AnyValue, Option<&(dyn Any + Send + Sync)>),
         l2_remaining: Duration,
-        ttl: Duration,
+        (ttl, refresh_in): (Duration, Option<Duration>),
         epoch: u64,
     ) {
         let ttl = l2_remaining.min(self.l1_max_ttl).min(ttl);
@@ -147,7 +158,9 @@ impl TieredBackend {
             Some(weighed) => self
                 .l1
                 .insert_weighing(key.clone(), value, weighed, ttl, epoch),
-            None => self.l1.insert_in_epoch(key.clone(), value, ttl, epoch),
+            None => self
+                .l1
+                .insert_refreshing(key.clone(), value, (ttl, refresh_in), epoch),
         }
     }
 
@@ -234,6 +247,11 @@ impl TieredBackend {
             .store()
             .put(key.as_str(), bytes, ttl, Some((&channel, &message)))
             .await
+    }
+
+    /// The channel and message that tell other processes to drop their L1 copy of `key`.
+    pub(crate) fn announcement(&self, key: &str) -> (String, String) {
+        self.bus.announcement(key)
     }
 
     /// Detaches the key's load under way and drops its L1 copy in this process, after L2

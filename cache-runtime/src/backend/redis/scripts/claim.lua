@@ -1,3 +1,9 @@
+-- A refresh-ahead (ARGV[7]: its interval, in ms) never waits: it loads only while no load holds
+-- the lock and none started within the interval (the marker, KEYS[5]), so that a hot key is
+-- refreshed once per interval across processes.
+if ARGV[7] and (redis.call('EXISTS', KEYS[3]) == 1 or redis.call('EXISTS', KEYS[5]) == 1) then
+  return {false, false, 0, false}
+end
 if ARGV[6] ~= '1' then
   local value = redis.call('GET', KEYS[1])
   if value then
@@ -17,7 +23,9 @@ if kind ~= 'none' then
   end
 end
 local taken = redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
-if not taken then
+if ARGV[7] then
+  redis.call('SET', KEYS[5], '1', 'PX', ARGV[7])
+elseif not taken then
   redis.call('SET', KEYS[4], '1', 'PX', ARGV[5])
 end
 -- Over an entry (ARGV[6]): what it holds now, read with the fence in this one step, so that a

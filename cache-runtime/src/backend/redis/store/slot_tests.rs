@@ -134,7 +134,7 @@ async fn every_script_touches_only_declared_keys_of_one_slot() {
                 b"v",
                 Duration::from_secs(60),
                 Some(&token),
-                None
+                (None, None)
             )
             .await
             .expect("up"));

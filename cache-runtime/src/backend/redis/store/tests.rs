@@ -43,7 +43,7 @@ async fn a_fill_is_read_back_in_one_round_trip() {
         }
     );
     assert!(store
-        .fill("k", miss.fence, b"bytes", TTL, None, None)
+        .fill("k", miss.fence, b"bytes", TTL, None, (None, None))
         .await
         .expect("up"));
     assert_eq!(
@@ -60,16 +60,16 @@ async fn a_fill_over_expected_bytes_is_refused_once_they_changed() {
     let store = store(&server);
     let fence = read(&store, "k").await.expect("up").fence;
     assert!(store
-        .fill("k", fence, b"old", TTL, None, None)
+        .fill("k", fence, b"old", TTL, None, (None, None))
         .await
         .expect("up"));
     let over = Some(&b"old"[..]);
     assert!(store
-        .fill("k", fence, b"kept", TTL, None, over)
+        .fill("k", fence, b"kept", TTL, None, (over, None))
         .await
         .expect("up"));
     assert!(!store
-        .fill("k", fence, b"back", TTL, None, over)
+        .fill("k", fence, b"back", TTL, None, (over, None))
         .await
         .expect("up"));
     assert_eq!(
@@ -85,7 +85,7 @@ async fn a_fill_that_read_before_an_invalidation_is_refused() {
     let before = read(&store, "k").await.expect("up");
     store.invalidate("k", None).await.expect("up");
     assert!(!store
-        .fill("k", before.fence, b"old", TTL, None, None)
+        .fill("k", before.fence, b"old", TTL, None, (None, None))
         .await
         .expect("up"));
     assert_eq!(read(&store, "k").await.expect("up").value, None);
@@ -97,12 +97,12 @@ async fn a_fill_that_read_before_an_invalidation_is_refused() {
         "{after:?}"
     );
     assert!(store
-        .fill("k", after.fence, b"new", TTL, None, None)
+        .fill("k", after.fence, b"new", TTL, None, (None, None))
         .await
         .expect("up"));
     store.invalidate("k", None).await.expect("up");
     assert!(!store
-        .fill("k", after.fence, b"stale", TTL, None, None)
+        .fill("k", after.fence, b"stale", TTL, None, (None, None))
         .await
         .expect("up"));
 }
@@ -140,13 +140,13 @@ async fn a_claim_returns_a_fill_or_the_fence_and_the_lock() {
     );
     assert!(
         !store
-            .fill("k", Some(seeded), b"old", TTL, None, None)
+            .fill("k", Some(seeded), b"old", TTL, None, (None, None))
             .await
             .expect("up"),
         "a load that claimed before the invalidation is fenced off"
     );
     assert!(store
-        .fill("k", Some(seeded + 1), b"v", TTL, Some(&token), None)
+        .fill("k", Some(seeded + 1), b"v", TTL, Some(&token), (None, None))
         .await
         .expect("up"));
     assert_eq!(
@@ -173,7 +173,10 @@ async fn a_fill_after_the_server_lost_its_keys_is_refused() {
     server.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     let stored = loop {
-        match store.fill("k", fence, b"old", TTL, None, None).await {
+        match store
+            .fill("k", fence, b"old", TTL, None, (None, None))
+            .await
+        {
             Ok(stored) => break stored,
             Err(_) => assert!(Instant::now() < deadline, "redis did not come back"),
         }
@@ -205,7 +208,7 @@ async fn only_the_owner_releases_or_renews_the_lock() {
     // The fill releases the lock of its own token in the same round trip.
     let fence = fence(&store, "k").await.expect("up");
     assert!(store
-        .fill("k", fence, b"v", TTL, Some(&token), None)
+        .fill("k", fence, b"v", TTL, Some(&token), (None, None))
         .await
         .expect("up"));
     assert!(take(Arc::clone(&store)).await.is_some());
@@ -224,7 +227,7 @@ fn a_blocking_invalidation_fences_like_the_async_one() {
     store
         .invalidate_blocking("k", None)
         .expect("the connection is reused");
-    let refused = runtime.block_on(store.fill("k", before.fence, b"old", TTL, None, None));
+    let refused = runtime.block_on(store.fill("k", before.fence, b"old", TTL, None, (None, None)));
     assert!(!refused.expect("up"), "the fence moved");
     let after = runtime.block_on(read(&store, "k")).expect("up");
     assert!(
@@ -275,7 +278,7 @@ async fn an_invalidation_lost_to_a_paused_redis_is_replayed_before_the_next_read
     let server = RedisServer::start();
     let store = store(&server);
     assert!(store
-        .fill("k", None, b"old", TTL, None, None)
+        .fill("k", None, b"old", TTL, None, (None, None))
         .await
         .expect("up"));
     server.pause();
@@ -309,7 +312,7 @@ async fn an_overflowed_queue_ends_in_a_purge_of_the_prefix() {
     };
     for key in ["a", "b"] {
         assert!(store
-            .fill(key, None, b"old", TTL, None, None)
+            .fill(key, None, b"old", TTL, None, (None, None))
             .await
             .expect("up"));
     }
@@ -367,7 +370,7 @@ async fn an_overflowed_queue_ends_in_a_purge_of_the_prefix() {
     assert_eq!(held, None, "the purge deleted the entry");
     assert!(
         !store
-            .fill("loading", fence, b"old", TTL, None, None)
+            .fill("loading", fence, b"old", TTL, None, (None, None))
             .await
             .expect("up"),
         "and removed the fence of a load under way"
