@@ -441,3 +441,28 @@ async fn tiered_scenarios() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// ---------------------------------------------------------------------------------------------
+// `Send`: a non-`Send` return type.
+
+type BoxError = Box<dyn std::error::Error>;
+
+#[cached(ttl = "60s", key = "nsm:<id>", backend = "memory")]
+async fn non_send_memory(id: u64) -> Result<u64, BoxError> {
+    Ok(id)
+}
+
+#[cached(ttl = "60s", key = "nst:<id>", backend = "memory", tags("nst"))]
+async fn non_send_tagged(id: u64) -> Result<u64, BoxError> {
+    Ok(id)
+}
+
+/// ARCHITECTURE.md said a non-`Send` `R` (`Result<V, Box<dyn Error>>`) does not make the
+/// caller's future lose `Send`; a memory site's did (a follower's `Next<R>` was held across the
+/// uncached load it awaited), so it could not be spawned nor serve an axum handler, though the
+/// function itself holds no `R` across an await. Checked at compile time.
+#[test]
+fn a_non_send_result_keeps_a_memory_sites_future_send() {
+    fn is_send<T: Send>(_: T) {}
+    is_send(non_send_memory(4));
+    is_send(non_send_tagged(4));
+}

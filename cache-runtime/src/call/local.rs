@@ -52,13 +52,16 @@ where
         let ret = load(&report, shape, body).await;
         return (ret, report.served());
     };
+    // `None`: run uncached. The load is awaited outside the `match` on `follow`'s answer, whose
+    // `Next<R>` would otherwise be held across it and make the call's future `!Send` for a
+    // non-`Send` `R` (`Result<V, Box<dyn Error>>`) that the function itself returns fine.
     let guard = loop {
         match step::<S::Value>(backend, memory, site, &key) {
             Step::Hit(value) => {
                 report.answer(Answer::Hit, Tier::Memory);
                 return (shape.rebuild(value), report.served());
             }
-            Step::Lead(guard) => break guard,
+            Step::Lead(guard) => break Some(guard),
             Step::Follow(flight) => {
                 let since = Instant::now();
                 let outcome = flight.wait().await;
@@ -66,14 +69,15 @@ where
                 let call = (site, shape, key.as_str());
                 match follow(&mut report, since, missed, call, outcome) {
                     Next::Return(ret) => return (ret, report.served()),
-                    Next::RunUncached => {
-                        let ret = load(&report, shape, body).await;
-                        return (ret, report.served());
-                    }
+                    Next::RunUncached => break None,
                     Next::Retry => {}
                 }
             }
         }
+    };
+    let Some(guard) = guard else {
+        let ret = load(&report, shape, body).await;
+        return (ret, report.served());
     };
     report.answer(Answer::Miss, Tier::Memory);
     let ret = load(&report, shape, body).await;
