@@ -149,8 +149,7 @@ async fn review_of_refresh_and_the_soft_timeout() {
         ),
         (
             "l1_hits_stay_fast_while_redis_is_paused_under_the_refresh_claim",
-            l1_hits_stay_fast_while_redis_is_paused_under_the_refresh_claim(&clock, &server)
-                .await,
+            l1_hits_stay_fast_while_redis_is_paused_under_the_refresh_claim(&clock, &server).await,
         ),
         (
             "followers_and_peer_waiters_get_stale_after_the_soft_timeout",
@@ -224,7 +223,9 @@ async fn l1_hits_stay_fast_while_redis_is_paused_under_the_refresh_claim(
     }
     server.resume();
     if let Some(answer) = wrong {
-        return Err(format!("a hit under the paused refresh answered {answer:?}"));
+        return Err(format!(
+            "a hit under the paused refresh answered {answer:?}"
+        ));
     }
     // Bounded by the op timeout (300 ms): a hit that waited on the claim would take that long.
     if slowest >= Duration::from_millis(250) {
@@ -247,8 +248,14 @@ async fn followers_and_peer_waiters_get_stale_after_the_soft_timeout(
     until_loads(before + 1).await;
     let follower = tokio::spawn(within(Duration::from_secs(2), soft(1)));
     let waiter = tokio::spawn(within(Duration::from_secs(2), soft_in_peer(1)));
-    let (follower, waiter) = (follower.await.expect("no panic"), waiter.await.expect("no panic"));
-    let leader_answer = within(Duration::from_secs(2), async { leader.await.expect("no panic") }).await;
+    let (follower, waiter) = (
+        follower.await.expect("no panic"),
+        waiter.await.expect("no panic"),
+    );
+    let leader_answer = within(Duration::from_secs(2), async {
+        leader.await.expect("no panic")
+    })
+    .await;
     RELEASE.notify_one();
     set(Loader::Counts);
     let loaded = loads() - before;
@@ -286,7 +293,9 @@ async fn an_invalidation_during_the_background_load_keeps_its_value_out(
         answers.push(within(Duration::from_secs(5), soft_in_peer(2)).await);
     }
     if stale != Ok(Ok(value)) {
-        return Err(format!("the caller got {stale:?}, wanted the stale {value}"));
+        return Err(format!(
+            "the caller got {stale:?}, wanted the stale {value}"
+        ));
     }
     if answers
         .iter()
@@ -313,7 +322,9 @@ async fn a_background_load_that_panics_frees_the_key(clock: &TestClock) -> Resul
     RELEASE.notify_one();
     let after = within(Duration::from_secs(2), soft_in_peer(3)).await;
     if stale != Ok(Ok(value)) {
-        return Err(format!("the caller got {stale:?}, wanted the stale {value}"));
+        return Err(format!(
+            "the caller got {stale:?}, wanted the stale {value}"
+        ));
     }
     if !matches!(after, Ok(Ok(_))) {
         return Err(format!("after the panic a peer got {after:?}"));
