@@ -25,6 +25,8 @@ const CACHED_OPTIONS: &[&str] = &[
     "hard_timeout",
     "jitter",
     "l1_ttl",
+    "refresh",
+    "timeout",
 ];
 
 /// `#[cached(...)]`, as written: an option left out is `None` (its default is chosen in
@@ -55,6 +57,10 @@ pub(crate) struct CachedArgs {
     pub(crate) jitter: Option<(u16, Span)>,
     /// `l1_ttl = "10s"`: how long a tiered process may serve its L1 copy.
     pub(crate) l1_ttl: Option<Timed>,
+    /// `refresh = "50s"`: an entry this old is refreshed in the background by a hit.
+    pub(crate) refresh: Option<Timed>,
+    /// `timeout = "300ms"` (soft): with a stale value at hand, how long a caller waits.
+    pub(crate) timeout: Option<Timed>,
 }
 
 /// A duration option's value, in milliseconds (never zero), and where it was written.
@@ -242,8 +248,9 @@ impl CachedArgs {
                     set_parsed(&mut self.ttl_millis, ttl, meta, errors);
                 }
             }
-            // stale = "10m" | throttle = "30s" | hard_timeout = "2s" | l1_ttl = "10s" (or seconds)
-            "stale" | "throttle" | "hard_timeout" | "l1_ttl" => {
+            // stale = "10m" | throttle = "30s" | hard_timeout = "2s" | l1_ttl = "10s" |
+            // refresh = "50s" | timeout = "300ms" (or seconds)
+            "stale" | "throttle" | "hard_timeout" | "l1_ttl" | "refresh" | "timeout" => {
                 let parsed = if meta.input.peek2(LitInt) {
                     literal::<LitInt>(meta, "a duration", errors)?
                         .map(|lit| duration_from_secs(&lit, &name))
@@ -255,6 +262,8 @@ impl CachedArgs {
                     "stale" => &mut self.stale,
                     "throttle" => &mut self.throttle,
                     "hard_timeout" => &mut self.hard_timeout,
+                    "refresh" => &mut self.refresh,
+                    "timeout" => &mut self.timeout,
                     _ => &mut self.l1_ttl,
                 };
                 if let Some(parsed) = parsed {

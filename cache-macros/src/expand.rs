@@ -23,6 +23,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         return_type,
         tags,
         freshness,
+        detached,
     } = cached;
     let ItemFn {
         attrs,
@@ -71,7 +72,11 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         Shape::Whole => "Whole",
     };
     let shape = Ident::new(shape, ret_span);
+    // A site with `refresh` or `timeout` has no tags (refused for now).
     let entry_fn = match (entry, tags.is_empty()) {
+        (Entry::Remote, true) if *detached => "cached_remote_detached",
+        (Entry::Default, true) if *detached => "cached_default_detached",
+        (Entry::Async, true) if *detached => "cached_detached",
         (Entry::Remote, true) => "cached_remote",
         (Entry::Default, true) => "cached_default",
         (Entry::Async, true) => "cached",
@@ -105,6 +110,8 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
             hard_timeout_millis,
             jitter_permille,
             l1_ttl_millis,
+            refresh_millis,
+            soft_timeout_millis,
         } = freshness;
         quote! {
             .with_freshness(#krate::__private::Freshness {
@@ -113,6 +120,8 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
                 hard_timeout_millis: #hard_timeout_millis,
                 jitter_permille: #jitter_permille,
                 l1_ttl_millis: #l1_ttl_millis,
+                refresh_millis: #refresh_millis,
+                soft_timeout_millis: #soft_timeout_millis,
             })
         }
     });

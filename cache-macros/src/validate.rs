@@ -4,6 +4,7 @@
 //! a description the expansion only has to write out.
 
 use proc_macro2::Span;
+use quote::ToTokens;
 use syn::{Error, Ident, ItemFn, Path, Type};
 
 use crate::args::{BackendKind, BackendName, CachedArgs, InvalidatesArgs, Returns};
@@ -26,6 +27,9 @@ pub(crate) struct Cached<'a> {
     pub(crate) tags: Vec<Template>,
     /// The end-of-life options, if any was written (`None`: the expansion is unchanged).
     pub(crate) freshness: Option<Freshness>,
+    /// `refresh` or `timeout`: a load may outlive its caller, so the body is moved into a task
+    /// (the runtime's `*_detached` entry points).
+    pub(crate) detached: bool,
 }
 
 /// `stale`, `throttle`, `hard_timeout`, `jitter`, `l1_ttl`, checked; milliseconds, 0 for off.
@@ -35,6 +39,8 @@ pub(crate) struct Freshness {
     pub(crate) hard_timeout_millis: u64,
     pub(crate) jitter_permille: u16,
     pub(crate) l1_ttl_millis: u64,
+    pub(crate) refresh_millis: u64,
+    pub(crate) soft_timeout_millis: u64,
 }
 
 /// How long a stale value served after a failed load counts as fresh when `throttle` is not
@@ -148,6 +154,7 @@ pub(crate) fn cached<'a>(
         }
     }
     let freshness = checked_freshness(&args, signature, &mut errors);
+    let detached = args.refresh.is_some() || args.timeout.is_some();
     let tags = checked_tags(args.tags, signature, "cached", &mut errors);
     let key = match args.key {
         Some(template) => {
@@ -193,6 +200,7 @@ pub(crate) fn cached<'a>(
         return_type,
         tags,
         freshness,
+        detached,
     })
 }
 
@@ -206,7 +214,9 @@ fn checked_freshness(
         || args.throttle.is_some()
         || args.hard_timeout.is_some()
         || args.jitter.is_some()
-        || args.l1_ttl.is_some();
+        || args.l1_ttl.is_some()
+        || args.refresh.is_some()
+        || args.timeout.is_some();
     if !written {
         return None;
     }
@@ -232,6 +242,7 @@ fn checked_freshness(
     for (option, timed) in [
         ("throttle", args.throttle),
         ("hard_timeout", args.hard_timeout),
+        ("timeout", args.timeout),
     ] {
         if let (Some(timed), None) = (timed, args.stale) {
             errors.push(Error::new(
@@ -258,6 +269,27 @@ fn checked_freshness(
             ));
         }
     }
+    if let (Some(timeout), Some(hard)) = (args.timeout, args.hard_timeout) {
+        if timeout.millis >= hard.millis {
+            errors.push(Error::new(
+                timeout.span,
+                "the soft `timeout` must be shorter than `hard_timeout`: past it a caller gets \
+                 the stale value while the load goes on, until `hard_timeout` ends it\nhelp: \
+                 make `timeout` shorter, or remove `hard_timeout`",
+            ));
+        }
+    }
+    if let Some(refresh) = args.refresh {
+        check_refresh(args, signature, refresh, errors);
+    }
+    let option = match (args.refresh, args.timeout) {
+        (Some(_), _) => Some("refresh"),
+        (None, Some(_)) => Some("timeout"),
+        (None, None) => None,
+    };
+    if let Some(option) = option {
+        check_owned_params(signature, option, errors);
+    }
     let stale_millis = args.stale.map_or(0, |stale| stale.millis);
     Some(Freshness {
         stale_millis,
@@ -267,6 +299,95 @@ fn checked_freshness(
         hard_timeout_millis: args.hard_timeout.map_or(0, |t| t.millis),
         jitter_permille: args.jitter.map_or(0, |(permille, _)| permille),
         l1_ttl_millis: args.l1_ttl.map_or(0, |t| t.millis),
+        refresh_millis: args.refresh.map_or(0, |t| t.millis),
+        soft_timeout_millis: args.timeout.map_or(0, |t| t.millis),
+    })
+}
+
+/// `refresh`: on an `async fn` (the refresh runs on the caller's runtime), shorter than the
+/// ttl, and not yet with `tags`.
+fn check_refresh(
+    args: &CachedArgs,
+    signature: &Signature,
+    refresh: crate::args::Timed,
+    errors: &mut Vec<Error>,
+) {
+    let problem = if !signature.is_async {
+        Some(
+            "refresh-ahead (`refresh`) runs the load in a background task, which needs an \
+             `async fn`\nhelp: make the function `async`, or remove `refresh`"
+                .to_owned(),
+        )
+    } else if args.ttl_millis.is_some_and(|ttl| refresh.millis >= ttl) {
+        Some(
+            "`refresh` must be shorter than `ttl`: it is the age from which a hit refreshes the \
+             entry before it expires\nhelp: for `ttl = \"60s\"`, `refresh = \"50s\"` \
+             refreshes a hot entry in its last ten seconds"
+                .to_owned(),
+        )
+    } else if args.tags.is_some() {
+        Some(
+            "refresh-ahead (`refresh`) is not supported with `tags` yet\nhelp: remove one of them"
+                .to_owned(),
+        )
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        errors.push(Error::new(refresh.span, problem));
+    }
+}
+
+/// With `refresh` or `timeout` a load may go on after its caller has returned, so the body may
+/// not borrow: each parameter that is a reference, or has a lifetime other than `'static`, is
+/// reported where it is written.
+fn check_owned_params(signature: &Signature, option: &str, errors: &mut Vec<Error>) {
+    for input in &signature.function.sig.inputs {
+        let (borrows, name, help) = match input {
+            syn::FnArg::Receiver(receiver) => (
+                receiver.reference.is_some() || borrows(receiver.ty.to_token_stream()),
+                "self".to_owned(),
+                "take `self: Arc<Self>`, or move the method to a function of owned handles",
+            ),
+            syn::FnArg::Typed(typed) => (
+                borrows(typed.ty.to_token_stream()),
+                typed.pat.to_token_stream().to_string(),
+                "take it owned: an `Arc<_>`, or a handle that is cheap to clone (a pool, a \
+                 client), or a `String` for a `&str`",
+            ),
+        };
+        if borrows {
+            errors.push(Error::new_spanned(
+                input,
+                format!(
+                    "with `{option}`, a load may go on in the background after the caller has \
+                     its answer, so the body cannot borrow `{name}`\nhelp: {help}"
+                ),
+            ));
+        }
+    }
+}
+
+/// Whether a type written as `tokens` borrows: a `&` not followed by `'static`, or a lifetime
+/// other than `'static`.
+fn borrows(tokens: proc_macro2::TokenStream) -> bool {
+    use proc_macro2::TokenTree;
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    let lifetime_at = |index: usize| match (tokens.get(index), tokens.get(index + 1)) {
+        (Some(TokenTree::Punct(tick)), Some(TokenTree::Ident(name))) if tick.as_char() == '\'' => {
+            Some(name.to_string())
+        }
+        _ => None,
+    };
+    tokens.iter().enumerate().any(|(index, token)| match token {
+        TokenTree::Punct(punct) if punct.as_char() == '&' => {
+            lifetime_at(index + 1).as_deref() != Some("static")
+        }
+        TokenTree::Punct(punct) if punct.as_char() == '\'' => {
+            lifetime_at(index).as_deref() != Some("static")
+        }
+        TokenTree::Group(group) => borrows(group.stream()),
+        _ => false,
     })
 }
 

@@ -193,6 +193,11 @@ impl Site {
         (millis > 0).then(|| self.ttl.saturating_sub(Duration::from_millis(millis)))
     }
 
+    /// Whether the site refreshes ahead (`refresh`).
+    pub(crate) fn refreshes_ahead(&self) -> bool {
+        self.freshness.refresh_millis > 0
+    }
+
     /// Whether an entry still fresh for `fresh_remaining` is due for a refresh-ahead.
     pub(crate) fn refresh_due(&self, fresh_remaining: Duration) -> bool {
         self.refresh_lead()

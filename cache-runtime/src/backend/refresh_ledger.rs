@@ -20,9 +20,9 @@ pub(crate) struct RefreshLedger {
 }
 
 impl RefreshLedger {
-    /// Whether `key` may start a refresh now; if so, it may not again for `interval`.
-    pub(crate) fn admit(&self, key: &CacheKey, interval: Duration) -> bool {
-        let now = Instant::now();
+    /// Whether `key` may start a refresh `now` (on the backend's clock, which a test may
+    /// move); if so, it may not again for `interval`.
+    pub(crate) fn admit(&self, key: &CacheKey, now: Instant, interval: Duration) -> bool {
         // A panic cannot leave the map inconsistent: each critical section is one insert, or
         // a `retain`.
         let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
@@ -47,13 +47,13 @@ mod tests {
         let ledger = RefreshLedger::default();
         let hot = KeyBuilder::new().lit("hot").finish();
         let other = KeyBuilder::new().lit("other").finish();
-        assert!(ledger.admit(&hot, Duration::from_secs(60)));
-        assert!(!ledger.admit(&hot, Duration::from_secs(60)));
-        assert!(ledger.admit(&other, Duration::from_secs(60)));
+        assert!(ledger.admit(&hot, Instant::now(), Duration::from_secs(60)));
+        assert!(!ledger.admit(&hot, Instant::now(), Duration::from_secs(60)));
+        assert!(ledger.admit(&other, Instant::now(), Duration::from_secs(60)));
         let short = KeyBuilder::new().lit("short").finish();
-        assert!(ledger.admit(&short, Duration::ZERO));
+        assert!(ledger.admit(&short, Instant::now(), Duration::ZERO));
         assert!(
-            ledger.admit(&short, Duration::ZERO),
+            ledger.admit(&short, Instant::now(), Duration::ZERO),
             "an interval that is over admits again"
         );
     }
@@ -63,7 +63,7 @@ mod tests {
         let ledger = RefreshLedger::default();
         for n in 0..PRUNE_ABOVE + 10 {
             let key = KeyBuilder::new().lit("k").arg(&n).finish();
-            assert!(ledger.admit(&key, Duration::ZERO));
+            assert!(ledger.admit(&key, Instant::now(), Duration::ZERO));
         }
         let held = ledger.next.lock().unwrap().len();
         assert!(held < PRUNE_ABOVE, "{held} keys held");

@@ -91,7 +91,8 @@ fn admit<'b>(
     key: &CacheKey,
 ) -> Option<(tokio::runtime::Handle, LeaderGuard<'b>)> {
     let runtime = tokio::runtime::Handle::try_current().ok()?;
-    if !backend.refreshes().admit(key, site.refresh_interval()) {
+    let now = backend.clock().instant();
+    if !backend.refreshes().admit(key, now, site.refresh_interval()) {
         return None;
     }
     // A load of the key under way (a miss) refreshes it already.
@@ -119,7 +120,11 @@ async fn refresh_remote<R, S>(
     let l1 = tiered.and_then(|tiered| Some(L1Slot::new(tiered, tiered.l1_epoch()?, site)));
     let claimed = redis
         .store()
-        .claim_refresh(key.as_str(), LEASE, site.refresh_interval())
+        .claim_refresh(
+            key.as_str(),
+            LEASE,
+            (site.refresh_interval(), redis.now_ms()),
+        )
         .await;
     // Refused (another process refreshes, or loads), or Redis failed: the entry stays.
     let Ok(Claim::Load {

@@ -125,6 +125,19 @@ where
         match backend.flights().join(&key) {
             Role::Leader(guard) => break guard,
             Role::Follower(flight) => {
+                // The flight may be a refresh-ahead's, over an entry still fresh in L2: a
+                // caller whose L1 copy ended meanwhile (`l1_ttl`) reads that entry, a hit,
+                // rather than wait for the refresh's load.
+                if tiered.is_some() && available && site.refreshes_ahead() {
+                    match read::<S::Value>(site, redis, &key).await {
+                        Lookup::Hit(value, _) => {
+                            report.answer(Answer::Hit, Tier::L2);
+                            return (shape.rebuild(value), report.served());
+                        }
+                        Lookup::Unavailable => available = false,
+                        Lookup::Miss | Lookup::Stale(_) => {}
+                    }
+                }
                 let since = Instant::now();
                 let outcome = match site.soft_timeout().filter(|_| available) {
                     Some(soft) => match tokio::time::timeout(soft, flight.wait()).await {

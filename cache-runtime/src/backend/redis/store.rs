@@ -441,9 +441,10 @@ impl RedisStore {
         &self,
         cache_key: &str,
         lease: Duration,
-        interval: Duration,
+        (interval, now_ms): (Duration, u64),
     ) -> Result<Claim, StoreError> {
-        self.claim_for(cache_key, lease, true, Some(interval)).await
+        self.claim_for(cache_key, lease, true, Some((interval, now_ms)))
+            .await
     }
 
     async fn claim_for(
@@ -451,7 +452,7 @@ impl RedisStore {
         cache_key: &str,
         lease: Duration,
         over_unreadable: bool,
-        refresh: Option<Duration>,
+        refresh: Option<(Duration, u64)>,
     ) -> Result<Claim, StoreError> {
         self.settle_pending(cache_key).await?;
         let token = format!("{:032x}", fastrand::u128(..));
@@ -469,10 +470,13 @@ impl RedisStore {
             .arg(millis(self.settings.fence_ttl))
             .arg(millis(lease * 2))
             .arg(if over_unreadable { "1" } else { "" });
-        if let Some(interval) = refresh {
+        if let Some((interval, now_ms)) = refresh {
+            let interval = millis(interval).max(1);
             invocation
                 .key(keys.key(Role::Refresh))
-                .arg(millis(interval).max(1));
+                .arg(interval)
+                .arg(now_ms)
+                .arg(now_ms.saturating_add(interval));
         }
         // Until its reply is in hand, the claim may take the lock for a token nobody will hold
         // (the caller cancelled, or gave up at the timeout while a paused server kept the

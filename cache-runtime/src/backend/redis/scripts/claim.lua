@@ -1,8 +1,13 @@
 -- A refresh-ahead (ARGV[7]: its interval, in ms) never waits: it loads only while no load holds
--- the lock and none started within the interval (the marker, KEYS[5]), so that a hot key is
--- refreshed once per interval across processes.
-if ARGV[7] and (redis.call('EXISTS', KEYS[3]) == 1 or redis.call('EXISTS', KEYS[5]) == 1) then
-  return {false, false, 0, false}
+-- the lock and none started within the interval, so that a hot key is refreshed once per
+-- interval across processes. The marker (KEYS[5]) holds when the interval ends on the
+-- backend's clock (ARGV[8] is now, ARGV[9] that end), which a test clock may move; its own
+-- expiry only clears it away.
+if ARGV[7] then
+  local ends = tonumber(redis.call('GET', KEYS[5]) or '')
+  if redis.call('EXISTS', KEYS[3]) == 1 or (ends and ends > tonumber(ARGV[8])) then
+    return {false, false, 0, false}
+  end
 end
 if ARGV[6] ~= '1' then
   local value = redis.call('GET', KEYS[1])
@@ -24,7 +29,7 @@ if kind ~= 'none' then
 end
 local taken = redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
 if ARGV[7] then
-  redis.call('SET', KEYS[5], '1', 'PX', ARGV[7])
+  redis.call('SET', KEYS[5], ARGV[9], 'PX', ARGV[7])
 elseif not taken then
   redis.call('SET', KEYS[4], '1', 'PX', ARGV[5])
 end
