@@ -342,30 +342,97 @@ fn check_refresh(
 /// not borrow: each parameter that is a reference, or has a lifetime other than `'static`, is
 /// reported where it is written.
 fn check_owned_params(signature: &Signature, option: &str, errors: &mut Vec<Error>) {
+    let generics = &signature.function.sig.generics;
+    // Type parameters that may hold a borrow: no `'static` among their bounds.
+    let unbounded: Vec<String> = generics
+        .type_params()
+        .filter(|param| {
+            let bounded_inline = has_static(param.bounds.to_token_stream());
+            let bounded_where = generics.where_clause.iter().any(|clause| {
+                clause.predicates.iter().any(|predicate| match predicate {
+                    syn::WherePredicate::Type(typed) => {
+                        idents(typed.bounded_ty.to_token_stream()) == [param.ident.to_string()]
+                            && has_static(typed.bounds.to_token_stream())
+                    }
+                    _ => false,
+                })
+            });
+            !bounded_inline && !bounded_where
+        })
+        .map(|param| param.ident.to_string())
+        .collect();
     for input in &signature.function.sig.inputs {
-        let (borrows, name, help) = match input {
+        let (problem, name, help) = match input {
             syn::FnArg::Receiver(receiver) => (
-                receiver.reference.is_some() || borrows(receiver.ty.to_token_stream()),
+                (receiver.reference.is_some() || borrows(receiver.ty.to_token_stream()))
+                    .then(|| "cannot borrow".to_owned()),
                 "self".to_owned(),
-                "take `self: Arc<Self>`, or move the method to a function of owned handles",
+                "take `self: Arc<Self>`, or move the method to a function of owned handles"
+                    .to_owned(),
             ),
-            syn::FnArg::Typed(typed) => (
-                borrows(typed.ty.to_token_stream()),
-                typed.pat.to_token_stream().to_string(),
-                "take it owned: an `Arc<_>`, or a handle that is cheap to clone (a pool, a \
-                 client), or a `String` for a `&str`",
-            ),
+            syn::FnArg::Typed(typed) => {
+                let tokens = typed.ty.to_token_stream();
+                let names = idents(tokens.clone());
+                let generic = names.iter().find(|name| unbounded.contains(name));
+                let (problem, help) = if borrows(tokens.clone()) {
+                    (
+                        Some("cannot borrow".to_owned()),
+                        "take it owned: an `Arc<_>`, or a handle that is cheap to clone (a \
+                         pool, a client), or a `String` for a `&str`"
+                            .to_owned(),
+                    )
+                } else if names.iter().any(|name| name == "impl") && !has_static(tokens) {
+                    (
+                        Some("cannot take an `impl Trait` that may borrow".to_owned()),
+                        "add `+ 'static` to its bounds".to_owned(),
+                    )
+                } else if let Some(generic) = generic {
+                    (
+                        Some(format!("cannot take a `{generic}` that may borrow")),
+                        format!("bound it: `{generic}: 'static`"),
+                    )
+                } else {
+                    (None, String::new())
+                };
+                (problem, typed.pat.to_token_stream().to_string(), help)
+            }
         };
-        if borrows {
+        if let Some(problem) = problem {
             errors.push(Error::new_spanned(
                 input,
                 format!(
                     "with `{option}`, a load may go on in the background after the caller has \
-                     its answer, so the body cannot borrow `{name}`\nhelp: {help}"
+                     its answer, so the body {problem} (`{name}`)\nhelp: {help}"
                 ),
             ));
         }
     }
+}
+
+/// Every identifier in `tokens`, groups included.
+fn idents(tokens: proc_macro2::TokenStream) -> Vec<String> {
+    tokens
+        .into_iter()
+        .flat_map(|token| match token {
+            proc_macro2::TokenTree::Ident(ident) => vec![ident.to_string()],
+            proc_macro2::TokenTree::Group(group) => idents(group.stream()),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// Whether `'static` is written in `tokens`.
+fn has_static(tokens: proc_macro2::TokenStream) -> bool {
+    let flat: Vec<proc_macro2::TokenTree> = tokens.into_iter().collect();
+    flat.windows(2).any(|pair| match pair {
+        [proc_macro2::TokenTree::Punct(tick), proc_macro2::TokenTree::Ident(name)] => {
+            tick.as_char() == '\'' && name == "static"
+        }
+        _ => false,
+    }) || flat.iter().any(|token| match token {
+        proc_macro2::TokenTree::Group(group) => has_static(group.stream()),
+        _ => false,
+    })
 }
 
 /// Whether a type written as `tokens` borrows: a `&` not followed by `'static`, or a lifetime

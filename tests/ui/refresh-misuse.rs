@@ -62,4 +62,26 @@ async fn with_tags(id: u64) -> u64 {
     id
 }
 
+// An `impl Trait` or a type parameter may hold a borrow unless bounded by `'static`.
+#[cached(ttl = "60s", key = "i:<id>", backend = "memory", refresh = "50s")]
+async fn takes_impl(id: u64, source: impl Fn() -> u64 + Send) -> u64 {
+    let _ = source;
+    id
+}
+
+#[cached(ttl = "60s", key = "j:<id>", backend = "memory", refresh = "50s")]
+async fn generic<T: Send>(id: u64, source: T) -> u64 {
+    let _ = source;
+    id
+}
+
+#[cached(ttl = "60s", key = "k:<id>", backend = "memory", refresh = "50s")]
+async fn generic_static<T>(id: u64, source: T) -> u64
+where
+    T: Send + 'static,
+{
+    let _ = source;
+    id
+}
+
 fn main() {}
