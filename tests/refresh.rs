@@ -163,14 +163,22 @@ async fn a_hit_past_refresh_answers_at_once_and_refreshes_once(clock: &TestClock
     let first = in_memory(1).await.expect("loaded");
     let before = (loads(), refreshes());
     clock.advance(Duration::from_secs(40));
-    assert_eq!(in_memory(1).await, Ok(first), "younger than refresh: a plain hit");
+    assert_eq!(
+        in_memory(1).await,
+        Ok(first),
+        "younger than refresh: a plain hit"
+    );
     assert_eq!((loads(), refreshes()), before, "no refresh before 50 s");
     clock.advance(Duration::from_secs(11));
     // 64 callers at once on the due entry: every one answers the entry it found, one refresh.
     set(Loader::Waits);
     let callers: Vec<_> = (0..64).map(|_| tokio::spawn(in_memory(1))).collect();
     for caller in callers {
-        assert_eq!(caller.await.expect("no panic"), Ok(first), "answered at once");
+        assert_eq!(
+            caller.await.expect("no panic"),
+            Ok(first),
+            "answered at once"
+        );
     }
     assert_eq!(refreshes(), before.1 + 1, "one refresh for 64 due hits");
     RELEASE.notify_one();
@@ -193,13 +201,20 @@ async fn a_failed_refresh_leaves_the_entry_and_waits_for_the_interval(clock: &Te
     // The failing refresh has run once it is counted as a load.
     let started = Instant::now();
     while loads() == before {
-        assert!(started.elapsed() < Duration::from_secs(5), "the refresh never ran");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the refresh never ran"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     for _ in 0..20 {
         assert_eq!(in_memory(2).await, Ok(value), "the entry stays as it was");
     }
-    assert_eq!(loads(), before + 1, "not retried within the interval (10 s)");
+    assert_eq!(
+        loads(),
+        before + 1,
+        "not retried within the interval (10 s)"
+    );
     clock.advance(Duration::from_secs(5));
     assert_eq!(in_memory(2).await, Ok(value));
     assert_eq!(loads(), before + 1, "still within the interval");
@@ -214,7 +229,10 @@ async fn a_panicking_refresh_leaves_the_entry(clock: &TestClock) {
     assert_eq!(in_memory(3).await, Ok(value));
     let started = Instant::now();
     while loads() == before {
-        assert!(started.elapsed() < Duration::from_secs(5), "the refresh never ran");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the refresh never ran"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     set(Loader::Counts);
@@ -234,7 +252,10 @@ async fn an_invalidation_during_a_refresh_keeps_its_value_out(clock: &TestClock)
     assert_eq!(in_memory(4).await, Ok(value));
     let started = Instant::now();
     while loads() == before {
-        assert!(started.elapsed() < Duration::from_secs(5), "the refresh never ran");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the refresh never ran"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     change_in_memory(4).await;
@@ -253,7 +274,11 @@ async fn an_invalidation_during_a_refresh_keeps_its_value_out(clock: &TestClock)
 async fn two_redis_instances_refresh_once_between_them(clock: &TestClock) {
     set(Loader::Counts);
     let value = on_redis(5).await.expect("loaded");
-    assert_eq!(on_redis_in_peer(5).await, Ok(value), "the peer hits the same entry");
+    assert_eq!(
+        on_redis_in_peer(5).await,
+        Ok(value),
+        "the peer hits the same entry"
+    );
     clock.advance(Duration::from_secs(51));
     set(Loader::Waits);
     let before = (loads(), refreshes());
@@ -269,17 +294,28 @@ async fn two_redis_instances_refresh_once_between_them(clock: &TestClock) {
         })
         .collect();
     for caller in callers {
-        assert_eq!(caller.await.expect("no panic"), Ok(value), "answered at once");
+        assert_eq!(
+            caller.await.expect("no panic"),
+            Ok(value),
+            "answered at once"
+        );
     }
     let started = Instant::now();
     while loads() == before.0 {
-        assert!(started.elapsed() < Duration::from_secs(5), "the refresh never ran");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the refresh never ran"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     RELEASE.notify_one();
     until_answers(value + 1, || on_redis_in_peer(5)).await;
     assert_eq!(on_redis(5).await, Ok(value + 1));
-    assert_eq!(loads(), before.0 + 1, "one refresh across the two instances");
+    assert_eq!(
+        loads(),
+        before.0 + 1,
+        "one refresh across the two instances"
+    );
     // Each instance admitted one in process; the refresh claim let one of them load.
     assert!(refreshes() - before.1 <= 2);
     set(Loader::Counts);
@@ -295,7 +331,11 @@ async fn a_tiered_refresh_reaches_the_peer_l1(clock: &TestClock) {
     assert_eq!(on_tiered(6).await, Ok(value), "answered at once");
     until_answers(value + 1, || on_tiered(6)).await;
     until_answers(value + 1, || on_tiered_in_peer(6)).await;
-    assert_eq!(loads(), before + 1, "one refresh; the peer read its fill from L2");
+    assert_eq!(
+        loads(),
+        before + 1,
+        "one refresh; the peer read its fill from L2"
+    );
 }
 
 async fn a_soft_timeout_serves_stale_and_stores_the_late_value(clock: &TestClock) {
