@@ -26,6 +26,8 @@ enum Loader {
     Panics,
     /// Waits for `RELEASE`, then returns the next version.
     Waits,
+    /// Waits for `RELEASE`, then fails.
+    WaitsThenFails,
 }
 
 static LOADER: Mutex<Loader> = Mutex::new(Loader::Counts);
@@ -51,6 +53,10 @@ async fn run_loader() -> Result<u64, String> {
         Loader::Waits => {
             RELEASE.notified().await;
             Ok(VERSION.fetch_add(1, Ordering::SeqCst) + 1)
+        }
+        Loader::WaitsThenFails => {
+            RELEASE.notified().await;
+            Err("the database timed out".to_owned())
         }
     }
 }
@@ -97,6 +103,12 @@ async fn with_soft_timeout(id: u64) -> Result<u64, String> {
     run_loader().await
 }
 
+#[cached(ttl = "60s", key = "fs:<id>", backend = "tiered", stale = "10m")]
+async fn fail_safe(id: u64) -> Result<u64, String> {
+    let _ = id;
+    run_loader().await
+}
+
 #[invalidates("rm:<id>")]
 async fn change_in_memory(id: u64) {
     let _ = id;
@@ -104,6 +116,15 @@ async fn change_in_memory(id: u64) {
 
 fn refreshes() -> u64 {
     stats().sites.iter().map(|site| site.refreshes).sum()
+}
+
+fn stale_answers(function: &str) -> u64 {
+    stats()
+        .sites
+        .iter()
+        .filter(|site| site.function.ends_with(function))
+        .map(|site| site.stale)
+        .sum()
 }
 
 /// Calls `call` until it answers `wanted` (a refresh in the background lands), for at most
@@ -156,6 +177,7 @@ async fn refresh_ahead_scenarios() {
     two_redis_instances_refresh_once_between_them(&clock).await;
     a_tiered_refresh_reaches_the_peer_l1(&clock).await;
     a_soft_timeout_serves_stale_and_stores_the_late_value(&clock).await;
+    followers_of_a_stale_serve_are_counted_stale(&clock).await;
 }
 
 async fn a_hit_past_refresh_answers_at_once_and_refreshes_once(clock: &TestClock) {
@@ -353,4 +375,45 @@ async fn a_soft_timeout_serves_stale_and_stores_the_late_value(clock: &TestClock
     RELEASE.notify_one();
     set(Loader::Counts);
     until_answers(value + 1, || with_soft_timeout(7)).await;
+}
+
+async fn followers_of_a_stale_serve_are_counted_stale(clock: &TestClock) {
+    set(Loader::Counts);
+    let value = fail_safe(8).await.expect("loaded");
+    clock.advance(Duration::from_secs(61));
+    set(Loader::WaitsThenFails);
+    let before = (loads(), stale_answers("::fail_safe"));
+    let leader = tokio::spawn(fail_safe(8));
+    let started = Instant::now();
+    while loads() == before.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the load never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let followers: Vec<_> = (0..7).map(|_| tokio::spawn(fail_safe(8))).collect();
+    // A bounded pause for the followers to reach the leader's flight (their first poll); one
+    // that came later would find the written-back entry, a hit.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    RELEASE.notify_one();
+    assert_eq!(
+        leader.await.expect("no panic"),
+        Ok(value),
+        "the stale value"
+    );
+    for follower in followers {
+        assert_eq!(
+            follower.await.expect("no panic"),
+            Ok(value),
+            "the stale value"
+        );
+    }
+    assert_eq!(loads(), before.0 + 1, "one failing load");
+    assert_eq!(
+        stale_answers("::fail_safe") - before.1,
+        8,
+        "the leader and its 7 followers all answered stale"
+    );
+    set(Loader::Counts);
 }

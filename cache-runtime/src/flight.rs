@@ -27,6 +27,9 @@ pub(crate) enum Outcome {
     /// A value the leader found in the store without loading (an L2 hit): followers count it
     /// as the hit it is, not as a wait for a load.
     Found(AnyValue),
+    /// A value past its ttl, served because its load failed or ran past the soft timeout
+    /// (fail-safe): followers return it, counted as stale.
+    Stale(AnyValue),
     /// The body produced nothing to cache, and followers can answer without it (`None`).
     Absent,
     /// The body produced nothing to share (`Err`): each follower runs the body itself.

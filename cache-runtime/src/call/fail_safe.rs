@@ -32,7 +32,7 @@ use super::remote::{fill_with, read, settle, share, L1Slot, LoadPermit, Lookup, 
 use super::report::Report;
 use crate::backend::RedisBackend;
 use crate::envelope::Times;
-use crate::flight::LeaderGuard;
+use crate::flight::{LeaderGuard, Outcome};
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
 use crate::observe::{Answer, Tier};
@@ -212,11 +212,11 @@ where
 {
     match load_or_stale(site, redis, &key, report, shape, body, stale, permit).await {
         Ending::Stale(value, fresh) => {
-            share(guard, &key, &value, l1.as_ref(), fresh, false);
+            share(guard, &key, &value, l1.as_ref(), fresh, Outcome::Stale);
             Finished::Stale(value)
         }
         Ending::Filled(value, fresh) => {
-            share(guard, &key, &value, l1.as_ref(), fresh, false);
+            share(guard, &key, &value, l1.as_ref(), fresh, Outcome::Value);
             Finished::Filled(value)
         }
         Ending::Returned(ret, permit) => {

@@ -31,11 +31,18 @@ pub(super) fn follow<R, S: ReturnShape<R>>(
     outcome: Outcome,
 ) -> Next<R> {
     let found = matches!(outcome, Outcome::Found(_));
+    let stale = matches!(outcome, Outcome::Stale(_));
     let next = decide(site, shape, key, outcome);
     match next {
         Next::Retry => {}
         // The leader read the value from L2: nobody loaded, so this caller had a hit.
         Next::Return(_) if found => report.answer(Answer::Hit, Tier::L2),
+        // The leader's load failed or ran long, and it served the stale value: so did this
+        // caller, after waiting for it.
+        Next::Return(_) if stale => {
+            report.coalesced(Scope::Process, since);
+            report.answer(Answer::Stale, Tier::L2);
+        }
         Next::Return(_) => {
             report.coalesced(Scope::Process, since);
             report.answer(answer.0, answer.1);
@@ -48,10 +55,12 @@ pub(super) fn follow<R, S: ReturnShape<R>>(
 
 fn decide<R, S: ReturnShape<R>>(site: &Site, shape: S, key: &str, outcome: Outcome) -> Next<R> {
     match outcome {
-        Outcome::Value(any) | Outcome::Found(any) => match downcast::<S::Value>(site, key, &any) {
-            Some(value) => Next::Return(shape.rebuild(value)),
-            None => Next::RunUncached,
-        },
+        Outcome::Value(any) | Outcome::Found(any) | Outcome::Stale(any) => {
+            match downcast::<S::Value>(site, key, &any) {
+                Some(value) => Next::Return(shape.rebuild(value)),
+                None => Next::RunUncached,
+            }
+        }
         Outcome::Absent => shape.absent().map_or(Next::Retry, Next::Return),
         Outcome::Failed => Next::RunUncached,
         Outcome::Abandoned => Next::Retry,

@@ -63,7 +63,9 @@ pub(crate) fn join(site: &'static Site, backend: &'static Backend, key: &CacheKe
 /// none (it failed, panicked or was cancelled).
 pub(crate) async fn shared<V: Clone + 'static>(flight: &Flight) -> Option<V> {
     match flight.wait().await {
-        Outcome::Value(value) | Outcome::Found(value) => value.downcast_ref::<V>().cloned(),
+        Outcome::Value(value) | Outcome::Found(value) | Outcome::Stale(value) => {
+            value.downcast_ref::<V>().cloned()
+        }
         Outcome::Absent | Outcome::Failed | Outcome::Abandoned => None,
     }
 }
@@ -109,7 +111,7 @@ impl Refiller {
         let l1 = tiered.and_then(|tiered| Some(L1Slot::new(tiered, tiered.l1_epoch()?, site)));
         let permit = match claim::<S::Value>(site, redis, &key, &current, &mut None).await {
             Claimed::Hit(value, remaining, _) => {
-                share(guard, &key, &value, l1.as_ref(), remaining, true);
+                share(guard, &key, &value, l1.as_ref(), remaining, Outcome::Found);
                 return Refilled::Found(value);
             }
             // `Stale` needs a stale value, which a refill never keeps.
@@ -125,7 +127,7 @@ impl Refiller {
                     None => true,
                 };
                 let l1 = l1.as_ref().filter(|_| stored);
-                share(guard, &key, value, l1, site.ttl(), false);
+                share(guard, &key, value, l1, site.ttl(), Outcome::Value);
             }
             produced => {
                 let outcome = match produced {

@@ -153,6 +153,6 @@ async fn refresh_remote<R, S>(
         value,
         l1.as_ref().filter(|_| current),
         fresh,
-        false,
+        Outcome::Value,
     );
 }

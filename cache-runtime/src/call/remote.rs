@@ -196,14 +196,12 @@ where
                     Answer::Hit
                 };
                 report.answer(answer, Tier::L2);
-                share(
-                    guard,
-                    &key,
-                    &value,
-                    l1.as_ref(),
-                    remaining,
-                    waited.is_none(),
-                );
+                let outcome = if waited.is_none() {
+                    Outcome::Found
+                } else {
+                    Outcome::Value
+                };
+                share(guard, &key, &value, l1.as_ref(), remaining, outcome);
                 if waited.is_none() {
                     refresh_if_due(site, shape, &key, remaining, body);
                 }
@@ -215,7 +213,7 @@ where
                 if let Some(found) = stale.take() {
                     report.answer(Answer::Stale, Tier::L2);
                     let shared: AnyValue = Arc::new(found.value.clone());
-                    guard.complete(Outcome::Value(shared), || {});
+                    guard.complete(Outcome::Stale(shared), || {});
                     return (shape.rebuild(found.value), report.served());
                 }
                 report.answer(Answer::Miss, Tier::L2);
@@ -282,7 +280,14 @@ pub(super) async fn settle<V: PortableValue>(
                 Some(permit) => fill(site, redis, key, value, permit, fresh).await,
                 None => true,
             };
-            share(guard, key, value, l1.filter(|_| current), fresh, false);
+            share(
+                guard,
+                key,
+                value,
+                l1.filter(|_| current),
+                fresh,
+                Outcome::Value,
+            );
         }
         produced => {
             let outcome = match produced {
@@ -561,24 +566,19 @@ impl<'a> L1Slot<'a> {
     }
 }
 
-/// Completes the flight with `value` (`found` in L2 without any load, or loaded) and, unless
-/// the flight went stale, puts it in L1.
+/// Completes the flight with `value` as `outcome` (`Found` in L2 without any load, `Value`
+/// loaded, `Stale` served by fail-safe) and, unless the flight went stale, puts it in L1.
 pub(super) fn share<V: 'static + Clone + Send + Sync>(
     guard: crate::flight::LeaderGuard<'_>,
     key: &CacheKey,
     value: &V,
     l1: Option<&L1Slot<'_>>,
     l2_remaining: Duration,
-    found: bool,
+    outcome: fn(AnyValue) -> Outcome,
 ) {
     let shared: AnyValue = Arc::new(value.clone());
     let stored = Arc::clone(&shared);
-    let outcome = if found {
-        Outcome::Found(shared)
-    } else {
-        Outcome::Value(shared)
-    };
-    guard.complete(outcome, || {
+    guard.complete(outcome(shared), || {
         if let Some(l1) = l1 {
             l1.insert(key, stored, l2_remaining);
         }

@@ -51,12 +51,14 @@ pub(super) fn follow_tagged<V: 'static + Clone>(
     outcome: Outcome,
 ) -> TaggedNext<V> {
     match outcome {
-        Outcome::Value(any) | Outcome::Found(any) => match downcast_tagged::<V>(site, key, &any) {
-            Some(tagged) if tagged.shareable() => TaggedNext::Value(tagged.value.clone()),
-            // Loaded across a tag invalidation: look again, and lead if need be.
-            Some(_) => TaggedNext::Retry,
-            None => TaggedNext::RunUncached,
-        },
+        Outcome::Value(any) | Outcome::Found(any) | Outcome::Stale(any) => {
+            match downcast_tagged::<V>(site, key, &any) {
+                Some(tagged) if tagged.shareable() => TaggedNext::Value(tagged.value.clone()),
+                // Loaded across a tag invalidation: look again, and lead if need be.
+                Some(_) => TaggedNext::Retry,
+                None => TaggedNext::RunUncached,
+            }
+        }
         Outcome::Absent => TaggedNext::Absent,
         Outcome::Failed => TaggedNext::RunUncached,
         Outcome::Abandoned => TaggedNext::Retry,
