@@ -38,6 +38,13 @@ const BACKEND: &str = "CACHETTE_RP_BACKEND";
 const LOADS: &str = "proof:loads";
 const STARTS: &str = "proof:starts";
 const ENDS: &str = "proof:ends";
+/// The second phase: a refresh that fails at once leaves the entry due, and the hits of every
+/// process keep finding it due; only the refresh claim's marker keeps them to one attempt per
+/// interval between them (the lock is held too briefly to refuse them).
+const FAILING_RUN: Duration = Duration::from_millis(2_900);
+/// The failing site's `refresh` (ttl 3 s): due from 1 s, interval 1 s.
+const FAILING_REFRESH: Duration = Duration::from_secs(1);
+const FAILED: &str = "proof:failed";
 
 fn main() {
     match std::env::var(ROLE).as_deref() {
@@ -182,6 +189,20 @@ fn one_refresh_per_interval_across_processes(backend: &str) {
             report.slowest_after_warmup
         );
     }
+    // Phase 2: attempts at about 1 s and 2 s after the fill, none within an interval of another.
+    let failed: u64 = redis::cmd("GET")
+        .arg(FAILED)
+        .query::<Option<u64>>(&mut redis)
+        .expect("get")
+        .unwrap_or(0);
+    let failed_bound = FAILING_RUN.as_micros() / FAILING_REFRESH.as_micros();
+    println!("refresh_processes[{backend}]: {failed} failing refreshes in {FAILING_RUN:?}");
+    assert!(
+        u128::from(failed) <= failed_bound,
+        "{failed} failing refreshes across {PROCESSES} processes in {FAILING_RUN:?}: more than one \
+         per interval ({failed_bound})"
+    );
+    assert!(failed >= 1, "the failing key was never refreshed");
     println!("refresh_processes[{backend}]: ok");
 }
 
@@ -193,7 +214,8 @@ mod worker {
     use cachette::{cached, configure, stats, RedisBackend, TieredBackend};
 
     use super::{
-        now_us, redis_server, start_line, CALLERS_PER_PROCESS, ENDS, LOAD, LOADS, RUN, STARTS,
+        now_us, redis_server, start_line, CALLERS_PER_PROCESS, ENDS, FAILED, FAILING_RUN, LOAD,
+        LOADS, PROCESSES, RUN, STARTS,
     };
 
     static URL: OnceLock<String> = OnceLock::new();
@@ -235,6 +257,48 @@ mod worker {
     async fn hot_redis(id: u64) -> Result<u64, String> {
         let _ = id;
         load().await
+    }
+
+    /// Loads once, then every refresh fails at once (counted in Redis).
+    async fn fails_after_the_first() -> Result<u64, String> {
+        let mut redis = redis_server::connect(URL.get().expect("set")).await;
+        let first: bool = redis::cmd("SET")
+            .arg("proof:filled")
+            .arg(1)
+            .arg("NX")
+            .query_async::<Option<String>>(&mut redis)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some();
+        if first {
+            return Ok(0);
+        }
+        let _: u64 = redis::cmd("INCR")
+            .arg(FAILED)
+            .query_async(&mut redis)
+            .await
+            .map_err(|e| e.to_string())?;
+        Err("the source is down".to_owned())
+    }
+
+    #[cached(ttl = "3s", refresh = "1s", key = "failing:<id>", backend = "tiered")]
+    async fn failing_tiered(id: u64) -> Result<u64, String> {
+        let _ = id;
+        fails_after_the_first().await
+    }
+
+    #[cached(ttl = "3s", refresh = "1s", key = "failing:<id>", backend = "redis")]
+    async fn failing_redis(id: u64) -> Result<u64, String> {
+        let _ = id;
+        fails_after_the_first().await
+    }
+
+    async fn failing(tiered: bool) -> Result<u64, String> {
+        if tiered {
+            failing_tiered(1).await
+        } else {
+            failing_redis(1).await
+        }
     }
 
     async fn hot(tiered: bool) -> Result<u64, String> {
@@ -310,6 +374,24 @@ mod worker {
             println!("misses_after_warmup {}", misses() - misses_at_warmup);
             println!("slowest_after_warmup_us {}", slowest.as_micros());
             println!("refreshes {refreshes}");
+
+            // Phase 2, all processes together again.
+            start_line::meet(url, "rp2", PROCESSES).await;
+            let met = Instant::now();
+            failing(tiered).await.expect("the first load");
+            let callers: Vec<_> = (0..CALLERS_PER_PROCESS)
+                .map(|_| {
+                    tokio::spawn(async move {
+                        while met.elapsed() < FAILING_RUN {
+                            assert_eq!(failing(tiered).await, Ok(0), "the entry as it was");
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.await.expect("no panic");
+            }
         });
     }
 }
