@@ -122,10 +122,7 @@ fn one_refresh_per_interval_across_processes(backend: &str) {
         reports.push(parse(&String::from_utf8(output.stdout).expect("utf-8")));
     }
 
-    let loads: u64 = redis::cmd("GET")
-        .arg(LOADS)
-        .query(&mut redis)
-        .expect("get");
+    let loads: u64 = redis::cmd("GET").arg(LOADS).query(&mut redis).expect("get");
     let starts: HashMap<u64, u64> = redis::cmd("HGETALL")
         .arg(STARTS)
         .query(&mut redis)
