@@ -269,6 +269,16 @@ fn checked_freshness(
             ));
         }
     }
+    if let (Some(throttle), Some(stale)) = (args.throttle, args.stale) {
+        if throttle.millis > stale.millis {
+            errors.push(Error::new(
+                throttle.span,
+                "`throttle` is longer than `stale`: a stale value is never served past its \
+                 window, so the throttle would end with it\nhelp: make `throttle` at most \
+                 `stale`, or the window longer",
+            ));
+        }
+    }
     if let (Some(timeout), Some(hard)) = (args.timeout, args.hard_timeout) {
         if timeout.millis >= hard.millis {
             errors.push(Error::new(

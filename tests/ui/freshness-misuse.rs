@@ -39,4 +39,10 @@ async fn with_tags(id: u64) -> u64 {
     id
 }
 
+// A throttle past the window it throttles.
+#[cached(ttl = "60s", key = "t:<id>", backend = "redis", stale = "1m", throttle = "5m")]
+async fn throttle_past_stale(id: u64) -> Result<u64, String> {
+    Ok(id)
+}
+
 fn main() {}
