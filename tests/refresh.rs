@@ -9,57 +9,13 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cachette::{cached, configure, invalidates, stats, RedisBackend, TestClock, TieredBackend};
 use support::redis_server::RedisServer;
-use tokio::sync::Notify;
-
-/// What the loader does next.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Loader {
-    /// Returns the next version.
-    Counts,
-    Fails,
-    Panics,
-    /// Waits for `RELEASE`, then returns the next version.
-    Waits,
-    /// Waits for `RELEASE`, then fails.
-    WaitsThenFails,
-}
-
-static LOADER: Mutex<Loader> = Mutex::new(Loader::Counts);
-static LOADS: AtomicUsize = AtomicUsize::new(0);
-static VERSION: AtomicU64 = AtomicU64::new(0);
-static RELEASE: Notify = Notify::const_new();
-
-fn set(loader: Loader) {
-    *LOADER.lock().expect("not poisoned") = loader;
-}
-
-fn loads() -> usize {
-    LOADS.load(Ordering::SeqCst)
-}
-
-async fn run_loader() -> Result<u64, String> {
-    LOADS.fetch_add(1, Ordering::SeqCst);
-    let loader = *LOADER.lock().expect("not poisoned");
-    match loader {
-        Loader::Counts => Ok(VERSION.fetch_add(1, Ordering::SeqCst) + 1),
-        Loader::Fails => Err("the database is down".to_owned()),
-        Loader::Panics => panic!("the loader panicked"),
-        Loader::Waits => {
-            RELEASE.notified().await;
-            Ok(VERSION.fetch_add(1, Ordering::SeqCst) + 1)
-        }
-        Loader::WaitsThenFails => {
-            RELEASE.notified().await;
-            Err("the database timed out".to_owned())
-        }
-    }
-}
+use support::scripted_loader::{
+    loads, release, run_loader, set, until_answers, until_loads, version, Loader,
+};
 
 #[cached(ttl = "60s", key = "rm:<id>", backend = "memory", refresh = "50s")]
 async fn in_memory(id: u64) -> Result<u64, String> {
@@ -127,26 +83,6 @@ fn stale_answers(function: &str) -> u64 {
         .sum()
 }
 
-/// Calls `call` until it answers `wanted` (a refresh in the background lands), for at most
-/// five seconds.
-async fn until_answers<F, Fut>(wanted: u64, call: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<u64, String>>,
-{
-    let started = Instant::now();
-    loop {
-        if call().await == Ok(wanted) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "still not {wanted} after 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refresh_ahead_scenarios() {
     let server = RedisServer::start();
@@ -203,7 +139,7 @@ async fn a_hit_past_refresh_answers_at_once_and_refreshes_once(clock: &TestClock
         );
     }
     assert_eq!(refreshes(), before.1 + 1, "one refresh for 64 due hits");
-    RELEASE.notify_one();
+    release();
     until_answers(first + 1, || in_memory(1)).await;
     assert_eq!(loads(), before.0 + 1, "the refresh was the only load");
     set(Loader::Counts);
@@ -221,14 +157,7 @@ async fn a_failed_refresh_leaves_the_entry_and_waits_for_the_interval(clock: &Te
     let before = loads();
     assert_eq!(in_memory(2).await, Ok(value));
     // The failing refresh has run once it is counted as a load.
-    let started = Instant::now();
-    while loads() == before {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the refresh never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until_loads(before + 1).await;
     for _ in 0..20 {
         assert_eq!(in_memory(2).await, Ok(value), "the entry stays as it was");
     }
@@ -249,14 +178,7 @@ async fn a_panicking_refresh_leaves_the_entry(clock: &TestClock) {
     set(Loader::Panics);
     let before = loads();
     assert_eq!(in_memory(3).await, Ok(value));
-    let started = Instant::now();
-    while loads() == before {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the refresh never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until_loads(before + 1).await;
     set(Loader::Counts);
     assert_eq!(in_memory(3).await, Ok(value), "the entry stays as it was");
     // Its flight ended with the panic: once the entry ends, a caller loads at once.
@@ -272,20 +194,13 @@ async fn an_invalidation_during_a_refresh_keeps_its_value_out(clock: &TestClock)
     set(Loader::Waits);
     let before = loads();
     assert_eq!(in_memory(4).await, Ok(value));
-    let started = Instant::now();
-    while loads() == before {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the refresh never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until_loads(before + 1).await;
     change_in_memory(4).await;
-    RELEASE.notify_one();
+    release();
     set(Loader::Counts);
     // The refresh read before the invalidation: its value is not kept; the next caller loads.
     let after = in_memory(4).await.expect("loaded");
-    let refreshed = VERSION.load(Ordering::SeqCst);
+    let refreshed = version();
     assert!(
         after == refreshed && loads() == before + 2,
         "the caller after the invalidation loaded ({after}, version {refreshed}, {} loads)",
@@ -322,15 +237,8 @@ async fn two_redis_instances_refresh_once_between_them(clock: &TestClock) {
             "answered at once"
         );
     }
-    let started = Instant::now();
-    while loads() == before.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the refresh never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    RELEASE.notify_one();
+    until_loads(before.0 + 1).await;
+    release();
     until_answers(value + 1, || on_redis_in_peer(5)).await;
     assert_eq!(on_redis(5).await, Ok(value + 1));
     assert_eq!(
@@ -372,7 +280,7 @@ async fn a_soft_timeout_serves_stale_and_stores_the_late_value(clock: &TestClock
         waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
         "answered after the soft timeout, not {waited:?}"
     );
-    RELEASE.notify_one();
+    release();
     set(Loader::Counts);
     until_answers(value + 1, || with_soft_timeout(7)).await;
 }
@@ -384,19 +292,12 @@ async fn followers_of_a_stale_serve_are_counted_stale(clock: &TestClock) {
     set(Loader::WaitsThenFails);
     let before = (loads(), stale_answers("::fail_safe"));
     let leader = tokio::spawn(fail_safe(8));
-    let started = Instant::now();
-    while loads() == before.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the load never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until_loads(before.0 + 1).await;
     let followers: Vec<_> = (0..7).map(|_| tokio::spawn(fail_safe(8))).collect();
     // A bounded pause for the followers to reach the leader's flight (their first poll); one
     // that came later would find the written-back entry, a hit.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    RELEASE.notify_one();
+    release();
     assert_eq!(
         leader.await.expect("no panic"),
         Ok(value),

@@ -6,63 +6,11 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cachette::{cached, configure, invalidates, RedisBackend, TestClock, TieredBackend};
 use support::redis_server::RedisServer;
-use tokio::sync::Notify;
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Loader {
-    Counts,
-    /// Waits for `RELEASE`, then returns the next version.
-    Waits,
-    /// Waits for `RELEASE`, then panics.
-    WaitsThenPanics,
-}
-
-static LOADER: Mutex<Loader> = Mutex::new(Loader::Counts);
-static LOADS: AtomicUsize = AtomicUsize::new(0);
-static VERSION: AtomicU64 = AtomicU64::new(0);
-static RELEASE: Notify = Notify::const_new();
-
-fn set(loader: Loader) {
-    *LOADER.lock().expect("not poisoned") = loader;
-}
-
-fn loads() -> usize {
-    LOADS.load(Ordering::SeqCst)
-}
-
-async fn run_loader() -> Result<u64, String> {
-    LOADS.fetch_add(1, Ordering::SeqCst);
-    let loader = *LOADER.lock().expect("not poisoned");
-    match loader {
-        Loader::Counts => Ok(VERSION.fetch_add(1, Ordering::SeqCst) + 1),
-        Loader::Waits => {
-            RELEASE.notified().await;
-            Ok(VERSION.fetch_add(1, Ordering::SeqCst) + 1)
-        }
-        Loader::WaitsThenPanics => {
-            RELEASE.notified().await;
-            panic!("the background load panicked")
-        }
-    }
-}
-
-/// Waits (bounded) until the loader has been entered `count` times.
-async fn until_loads(count: usize) {
-    let started = Instant::now();
-    while loads() < count {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the load never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
+use support::scripted_loader::{loads, release, run_loader, set, until_loads, version, Loader};
 
 #[cached(
     ttl = "60s",
@@ -188,7 +136,7 @@ async fn an_l2_hit_behind_an_expired_l1_copy_does_not_wait_for_the_refresh(
     clock.advance(Duration::from_secs(6));
     // The L1 copy is gone again; the L2 entry is fresh for 3 s more, the refresh still loads.
     let behind = within(Duration::from_secs(2), short_l1(1)).await;
-    RELEASE.notify_one();
+    release();
     set(Loader::Counts);
     if answered != Ok(Ok(value)) {
         return Err(format!("the due hit answered {answered:?}"));
@@ -256,7 +204,7 @@ async fn followers_and_peer_waiters_get_stale_after_the_soft_timeout(
         leader.await.expect("no panic")
     })
     .await;
-    RELEASE.notify_one();
+    release();
     set(Loader::Counts);
     let loaded = loads() - before;
     if follower != Ok(Ok(value)) || waiter != Ok(Ok(value)) || leader_answer != Ok(Ok(value)) {
@@ -285,8 +233,8 @@ async fn an_invalidation_during_the_background_load_keeps_its_value_out(
     until_loads(before + 1).await;
     change_soft(2).await;
     set(Loader::Counts);
-    RELEASE.notify_one();
-    let background = VERSION.load(Ordering::SeqCst) + 1;
+    release();
+    let background = version() + 1;
     let mut answers = Vec::new();
     for _ in 0..3 {
         answers.push(within(Duration::from_secs(5), soft(2)).await);
@@ -319,7 +267,7 @@ async fn a_background_load_that_panics_frees_the_key(clock: &TestClock) -> Resul
     let stale = within(Duration::from_secs(2), soft(3)).await;
     until_loads(before + 1).await;
     set(Loader::Counts);
-    RELEASE.notify_one();
+    release();
     let after = within(Duration::from_secs(2), soft_in_peer(3)).await;
     if stale != Ok(Ok(value)) {
         return Err(format!(

@@ -96,13 +96,10 @@ where
     S::Part: CacheValue,
 {
     let shape = S::default();
-    if let Some((value, due)) = crate::call::hit_in_process_due::<R, S>(site, &key) {
-        if due {
-            crate::call::refresh_local(site, shape, &key, Box::pin(body));
-        }
-        return shape.rebuild(value);
+    match hit_refreshing(site, shape, &key, body, crate::call::refresh_local::<R, S>) {
+        Ok(ret) => ret,
+        Err(body) => crate::call::cached(site, shape, key, body).await,
     }
-    crate::call::cached(site, shape, key, body).await
 }
 
 /// [`cached_detached`] on a remote backend: the refresh is one per key across processes, and
@@ -118,13 +115,10 @@ where
     S::Part: PortableValue,
 {
     let shape = S::default();
-    if let Some((value, due)) = crate::call::hit_in_process_due::<R, S>(site, &key) {
-        if due {
-            crate::call::refresh(site, shape, &key, Box::pin(body));
-        }
-        return shape.rebuild(value);
+    match hit_refreshing(site, shape, &key, body, crate::call::refresh::<R, S>) {
+        Ok(ret) => ret,
+        Err(body) => crate::call::cached_remote_detached(site, shape, key, body).await,
     }
-    crate::call::cached_remote_detached(site, shape, key, body).await
 }
 
 /// [`cached_detached`] on the configured default backend, which may be remote.
@@ -139,13 +133,36 @@ where
     S::Part: PortableValue,
 {
     let shape = S::default();
-    if let Some((value, due)) = crate::call::hit_in_process_due::<R, S>(site, &key) {
-        if due {
-            crate::call::refresh(site, shape, &key, Box::pin(body));
-        }
-        return shape.rebuild(value);
+    match hit_refreshing(site, shape, &key, body, crate::call::refresh::<R, S>) {
+        Ok(ret) => ret,
+        Err(body) => crate::call::cached_default_detached(site, shape, key, body).await,
     }
-    crate::call::cached_default_detached(site, shape, key, body).await
+}
+
+/// A hit in this process, having started a refresh-ahead with `body` (by `refresh`) if the
+/// entry is due; the body back on a miss.
+fn hit_refreshing<R, S, F>(
+    site: &'static Site,
+    shape: S,
+    key: &CacheKey,
+    body: F,
+    refresh: fn(&'static Site, S, &CacheKey, crate::call::Detached<R>),
+) -> Result<R, F>
+where
+    R: Send + 'static,
+    S: Holds<R>,
+    S::Part: CacheValue,
+    F: Future<Output = R> + Send + 'static,
+{
+    match crate::call::hit_in_process_due::<R, S>(site, key) {
+        Some((value, due)) => {
+            if due {
+                refresh(site, shape, key, Box::pin(body));
+            }
+            Ok(shape.rebuild(value))
+        }
+        None => Err(body),
+    }
 }
 
 /// Runs an async `#[cached(tags(...))]` function on the memory backend: as [`cached`], and the

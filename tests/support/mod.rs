@@ -20,3 +20,6 @@ pub mod tls;
 
 #[allow(dead_code)]
 pub mod log_capture;
+
+#[allow(dead_code)]
+pub mod scripted_loader;

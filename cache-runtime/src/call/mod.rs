@@ -22,6 +22,7 @@ mod tagged_remote;
 
 use std::future::Future;
 
+pub(crate) use body::Detached;
 pub(crate) use local::{cached, cached_sync};
 pub(crate) use put::{cache_put, cache_put_default, cache_put_remote};
 pub(crate) use refresh::{start as refresh, start_local as refresh_local};
