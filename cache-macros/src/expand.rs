@@ -24,6 +24,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         tags,
         freshness,
         detached,
+        kept,
     } = cached;
     let ItemFn {
         attrs,
@@ -74,6 +75,9 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
     let shape = Ident::new(shape, ret_span);
     // A site with `refresh` or `timeout` has no tags (refused for now).
     let entry_fn = match (entry, tags.is_empty()) {
+        // Fail-safe in process: neither tags nor `refresh`/`timeout` (refused).
+        (Entry::Default, true) if *kept => "cached_default_kept",
+        (Entry::Async, true) if *kept => "cached_kept",
         (Entry::Remote, true) if *detached => "cached_remote_detached",
         (Entry::Default, true) if *detached => "cached_default_detached",
         (Entry::Async, true) if *detached => "cached_detached",

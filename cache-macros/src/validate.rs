@@ -30,6 +30,9 @@ pub(crate) struct Cached<'a> {
     /// `refresh` or `timeout`: a load may outlive its caller, so the body is moved into a task
     /// (the runtime's `*_detached` entry points).
     pub(crate) detached: bool,
+    /// `stale` on a site that may be in process: its memory entries carry their times (the
+    /// runtime's `*_kept` entry points).
+    pub(crate) kept: bool,
 }
 
 /// `stale`, `throttle`, `hard_timeout`, `jitter`, `l1_ttl`, checked; milliseconds, 0 for off.
@@ -155,6 +158,11 @@ pub(crate) fn cached<'a>(
     }
     let freshness = checked_freshness(&args, signature, &mut errors);
     let detached = args.refresh.is_some() || args.timeout.is_some();
+    let may_be_in_process = !args
+        .backend
+        .as_ref()
+        .is_some_and(|backend| backend.kind.is_remote());
+    let kept = args.stale.is_some() && may_be_in_process;
     let tags = checked_tags(args.tags, signature, "cached", &mut errors);
     let key = match args.key {
         Some(template) => {
@@ -201,6 +209,7 @@ pub(crate) fn cached<'a>(
         tags,
         freshness,
         detached,
+        kept,
     })
 }
 
@@ -221,23 +230,33 @@ fn checked_freshness(
         return None;
     }
     let kind = args.backend.as_ref().map(|backend| backend.kind);
+    let remote = matches!(kind, Some(BackendKind::Redis | BackendKind::Tiered));
     if let Some(stale) = args.stale {
         let problem = if !signature.is_async {
-            Some("fail-safe (`stale`) needs an `async fn` on `backend = \"redis\"` or `\"tiered\"`")
-        } else if !matches!(kind, Some(BackendKind::Redis | BackendKind::Tiered)) {
-            Some(
-                "fail-safe (`stale`) is built for `backend = \"redis\"` and `\"tiered\"` only: \
-                 an in-process entry is not kept past its ttl (and a site without `backend` \
-                 may be in process)\nhelp: name a remote backend, as in `backend = \"tiered\"`",
-            )
+            Some("fail-safe (`stale`) needs an `async fn`\nhelp: make the function `async`")
         } else if args.tags.is_some() {
             Some("fail-safe (`stale`) is not supported with `tags` yet\nhelp: remove one of them")
+        } else if !remote && args.refresh.is_some() {
+            Some(
+                "fail-safe (`stale`) with `refresh` is built for `backend = \"redis\"` and \
+                 `\"tiered\"` only: an in-process site keeps one or the other (and a site \
+                 without `backend` may be in process)\nhelp: name a remote backend, or remove \
+                 one of them",
+            )
         } else {
             None
         };
         if let Some(problem) = problem {
             errors.push(Error::new(stale.span, problem));
         }
+    }
+    if let Some(timeout) = args.timeout.filter(|_| !remote) {
+        errors.push(Error::new(
+            timeout.span,
+            "the soft `timeout` is built for `backend = \"redis\"` and `\"tiered\"` only (a \
+             site without `backend` may be in process)\nhelp: name a remote backend, or use \
+             `hard_timeout`",
+        ));
     }
     for (option, timed) in [
         ("throttle", args.throttle),

@@ -165,6 +165,33 @@ where
     }
 }
 
+/// Runs an async `#[cached(stale = ..)]` function on the memory backend: entries are kept
+/// past their ttl, and served should the load that replaces one fail (fail-safe in process).
+pub async fn cached_kept<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    body: impl Future<Output = R>,
+) -> R
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    crate::call::cached_kept(site, S::default(), key, body).await
+}
+
+/// [`cached_kept`] on the configured default backend, which may be remote.
+pub async fn cached_default_kept<R, S>(
+    site: &'static Site,
+    key: CacheKey,
+    body: impl Future<Output = R>,
+) -> R
+where
+    S: Holds<R>,
+    S::Part: PortableValue,
+{
+    crate::call::cached_default_kept(site, S::default(), key, body).await
+}
+
 /// Runs an async `#[cached(tags(...))]` function on the memory backend: as [`cached`], and the
 /// entry is served only while none of `tags` was invalidated since its load began.
 pub async fn cached_tagged<R, S>(

@@ -159,13 +159,30 @@ impl LeaderGuard<'_> {
     /// the same lock that an invalidation takes, so that an invalidation either marks the flight
     /// stale before the store (which is then skipped) or removes the stored entry after it.
     pub(crate) fn complete(mut self, outcome: Outcome, store: impl FnOnce()) {
-        self.finish(outcome, store);
+        self.finish(|_| outcome, store);
     }
 
-    fn finish(&mut self, outcome: Outcome, store: impl FnOnce()) {
+    /// [`complete`](Self::complete), the outcome chosen under that lock by whether the flight
+    /// is still current (`true`) or was detached by an invalidation; says which. For an
+    /// outcome that must not outlive an invalidation (a stale value served by fail-safe).
+    pub(crate) fn complete_if_current(
+        mut self,
+        current: Outcome,
+        detached: Outcome,
+        store: impl FnOnce(),
+    ) -> bool {
+        self.finish(
+            |is_current| if is_current { current } else { detached },
+            store,
+        )
+    }
+
+    fn finish(&mut self, outcome: impl FnOnce(bool) -> Outcome, store: impl FnOnce()) -> bool {
+        let current;
         {
             let mut shard = self.flights.shard(self.key.as_str());
-            if !self.flight.stale.load(Ordering::Acquire) {
+            current = !self.flight.stale.load(Ordering::Acquire);
+            if current {
                 // Should `store` panic (a user weigher, the store itself), the flight is not
                 // completed yet: the guard's `Drop` then abandons it, which wakes the followers
                 // and lets one of them lead, instead of leaving them waiting forever.
@@ -182,15 +199,16 @@ impl LeaderGuard<'_> {
             .flight
             .outcome
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(outcome);
+            .unwrap_or_else(PoisonError::into_inner) = Some(outcome(current));
         self.flight.done.notify(usize::MAX);
+        current
     }
 }
 
 impl Drop for LeaderGuard<'_> {
     fn drop(&mut self) {
         if !self.completed {
-            self.finish(Outcome::Abandoned, || {});
+            self.finish(|_| Outcome::Abandoned, || {});
         }
     }
 }

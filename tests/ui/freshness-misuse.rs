@@ -1,13 +1,19 @@
 use cachette::cached;
 
-// Fail-safe needs an entry kept past its ttl, which only Redis and tiered do today.
-#[cached(ttl = "60s", key = "a:<id>", stale = "10m")]
-async fn on_the_default(id: u64) -> Result<u64, String> {
+// Fail-safe loads with the stale value at hand, which a synchronous function cannot wait
+// beside; in process it keeps no entry for a soft timeout, nor for a refresh.
+#[cached(ttl = "60s", key = "a:<id>", backend = "memory", stale = "10m")]
+fn synchronous(id: u64) -> Result<u64, String> {
     Ok(id)
 }
 
-#[cached(ttl = "60s", key = "b:<id>", backend = "memory", stale = "10m")]
-async fn in_memory(id: u64) -> Result<u64, String> {
+#[cached(ttl = "60s", key = "b:<id>", backend = "memory", stale = "10m", timeout = "100ms")]
+async fn soft_in_memory(id: u64) -> Result<u64, String> {
+    Ok(id)
+}
+
+#[cached(ttl = "60s", key = "b2:<id>", stale = "10m", refresh = "50s")]
+async fn refresh_and_stale_on_the_default(id: u64) -> Result<u64, String> {
     Ok(id)
 }
 

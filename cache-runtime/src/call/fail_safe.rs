@@ -22,6 +22,7 @@
 
 use std::future::Future;
 use std::panic::{resume_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -73,38 +74,17 @@ where
     // still releases both (here, or by resuming it).
     let loading = AssertUnwindSafe(load(report, shape, body)).catch_unwind();
     let mut loading = std::pin::pin!(loading);
-    let first = match site.hard_timeout() {
-        Some(limit) => tokio::select! {
-            biased;
-            done = loading.as_mut() => Some(done),
-            () = tokio::time::sleep(limit) => None,
-        },
-        None => Some(loading.as_mut().await),
-    };
-    let (cause, first) = match first {
-        Some(Ok(ret)) if matches!(shape.produced(&ret), Produced::Failed) => {
-            ("the loader failed", Some(Ok(ret)))
-        }
-        Some(Ok(ret)) if matches!(shape.produced(&ret), Produced::Absent) => {
+    let (cause, first) = match attempt(site, shape, loading.as_mut()).await {
+        Attempt::Succeeded(ret) => return Ending::Returned(ret, Some(permit)),
+        Attempt::Absent(ret) => {
             end_stale(site, redis, key, &stale, permit).await;
             return Ending::Returned(ret, None);
         }
-        Some(Ok(ret)) => return Ending::Returned(ret, Some(permit)),
-        Some(Err(panic)) => ("the loader panicked", Some(Err(panic))),
-        None => ("the loader ran past its hard_timeout", None),
+        Attempt::Failed(cause, first) => (cause, first),
     };
     let written = write_back(site, redis, key, &stale, permit).await;
     if let WriteBack::Stored(fresh) = written {
-        static GATE: LogGate = LogGate::new();
-        if let Some(suppressed) = GATE.admit() {
-            tracing::warn!(
-                function = site.function(),
-                key = key.as_str(),
-                cause,
-                suppressed,
-                "serving the stale value (fail-safe); the loader is retried after the throttle"
-            );
-        }
+        log_serving_stale(site, key, cause);
         return Ending::Stale(stale.value, fresh);
     }
     if let WriteBack::Refused = written {
@@ -115,15 +95,75 @@ where
         }
     }
     // Invalidated since the claim: the failure, as the function gave it.
-    let ret = match first {
-        Some(Ok(ret)) => ret,
-        Some(Err(panic)) => resume_unwind(panic),
-        None => match loading.await {
-            Ok(ret) => ret,
-            Err(panic) => resume_unwind(panic),
+    Ending::Returned(give_back(first, loading).await, None)
+}
+
+/// What a fail-safe load's first run came to, within the site's `hard_timeout`.
+pub(super) enum Attempt<R> {
+    /// A value to cache.
+    Succeeded(R),
+    /// Nothing (`None`): the source says the value is gone, which ends the stale entry.
+    Absent(R),
+    /// A failure fail-safe covers, with why, and what to give back should the stale value not
+    /// be served: the return or the panic, or `None` for a load past its hard timeout, still
+    /// under way.
+    Failed(&'static str, Option<std::thread::Result<R>>),
+}
+
+/// Runs `loading` (a load under `catch_unwind`) until it ends or the site's hard timeout.
+pub(super) async fn attempt<R, S, L>(site: &Site, shape: S, loading: Pin<&mut L>) -> Attempt<R>
+where
+    S: ReturnShape<R>,
+    L: Future<Output = std::thread::Result<R>>,
+{
+    let mut loading = loading;
+    let first = match site.hard_timeout() {
+        Some(limit) => tokio::select! {
+            biased;
+            done = loading.as_mut() => Some(done),
+            () = tokio::time::sleep(limit) => None,
         },
+        None => Some(loading.as_mut().await),
     };
-    Ending::Returned(ret, None)
+    match first {
+        Some(Ok(ret)) => match shape.produced(&ret) {
+            Produced::Value(_) => Attempt::Succeeded(ret),
+            Produced::Absent => Attempt::Absent(ret),
+            Produced::Failed => Attempt::Failed("the loader failed", Some(Ok(ret))),
+        },
+        Some(Err(panic)) => Attempt::Failed("the loader panicked", Some(Err(panic))),
+        None => Attempt::Failed("the loader ran past its hard_timeout", None),
+    }
+}
+
+/// The failure as the function gave it, once no stale value is served: its return, its panic
+/// resumed, or, past the hard timeout, what the load still under way comes to.
+pub(super) async fn give_back<R, L>(
+    first: Option<std::thread::Result<R>>,
+    loading: Pin<&mut L>,
+) -> R
+where
+    L: Future<Output = std::thread::Result<R>>,
+{
+    let outcome = match first {
+        Some(outcome) => outcome,
+        None => loading.await,
+    };
+    outcome.unwrap_or_else(|panic| resume_unwind(panic))
+}
+
+/// Logs (rate-limited) that a caller gets the stale value, and why.
+pub(super) fn log_serving_stale(site: &Site, key: &CacheKey, cause: &str) {
+    static GATE: LogGate = LogGate::new();
+    if let Some(suppressed) = GATE.admit() {
+        tracing::warn!(
+            function = site.function(),
+            key = key.as_str(),
+            cause,
+            suppressed,
+            "serving the stale value (fail-safe); the loader is retried after the throttle"
+        );
+    }
 }
 
 /// How a load under a soft timeout ended, in time for its caller.

@@ -10,6 +10,7 @@
 mod body;
 mod fail_safe;
 mod follow;
+mod kept;
 mod local;
 mod put;
 #[cfg(feature = "axum")]
@@ -23,6 +24,7 @@ mod tagged_remote;
 use std::future::Future;
 
 pub(crate) use body::Detached;
+pub(crate) use kept::cached_kept;
 pub(crate) use local::{cached, cached_sync};
 pub(crate) use put::{cache_put, cache_put_default, cache_put_remote};
 pub(crate) use refresh::{start as refresh, start_local as refresh_local};
@@ -103,6 +105,27 @@ where
     let backend = registry::resolve(site).backend.as_ref();
     if backend.is_some_and(|backend| !backend.is_remote()) {
         local::cached(site, shape, key, body).await
+    } else {
+        Box::pin(remote::cached_remote(site, shape, key, body)).await
+    }
+}
+
+/// [`cached_default`] for a site with fail-safe (`stale`): in process, the memory path that
+/// keeps entries past their ttl; remote, the remote path, whose envelope does.
+pub(crate) async fn cached_default_kept<R, S, F>(
+    site: &'static Site,
+    shape: S,
+    key: CacheKey,
+    body: F,
+) -> R
+where
+    S: ReturnShape<R>,
+    S::Value: PortableValue,
+    F: Future<Output = R>,
+{
+    let backend = registry::resolve(site).backend.as_ref();
+    if backend.is_some_and(|backend| !backend.is_remote()) {
+        kept::cached_kept(site, shape, key, body).await
     } else {
         Box::pin(remote::cached_remote(site, shape, key, body)).await
     }
