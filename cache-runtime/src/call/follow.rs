@@ -38,10 +38,16 @@ pub(super) fn follow<R, S: ReturnShape<R>>(
         // The leader read the value from L2: nobody loaded, so this caller had a hit.
         Next::Return(_) if found => report.answer(Answer::Hit, Tier::L2),
         // The leader's load failed or ran long, and it served the stale value: so did this
-        // caller, after waiting for it.
+        // caller, after waiting for it, from where its leader kept it (a remote site's stale
+        // value is its L2 entry, whichever tier the follower looked in first).
         Next::Return(_) if stale => {
             report.coalesced(Scope::Process, since);
-            report.answer(Answer::Stale, Tier::L2);
+            let kept_in = if answer.1 == Tier::Memory {
+                Tier::Memory
+            } else {
+                Tier::L2
+            };
+            report.answer(Answer::Stale, kept_in);
         }
         Next::Return(_) => {
             report.coalesced(Scope::Process, since);
