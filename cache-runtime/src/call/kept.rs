@@ -192,13 +192,18 @@ fn store<R, S: ReturnShape<R>>(
 }
 
 /// The value under `key` and whether it is fresh; another type under the key is a miss,
-/// logged once per site.
+/// logged once per site. The value bare, without its times, is fresh: a `#[cache_put]` (or a
+/// site without fail-safe under the same key) stores it so, until the store's own expiry,
+/// which is then its end, with no window past it.
 fn read<V: 'static + Clone>(memory: &MemoryBackend, site: &Site, key: &CacheKey) -> Found<V> {
     let now = memory.clock().moment();
     memory
         .read(key, |any| {
             let Some(kept) = any.downcast_ref::<Kept<V>>() else {
-                site.warn_type_mismatch(key.as_str(), std::any::type_name::<Kept<V>>());
+                if let Some(value) = any.downcast_ref::<V>() {
+                    return Some(Found::Fresh(value.clone()));
+                }
+                site.warn_type_mismatch(key.as_str(), std::any::type_name::<V>());
                 return None;
             };
             let value = kept.value.clone();
