@@ -76,6 +76,24 @@ async fn kept_bounded(id: u64) -> Result<u64, String> {
     run_loader().await
 }
 
+#[cached(
+    ttl = "60s",
+    key = "kj:<id>",
+    backend = "memory",
+    stale = "10m",
+    jitter = 0.2
+)]
+async fn kept_jittered(id: u64) -> Result<u64, String> {
+    let _ = id;
+    run_loader().await
+}
+
+#[cached(ttl = "60s", key = "ko:<id>", backend = "memory", stale = "10m")]
+async fn kept_listing(id: u64) -> Option<u64> {
+    let _ = id;
+    run_loader().await.ok()
+}
+
 const TTL: Duration = Duration::from_secs(60);
 
 fn site_stats(function: &str) -> cachette::SiteStats {
@@ -145,6 +163,8 @@ async fn review_of_fail_safe_in_process() {
     a_cancelled_caller_after_the_hard_timeout_releases_everything(&clock).await;
     a_panicking_weigher_on_the_write_back_hangs_nobody(&clock).await;
     evicted_kept_entries_are_misses(&clock, &small).await;
+    jitter_keeps_the_window(&clock).await;
+    nothing_from_a_failing_loader_reaches_the_followers(&clock).await;
 }
 
 async fn followers_of_a_stale_serve_are_counted_in_memory(
@@ -304,5 +324,52 @@ async fn evicted_kept_entries_are_misses(clock: &TestClock, small: &MemoryBacken
         }
     }
     assert!(stale <= 8, "at most the bound is kept: {stale}");
+    set(Loader::Counts);
+}
+
+async fn jitter_keeps_the_window(clock: &TestClock) {
+    set(Loader::Counts);
+    let value = kept_jittered(1).await.expect("loaded");
+    // Within the ttl whatever the jitter took off: a hit.
+    clock.advance(Duration::from_secs(47));
+    let before = loads();
+    assert_eq!(kept_jittered(1).await, Ok(value));
+    assert_eq!(loads(), before);
+    clock.advance(Duration::from_secs(14));
+    set(Loader::Fails);
+    assert_eq!(
+        kept_jittered(1).await,
+        Ok(value),
+        "stale after the jittered ttl"
+    );
+    set(Loader::Counts);
+}
+
+async fn nothing_from_a_failing_loader_reaches_the_followers(clock: &TestClock) {
+    set(Loader::Counts);
+    kept_listing(1).await.expect("loaded");
+    clock.advance(TTL + Duration::from_secs(1));
+    set(Loader::WaitsThenFails);
+    let before = (loads(), site_stats("::kept_listing"));
+    let leader = tokio::spawn(kept_listing(1));
+    until_loads(before.0 + 1).await;
+    let followers: Vec<_> = (0..3).map(|_| tokio::spawn(kept_listing(1))).collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    release();
+    assert_eq!(leader.await.expect("no panic"), None);
+    for follower in followers {
+        let answered = tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .expect("not hung");
+        assert_eq!(
+            answered.expect("no panic"),
+            None,
+            "the source says it is gone"
+        );
+    }
+    assert_eq!(loads(), before.0 + 1, "one load answered them all");
+    let after = site_stats("::kept_listing");
+    assert_eq!(after.stale, before.1.stale, "nothing stale");
+    assert_eq!(after.misses, before.1.misses + 4, "four misses, once each");
     set(Loader::Counts);
 }
