@@ -9,8 +9,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cachette::{cached, configure, invalidates, stats, MemoryBackend, TestClock};
-use support::scripted_loader::{loads, release, run_loader, set, until_loads, Loader};
+use cachette::{cached, configure, invalidates, MemoryBackend, TestClock};
+use support::scripted_loader::{
+    loads, release, run_loader, set, stale_answers, until_loads, Loader,
+};
 
 #[cached(
     ttl = "60s",
@@ -55,15 +57,6 @@ async fn rate(id: u64) -> Result<u64, String> {
 #[invalidates("price:<id>")]
 async fn reprice(id: u64) {
     let _ = id;
-}
-
-fn stale_answers(function: &str) -> u64 {
-    stats()
-        .sites
-        .iter()
-        .filter(|site| site.function.ends_with(function))
-        .map(|site| site.stale)
-        .sum()
 }
 
 const TTL: Duration = Duration::from_secs(60);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cachette::{cached, configure, invalidates, stats, RedisBackend, TestClock, TieredBackend};
 use support::redis_server::RedisServer;
 use support::scripted_loader::{
-    loads, release, run_loader, set, until_answers, until_loads, version, Loader,
+    loads, release, run_loader, set, stale_answers, until_answers, until_loads, version, Loader,
 };
 
 #[cached(ttl = "60s", key = "rm:<id>", backend = "memory", refresh = "50s")]
@@ -72,15 +72,6 @@ async fn change_in_memory(id: u64) {
 
 fn refreshes() -> u64 {
     stats().sites.iter().map(|site| site.refreshes).sum()
-}
-
-fn stale_answers(function: &str) -> u64 {
-    stats()
-        .sites
-        .iter()
-        .filter(|site| site.function.ends_with(function))
-        .map(|site| site.stale)
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -101,3 +101,13 @@ where
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// The stale answers of the sites whose function path ends with `function` (`"::price"`).
+pub fn stale_answers(function: &str) -> u64 {
+    cachette::stats()
+        .sites
+        .iter()
+        .filter(|site| site.function.ends_with(function))
+        .map(|site| site.stale)
+        .sum()
+}

@@ -79,8 +79,7 @@ where
     S::Value: PortableValue,
     F: Future<Output = R> + Send + 'static,
 {
-    let backend = registry::resolve(site).backend.as_ref();
-    if backend.is_some_and(|backend| !backend.is_remote()) {
+    if default_in_process(site) {
         local::cached(site, shape, key, body).await
     } else {
         Box::pin(remote::cached_remote_detached(site, shape, key, body)).await
@@ -102,8 +101,7 @@ where
     S::Value: PortableValue,
     F: Future<Output = R>,
 {
-    let backend = registry::resolve(site).backend.as_ref();
-    if backend.is_some_and(|backend| !backend.is_remote()) {
+    if default_in_process(site) {
         local::cached(site, shape, key, body).await
     } else {
         Box::pin(remote::cached_remote(site, shape, key, body)).await
@@ -123,8 +121,7 @@ where
     S::Value: PortableValue,
     F: Future<Output = R>,
 {
-    let backend = registry::resolve(site).backend.as_ref();
-    if backend.is_some_and(|backend| !backend.is_remote()) {
+    if default_in_process(site) {
         kept::cached_kept(site, shape, key, body).await
     } else {
         Box::pin(remote::cached_remote(site, shape, key, body)).await
@@ -144,8 +141,7 @@ where
     S::Value: PortableValue,
     F: Future<Output = R>,
 {
-    let backend = registry::resolve(site).backend.as_ref();
-    if backend.is_some_and(|backend| !backend.is_remote()) {
+    if default_in_process(site) {
         tagged::cached_tagged(site, shape, key, tags, body).await
     } else {
         Box::pin(tagged_remote::cached_remote_tagged(
@@ -153,6 +149,13 @@ where
         ))
         .await
     }
+}
+
+/// Whether the configured default backend of `site` is in this process (a site on the
+/// default then takes the in-process path).
+fn default_in_process(site: &'static Site) -> bool {
+    let backend = registry::resolve(site).backend.as_ref();
+    backend.is_some_and(|backend| !backend.is_remote())
 }
 
 /// Counts a call of `site` that runs without the cache outside the call paths (the HTTP
