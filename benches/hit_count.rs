@@ -1,0 +1,163 @@
+//! Instructions and L1 data misses per hit, counted by callgrind: the `arc_hit` rows' hits
+//! (BENCHMARKS.md, item 10) run a known number of times inside one function that callgrind is
+//! told to count, so that its totals divided by that number are per hit (the loop included).
+//!
+//!     valgrind --tool=callgrind --cache-sim=yes --toggle-collect='hit_count::measured*' \
+//!       target/release/deps/hit_count-<hash> <row> [hits]
+//!
+//! Rows: `cachette` (async memory hit), `cachette_sync`, `store` (the memory store's own read),
+//! `concurrent_cached`, `concurrent_cached_sync` (`cached` 4), `quick_cache` (by hand, keyed on
+//! the id). Every row walks the same 10,000 warm keys in order, as the `arc_hit` group does.
+//! Without callgrind it prints the row's wall time per hit, a sanity check only.
+
+use std::hint::black_box;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Instant;
+
+use cached::macros::concurrent_cached;
+use cachette::{cached, configure, KeyBuilder, MemoryBackend};
+
+/// A typical row: seven fields, two of them on the heap. Behind `Arc`, a hit clones a pointer.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Account {
+    id: u64,
+    name: String,
+    email: String,
+    plan: u32,
+    active: bool,
+    created_at: u64,
+    balance: i64,
+}
+
+fn account(id: u64) -> Arc<Account> {
+    Arc::new(Account {
+        id,
+        name: format!("user number {id}"),
+        email: format!("user{id}@example.com"),
+        plan: (id % 3) as u32,
+        active: id % 7 != 0,
+        created_at: 1_700_000_000 + id,
+        balance: id as i64 * 100,
+    })
+}
+
+const KEYS: u64 = 10_000;
+
+#[cached(ttl = "600s", key = "acct:<id>")]
+async fn cachette_memory(id: u64) -> Arc<Account> {
+    account(id)
+}
+
+#[cached(ttl = "600s", key = "sacct:<id>")]
+fn cachette_sync(id: u64) -> Arc<Account> {
+    account(id)
+}
+
+static MEMORY: OnceLock<MemoryBackend> = OnceLock::new();
+
+fn store(id: u64) -> Arc<Account> {
+    let key = KeyBuilder::new().lit("acct:").arg(&id).finish();
+    MEMORY.get().expect("set up").peek(&key).expect("warm")
+}
+
+#[concurrent_cached]
+async fn concurrent(id: u64) -> Arc<Account> {
+    account(id)
+}
+
+#[concurrent_cached]
+fn concurrent_sync(id: u64) -> Arc<Account> {
+    account(id)
+}
+
+static QUICK: LazyLock<quick_cache::sync::Cache<u64, Arc<Account>>> =
+    LazyLock::new(|| quick_cache::sync::Cache::new(100_000));
+
+fn quick(id: u64) -> Arc<Account> {
+    if let Some(value) = QUICK.get(&id) {
+        return value;
+    }
+    let value = account(id);
+    QUICK.insert(id, Arc::clone(&value));
+    value
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+/// One pass over every key, so that every row's hits are warm.
+fn warm(row: &str) {
+    let rt = runtime();
+    for id in 0..KEYS {
+        match row {
+            "cachette" | "store" => drop(rt.block_on(cachette_memory(id))),
+            "cachette_sync" => drop(cachette_sync(id)),
+            "concurrent_cached" => drop(rt.block_on(concurrent(id))),
+            "concurrent_cached_sync" => drop(concurrent_sync(id)),
+            "quick_cache" => drop(quick(id)),
+            other => panic!("unknown row {other}"),
+        }
+    }
+}
+
+/// `hits` hits of `row`, walking the keys in order. The only function callgrind counts.
+#[inline(never)]
+fn measured(row: &str, hits: u64) {
+    let next = |id: u64| (id + 1) % KEYS;
+    let mut id = 0;
+    macro_rules! sync_row {
+        ($f:ident) => {
+            for _ in 0..hits {
+                id = next(id);
+                black_box($f(black_box(id)));
+            }
+        };
+    }
+    // As criterion's async bencher does: one `block_on` around the whole loop.
+    macro_rules! async_row {
+        ($f:ident) => {
+            runtime().block_on(async {
+                for _ in 0..hits {
+                    id = next(id);
+                    black_box($f(black_box(id)).await);
+                }
+            })
+        };
+    }
+    match row {
+        "cachette" => async_row!(cachette_memory),
+        "cachette_sync" => sync_row!(cachette_sync),
+        "store" => sync_row!(store),
+        "concurrent_cached" => async_row!(concurrent),
+        "concurrent_cached_sync" => sync_row!(concurrent_sync),
+        "quick_cache" => sync_row!(quick),
+        other => panic!("unknown row {other}"),
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");
+    let Some(row) = args.next() else {
+        eprintln!("usage: hit_count <row> [hits]");
+        return;
+    };
+    let hits = args.next().map_or(100_000, |n| n.parse().expect("a count"));
+    let memory = MEMORY.get_or_init(|| MemoryBackend::builder().max_entries(200_000).build());
+    configure()
+        .memory("memory", memory.clone())
+        .install()
+        .expect("configured once");
+    warm(&row);
+    let start = Instant::now();
+    measured(&row, hits);
+    let per_hit = start.elapsed().as_nanos() as f64 / hits as f64;
+    println!("{row}: {hits} hits, {per_hit:.1} ns a hit (wall, uncontrolled)");
+}
