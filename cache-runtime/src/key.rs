@@ -38,6 +38,16 @@ impl CacheKey {
     pub fn is_usable(&self) -> bool {
         !self.unusable
     }
+
+    /// The text's length and its inline bytes, zeros past the text, while it is held inline:
+    /// what the memory store compares a short key with, as fixed-size arrays.
+    #[inline]
+    pub(crate) fn inline_bytes(&self) -> Option<(u8, &[u8; INLINE])> {
+        match &self.text {
+            Text::Inline { len, bytes } => Some((*len, bytes)),
+            Text::Heap(_) => None,
+        }
+    }
 }
 
 // By text, as `Borrow<str>` requires: a key equals, hashes and orders as its `as_str()`.
@@ -70,7 +80,7 @@ impl Ord for CacheKey {
 
 /// Keys up to this many bytes are held inline, so that rendering the key of a hit, which every
 /// call does, allocates nothing; 46 makes a key 48 bytes, and covers `user:<id>`-style keys.
-const INLINE: usize = 46;
+pub(crate) const INLINE: usize = 46;
 
 /// A key's text: inline while it is short, on the heap beyond.
 #[derive(Clone)]

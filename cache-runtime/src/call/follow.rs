@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::report::Report;
 use crate::flight::Outcome;
 use crate::observe::{Answer, Scope, Tier};
-use crate::shape::{AnyValue, ReturnShape};
+use crate::shape::ReturnShape;
 use crate::site::Site;
 
 /// What a follower does next with its leader's outcome.
@@ -62,7 +62,7 @@ pub(super) fn follow<R, S: ReturnShape<R>>(
 fn decide<R, S: ReturnShape<R>>(site: &Site, shape: S, key: &str, outcome: Outcome) -> Next<R> {
     match outcome {
         Outcome::Value(any) | Outcome::Found(any) | Outcome::Stale(any) => {
-            match downcast::<S::Value>(site, key, &any) {
+            match downcast::<S::Value>(site, key, &*any) {
                 Some(value) => Next::Return(shape.rebuild(value)),
                 None => Next::RunUncached,
             }
@@ -75,7 +75,15 @@ fn decide<R, S: ReturnShape<R>>(site: &Site, shape: S, key: &str, outcome: Outco
 
 /// The value as the site's type; another type under the key (two sites' templates making one
 /// key) is a miss, logged once per site.
-pub(super) fn downcast<V: 'static + Clone>(site: &Site, key: &str, any: &AnyValue) -> Option<V> {
+///
+/// Give it the value (`&*any` of an `AnyValue`): a `&AnyValue` coerces to `&dyn Any` as the
+/// `Arc` itself, which is never the site's type (checked in debug builds).
+pub(super) fn downcast<V: 'static + Clone>(
+    site: &Site,
+    key: &str,
+    any: &(dyn std::any::Any + Send + Sync),
+) -> Option<V> {
+    debug_assert!(not_a_holder::<V>(any), "an `AnyValue` given as the value");
     match any.downcast_ref::<V>() {
         Some(value) => Some(value.clone()),
         None => {
@@ -83,4 +91,10 @@ pub(super) fn downcast<V: 'static + Clone>(site: &Site, key: &str, any: &AnyValu
             None
         }
     }
+}
+
+/// Whether `any` is a value, not the `AnyValue` holding it (unless `V` is itself one).
+pub(super) fn not_a_holder<V: 'static>(any: &(dyn std::any::Any + Send + Sync)) -> bool {
+    std::any::TypeId::of::<V>() == std::any::TypeId::of::<crate::shape::AnyValue>()
+        || !any.is::<crate::shape::AnyValue>()
 }

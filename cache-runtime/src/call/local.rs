@@ -9,12 +9,12 @@ use tracing::Instrument;
 
 use super::follow::{downcast, follow, Next};
 use super::report::{Report, Served};
-use crate::backend::{Backend, MemoryBackend};
+use crate::backend::{Backend, MemoryBackend, Stored};
 use crate::flight::{Flight, LeaderGuard, Outcome, Role};
 use crate::key::CacheKey;
 use crate::observe::{Answer, Tier};
 use crate::registry;
-use crate::shape::{AnyValue, Produced, ReturnShape};
+use crate::shape::{Produced, ReturnShape};
 use crate::site::{Resolved, Site};
 
 /// What a caller does next after looking at the cache.
@@ -219,11 +219,12 @@ pub(super) fn complete<R, S: ReturnShape<R>>(
 ) {
     match shape.produced(ret) {
         Produced::Value(value) => {
-            let value: AnyValue = Arc::new(value.clone());
-            let shared = Arc::clone(&value);
+            let value = Arc::new(value.clone());
+            // Typed, so that the store holds an `Arc` value itself, not a holder of it.
+            let stored = Stored::of(&value);
             let ttl = site.fill_ttl();
-            guard.complete(Outcome::Value(shared), || {
-                memory.insert_refreshing(key, value, (ttl, site.refresh_in(ttl)), 0);
+            guard.complete(Outcome::Value(value), || {
+                memory.insert_refreshing(key, stored, (ttl, site.refresh_in(ttl)), 0);
             });
         }
         Produced::Absent => guard.complete(Outcome::Absent, || {}),

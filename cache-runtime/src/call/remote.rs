@@ -14,7 +14,7 @@ use super::body::{Body, Detachable, Inline};
 use super::follow::{downcast, follow, Next};
 use super::local::load;
 use super::report::{Report, Served};
-use crate::backend::{Claim, HeldLock, RedisBackend, TieredBackend, LEASE, SAFETY_POLL};
+use crate::backend::{Claim, HeldLock, RedisBackend, Stored, TieredBackend, LEASE, SAFETY_POLL};
 use crate::envelope::{self, Bincode, Times};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
@@ -516,7 +516,7 @@ impl<'a> L1Slot<'a> {
     pub(super) fn read<T>(
         &self,
         key: &CacheKey,
-        read: impl FnOnce(&AnyValue) -> Option<T>,
+        read: impl FnOnce(&(dyn std::any::Any + Send + Sync)) -> Option<T>,
     ) -> Option<T> {
         self.tiered.l1_get(key, self.epoch, read)
     }
@@ -531,7 +531,7 @@ impl<'a> L1Slot<'a> {
 
     /// Puts `value` in L1 for what its L2 entry has left at most, due for a refresh-ahead
     /// when the L2 entry is.
-    pub(super) fn insert(&self, key: &CacheKey, value: AnyValue, l2_remaining: Duration) {
+    pub(super) fn insert(&self, key: &CacheKey, value: impl Into<Stored>, l2_remaining: Duration) {
         let refresh_in = self.site.refresh_in(l2_remaining);
         self.tiered.l1_insert(
             key,
@@ -546,7 +546,7 @@ impl<'a> L1Slot<'a> {
     pub(super) fn insert_weighing(
         &self,
         key: &CacheKey,
-        value: AnyValue,
+        value: impl Into<Stored>,
         weighed: &(dyn std::any::Any + Send + Sync),
         l2_remaining: Duration,
     ) {
@@ -576,8 +576,9 @@ pub(super) fn share<V: 'static + Clone + Send + Sync>(
     l2_remaining: Duration,
     outcome: fn(AnyValue) -> Outcome,
 ) {
-    let shared: AnyValue = Arc::new(value.clone());
-    let stored = Arc::clone(&shared);
+    let shared = Arc::new(value.clone());
+    // Typed, so that L1 holds an `Arc` value itself, not a holder of it.
+    let stored = Stored::of(&shared);
     guard.complete(outcome(shared), || {
         if let Some(l1) = l1 {
             l1.insert(key, stored, l2_remaining);

@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use super::local::{load, memory_of};
 use super::report::Report;
-use crate::backend::{tag_invalidations, MemoryBackend};
+use crate::backend::{tag_invalidations, MemoryBackend, Stored};
 use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
 use crate::observe::{Answer, Scope, Tier};
 use crate::registry;
-use crate::shape::{AnyValue, Produced, ReturnShape};
+use crate::shape::{Produced, ReturnShape};
 use crate::site::Site;
 
 /// A value with the generations of its entry's tags (in the order of the site's tags), as a
@@ -52,7 +52,7 @@ pub(super) fn follow_tagged<V: 'static + Clone>(
 ) -> TaggedNext<V> {
     match outcome {
         Outcome::Value(any) | Outcome::Found(any) | Outcome::Stale(any) => {
-            match downcast_tagged::<V>(site, key, &any) {
+            match downcast_tagged::<V>(site, key, &*any) {
                 Some(tagged) if tagged.shareable() => TaggedNext::Value(tagged.value.clone()),
                 // Loaded across a tag invalidation: look again, and lead if need be.
                 Some(_) => TaggedNext::Retry,
@@ -65,12 +65,17 @@ pub(super) fn follow_tagged<V: 'static + Clone>(
     }
 }
 
-/// The tagged value under `any`; another type is a miss, logged once per site.
+/// The tagged value under `any` (the value: `&*any` of an `AnyValue`, as for `downcast`);
+/// another type is a miss, logged once per site.
 pub(super) fn downcast_tagged<'a, V: 'static>(
     site: &Site,
     key: &str,
-    any: &'a AnyValue,
+    any: &'a (dyn std::any::Any + Send + Sync),
 ) -> Option<&'a Tagged<V>> {
+    debug_assert!(
+        super::follow::not_a_holder::<Tagged<V>>(any),
+        "an `AnyValue` given as the value"
+    );
     let tagged = any.downcast_ref::<Tagged<V>>();
     if tagged.is_none() {
         site.warn_type_mismatch(key, std::any::type_name::<Tagged<V>>());
@@ -143,12 +148,12 @@ where
     let ret = load(&report, shape, body).await;
     match shape.produced(&ret) {
         Produced::Value(value) => {
-            let tagged: AnyValue = Arc::new(Tagged {
+            let tagged = Arc::new(Tagged {
                 generations,
                 seen,
                 value: value.clone(),
             });
-            let stored = Arc::clone(&tagged);
+            let stored = Stored::shared(Arc::clone(&tagged));
             guard.complete(Outcome::Value(tagged), || {
                 // The weigher is promised the cached type, not the generations around it.
                 memory.insert_weighing(key, stored, value, site.fill_ttl(), 0);

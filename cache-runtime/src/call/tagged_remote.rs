@@ -20,7 +20,7 @@ use super::local::load;
 use super::remote::{claim, decode, fill, Claimed, L1Slot, LoadPermit, Lookup};
 use super::report::Report;
 use super::tagged::{downcast_tagged, follow_tagged, Tagged, TaggedNext};
-use crate::backend::{tag_invalidations, RedisBackend};
+use crate::backend::{tag_invalidations, RedisBackend, Stored};
 use crate::flight::{LeaderGuard, Outcome, Role};
 use crate::key::CacheKey;
 use crate::observe::{Answer, Scope, Tier};
@@ -280,8 +280,8 @@ fn share<V: 'static + Send + Sync>(
     found: bool,
 ) {
     let typed = Arc::new(tagged);
-    let shared: AnyValue = Arc::clone(&typed) as AnyValue;
-    let stored = Arc::clone(&shared);
+    let stored = Stored::shared(Arc::clone(&typed));
+    let shared: AnyValue = typed.clone();
     let outcome = if found {
         Outcome::Found(shared)
     } else {

@@ -12,10 +12,9 @@ use bus::{Bus, BusTiming};
 
 use super::redis::{bus_channel, TAG_MESSAGE_MARK};
 use super::tags::{note_tag_invalidation, TagTable};
-use super::{MemoryBackend, RedisBackend};
+use super::{MemoryBackend, RedisBackend, Stored};
 use crate::key::CacheKey;
 use crate::observe::meters::{BackendMeters, StoreMeters};
-use crate::shape::AnyValue;
 
 /// A backend with in-process speed on hits and cross-process correctness: reads go to L1
 /// (moka), then L2 (Redis), then the function under the Redis backend's cross-process
@@ -123,7 +122,7 @@ impl TieredBackend {
         &self,
         key: &CacheKey,
         epoch: u64,
-        read: impl FnOnce(&AnyValue) -> Option<T>,
+        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
     ) -> Option<T> {
         self.l1.read_in_epoch(key, epoch, read)
     }
@@ -134,7 +133,7 @@ impl TieredBackend {
         &self,
         key: &CacheKey,
         epoch: u64,
-        read: impl FnOnce(&AnyValue) -> Option<T>,
+        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
     ) -> Option<(T, bool)> {
         self.l1.read_due(key, epoch, read)
     }
@@ -145,7 +144,7 @@ impl TieredBackend {
     pub(crate) fn l1_insert(
         &self,
         key: &CacheKey,
-        (value, weighed): (AnyValue, Option<&(dyn Any + Send + Sync)>),
+        (value, weighed): (impl Into<Stored>, Option<&(dyn Any + Send + Sync)>),
         l2_remaining: Duration,
         (ttl, refresh_in): (Duration, Option<Duration>),
         epoch: u64,

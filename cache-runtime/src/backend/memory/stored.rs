@@ -1,0 +1,248 @@
+//! A value as the memory store holds it, its type erased in two words: the value itself when it
+//! fits in one (an `Arc`, a `Box`, an integer), otherwise a thin pointer to an `Arc` of it; and
+//! a static table of what its type needs (a view as `dyn Any`, its drop).
+//!
+//! Why not `Arc<dyn Any>` (`AnyValue`), which the store held before: a hit then read the slot,
+//! then the `Arc`'s allocation (the holder) for the value inside it, then, for a value that is
+//! itself an `Arc` (the common case for anything large), that value's allocation: three cache
+//! lines a hit on a key not read recently. Held inline, an `Arc<T>` is read from the slot and
+//! its clone touches only `T`'s allocation, which returning it has to write anyway.
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::mem::{self, MaybeUninit};
+use std::sync::Arc;
+
+use crate::shape::AnyValue;
+
+/// A cached value, type-erased. Built typed ([`Stored::of`]) by the fills that know the type,
+/// or from an [`AnyValue`] by those that do not (one more indirection on every hit).
+pub(crate) struct Stored {
+    /// The value's bytes (inline), or a pointer (boxed, erased): see `kind`.
+    word: MaybeUninit<usize>,
+    kind: &'static Kind,
+}
+
+/// What a [`Stored`] of one type and representation needs; one static per (type, way).
+struct Kind {
+    /// The value, as `dyn Any`, given the address of the `word` it lives in or points from.
+    as_any: unsafe fn(*const MaybeUninit<usize>) -> *const (dyn Any + Send + Sync),
+    /// Drops what `word` holds.
+    drop: unsafe fn(*mut MaybeUninit<usize>),
+    /// How `word` holds the value (`Kind`s are promoted constants, which the compiler may
+    /// duplicate, so their addresses cannot tell).
+    #[cfg_attr(not(test), allow(dead_code))]
+    way: Way,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    Inline,
+    Boxed,
+    Erased,
+}
+
+// SAFETY: a `Stored` owns a `V: Send + Sync` (inline, or through an `Arc<V>` or a boxed
+// `AnyValue`, both `Send + Sync` for such a `V`), and offers only shared access to it.
+unsafe impl Send for Stored {}
+unsafe impl Sync for Stored {}
+
+/// Whether a `V` fits in the word itself.
+const fn fits<V>() -> bool {
+    mem::size_of::<V>() <= mem::size_of::<usize>()
+        && mem::align_of::<V>() <= mem::align_of::<usize>()
+}
+
+struct Inline<V>(PhantomData<V>);
+
+impl<V: Any + Send + Sync> Inline<V> {
+    const KIND: &'static Kind = &Kind {
+        as_any: Self::as_any,
+        drop: Self::drop,
+        way: Way::Inline,
+    };
+
+    /// SAFETY: `word` holds a `V` (written by `Stored::of`).
+    unsafe fn as_any(word: *const MaybeUninit<usize>) -> *const (dyn Any + Send + Sync) {
+        word.cast::<V>() as *const (dyn Any + Send + Sync)
+    }
+
+    /// SAFETY: `word` holds a `V` not yet dropped.
+    unsafe fn drop(word: *mut MaybeUninit<usize>) {
+        unsafe { word.cast::<V>().drop_in_place() }
+    }
+}
+
+struct Boxed<V>(PhantomData<V>);
+
+impl<V: Any + Send + Sync> Boxed<V> {
+    const KIND: &'static Kind = &Kind {
+        as_any: Self::as_any,
+        drop: Self::drop,
+        way: Way::Boxed,
+    };
+
+    /// SAFETY: `word` holds `Arc::into_raw` of an `Arc<V>`.
+    unsafe fn as_any(word: *const MaybeUninit<usize>) -> *const (dyn Any + Send + Sync) {
+        unsafe { word.cast::<*const V>().read() as *const (dyn Any + Send + Sync) }
+    }
+
+    /// SAFETY: `word` holds `Arc::into_raw` of an `Arc<V>` whose count this `Stored` owns.
+    unsafe fn drop(word: *mut MaybeUninit<usize>) {
+        unsafe { drop(Arc::from_raw(word.cast::<*const V>().read())) }
+    }
+}
+
+/// An [`AnyValue`] whose type the filler did not name: a thin pointer to a box holding it.
+const ERASED: &Kind = &Kind {
+    as_any: erased_as_any,
+    drop: erased_drop,
+    way: Way::Erased,
+};
+
+/// SAFETY: `word` holds `Box::into_raw` of a `Box<AnyValue>`.
+unsafe fn erased_as_any(word: *const MaybeUninit<usize>) -> *const (dyn Any + Send + Sync) {
+    unsafe {
+        let holder = &*word.cast::<*const AnyValue>().read();
+        Arc::as_ptr(holder)
+    }
+}
+
+/// SAFETY: `word` holds `Box::into_raw` of a `Box<AnyValue>` this `Stored` owns.
+unsafe fn erased_drop(word: *mut MaybeUninit<usize>) {
+    unsafe { drop(Box::from_raw(word.cast::<*mut AnyValue>().read())) }
+}
+
+impl Stored {
+    /// `value` as the store holds it: a clone of it inline if it fits in a word, else this very
+    /// `Arc` (shared with the flight that hands it to the waiting callers).
+    pub(crate) fn of<V: Any + Clone + Send + Sync>(value: &Arc<V>) -> Stored {
+        let mut word = MaybeUninit::<usize>::uninit();
+        if fits::<V>() {
+            // SAFETY: `V` fits in the word's size and alignment (`fits`).
+            unsafe { word.as_mut_ptr().cast::<V>().write(V::clone(value)) };
+            Stored {
+                word,
+                kind: Inline::<V>::KIND,
+            }
+        } else {
+            Stored::shared(Arc::clone(value))
+        }
+    }
+
+    /// This very `Arc`, shared with the flight (never inline: for a value too large for a
+    /// word, or one that is not `Clone`).
+    pub(crate) fn shared<V: Any + Send + Sync>(value: Arc<V>) -> Stored {
+        let mut word = MaybeUninit::<usize>::uninit();
+        // SAFETY: a thin pointer fills the word exactly.
+        unsafe {
+            word.as_mut_ptr()
+                .cast::<*const V>()
+                .write(Arc::into_raw(value))
+        };
+        Stored {
+            word,
+            kind: Boxed::<V>::KIND,
+        }
+    }
+
+    /// The value, to downcast.
+    #[inline]
+    pub(crate) fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        // SAFETY: `kind` was chosen with `word` in the constructor, and the reference lives
+        // no longer than `self`, which owns the value.
+        unsafe { &*(self.kind.as_any)(&self.word) }
+    }
+}
+
+impl From<AnyValue> for Stored {
+    fn from(value: AnyValue) -> Stored {
+        let mut word = MaybeUninit::<usize>::uninit();
+        // SAFETY: a thin pointer fills the word exactly.
+        unsafe {
+            word.as_mut_ptr()
+                .cast::<*mut AnyValue>()
+                .write(Box::into_raw(Box::new(value)))
+        };
+        Stored { word, kind: ERASED }
+    }
+}
+
+impl Drop for Stored {
+    fn drop(&mut self) {
+        // SAFETY: `kind` matches `word`, and this is the one drop of the value.
+        unsafe { (self.kind.drop)(&mut self.word) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn an_arc_is_held_inline_and_shares_the_value() {
+        // A fill of an `Arc<String>` value, which the flight shares as `Arc<Arc<String>>`.
+        let value = Arc::new(String::from("row"));
+        let filled = Arc::new(Arc::clone(&value));
+        let stored = Stored::of(&filled);
+        drop(filled);
+        assert_eq!(stored.kind.way, Way::Inline);
+        let held = stored
+            .as_any()
+            .downcast_ref::<Arc<String>>()
+            .expect("the type");
+        assert!(Arc::ptr_eq(held, &value), "the same allocation, no holder");
+        assert_eq!(Arc::strong_count(&value), 2);
+        drop(stored);
+        assert_eq!(Arc::strong_count(&value), 1);
+    }
+
+    #[test]
+    fn a_large_value_shares_the_fills_arc() {
+        let value = Arc::new([7u64; 4]);
+        let stored = Stored::of(&value);
+        assert_eq!(stored.kind.way, Way::Boxed);
+        let held = stored
+            .as_any()
+            .downcast_ref::<[u64; 4]>()
+            .expect("the type");
+        assert!(std::ptr::eq(held, &*value));
+        assert_eq!(Arc::strong_count(&value), 2);
+        drop(stored);
+        assert_eq!(Arc::strong_count(&value), 1);
+    }
+
+    #[test]
+    fn an_erased_value_downcasts_to_its_type_only() {
+        let value: AnyValue = Arc::new(5u32);
+        let stored = Stored::from(Arc::clone(&value));
+        assert_eq!(stored.kind.way, Way::Erased);
+        assert_eq!(stored.as_any().downcast_ref::<u32>(), Some(&5));
+        assert!(stored.as_any().downcast_ref::<u64>().is_none());
+        assert_eq!(Arc::strong_count(&value), 2);
+        drop(stored);
+        assert_eq!(Arc::strong_count(&value), 1);
+    }
+
+    #[test]
+    fn a_small_value_is_inline_and_dropped_once() {
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        #[derive(Clone)]
+        struct Counted(#[allow(dead_code)] u32);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                DROPS.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let value = Arc::new(Counted(3));
+        let stored = Stored::of(&value);
+        assert_eq!(stored.kind.way, Way::Inline);
+        assert!(stored.as_any().downcast_ref::<Counted>().is_some());
+        assert!(stored.as_any().downcast_ref::<u32>().is_none());
+        drop(stored);
+        assert_eq!(DROPS.load(Ordering::SeqCst), 1, "the inline clone, once");
+        drop(value);
+        assert_eq!(DROPS.load(Ordering::SeqCst), 2);
+    }
+}

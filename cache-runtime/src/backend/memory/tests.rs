@@ -1,0 +1,204 @@
+use super::*;
+use crate::shape::AnyValue;
+use crate::KeyBuilder;
+
+fn key(n: u32) -> CacheKey {
+    KeyBuilder::new().lit("k:").arg(&n).finish()
+}
+
+/// The type-erased read: whether an entry is served, and as what.
+fn get<V: Clone + 'static>(backend: &MemoryBackend, key: &CacheKey) -> Option<V> {
+    backend.read(key, |value| value.downcast_ref::<V>().cloned())
+}
+
+/// A default backend that checks expiry against `clock`.
+fn on(clock: &TestClock) -> MemoryBackend {
+    MemoryBackend::builder().clock(clock).build()
+}
+
+fn fill(backend: &MemoryBackend, count: u32, value: impl Fn(u32) -> AnyValue) {
+    for n in 0..count {
+        backend.insert(key(n), value(n), Duration::from_secs(60));
+    }
+}
+
+fn tally(backend: &MemoryBackend) -> (i64, i64) {
+    let tally = &backend.shared.tally;
+    (
+        tally.entries.load(Ordering::Relaxed),
+        tally.bytes.load(Ordering::Relaxed),
+    )
+}
+
+#[test]
+fn a_byte_bound_limits_the_summed_weight() {
+    let backend = MemoryBackend::builder().max_bytes(1_000).build();
+    fill(&backend, 500, |n| Arc::new([n; 16]));
+    let weight = backend.shared.store.weight();
+    assert!(weight <= 1_000, "weighted size {weight}");
+    assert!(backend.entry_count() > 0);
+    assert_eq!(
+        tally(&backend),
+        (backend.entry_count() as i64, weight as i64)
+    );
+}
+
+#[test]
+fn an_entry_bound_limits_the_count() {
+    let backend = MemoryBackend::builder().max_entries(100).build();
+    fill(&backend, 500, |n| Arc::new(n));
+    let held = (0..500)
+        .filter(|&n| get::<u32>(&backend, &key(n)).is_some())
+        .count();
+    assert!((50..=100).contains(&held), "{held} held");
+    assert_eq!(held as u64, backend.entry_count());
+    assert_eq!(tally(&backend).0, held as i64);
+}
+
+#[test]
+fn a_custom_weigher_sees_the_typed_value() {
+    let backend = MemoryBackend::builder()
+        .max_bytes(10_000)
+        .weigher(|_, value| {
+            let text = value.downcast_ref::<String>().map_or(0, String::len);
+            u32::try_from(text).unwrap_or(u32::MAX)
+        })
+        .build();
+    fill(&backend, 100, |_| Arc::new("x".repeat(1_000)));
+    let held = backend.entry_count();
+    assert!((1..=10).contains(&held), "{held} entries");
+    assert_eq!(tally(&backend), (held as i64, held as i64 * 1_000));
+}
+
+#[test]
+fn a_typed_fill_reads_back_as_its_type_only() {
+    let backend = MemoryBackend::default();
+    let value = Arc::new(String::from("row"));
+    backend.insert(
+        key(1),
+        Stored::of(&Arc::new(Arc::clone(&value))),
+        Duration::from_secs(60),
+    );
+    let held = get::<Arc<String>>(&backend, &key(1)).expect("a hit");
+    assert!(Arc::ptr_eq(&held, &value));
+    assert!(
+        get::<String>(&backend, &key(1)).is_none(),
+        "another type is a miss"
+    );
+}
+
+#[test]
+fn a_refill_starts_a_fresh_ttl() {
+    let clock = TestClock::new();
+    let backend = on(&clock);
+    backend.insert(key(0), Arc::new(1u8) as AnyValue, Duration::from_millis(1));
+    backend.insert(key(0), Arc::new(2u8) as AnyValue, Duration::from_secs(60));
+    clock.advance(Duration::from_millis(20));
+    assert_eq!(
+        get::<u8>(&backend, &key(0)),
+        Some(2),
+        "the refill's TTL applies"
+    );
+    assert_eq!(tally(&backend).0, 1, "the replaced entry left the tally");
+}
+
+#[test]
+fn an_expired_entry_is_a_miss_that_the_read_removes() {
+    let clock = TestClock::new();
+    let backend = on(&clock);
+    backend.insert(key(0), Arc::new(1u8) as AnyValue, Duration::from_millis(5));
+    assert_eq!(get::<u8>(&backend, &key(0)), Some(1));
+    clock.advance(Duration::from_millis(20));
+    assert_eq!(get::<u8>(&backend, &key(0)), None, "expired");
+    assert_eq!(
+        (backend.entry_count(), tally(&backend).0),
+        (0, 0),
+        "removed by the read"
+    );
+    backend.insert(key(0), Arc::new(2u8) as AnyValue, Duration::from_millis(5));
+    assert_eq!(get::<u8>(&backend, &key(0)), Some(2), "the refill");
+}
+
+#[test]
+fn pending_tasks_remove_what_expired_unread() {
+    let clock = TestClock::new();
+    let backend = on(&clock);
+    for n in 0..10 {
+        let ttl = Duration::from_millis(if n < 4 { 5 } else { 60_000 });
+        backend.insert(key(n), Arc::new(n) as AnyValue, ttl);
+    }
+    clock.advance(Duration::from_millis(20));
+    assert_eq!(backend.entry_count(), 10, "nothing read them yet");
+    backend.run_pending_tasks();
+    assert_eq!((backend.entry_count(), tally(&backend).0), (6, 6));
+    assert_eq!(get::<u32>(&backend, &key(5)), Some(5));
+}
+
+#[test]
+fn invalidation_removes_the_entry() {
+    let backend = MemoryBackend::default();
+    backend.insert(key(0), Arc::new(1u8) as AnyValue, Duration::from_secs(60));
+    backend.invalidate(key(0).as_str());
+    assert!(get::<u8>(&backend, &key(0)).is_none());
+    assert_eq!((backend.entry_count(), tally(&backend).0), (0, 0));
+    backend.invalidate(key(0).as_str());
+    assert_eq!(tally(&backend).0, 0, "removing nothing counts nothing");
+}
+
+#[test]
+fn invalidating_all_empties_every_shard() {
+    let backend = MemoryBackend::default();
+    fill(&backend, 1_000, |n| Arc::new(n));
+    backend.invalidate_all();
+    assert_eq!((backend.entry_count(), tally(&backend)), (0, (0, 0)));
+    assert!(get::<u32>(&backend, &key(3)).is_none());
+}
+
+#[test]
+fn an_entry_of_another_epoch_is_a_miss() {
+    let backend = MemoryBackend::default();
+    backend.insert_in_epoch(
+        key(0),
+        Arc::new(1u8) as AnyValue,
+        Duration::from_secs(60),
+        4,
+    );
+    let read =
+        |epoch| backend.read_in_epoch(&key(0), epoch, |value| value.downcast_ref::<u8>().copied());
+    assert_eq!((read(3), read(4), read(5)), (None, Some(1), None));
+}
+
+#[test]
+fn an_entry_is_due_from_its_refresh_time() {
+    let clock = TestClock::new();
+    let backend = on(&clock);
+    let ttls = (Duration::from_secs(60), Some(Duration::from_secs(10)));
+    backend.insert_refreshing(key(0), Arc::new(1u8) as AnyValue, ttls, 0);
+    let due = || backend.read_due(&key(0), 0, |value| value.downcast_ref::<u8>().copied());
+    assert_eq!(due(), Some((1, false)));
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(due(), Some((1, true)));
+}
+
+#[test]
+fn keys_read_often_outlast_a_scan() {
+    // The policy learns from every read (no sampling): a scan of keys read once does not push
+    // out the keys that are read again.
+    let backend = MemoryBackend::builder().max_entries(200).build();
+    let hot = 0..20;
+    for n in hot.clone() {
+        backend.insert(key(n), Arc::new(n) as AnyValue, Duration::from_secs(60));
+    }
+    for n in 1_000..3_000 {
+        for hot in hot.clone() {
+            if n % 50 == 0 {
+                let _ = get::<u32>(&backend, &key(hot));
+            }
+        }
+        backend.insert(key(n), Arc::new(n) as AnyValue, Duration::from_secs(60));
+    }
+    let kept = hot
+        .filter(|&n| get::<u32>(&backend, &key(n)).is_some())
+        .count();
+    assert_eq!(kept, 20, "hot keys kept");
+}
