@@ -8,7 +8,7 @@
 use cachette::{cached, configure, RedisBackend, TieredBackend};
 
 mod support;
-use support::alloc_count::{about, per_hit, Counting, KEYS};
+use support::alloc_count::{exactly, per_hit, Counting, KEYS};
 use support::redis_server::RedisServer;
 
 #[global_allocator]
@@ -34,6 +34,21 @@ async fn profile(id: u64) -> Profile {
         name: format!("user {id}"),
         bio: "x".repeat(160),
     }
+}
+
+/// The issue-17 case: a row behind `Arc`, which a hit clones as a pointer.
+#[cached(ttl = "600s", key = "shared:<id>")]
+async fn shared(id: u64) -> std::sync::Arc<Profile> {
+    std::sync::Arc::new(Profile {
+        id,
+        name: format!("user {id}"),
+        bio: "x".repeat(160),
+    })
+}
+
+#[cached(ttl = "600s", key = "tshared:<id>", backend = "tiered")]
+async fn tiered_shared(id: u64) -> std::sync::Arc<Profile> {
+    shared(id).await
 }
 
 #[cached(ttl = "600s", key = "sync:<id>")]
@@ -81,15 +96,16 @@ fn a_memory_or_tiered_hit_allocates_only_the_returned_value() {
         );
     });
     let long = per_hit(|id| assert_eq!(block_on(long_key(id)), id * 2));
+    let arc = per_hit(|id| assert_eq!(block_on(shared(id)).id, id));
     println!(
         "allocations per hit: u64 {number}, u64 (sync fn) {sync}, Profile {profile}, \
-         u64 under a long key {long}"
+         u64 under a long key {long}, Arc<Profile> {arc}"
     );
-    // The fraction above a whole number is moka's housekeeping (`about`).
-    assert!(about(number, 0.0), "nothing: {number}");
-    assert!(about(sync, 0.0), "nothing: {sync}");
-    assert!(about(profile, 2.0), "the clone of two Strings: {profile}");
-    assert!(about(long, 1.0), "the key's text: {long}");
+    assert!(exactly(number, 0.0), "nothing: {number}");
+    assert!(exactly(sync, 0.0), "nothing: {sync}");
+    assert!(exactly(profile, 2.0), "the clone of two Strings: {profile}");
+    assert!(exactly(long, 1.0), "the key's text: {long}");
+    assert!(exactly(arc, 0.0), "an `Arc` clone allocates nothing: {arc}");
 
     // A warm tiered hit is an L1 hit: the same as a memory hit, no Redis, nothing allocated.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -104,11 +120,14 @@ fn a_memory_or_tiered_hit_allocates_only_the_returned_value() {
     runtime.block_on(async {
         for id in 0..KEYS {
             tiered(id).await; // L1 fills once the bus is up
+            tiered_shared(id).await;
         }
     });
     // Polled here rather than by `Runtime::block_on`, which boxes a future as large as a debug
     // build makes this one; a warm hit needs nothing from the runtime.
     let warm = per_hit(|id| assert_eq!(block_on(tiered(id)), id * 2));
-    println!("allocations per warm tiered hit: u64 {warm}");
-    assert!(about(warm, 0.0), "nothing: {warm}");
+    let warm_arc = per_hit(|id| assert_eq!(block_on(tiered_shared(id)).id, id));
+    println!("allocations per warm tiered hit: u64 {warm}, Arc<Profile> {warm_arc}");
+    assert!(exactly(warm, 0.0), "nothing: {warm}");
+    assert!(exactly(warm_arc, 0.0), "nothing: {warm_arc}");
 }

@@ -7,7 +7,7 @@ use cachette::{cached, configure, stats, RedisBackend, TieredBackend};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 mod support;
-use support::alloc_count::{about, per_hit, Counting, HITS, KEYS};
+use support::alloc_count::{exactly, per_hit, Counting, HITS, KEYS};
 use support::redis_server::RedisServer;
 
 #[global_allocator]
@@ -66,7 +66,7 @@ fn a_hit_with_a_recorder_installed_allocates_nothing() {
 
     let memory = per_hit(|id| assert_eq!(block_on(number(id)), id * 2));
     println!("allocations per memory hit, recorder installed: u64 {memory}");
-    assert!(about(memory, 0.0), "nothing: {memory}");
+    assert!(exactly(memory, 0.0), "nothing: {memory}");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -84,7 +84,7 @@ fn a_hit_with_a_recorder_installed_allocates_nothing() {
     });
     let warm = per_hit(|id| assert_eq!(block_on(tiered(id)), id * 2));
     println!("allocations per warm tiered hit, recorder installed: u64 {warm}");
-    assert!(about(warm, 0.0), "nothing: {warm}");
+    assert!(exactly(warm, 0.0), "nothing: {warm}");
 
     // The recorder saw every hit (its handles were live, not the facade's no-ops), and shows
     // what `stats()` counts, call for call.

@@ -116,7 +116,7 @@ async fn a_test_clock_entry_does_not_expire_in_real_time() {
     );
     // A bounded wait: real time passes the ttl while the test clock stands still.
     std::thread::sleep(Duration::from_millis(1_500));
-    // moka's maintenance runs whenever moka gets to it (any write, a sampled read); run it now.
+    // Removes what expired on the store's clock (nothing: the test clock stood still).
     setup.clocked.run_pending_tasks();
     assert_eq!(clocked(1).await, 1);
     assert_eq!(

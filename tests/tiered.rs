@@ -133,7 +133,7 @@ async fn a_warm_hit_makes_no_redis_round_trip() {
 
 static SHORT_LOADS: AtomicUsize = AtomicUsize::new(0);
 
-// Long enough that neither Redis's own expiry nor moka's (both on real time) comes into play.
+// Long enough that Redis's own expiry (on real time) does not come into play.
 #[cached(ttl = "60s", key = "short:<id>", backend = "tiered")]
 async fn short(id: u64) -> u64 {
     SHORT_LOADS.fetch_add(1, Ordering::SeqCst);

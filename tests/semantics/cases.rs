@@ -235,7 +235,7 @@ async fn invalidates_reaches_every_function_that_stored_the_key() {
 
 counter!(TTL_CALLS);
 
-// moka also expires entries, on real time: a long ttl keeps that out of the test's way.
+// Expiry on the backend's test clock: the test moves it past the ttl instead of sleeping.
 #[cached(ttl = "60s", key = "ttl", backend = "memory.timed")]
 async fn short_lived() -> usize {
     count(&TTL_CALLS)

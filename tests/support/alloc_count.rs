@@ -45,7 +45,7 @@ unsafe impl GlobalAlloc for Counting {
 
 /// Keys each measurement cycles through.
 pub const KEYS: u64 = 256;
-/// Several rounds over the keys, so that the sampled reads through moka's policy are included.
+/// Several rounds over the keys.
 pub const HITS: u64 = 64 * KEYS;
 
 /// Allocations per call of `call` over warm keys, measured on this thread only.
@@ -65,8 +65,8 @@ pub fn per_hit(mut call: impl FnMut(u64)) -> f64 {
     ALLOCATIONS.load(Ordering::Relaxed) as f64 / HITS as f64
 }
 
-/// `count` allocations per hit, give or take moka's housekeeping: one of the sampled policy
-/// reads (one hit in 32) occasionally runs it, about one allocation per 100 hits.
-pub fn about(count: f64, whole: f64) -> bool {
-    (whole..whole + 0.05).contains(&count)
+/// Exactly `whole` allocations per hit: the memory store keeps no housekeeping of its own that
+/// a hit could run (moka's, which one sampled read in 32 ran, allowed a fraction above).
+pub fn exactly(count: f64, whole: f64) -> bool {
+    count == whole
 }

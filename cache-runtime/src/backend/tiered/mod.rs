@@ -17,7 +17,7 @@ use crate::key::CacheKey;
 use crate::observe::meters::{BackendMeters, StoreMeters};
 
 /// A backend with in-process speed on hits and cross-process correctness: reads go to L1
-/// (moka), then L2 (Redis), then the function under the Redis backend's cross-process
+/// (an in-process memory store), then L2 (Redis), then the function under the Redis backend's cross-process
 /// single-flight. An invalidation deletes in L2 and announces it on a pub/sub channel, and every
 /// process drops the key from its L1.
 ///
