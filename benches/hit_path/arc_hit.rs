@@ -1,7 +1,8 @@
 //! Issue 17, the memory hit at the floor: a value behind `Arc` (a 7-field struct, so a hit clones
 //! a pointer, not a row), 10,000 warm keys, one task and 64 tasks on the multi-thread runtime;
 //! cachette's memory, sync and tiered warm hits next to `cached` 4's stores and to the engines
-//! the memory backend could be built on (moka, quick_cache), used by hand.
+//! the memory backend was built on (moka, before issue 17) and is built on (quick_cache), used by
+//! hand.
 //!
 //! Every TTL is 600 s, as in the other groups: a run takes minutes, and a shorter TTL would
 //! expire the warm keys under the later rows (the TTL's length does not enter a hit's cost).
@@ -104,7 +105,8 @@ fn concurrent_ttl_sync(id: u64) -> Arc<Account> {
 }
 
 // The engines, by hand, keyed on the id (what `cached` keys on) with the same TTL where they have
-// one: moka's `sync::Cache` (the memory backend's authority) and quick_cache (no TTL of its own).
+// one: moka's `sync::Cache` (the memory backend's engine before issue 17) and quick_cache's sync
+// cache (no TTL of its own; the memory backend's engine is its unsynchronised one, in shards).
 
 static MOKA: LazyLock<moka::sync::Cache<u64, Arc<Account>>> = LazyLock::new(|| {
     moka::sync::Cache::builder()
@@ -249,7 +251,7 @@ pub(super) fn arc_hit(c: &mut Criterion) {
     group.finish();
 }
 
-/// The memory index's hash of a key's text: std's SipHash (keyed per process) next to foldhash
+/// The memory store's hash of a key's text: std's SipHash (keyed per process) next to foldhash
 /// and aHash (seeded per process too), for a short template key and a default key (the
 /// function's path and its arguments).
 pub(super) fn key_hash(c: &mut Criterion) {
@@ -322,8 +324,8 @@ fn zipf_requests() -> Vec<u64> {
 }
 
 /// Hit ratio on a skewed workload, each engine bounded to `ZIPF_CAPACITY` entries: moka alone
-/// (every read recorded), quick_cache, and cachette's memory backend (moka deciding, told of one
-/// hit in 32). Not a time: written to `criterion/engine_hit_ratio.json` for the table.
+/// (every read recorded), quick_cache's sync cache, and cachette's memory backend (quick_cache's
+/// policy in shards of its own, every read recorded). Not a time: written to `criterion/engine_hit_ratio.json` for the table.
 pub(super) fn engine_hit_ratio(_: &mut Criterion) {
     // Not a criterion benchmark, so criterion's filter does not skip it: a run filtered to
     // other rows (any positional argument that is not a number, an option's value) skips it.
