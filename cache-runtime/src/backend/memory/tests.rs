@@ -202,3 +202,31 @@ fn keys_read_often_outlast_a_scan() {
         .count();
     assert_eq!(kept, 20, "hot keys kept");
 }
+
+#[test]
+fn an_entry_too_heavy_for_its_shard_is_not_stored_and_leaves_the_tally_whole() {
+    // 10,000 bytes is one shard; a value of 20,000 cannot be admitted.
+    let backend = MemoryBackend::builder()
+        .max_bytes(10_000)
+        .weigher(|_, value| {
+            let text = value.downcast_ref::<String>().map_or(0, String::len);
+            u32::try_from(text).unwrap_or(u32::MAX)
+        })
+        .build();
+    backend.insert(
+        key(0),
+        Arc::new("x".repeat(100)) as AnyValue,
+        Duration::from_secs(60),
+    );
+    assert_eq!(tally(&backend), (1, 100));
+    backend.insert(
+        key(0),
+        Arc::new("x".repeat(20_000)) as AnyValue,
+        Duration::from_secs(60),
+    );
+    assert!(
+        get::<String>(&backend, &key(0)).is_none(),
+        "neither the old value nor the new"
+    );
+    assert_eq!((backend.entry_count(), tally(&backend)), (0, (0, 0)));
+}
