@@ -17,29 +17,10 @@ use std::time::Instant;
 use cached::macros::concurrent_cached;
 use cachette::{cached, configure, KeyBuilder, MemoryBackend};
 
-/// A typical row: seven fields, two of them on the heap. Behind `Arc`, a hit clones a pointer.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct Account {
-    id: u64,
-    name: String,
-    email: String,
-    plan: u32,
-    active: bool,
-    created_at: u64,
-    balance: i64,
-}
+#[path = "fixtures/account.rs"]
+mod account;
 
-fn account(id: u64) -> Arc<Account> {
-    Arc::new(Account {
-        id,
-        name: format!("user number {id}"),
-        email: format!("user{id}@example.com"),
-        plan: (id % 3) as u32,
-        active: id % 7 != 0,
-        created_at: 1_700_000_000 + id,
-        balance: id as i64 * 100,
-    })
-}
+use account::{account, Account};
 
 const KEYS: u64 = 10_000;
 

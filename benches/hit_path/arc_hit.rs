@@ -17,33 +17,13 @@ use std::time::{Duration, Instant};
 use cached::macros::{cached as peer_cached, concurrent_cached};
 use cachette::{cached, KeyBuilder};
 use criterion::Criterion;
-use serde::{Deserialize, Serialize};
 
 use super::{multi_thread, next, setup, MEMORY, TIERED};
 
-/// A typical row: seven fields, two of them on the heap. Behind `Arc`, a hit clones a pointer.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(super) struct Account {
-    id: u64,
-    name: String,
-    email: String,
-    plan: u32,
-    active: bool,
-    created_at: u64,
-    balance: i64,
-}
+#[path = "../fixtures/account.rs"]
+mod account;
 
-fn account(id: u64) -> Arc<Account> {
-    Arc::new(Account {
-        id,
-        name: format!("user number {id}"),
-        email: format!("user{id}@example.com"),
-        plan: (id % 3) as u32,
-        active: id % 7 != 0,
-        created_at: 1_700_000_000 + id,
-        balance: id as i64 * 100,
-    })
-}
+use account::{account, Account};
 
 /// Warm keys, walked in order by the one-task rows and in a stride per task by the 64-task rows.
 const KEYS: u64 = 10_000;
