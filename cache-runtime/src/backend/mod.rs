@@ -35,7 +35,6 @@ use crate::flight::Flights;
 use crate::key::CacheKey;
 use crate::observe::meters::{BackendMeters, StoreMeters};
 use crate::observe::{Invalidation, Tier};
-use crate::shape::AnyValue;
 use refresh_ledger::RefreshLedger;
 
 /// A configured backend: its store and the flights under way in it. Cheap to clone.
@@ -263,7 +262,7 @@ impl Backend {
 
     /// Write-through on a memory backend: detaches the key's load under way (its older value is
     /// then not stored), then stores `value`. False if the store is not in process.
-    pub(crate) fn put_in_process(&self, key: CacheKey, value: AnyValue, ttl: Duration) -> bool {
+    pub(crate) fn put_in_process(&self, key: CacheKey, value: Stored, ttl: Duration) -> bool {
         let Store::Memory(memory) = &self.inner.store else {
             return false;
         };

@@ -24,7 +24,7 @@ use super::fail_safe::{attempt, give_back, log_serving_stale, Attempt};
 use super::follow::{follow, Next};
 use super::local::{load, memory_of};
 use super::report::Report;
-use crate::backend::MemoryBackend;
+use crate::backend::{MemoryBackend, Stored};
 use crate::clock::Moment;
 use crate::flight::{LeaderGuard, Outcome, Role};
 use crate::key::CacheKey;
@@ -148,11 +148,11 @@ fn serve_stale<V: 'static + Clone + Send + Sync>(
         return false;
     }
     let throttle = site.throttle().max(Duration::from_millis(1));
-    let kept: AnyValue = Arc::new(Kept {
+    let kept = Stored::shared(Arc::new(Kept {
         fresh_until: after(now, throttle).min(stale_until),
         stale_until,
         value: stale.clone(),
-    });
+    }));
     let shared: AnyValue = Arc::new(stale.clone());
     let window = Duration::from(stale_until.duration_since(now));
     guard.complete_if_current(Outcome::Stale(shared), Outcome::Failed, || {
@@ -175,11 +175,11 @@ fn store<R, S: ReturnShape<R>>(
         Produced::Value(value) => {
             let now = memory.clock().moment();
             let fresh = site.fill_ttl();
-            let kept: AnyValue = Arc::new(Kept {
+            let kept = Stored::shared(Arc::new(Kept {
                 fresh_until: after(now, fresh),
                 stale_until: after(now, fresh.saturating_add(site.stale())),
                 value: value.clone(),
-            });
+            }));
             let shared: AnyValue = Arc::new(value.clone());
             guard.complete(Outcome::Value(shared), || {
                 let kept_for = fresh.saturating_add(site.stale());

@@ -9,17 +9,18 @@
 //! another type: in process a failed downcast, in Redis another type fingerprint; both are a
 //! logged miss, and its next fill replaces the entry.
 
+use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Stored};
 use crate::envelope::{self, Bincode, Times};
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
 use crate::registry;
-use crate::shape::{AnyValue, Produced, ReturnShape};
+use crate::shape::{Produced, ReturnShape};
 use crate::site::Site;
 
 /// Runs a `#[cache_put]` function whose backend is in process.
@@ -30,8 +31,7 @@ where
 {
     let ret = body.await;
     if let Produced::Value(value) = shape.produced(&ret) {
-        let value: AnyValue = Arc::new(value.clone());
-        put_to_the_end(site, key, value, None).await;
+        put_to_the_end(site, key, Arc::new(value.clone()), None).await;
     }
     ret
 }
@@ -72,8 +72,7 @@ where
             .and_then(|(key_hash, now_ms)| {
                 encode(site, &key, value, key_hash(key.as_str()), now_ms)
             });
-        let in_process: AnyValue = Arc::new(value.clone());
-        put_to_the_end(site, key, in_process, bytes).await;
+        put_to_the_end(site, key, Arc::new(value.clone()), bytes).await;
     }
     ret
 }
@@ -114,10 +113,10 @@ fn encode<V: Serialize>(
 /// Drops the key in every other backend, then stores the value in the site's, in a task of its
 /// own when a Tokio runtime is there: the mutation has happened, so a caller that gives up
 /// must not leave a backend holding the old value.
-async fn put_to_the_end(
+async fn put_to_the_end<V: Any + Clone + Send + Sync>(
     site: &'static Site,
     key: CacheKey,
-    in_process: AnyValue,
+    in_process: Arc<V>,
     bytes: Option<Vec<u8>>,
 ) {
     if !key.is_usable() {
@@ -138,7 +137,8 @@ async fn put_to_the_end(
             backend.invalidate(std::slice::from_ref(&key)).await;
         }
         for backend in named {
-            if backend.put_in_process(key.clone(), Arc::clone(&in_process), site.ttl()) {
+            // Typed, so that a small value or an `Arc` is stored without a holder.
+            if backend.put_in_process(key.clone(), Stored::of(&in_process), site.ttl()) {
                 continue;
             }
             match &bytes {
