@@ -9,6 +9,13 @@
 //! `concurrent_cached`, `concurrent_cached_sync` (`cached` 4), `quick_cache` (by hand, keyed on
 //! the id). Every row walks the same 10,000 warm keys in order, as the `arc_hit` group does.
 //! Without callgrind it prints the row's wall time per hit, a sanity check only.
+//!
+//! Callgrind counts instructions and misses but not stalls (a wide load of bytes that narrow
+//! stores wrote just before waits for them to reach the cache). `hit_count rounds [R] [hits]`
+//! times every row instead, R rounds in a shuffled order, on the thread's CPU clock (time the
+//! thread was descheduled is left out), and prints each row's median over the rounds and the
+//! median of its per-round ratio to `#[concurrent_cached]`'s same form: on a shared machine,
+//! ratios taken within one round are what hold still.
 
 use std::hint::black_box;
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -124,18 +131,94 @@ fn measured(row: &str, hits: u64) {
     }
 }
 
+const ROWS: [&str; 6] = [
+    "cachette",
+    "cachette_sync",
+    "store",
+    "concurrent_cached",
+    "concurrent_cached_sync",
+    "quick_cache",
+];
+
+/// The row each row is a ratio to: `#[concurrent_cached]` in the same form (async or sync).
+fn reference(row: &str) -> &'static str {
+    match row {
+        "cachette" | "concurrent_cached" => "concurrent_cached",
+        _ => "concurrent_cached_sync",
+    }
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Every row, `rounds` times in a shuffled order (a fixed xorshift seed), `hits` hits each.
+fn interleaved(rounds: usize, hits: u64) {
+    let mut per_hit = vec![Vec::new(); ROWS.len()];
+    let mut order: Vec<usize> = (0..ROWS.len()).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..rounds {
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for &row in &order {
+            let start = thread_cpu_ns();
+            measured(ROWS[row], hits);
+            per_hit[row].push((thread_cpu_ns() - start) as f64 / hits as f64);
+        }
+    }
+    println!("| row | CPU ns a hit (median of {rounds} rounds) | ratio to `#[concurrent_cached]` (median) |");
+    println!("|---|---|---|");
+    for (row, name) in ROWS.iter().enumerate() {
+        let against = ROWS
+            .iter()
+            .position(|r| *r == reference(name))
+            .expect("a row");
+        let mut ratios: Vec<f64> = per_hit[row]
+            .iter()
+            .zip(&per_hit[against])
+            .map(|(this, that)| this / that)
+            .collect();
+        let ns = median(&mut per_hit[row].clone());
+        println!("| {name} | {ns:.1} | {:.2}x |", median(&mut ratios));
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");
     let Some(row) = args.next() else {
-        eprintln!("usage: hit_count <row> [hits]");
+        eprintln!("usage: hit_count <row> [hits] | hit_count rounds [rounds] [hits]");
         return;
     };
-    let hits = args.next().map_or(100_000, |n| n.parse().expect("a count"));
     let memory = MEMORY.get_or_init(|| MemoryBackend::builder().max_entries(200_000).build());
     configure()
         .memory("memory", memory.clone())
         .install()
         .expect("configured once");
+    if row == "rounds" {
+        let rounds = args.next().map_or(40, |n| n.parse().expect("a count"));
+        let hits = args.next().map_or(200_000, |n| n.parse().expect("a count"));
+        for row in ROWS {
+            warm(row);
+        }
+        interleaved(rounds, hits);
+        return;
+    }
+    let hits = args.next().map_or(100_000, |n| n.parse().expect("a count"));
     warm(&row);
     let start = Instant::now();
     measured(&row, hits);

@@ -144,7 +144,7 @@ impl Text {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn push_str(&mut self, text: &str) {
         // Inlined into the caller with the literal's length known, so a template's text is a
         // few stores; spilling to the heap is the rare case, kept out of line.
@@ -175,7 +175,7 @@ impl Text {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, ch: char) {
         // The brackets around every value: one byte, stored without a copy loop.
         if let (Text::Inline { len, bytes }, true) = (&mut *self, ch.is_ascii()) {
@@ -239,14 +239,14 @@ impl fmt::Debug for KeyBuilder {
 
 impl KeyBuilder {
     /// An empty key.
-    #[inline]
+    #[inline(always)]
     pub fn new() -> Self {
         KeyBuilder::default()
     }
 
     /// Appends literal template text. It must not contain `<`, `>`, `{` or `}`; the macros check
     /// this at compile time, and hand-built keys are checked in debug builds.
-    #[inline]
+    #[inline(always)]
     pub fn lit(mut self, text: &str) -> Self {
         debug_assert!(
             !text.contains(['<', '>', '{', '}']),
@@ -257,7 +257,7 @@ impl KeyBuilder {
     }
 
     /// Appends one placeholder value.
-    #[inline]
+    #[inline(always)]
     pub fn arg<T: KeyPart + ?Sized>(mut self, value: &T) -> Self {
         self.text.push('<');
         value.write_key_part(&mut KeyWriter(&mut self.text));
@@ -297,7 +297,7 @@ impl KeyBuilder {
     }
 
     /// The finished key.
-    #[inline]
+    #[inline(always)]
     pub fn finish(self) -> CacheKey {
         CacheKey {
             text: self.text,
@@ -363,7 +363,7 @@ impl KeyWriter<'_> {
     }
 
     /// Writes an integer in decimal.
-    #[inline]
+    #[inline(always)]
     pub fn write_int(&mut self, value: impl itoa::Integer) {
         self.0.push_str(itoa::Buffer::new().format(value));
     }
@@ -443,7 +443,7 @@ pub trait KeyPart {
 macro_rules! int_key_parts {
     ($($ty:ty)*) => {$(
         impl KeyPart for $ty {
-            #[inline]
+            #[inline(always)]
             fn write_key_part(&self, out: &mut KeyWriter<'_>) {
                 out.write_int(*self);
             }
@@ -453,14 +453,14 @@ macro_rules! int_key_parts {
 int_key_parts!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize);
 
 impl KeyPart for str {
-    #[inline]
+    #[inline(always)]
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         out.write_str(self);
     }
 }
 
 impl KeyPart for String {
-    #[inline]
+    #[inline(always)]
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         out.write_str(self);
     }
@@ -497,7 +497,7 @@ impl<T: KeyPart> KeyPart for Option<T> {
 }
 
 impl<T: KeyPart + ?Sized> KeyPart for &T {
-    #[inline]
+    #[inline(always)]
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         (**self).write_key_part(out);
     }
