@@ -77,11 +77,11 @@
 #[doc(inline)]
 pub use cache_macros::{cache_put, cached, invalidates};
 pub use cache_runtime::{
-    audit, configure, health, invalidate, invalidate_tag, metric_names, publish_metrics, stats,
-    Audit, BackendHealth, BreakerState, CacheKey, CacheValue, Config, ConfigError, Finding,
-    KeyBuilder, KeyPart, KeyWriter, MemoryBackend, MemoryBackendBuilder, PortableValue,
-    RedisBackend, RedisBackendBuilder, SiteStats, Stats, TestClock, TieredBackend,
-    TieredBackendBuilder,
+    audit, configure, drain_invalidations, health, invalidate, invalidate_tag, metric_names,
+    publish_metrics, stats, Audit, BackendHealth, BreakerState, CacheKey, CacheValue, Config,
+    ConfigError, DrainError, Finding, KeyBuilder, KeyPart, KeyWriter, MemoryBackend,
+    MemoryBackendBuilder, PortableValue, RedisBackend, RedisBackendBuilder, SiteStats, Stats,
+    TestClock, TieredBackend, TieredBackendBuilder,
 };
 
 /// HTTP response caching for axum: a tower layer with ETags, `304 Not Modified` and

@@ -1,5 +1,7 @@
 //! Errors of the runtime's public API.
 
+use std::time::Duration;
+
 /// Why [`Config::install`](crate::Config::install) or [`Config::from_env`](crate::Config::from_env)
 /// refused a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -65,4 +67,50 @@ pub enum ConfigError {
         /// What is wrong with its value, and what it takes (a password is redacted).
         reason: String,
     },
+}
+
+/// Why [`drain_invalidations`](crate::drain_invalidations) (or a backend's own
+/// `drain_invalidations`) returned before every queued invalidation had reached Redis. What is
+/// still queued stays queued: it is replayed if the process lives on, and lost if it exits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DrainError {
+    /// The timeout passed first: Redis was unreachable, or came back too late.
+    #[error("{remaining} invalidation(s){} had not reached redis after {waited:?}", overflow_note(*overflowed))]
+    TimedOut {
+        /// Invalidations still queued, summed over the backends' queues.
+        remaining: usize,
+        /// A queue overflowed, so its keys past the bound are not counted, and the purge of
+        /// the prefix that stands in for them has not run.
+        overflowed: bool,
+        /// The timeout given.
+        waited: Duration,
+    },
+    /// Called outside a Tokio runtime, which nothing can be replayed or waited on without.
+    #[error("{remaining} invalidation(s){} wait for redis, and there is no Tokio runtime to replay them on", overflow_note(*overflowed))]
+    NoRuntime {
+        /// Invalidations queued, summed over the backends' queues.
+        remaining: usize,
+        /// A queue overflowed (see [`DrainError::TimedOut`]).
+        overflowed: bool,
+    },
+}
+
+impl DrainError {
+    /// How many invalidations were still queued when the drain gave up.
+    pub fn remaining(&self) -> usize {
+        match self {
+            DrainError::TimedOut { remaining, .. } | DrainError::NoRuntime { remaining, .. } => {
+                *remaining
+            }
+        }
+    }
+}
+
+fn overflow_note(overflowed: bool) -> &'static str {
+    if overflowed {
+        " and the purge after a queue overflow"
+    } else {
+        ""
+    }
 }

@@ -19,7 +19,8 @@ pub struct BackendHealth {
     /// The last Redis failure (a timeout, a refused connection, a refused request) and when
     /// it happened, if any since start-up.
     pub last_error: Option<(String, SystemTime)>,
-    /// Invalidations that did not reach Redis yet, kept for replay.
+    /// Invalidations that did not reach Redis yet, kept for replay (on shutdown,
+    /// [`drain_invalidations`](crate::drain_invalidations) waits for them).
     pub pending_invalidations: usize,
     /// More invalidations failed than the queue keeps: once Redis answers, every entry under
     /// the prefix is deleted.

@@ -10,6 +10,7 @@ mod audit;
 mod backend;
 mod call;
 mod clock;
+mod drain;
 mod env;
 mod envelope;
 mod error;
@@ -32,7 +33,8 @@ pub use backend::{
 };
 pub use call::{invalidate, invalidate_tag};
 pub use clock::TestClock;
-pub use error::ConfigError;
+pub use drain::drain_invalidations;
+pub use error::{ConfigError, DrainError};
 pub use health::{health, BackendHealth};
 pub use key::{CacheKey, KeyBuilder, KeyPart, KeyWriter};
 pub use observe::names as metric_names;

@@ -27,7 +27,9 @@ pub use tiered::{TieredBackend, TieredBackendBuilder};
 pub use redis::BreakerState;
 #[cfg(feature = "tls")]
 pub(crate) use redis::{check_certificates, check_private_key};
-pub(crate) use redis::{valid_prefix, Claim, HeldLock, RedisHealth, Waiting, LEASE, SAFETY_POLL};
+pub(crate) use redis::{
+    drain, valid_prefix, Claim, HeldLock, RedisHealth, Waiting, LEASE, SAFETY_POLL,
+};
 pub(crate) use tags::{note_tag_invalidation, tag_invalidations};
 
 use crate::clock::Clock;
@@ -110,6 +112,16 @@ impl Backend {
             Store::Tiered(tiered) => (tiered.l2(), Some(tiered.bus_connected())),
         };
         Some((redis.store().health(), bus))
+    }
+
+    /// The Redis backend of a redis or tiered store (its L2), whose pending queue a drain
+    /// waits for; `None` for an in-process store.
+    pub(crate) fn redis(&self) -> Option<&RedisBackend> {
+        match &self.inner.store {
+            Store::Memory(_) => None,
+            Store::Redis(redis) => Some(redis),
+            Store::Tiered(tiered) => Some(tiered.l2()),
+        }
     }
 
     pub(crate) fn name(&self) -> &str {

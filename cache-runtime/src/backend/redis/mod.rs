@@ -4,11 +4,12 @@
 //! keeps it (`lock.rs`), waking waiters (`wake.rs`) and the blocking connections of
 //! synchronous invalidations (`blocking.rs`); where connections go, one server or a cluster,
 //! over TLS or not (`connection.rs`), and pub/sub on every node that publishes
-//! (`subscription.rs`).
+//! (`subscription.rs`); a shutdown's wait for the pending queue (`drain.rs`).
 
 mod blocking;
 mod breaker;
 mod connection;
+mod drain;
 mod keys;
 mod lock;
 mod pending;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 pub use breaker::BreakerState;
 pub(crate) use connection::Target;
+pub(crate) use drain::drain;
 pub(crate) use keys::TAG_MESSAGE_MARK;
 pub(crate) use keys::{bus_channel, FLUSH_MESSAGE};
 pub(crate) use lock::HeldLock;
@@ -39,7 +41,7 @@ use keys::{entry_hash, entry_hash_seed};
 use store::RedisSettings;
 
 use crate::clock::{Clock, TestClock};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, DrainError};
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
 use crate::observe::meters::BackendMeters;
@@ -208,6 +210,13 @@ impl RedisBackend {
                 call.record(key, result);
             }
         }
+    }
+
+    /// Waits until the invalidations this backend queued while Redis was unreachable have
+    /// reached it, for at most `timeout`: [`drain_invalidations`](crate::drain_invalidations)
+    /// for this backend alone (and any configured over the same `RedisBackend`).
+    pub async fn drain_invalidations(&self, timeout: Duration) -> Result<(), DrainError> {
+        drain(&[self], timeout).await
     }
 
     /// The hash an envelope of this backend carries for `cache_key`: prefix and key, so that a

@@ -46,6 +46,9 @@ pub(crate) struct PendingInvalidations {
     overflowed: AtomicBool,
     /// One replay at a time; the others go on without waiting for it.
     replaying: AtomicBool,
+    /// Woken whenever confirmations remove something (or a purge ends an overflow): what a
+    /// drain waits on instead of polling.
+    progress: tokio::sync::Notify,
     /// The backend's handles: queued and replayed counts, and the queue's length (set under
     /// the lock, so that the gauge's last value is the queue's).
     meters: OnceLock<Arc<BackendMeters>>,
@@ -154,6 +157,28 @@ impl PendingInvalidations {
         if items.is_empty() && !self.overflowed() {
             self.any.store(false, Ordering::Release);
         }
+        let progressed = purged || items.len() != before;
+        drop(items);
+        // Only on progress: the confirmation of every successful invalidation comes here, and
+        // almost always removes nothing.
+        if progressed {
+            self.progress.notify_waiters();
+        }
+    }
+
+    /// Returns once nothing is pending (an overflow's purge included). It only watches: woken
+    /// by each confirmation, it never polls, and dropping it leaves the queue as it was.
+    pub(crate) async fn until_empty(&self) {
+        loop {
+            // Registered before the check, so that a confirmation between the two still wakes
+            // it.
+            let mut progress = std::pin::pin!(self.progress.notified());
+            progress.as_mut().enable();
+            if !self.any() {
+                return;
+            }
+            progress.await;
+        }
     }
 }
 
@@ -195,6 +220,51 @@ mod tests {
         assert!(pending.any(), "still overflowed");
         pending.confirm([], true);
         assert!(!pending.any() && !pending.holds("0"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn until_empty_is_woken_by_the_last_confirmation_and_leaves_the_queue_alone() {
+        use std::time::Duration;
+        let pending = Arc::new(PendingInvalidations::default());
+        pending.until_empty().await;
+        pending.push("a", None);
+        pending.push("b", None);
+        let wait = |pending: &Arc<PendingInvalidations>| {
+            let pending = Arc::clone(pending);
+            tokio::spawn(async move { pending.until_empty().await })
+        };
+        // Dropped mid-wait: the queue is as it was.
+        let dropped = tokio::time::timeout(Duration::from_millis(20), pending.until_empty());
+        assert!(dropped.await.is_err());
+        assert_eq!(pending.len(), 2);
+        let waiting = wait(&pending);
+        pending.confirm(["a"], false);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "b is still pending");
+        pending.confirm(["b"], false);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the confirmation")
+            .expect("no panic");
+
+        // An overflowed queue is empty only once purged.
+        for n in 0..=MAX_PENDING {
+            pending.push(&n.to_string(), None);
+        }
+        let waiting = wait(&pending);
+        let keys: Vec<String> = pending
+            .batch(usize::MAX)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        pending.confirm(keys.iter().map(String::as_str), false);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the purge is still due");
+        pending.confirm([], true);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the purge")
+            .expect("no panic");
     }
 
     #[test]

@@ -87,6 +87,13 @@ impl TieredBackend {
         self.bus.l1_epoch().is_some()
     }
 
+    /// Waits until the invalidations this backend queued while Redis was unreachable have
+    /// reached it (and, announced on the bus, every peer's L1), for at most `timeout`:
+    /// [`drain_invalidations`](crate::drain_invalidations) for this backend alone.
+    pub async fn drain_invalidations(&self, timeout: Duration) -> Result<(), crate::DrainError> {
+        self.l2.drain_invalidations(timeout).await
+    }
+
     /// Waits until L1 is in use. The bus subscriber starts with the first call through this
     /// backend, so await this after one; it returns at once if the bus is already up.
     pub async fn l1_ready(&self) {

@@ -111,6 +111,21 @@ impl RedisStore {
         Ok(true)
     }
 
+    /// Returns once nothing is pending, having started the background replayer if none runs
+    /// (one queued without a runtime, or whose task ended with its runtime). It only watches
+    /// the queue and is unbounded: the caller bounds it (`drain.rs`).
+    pub(crate) async fn until_drained(&self) {
+        if self.pending.any() {
+            self.replay_in_background();
+        }
+        self.pending.until_empty().await;
+    }
+
+    /// Whether nothing is pending, an overflow's purge included.
+    pub(crate) fn drained(&self) -> bool {
+        !self.pending.any()
+    }
+
     /// Keeps replaying until nothing is pending, in a task of its own, so that a process that
     /// only writes (and never reads again) still delivers its invalidations once Redis answers.
     pub(super) fn replay_in_background(&self) {
