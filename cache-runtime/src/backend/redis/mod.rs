@@ -12,6 +12,7 @@ mod connection;
 mod keys;
 mod lock;
 mod pending;
+mod replacement;
 mod scripts;
 mod store;
 mod subscription;
