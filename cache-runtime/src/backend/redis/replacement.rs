@@ -37,6 +37,7 @@ pub(crate) struct ConnectionSlot {
 /// at once, and most of them the seeds' own connections), then pings every master. Attempts
 /// spaced by less would each cost every node a connection while the cluster is already
 /// struggling, and one slower than that would be overtaken by the next.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) fn backoff(connect_timeout: Duration) -> Duration {
     (connect_timeout * 2).max(Duration::from_secs(1))
 }
