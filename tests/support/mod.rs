@@ -23,3 +23,6 @@ pub mod log_capture;
 
 #[allow(dead_code)]
 pub mod scripted_loader;
+
+#[allow(dead_code)]
+pub mod delaying_proxy;

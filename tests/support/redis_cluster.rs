@@ -333,9 +333,27 @@ impl RedisCluster {
             .collect()
     }
 
+    /// Every running node's port.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|node| node.is_running())
+            .map(RedisServer::port)
+            .collect()
+    }
+
     /// The ports of the masters now serving slots.
     pub fn master_ports(&self) -> Vec<u16> {
-        let mut redis = self.any_connection();
+        self.master_ports_asking(self.any_connection())
+    }
+
+    /// [`master_ports`](Self::master_ports) as the node on `port` sees them (when another node
+    /// may be frozen, and [`any_connection`](Self::any_connection) could pick it).
+    pub fn master_ports_seen_by(&self, port: u16) -> Vec<u16> {
+        self.master_ports_asking(self.node_connection(port))
+    }
+
+    fn master_ports_asking(&self, mut redis: redis::Connection) -> Vec<u16> {
         let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query(&mut redis)

@@ -253,6 +253,35 @@ impl Target {
         }
     }
 
+    /// A new cluster connection, connected now (seeds, slot map, every node of it, each step
+    /// within `timeout`), with its answer to a `PING` of every master: what may replace the one
+    /// in use (`replacement.rs`). `None` on a server, whose connection reconnects on its own.
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn connect_and_ping_masters(
+        &self,
+        timeout: Duration,
+    ) -> Option<RedisResult<(Connection, RedisResult<redis::Value>)>> {
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+        let Target::Cluster { client, .. } = self else {
+            return None;
+        };
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
+        let connected = async {
+            let mut connection = client.get_async_connection_with_config(config).await?;
+            let every_master = RoutingInfo::MultiNode((
+                MultipleNodeRoutingInfo::AllMasters,
+                Some(ResponsePolicy::AllSucceeded),
+            ));
+            let answer = connection
+                .route_command(redis::cmd("PING"), every_master)
+                .await;
+            Ok((Connection::Cluster(connection), answer))
+        };
+        Some(connected.await)
+    }
+
     /// A new blocking connection, connecting within `timeout` (a cluster's within its
     /// configured connection timeout per node).
     pub(crate) fn connect_blocking(&self, timeout: Duration) -> RedisResult<BlockingConnection> {

@@ -13,6 +13,7 @@ mod drain;
 mod keys;
 mod lock;
 mod pending;
+mod replacement;
 mod scripts;
 mod store;
 mod subscription;

@@ -18,7 +18,7 @@
 //! (`wake.rs`).
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use redis::Script;
@@ -28,6 +28,7 @@ use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit};
 use super::connection::{Connection, Refusal, Target};
 use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
 use super::pending::PendingInvalidations;
+use super::replacement::ConnectionSlot;
 use super::scripts::{CLAIM, FILL, INVALIDATE, INVALIDATE_TAG, PUT, RELEASE, RENEW};
 use super::wake::{Waiting, Wakeups};
 use crate::clock::Clock;
@@ -87,12 +88,9 @@ pub(crate) struct RedisStore {
     /// This store, for the background tasks it starts (replay), which must not keep it alive.
     this: Weak<RedisStore>,
     target: Arc<Target>,
-    /// Made on first use, inside the caller's Tokio runtime: creating a connection spawns its
-    /// driver, which needs a runtime that configuration time may not have.
-    /// On a cluster it is replaced after timeouts (`renew_cluster_connection`).
-    connection: std::sync::RwLock<Option<Connection>>,
-    /// When the cluster connection was last replaced.
-    renewed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The async connection in use, made on first use; on a cluster replaced after timeouts by
+    /// one that answered (`replacement.rs`).
+    connection: Arc<ConnectionSlot>,
     /// Plain connections for synchronous `#[invalidates]` functions, which cannot await.
     blocking: BlockingConnections,
     pending: PendingInvalidations,
@@ -159,8 +157,7 @@ impl RedisStore {
             this: Weak::clone(this),
             blocking: BlockingConnections::new(Arc::clone(&target)),
             target,
-            connection: std::sync::RwLock::new(None),
-            renewed_at: std::sync::Mutex::new(None),
+            connection: ConnectionSlot::new(),
             pending: PendingInvalidations::default(),
             wakeups: Arc::new(Wakeups::new(wake_channel.clone())),
             wake_channel,
@@ -181,51 +178,9 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> Result<Connection, StoreError> {
-        let read = self
+        Ok(self
             .connection
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(connection) = read.as_ref() {
-            return Ok(connection.clone());
-        }
-        drop(read);
-        let mut slot = self
-            .connection
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
-        }
-        let connection = self.target.connect_lazy(self.settings.connect_timeout)?;
-        *slot = Some(connection.clone());
-        Ok(connection)
-    }
-
-    /// After a timeout on a cluster, the next operations get a fresh cluster connection (at most
-    /// one per second): the store drops a request that timed out, so redis-rs's cluster client
-    /// sees no error and never refreshes its slot map, and a master that hangs (frozen, or cut
-    /// off without a reset) keeps its slots after its replica took them over. A fresh
-    /// connection learns the slots anew.
-    fn renew_cluster_connection(&self) {
-        const EVERY: Duration = Duration::from_secs(1);
-        if !self.target.is_cluster() {
-            return;
-        }
-        let now = std::time::Instant::now();
-        {
-            let mut renewed_at = self
-                .renewed_at
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if renewed_at.is_some_and(|at| now.duration_since(at) < EVERY) {
-                return;
-            }
-            *renewed_at = Some(now);
-        }
-        *self
-            .connection
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+            .get(&self.target, self.settings.connect_timeout)?)
     }
 
     fn keys(&self, cache_key: &str) -> EntryKeys {
@@ -245,7 +200,11 @@ impl RedisStore {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(StoreError::Redis(error)),
             Err(_) => {
-                self.renew_cluster_connection();
+                // A hung master keeps its slots in this connection's map: a fresh one, once it
+                // answers, learns the slots anew.
+                #[cfg(feature = "cluster")]
+                self.connection
+                    .renew(&self.target, self.settings.connect_timeout);
                 Err(StoreError::Timeout(budget))
             }
         };
@@ -763,7 +722,7 @@ fn random_generation() -> i64 {
 
 /// Whether `error` says Redis (or the way to it) is unwell, as opposed to an answer about one
 /// request: what the circuit breaker counts.
-fn is_transport_failure(error: &redis::RedisError) -> bool {
+pub(super) fn is_transport_failure(error: &redis::RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
     matches!(
         error.kind(),

@@ -1,0 +1,245 @@
+//! The store's async connection in use, and its replacement on a cluster after a timeout.
+//!
+//! The store drops a request that timed out, so redis-rs's cluster client sees no error and
+//! never refreshes its slot map: a master that hangs keeps its slots in that map after its
+//! replica took them over. A fresh connection learns the slots anew. But a fresh connection may
+//! take longer to answer than the operation timeout (TLS handshakes with every node in a debug
+//! build on a loaded machine), and the one in use may be sound again (the fault was brief). So
+//! the replacement is built beside the connection in use, in a task of its own, bounded, and
+//! swapped in only once it has connected and every master has answered it; until then, and if
+//! it fails, the connection in use keeps serving. At most one attempt is under way, and the
+//! next starts no sooner than [`backoff`] after the last one started. A server's connection
+//! (redis-rs's `ConnectionManager`) reconnects on its own in a task of its own and follows no
+//! slot map: it is never replaced.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use super::connection::{Connection, Target};
+
+/// The connection in use, made on first use, and the state of its replacement.
+pub(crate) struct ConnectionSlot {
+    /// Made on first use, inside the caller's Tokio runtime: creating a connection spawns its
+    /// driver, which needs a runtime that configuration time may not have.
+    in_use: RwLock<Option<Connection>>,
+    /// Whether a replacement attempt is under way; cleared by [`InFlight`] on every way out.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    in_flight: AtomicBool,
+    /// When the last replacement attempt started.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    last_attempt: Mutex<Option<Instant>>,
+}
+
+/// How long after one replacement attempt starts the next may start, and how long an attempt
+/// may take: max(1 s, 2 x the connect timeout). An attempt connects to the seeds, asks for the
+/// slot map and connects to every node of it (each step within the connect timeout, the nodes
+/// at once, and most of them the seeds' own connections), then pings every master. Attempts
+/// spaced by less would each cost every node a connection while the cluster is already
+/// struggling, and one slower than that would be overtaken by the next.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) fn backoff(connect_timeout: Duration) -> Duration {
+    (connect_timeout * 2).max(Duration::from_secs(1))
+}
+
+impl ConnectionSlot {
+    pub(crate) fn new() -> Arc<ConnectionSlot> {
+        Arc::new(ConnectionSlot {
+            in_use: RwLock::new(None),
+            in_flight: AtomicBool::new(false),
+            last_attempt: Mutex::new(None),
+        })
+    }
+
+    /// The connection in use, made (without connecting: its first command connects) on first
+    /// use.
+    pub(crate) fn get(
+        &self,
+        target: &Target,
+        connect_timeout: Duration,
+    ) -> redis::RedisResult<Connection> {
+        let read = self.in_use.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(connection) = read.as_ref() {
+            return Ok(connection.clone());
+        }
+        drop(read);
+        let mut slot = self.in_use.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = target.connect_lazy(connect_timeout)?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// After a timeout: on a cluster, starts building a replacement in the background unless
+    /// one is under way or the last started less than [`backoff`] ago. Needs a Tokio runtime
+    /// (the caller's); without one, nothing happens.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn renew(self: &Arc<Self>, target: &Arc<Target>, connect_timeout: Duration) {
+        if !target.is_cluster() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let bound = backoff(connect_timeout);
+        let Some(in_flight) = self.begin(Instant::now(), bound) else {
+            return;
+        };
+        let target = Arc::clone(target);
+        runtime.spawn(async move {
+            // Released when this task ends, panics or is dropped with its runtime.
+            let in_flight = in_flight;
+            let attempt = target.connect_and_ping_masters(connect_timeout);
+            let outcome = match tokio::time::timeout(bound, attempt).await {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => return,
+                Err(_) => {
+                    tracing::debug!(
+                        "a fresh redis cluster connection did not answer within {bound:?}; \
+                         the one in use stays"
+                    );
+                    return;
+                }
+            };
+            match outcome {
+                // A reply error (a user without `PING`) still shows every master answering.
+                Ok((connection, Ok(_))) => in_flight.slot.install(connection),
+                Ok((connection, Err(error))) if !super::store::is_transport_failure(&error) => {
+                    in_flight.slot.install(connection);
+                }
+                Ok((_, Err(error))) | Err(error) => tracing::debug!(
+                    %error,
+                    "a fresh redis cluster connection failed; the one in use stays"
+                ),
+            }
+        });
+    }
+
+    /// Takes the right to run an attempt now, if no attempt is under way and the last started
+    /// `backoff` or more before `now`.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    fn begin(self: &Arc<Self>, now: Instant, backoff: Duration) -> Option<InFlight> {
+        if self.in_flight.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // From here on every way out clears the flag, this one's early returns included.
+        let in_flight = InFlight {
+            slot: Arc::clone(self),
+        };
+        let mut last = self
+            .last_attempt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| now.saturating_duration_since(at) < backoff) {
+            return None;
+        }
+        *last = Some(now);
+        Some(in_flight)
+    }
+
+    /// Puts `connection` in use; the one it replaces goes once the operations holding it end.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    fn install(&self, connection: Connection) {
+        *self.in_use.write().unwrap_or_else(PoisonError::into_inner) = Some(connection);
+    }
+}
+
+/// The right to run the one replacement attempt under way; dropping it (the attempt's end, a
+/// panic, its task dropped) lets the next one start.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+struct InFlight {
+    slot: Arc<ConnectionSlot>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.slot.in_flight.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_is_twice_the_connect_timeout_and_at_least_a_second() {
+        assert_eq!(backoff(Duration::from_secs(3)), Duration::from_secs(6));
+        assert_eq!(backoff(Duration::from_millis(200)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn one_attempt_at_a_time_and_the_next_only_after_the_backoff() {
+        let (slot, t0, backoff) = (
+            ConnectionSlot::new(),
+            Instant::now(),
+            Duration::from_secs(2),
+        );
+        let first = slot.begin(t0, backoff).expect("the first attempt");
+        assert!(
+            slot.begin(t0 + 3 * backoff, backoff).is_none(),
+            "a second attempt while the first is under way"
+        );
+        drop(first);
+        assert!(
+            slot.begin(t0 + backoff / 2, backoff).is_none(),
+            "an attempt within the backoff of the last one's start"
+        );
+        let second = slot.begin(t0 + backoff, backoff);
+        assert!(second.is_some(), "the next attempt after the backoff");
+    }
+
+    #[test]
+    fn an_attempt_refused_for_its_backoff_leaves_none_under_way() {
+        let (slot, t0, backoff) = (
+            ConnectionSlot::new(),
+            Instant::now(),
+            Duration::from_secs(2),
+        );
+        drop(slot.begin(t0, backoff));
+        assert!(slot.begin(t0, backoff).is_none());
+        assert!(!slot.in_flight.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn an_attempt_that_panics_or_is_dropped_lets_the_next_one_start() {
+        let (slot, t0, backoff) = (
+            ConnectionSlot::new(),
+            Instant::now(),
+            Duration::from_secs(1),
+        );
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a runtime")
+        };
+        let in_flight = slot.begin(t0, backoff).expect("the first attempt");
+        let panicked = runtime().block_on(async move {
+            tokio::spawn(async move {
+                let _in_flight = in_flight;
+                panic!("an attempt that panics");
+            })
+            .await
+        });
+        assert!(panicked.expect_err("it panicked").is_panic());
+        assert!(
+            !slot.in_flight.load(Ordering::Acquire),
+            "released by the panic"
+        );
+
+        let in_flight = slot
+            .begin(t0 + backoff, backoff)
+            .expect("the second attempt");
+        let stopping = runtime();
+        stopping.spawn(async move {
+            let _in_flight = in_flight;
+            std::future::pending::<()>().await;
+        });
+        // A runtime shutting down drops the tasks it still holds.
+        drop(stopping);
+        assert!(!slot.in_flight.load(Ordering::Acquire), "released on drop");
+        assert!(slot.begin(t0 + 2 * backoff, backoff).is_some());
+    }
+}
