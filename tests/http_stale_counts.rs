@@ -316,6 +316,33 @@ impl Run<'_> {
         assert_eq!(self.runs(), runs + 5, "{backend}");
     }
 
+    /// A request dropped (its client gone) while it waits for its revalidation has no
+    /// `Cache-Status`; it is counted once all the same, as the miss it was (it was forwarded),
+    /// and the revalidation it started still stores.
+    async fn a_dropped_revalidation_counts_once(&self) {
+        let backend = self.backend;
+        let runs = self.runs();
+        let stored = self.get("/r/3", &[]).await;
+        self.expect_status(&stored, "cachette; fwd=miss; stored; ttl=60");
+        self.service.version.fetch_add(1, Ordering::SeqCst);
+        self.clock.advance(PAST_SWR);
+        self.service.hold.store(true, Ordering::SeqCst);
+        let dropped = tokio::spawn(request(self.app.clone(), "/r/3", &[]));
+        self.service.started.notified().await;
+        dropped.abort();
+        let Err(cancelled) = dropped.await else {
+            panic!("{backend}: answered while its handler was held");
+        };
+        assert!(cancelled.is_cancelled(), "{backend}");
+        self.expected.lock().expect("lock").misses += 1;
+        self.service.hold.store(false, Ordering::SeqCst);
+        self.service.go.notify_one();
+        // The revalidation's own task goes on: a request waits for it, or finds its entry.
+        let after = self.get("/r/3", &[]).await;
+        assert_ne!(after.body, stored.body, "{backend}: the revalidated response");
+        assert_eq!(self.runs(), runs + 2, "{backend}: the fill and the one revalidation");
+    }
+
     fn runs(&self) -> usize {
         self.service.runs.load(Ordering::SeqCst)
     }
@@ -424,6 +451,8 @@ async fn counts_follow_cache_status(backend: &str, clock: &TestClock, snapshotte
     run.stale_while_revalidate().await;
     run.stats_match(1);
     run.stale_if_error().await;
+    run.stats_match(1);
+    run.a_dropped_revalidation_counts_once().await;
     run.stats_match(1);
 
     // The exporter's view of the same answers. Taking a snapshot resets the recorder's counters,
