@@ -65,15 +65,18 @@ async fn handler(State(service): State<Arc<Service>>, Path(id): Path<u64>) -> Re
     format!("{id} v{version}").into_response()
 }
 
-/// One layer, so one response site per backend: its counters are the backend's.
+/// Two layers on each backend, so two response sites with the same labels: the exporter's
+/// series are their sums.
 fn app(backend: &str, service: Arc<Service>) -> Router {
-    let policy = CachePolicy::new(TTL)
-        .backend(backend)
+    let plain = CachePolicy::new(TTL).backend(backend);
+    let stale = plain
+        .clone()
         .stale_while_revalidate(SWR)
         .stale_if_error(SIE)
         .error_throttle(THROTTLE);
     Router::new()
-        .route("/r/{id}", get(handler).layer(CacheLayer::new(policy)))
+        .route("/r/{id}", get(handler).layer(CacheLayer::new(stale)))
+        .route("/p/{id}", get(handler).layer(CacheLayer::new(plain)))
         .with_state(service)
 }
 
@@ -161,10 +164,21 @@ impl Run<'_> {
         );
     }
 
+    /// A layer without stale windows: its entries are hits until the store drops them.
+    async fn plain_hits(&self) {
+        let stored = self.get("/p/1", &[]).await;
+        self.expect_status(&stored, "cachette; fwd=miss; stored; ttl=60");
+        for _ in 0..3 {
+            let hit = self.get("/p/1", &[]).await;
+            self.expect_status(&hit, "cachette; hit; ttl=60");
+        }
+    }
+
     /// Fresh hits and 304s, then stale-while-revalidate: the stale answers while the one
     /// background revalidation is held in its handler (a 304 among them), then the fresh one.
     async fn stale_while_revalidate(&self) {
         let backend = self.backend;
+        let runs = self.runs();
         let stored = self.get("/r/1", &[]).await;
         self.expect_status(&stored, "cachette; fwd=miss; stored; ttl=60");
         let hit = self.get("/r/1", &[]).await;
@@ -196,7 +210,11 @@ impl Run<'_> {
             &stale_304,
             "cachette; hit; ttl=-1; detail=stale-while-revalidate",
         );
-        assert_eq!(self.runs(), 2, "{backend}: the fill and one revalidation");
+        assert_eq!(
+            self.runs(),
+            runs + 2,
+            "{backend}: the fill and one revalidation"
+        );
         self.service.hold.store(false, Ordering::SeqCst);
         self.service.go.notify_one();
         let started = Instant::now();
@@ -216,7 +234,11 @@ impl Run<'_> {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        assert_eq!(self.runs(), 2, "{backend}: still the one revalidation");
+        assert_eq!(
+            self.runs(),
+            runs + 2,
+            "{backend}: still the one revalidation"
+        );
     }
 
     /// Stale-if-error: a 500 answered stale, a throttled stale answer, a failed revalidation
@@ -339,15 +361,22 @@ impl Run<'_> {
         self.service.go.notify_one();
         // The revalidation's own task goes on: a request waits for it, or finds its entry.
         let after = self.get("/r/3", &[]).await;
-        assert_ne!(after.body, stored.body, "{backend}: the revalidated response");
-        assert_eq!(self.runs(), runs + 2, "{backend}: the fill and the one revalidation");
+        assert_ne!(
+            after.body, stored.body,
+            "{backend}: the revalidated response"
+        );
+        assert_eq!(
+            self.runs(),
+            runs + 2,
+            "{backend}: the fill and the one revalidation"
+        );
     }
 
     fn runs(&self) -> usize {
         self.service.runs.load(Ordering::SeqCst)
     }
 
-    /// `stats()` of this backend's response site, against the answers.
+    /// `stats()` of this backend's response sites, against the answers.
     fn stats_match(&self, refreshes: u64) {
         let backend = self.backend;
         let expected = self.expected.lock().expect("lock").clone();
@@ -356,7 +385,7 @@ impl Run<'_> {
             .into_iter()
             .filter(|site| site.function == RESPONSES && site.backend == backend)
             .collect();
-        assert_eq!(sites.len(), 1, "{backend}: the one layer's response site");
+        assert_eq!(sites.len(), 2, "{backend}: one response site per layer");
         let sum = |field: fn(&cachette::SiteStats) -> u64| sites.iter().map(field).sum::<u64>();
         let counted = Expected {
             hits: sum(|site| site.hits),
@@ -448,6 +477,7 @@ async fn counts_follow_cache_status(backend: &str, clock: &TestClock, snapshotte
         clock,
         expected: Default::default(),
     };
+    run.plain_hits().await;
     run.stale_while_revalidate().await;
     run.stats_match(1);
     run.stale_if_error().await;
