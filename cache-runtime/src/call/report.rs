@@ -42,9 +42,8 @@ pub(crate) struct Served {
     pub(crate) answer: Answer,
     /// The call waited for another caller's load (RFC 9211's `collapsed`).
     pub(crate) coalesced: bool,
-    tier: Tier,
-    /// The answer is in the counters (false only for a hit left to the caller).
-    counted: bool,
+    /// Where a hit left to the caller was found; `None` once the call counted its answer.
+    uncounted_hit: Option<Tier>,
 }
 
 #[cfg(feature = "axum")]
@@ -52,7 +51,7 @@ impl Served {
     /// The tier of a hit the call path left for the caller to count; `None` if it counted
     /// the answer itself.
     pub(crate) fn uncounted_hit(&self) -> Option<Tier> {
-        (self.answer == Answer::Hit && !self.counted).then_some(self.tier)
+        self.uncounted_hit
     }
 }
 
@@ -87,8 +86,7 @@ impl Report {
             served: Served {
                 answer: Answer::Bypass,
                 coalesced: false,
-                tier: Tier::None,
-                counted: true,
+                uncounted_hit: None,
             },
             counting,
         }
@@ -108,14 +106,10 @@ impl Report {
     /// records what the call found either way.
     #[inline]
     pub(super) fn answer(&mut self, answer: Answer, tier: Tier) {
-        let counted = !(self.counting == Counting::HitByCaller && answer == Answer::Hit);
-        self.served = Served {
-            answer,
-            tier,
-            counted,
-            ..self.served
-        };
-        if counted {
+        self.served.answer = answer;
+        if self.counting == Counting::HitByCaller && answer == Answer::Hit {
+            self.served.uncounted_hit = Some(tier);
+        } else {
             count_answer(self.site, self.meters, answer, tier);
         }
         if !self.span.is_disabled() {
