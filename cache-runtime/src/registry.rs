@@ -1,6 +1,7 @@
 //! The process-wide set of named backends, configured once at start-up, and the default backend
 //! of sites written without `backend = ...`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
@@ -181,16 +182,25 @@ pub(crate) fn backend_name_of(site: &'static Site) -> &'static str {
 }
 
 /// Publishes every site's in-process hit counts to its exported counters (they are not counted
-/// per hit; see `SiteMeters::request`).
+/// per hit; see `SiteMeters::request`). Sites with the same labels (every HTTP layer on one
+/// backend is `cachette::http response`) share the exporter's series, so it is given their
+/// sum: each site's own count, set with `absolute`, would leave it at the largest.
 pub(crate) fn publish_hits() {
+    let mut series: HashMap<(&str, &str), (&SiteMeters, u64, u64)> = HashMap::new();
     for site in sites() {
-        if let Some(resolved) = site.resolved().get() {
-            let counters = site.counters();
-            resolved.meters.publish(
-                counters.get(Count::Hits) - counters.get(Count::L1Hits),
-                counters.get(Count::L1Hits),
-            );
-        }
+        let Some(resolved) = site.resolved().get() else {
+            continue;
+        };
+        let counters = site.counters();
+        let l1_hits = counters.get(Count::L1Hits);
+        let memory_hits = counters.get(Count::Hits) - l1_hits;
+        let labels = (site.function(), backend_name_of(site));
+        let (_, memory, l1) = series.entry(labels).or_insert((&resolved.meters, 0, 0));
+        *memory += memory_hits;
+        *l1 += l1_hits;
+    }
+    for (meters, memory_hits, l1_hits) in series.into_values() {
+        meters.publish(memory_hits, l1_hits);
     }
 }
 

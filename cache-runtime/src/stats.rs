@@ -42,7 +42,8 @@ pub struct SiteStats {
     /// Calls that did not find their value: they loaded it, or waited for another caller's
     /// load ([`coalesced`](Self::coalesced)).
     pub misses: u64,
-    /// Calls answered with an expired entry kept for the purpose.
+    /// Calls answered with an expired entry kept for the purpose (for the HTTP layer: stale
+    /// responses it sent, as their `Cache-Status` says).
     pub stale: u64,
     /// Calls that ran without the cache (no such backend, an unusable key).
     pub bypasses: u64,
@@ -57,8 +58,9 @@ pub struct SiteStats {
     pub load_time: Duration,
     /// Calls that waited for another caller's load, in this process or in another one.
     pub coalesced: u64,
-    /// Refreshes-ahead this process started (`refresh`): each is also one of the loads, run in
-    /// the background while hits kept the old value.
+    /// Refreshes-ahead this process started (`refresh`), and the HTTP layer's background
+    /// revalidations (`stale-while-revalidate`): each is also one of the loads, run in the
+    /// background while hits kept the old value.
     pub refreshes: u64,
 }
 

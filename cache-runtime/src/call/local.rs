@@ -8,7 +8,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use super::follow::{downcast, follow, Next};
-use super::report::{Report, Served};
+use super::report::{Counting, Report, Served};
 use crate::backend::{Backend, MemoryBackend, Stored};
 use crate::flight::{Flight, LeaderGuard, Outcome, Role};
 use crate::key::CacheKey;
@@ -31,22 +31,25 @@ where
     S: ReturnShape<R>,
     F: Future<Output = R>,
 {
-    cached_served(site, shape, key, body).await.0
+    cached_served(site, shape, key, body, Counting::Here)
+        .await
+        .0
 }
 
-/// [`cached`], saying how the call was served.
+/// [`cached`], saying how the call was served, with its hit counted as `counting` says.
 pub(crate) async fn cached_served<R, S, F>(
     site: &'static Site,
     shape: S,
     key: CacheKey,
     body: F,
+    counting: Counting,
 ) -> (R, Served)
 where
     S: ReturnShape<R>,
     F: Future<Output = R>,
 {
     let resolved = registry::resolve(site);
-    let mut report = Report::start(site, &resolved.meters);
+    let mut report = Report::start_counting(site, &resolved.meters, counting);
     let Some((backend, memory)) = memory_of(resolved, &key) else {
         report.answer(Answer::Bypass, Tier::None);
         let ret = load(&report, shape, body).await;

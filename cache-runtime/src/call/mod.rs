@@ -31,6 +31,8 @@ pub(crate) use refresh::{start as refresh, start_local as refresh_local};
 #[cfg(feature = "axum")]
 pub(crate) use remote::cached_remote_served;
 pub(crate) use remote::{cached_remote, cached_remote_detached};
+#[cfg(feature = "axum")]
+pub(crate) use report::Tally;
 pub(crate) use tagged::cached_tagged;
 pub(crate) use tagged_remote::cached_remote_tagged;
 

@@ -13,7 +13,7 @@ use super::body::{Body, Detachable, Inline};
 
 use super::follow::{downcast, follow, Next};
 use super::local::load;
-use super::report::{Report, Served};
+use super::report::{Counting, Report, Served};
 use crate::backend::{Claim, HeldLock, RedisBackend, Stored, TieredBackend, LEASE, SAFETY_POLL};
 use crate::envelope::{self, Bincode, Times};
 use crate::flight::{Outcome, Role};
@@ -37,10 +37,14 @@ where
     S::Value: PortableValue,
     F: Future<Output = R>,
 {
-    cached_remote_served(site, shape, key, body).await.0
+    serve(site, shape, key, Inline(body), Counting::Here)
+        .await
+        .0
 }
 
-/// [`cached_remote`], saying how the call was served.
+/// [`cached_remote`], saying how the call was served, for the HTTP layer: a hit is left for
+/// it to count ([`Served::uncounted_hit`]), since it judges the entry's age after the read.
+#[cfg(feature = "axum")]
 pub(crate) async fn cached_remote_served<R, S, F>(
     site: &'static Site,
     shape: S,
@@ -52,7 +56,7 @@ where
     S::Value: PortableValue,
     F: Future<Output = R>,
 {
-    serve(site, shape, key, Inline(body)).await
+    serve(site, shape, key, Inline(body), Counting::HitByCaller).await
 }
 
 /// [`cached_remote`] for a site with `refresh` or `timeout`, whose body may outlive the call.
@@ -68,11 +72,19 @@ where
     S::Value: PortableValue,
     F: Future<Output = R> + Send + 'static,
 {
-    serve(site, shape, key, Detachable(body)).await.0
+    serve(site, shape, key, Detachable(body), Counting::Here)
+        .await
+        .0
 }
 
 /// The remote call path, for a body that may or may not outlive the call.
-async fn serve<R, S, B>(site: &'static Site, shape: S, key: CacheKey, body: B) -> (R, Served)
+async fn serve<R, S, B>(
+    site: &'static Site,
+    shape: S,
+    key: CacheKey,
+    body: B,
+    counting: Counting,
+) -> (R, Served)
 where
     S: ReturnShape<R>,
     S::Value: PortableValue,
@@ -83,14 +95,14 @@ where
     let remote = backend.map(|backend| (backend, backend.remote()));
     let Some((backend, Some((redis, tiered)))) = remote else {
         if remote.is_some() {
-            return super::local::cached_served(site, shape, key, body.run()).await;
+            return super::local::cached_served(site, shape, key, body.run(), counting).await;
         }
         let mut report = Report::start(site, &resolved.meters);
         report.answer(Answer::Bypass, Tier::None);
         let ret = load(&report, shape, body.run()).await;
         return (ret, report.served());
     };
-    let mut report = Report::start(site, &resolved.meters);
+    let mut report = Report::start_counting(site, &resolved.meters, counting);
     // L1 is usable only in an epoch of a live bus subscription; see `backend::tiered::bus`.
     let l1 = tiered.and_then(|tiered| Some(L1Slot::new(tiered, tiered.l1_epoch()?, site)));
     if let Some(l1) = &l1 {

@@ -1,6 +1,9 @@
 //! What one call tells about itself: its site's counters (`stats()`), its metric handles, and
 //! its span. Each call path reports its answer once, where it decides it; a load is timed by a
-//! guard, so that a body that panics or is dropped is still counted, as such.
+//! guard, so that a body that panics or is dropped is still counted, as such. The one answer a
+//! call path cannot decide is the HTTP layer's hit: the layer ages the entry after the read, so
+//! the call leaves the hit to it ([`Counting::HitByCaller`]), and the layer counts what it
+//! answered through a [`Tally`].
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +13,8 @@ use tracing::Span;
 use crate::observe::counters::Count;
 use crate::observe::meters::SiteMeters;
 use crate::observe::{Answer, LoadOutcome, Scope, Tier};
+#[cfg(feature = "axum")]
+use crate::registry;
 use crate::site::Site;
 
 /// One call's reporter.
@@ -18,6 +23,17 @@ pub(super) struct Report {
     meters: &'static SiteMeters,
     span: Span,
     served: Served,
+    counting: Counting,
+}
+
+/// Who counts a call's hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Counting {
+    /// The call path, where it finds the value: every `#[cached]` call.
+    Here,
+    /// Its caller, which judges the value found before answering with it: the HTTP layer,
+    /// whose hit on a stale entry answers stale (or revalidates), through a [`Tally`].
+    HitByCaller,
 }
 
 /// How a call was served, for callers that say so (the HTTP layer's `Cache-Status`).
@@ -26,6 +42,17 @@ pub(crate) struct Served {
     pub(crate) answer: Answer,
     /// The call waited for another caller's load (RFC 9211's `collapsed`).
     pub(crate) coalesced: bool,
+    /// Where a hit left to the caller was found; `None` once the call counted its answer.
+    uncounted_hit: Option<Tier>,
+}
+
+#[cfg(feature = "axum")]
+impl Served {
+    /// The tier of a hit the call path left for the caller to count; `None` if it counted
+    /// the answer itself.
+    pub(crate) fn uncounted_hit(&self) -> Option<Tier> {
+        self.uncounted_hit
+    }
 }
 
 impl Report {
@@ -33,6 +60,17 @@ impl Report {
     /// (one comparison against the global maximum level).
     #[inline]
     pub(super) fn start(site: &'static Site, meters: &'static SiteMeters) -> Self {
+        Self::start_counting(site, meters, Counting::Here)
+    }
+
+    /// [`start`](Self::start), with its hit counted as `counting` says. `Here` is a constant
+    /// on every `#[cached]` path, so the test of it in [`answer`](Self::answer) folds away.
+    #[inline]
+    pub(super) fn start_counting(
+        site: &'static Site,
+        meters: &'static SiteMeters,
+        counting: Counting,
+    ) -> Self {
         let span = tracing::debug_span!(
             "cached",
             site = site.function(),
@@ -48,7 +86,9 @@ impl Report {
             served: Served {
                 answer: Answer::Bypass,
                 coalesced: false,
+                uncounted_hit: None,
             },
+            counting,
         }
     }
 
@@ -62,22 +102,16 @@ impl Report {
         &self.span
     }
 
-    /// Counts the call's answer, once per call.
+    /// Counts the call's answer, once per call; a hit left to the caller, not here. The span
+    /// records what the call found either way.
     #[inline]
     pub(super) fn answer(&mut self, answer: Answer, tier: Tier) {
         self.served.answer = answer;
-        let count = match answer {
-            Answer::Hit => Count::Hits,
-            Answer::Miss => Count::Misses,
-            Answer::Stale => Count::Stale,
-            Answer::Bypass => Count::Bypasses,
-            Answer::Error => Count::Errors,
-        };
-        self.site.count(count, 1);
-        if answer == Answer::Hit && tier == Tier::L1 {
-            self.site.count(Count::L1Hits, 1);
+        if self.counting == Counting::HitByCaller && answer == Answer::Hit {
+            self.served.uncounted_hit = Some(tier);
+        } else {
+            count_answer(self.site, self.meters, answer, tier);
         }
-        self.meters.request(answer, tier);
         if !self.span.is_disabled() {
             self.span.record("result", answer.label());
             self.span.record("tier", tier.label());
@@ -86,10 +120,8 @@ impl Report {
 
     /// Counts a wait for another caller's load, which began at `since`.
     pub(super) fn coalesced(&mut self, scope: Scope, since: Instant) {
-        let waited = since.elapsed();
         self.served.coalesced = true;
-        self.site.count(Count::Coalesced, 1);
-        self.meters.coalesce(scope, waited);
+        count_coalesced(self.site, self.meters, scope, since);
         self.span.record("coalesced", true);
     }
 
@@ -109,6 +141,75 @@ impl Report {
         }
         self.site.counters().add_duration(Count::LoadNanos, took);
         self.meters.load(outcome, took);
+    }
+}
+
+#[inline]
+fn count_answer(site: &Site, meters: &SiteMeters, answer: Answer, tier: Tier) {
+    let count = match answer {
+        Answer::Hit => Count::Hits,
+        Answer::Miss => Count::Misses,
+        Answer::Stale => Count::Stale,
+        Answer::Bypass => Count::Bypasses,
+        Answer::Error => Count::Errors,
+    };
+    site.count(count, 1);
+    if answer == Answer::Hit && tier == Tier::L1 {
+        site.count(Count::L1Hits, 1);
+    }
+    meters.request(answer, tier);
+}
+
+fn count_coalesced(site: &Site, meters: &SiteMeters, scope: Scope, since: Instant) {
+    site.count(Count::Coalesced, 1);
+    meters.coalesce(scope, since.elapsed());
+}
+
+/// The answer to an HTTP request whose hit the call path left uncounted, counted once, when
+/// dropped: as what [`settle`](Self::settle) says, or, for a request dropped (its client gone)
+/// or unwound before that, as what it was last [`expect`](Self::expect)ed to be: the hit it
+/// was, or the miss of a request forwarded to revalidate its entry.
+#[cfg(feature = "axum")]
+pub(crate) struct Tally {
+    site: &'static Site,
+    meters: &'static SiteMeters,
+    answer: Answer,
+    /// Where the entry was read: a stale answer, or the miss revalidating it, counts there.
+    tier: Tier,
+}
+
+#[cfg(feature = "axum")]
+impl Tally {
+    /// A hit on `site` in `tier`, to be judged.
+    pub(crate) fn hit(site: &'static Site, tier: Tier) -> Self {
+        Tally {
+            site,
+            meters: &registry::resolve(site).meters,
+            answer: Answer::Hit,
+            tier,
+        }
+    }
+
+    /// What the request is counted as should it end before it is settled.
+    pub(crate) fn expect(&mut self, answer: Answer) {
+        self.answer = answer;
+    }
+
+    /// Counts a wait, begun at `since`, for another request's run that decided this answer.
+    pub(crate) fn coalesced(&mut self, scope: Scope, since: Instant) {
+        count_coalesced(self.site, self.meters, scope, since);
+    }
+
+    /// Counts the request as `answer`.
+    pub(crate) fn settle(mut self, answer: Answer) {
+        self.answer = answer;
+    }
+}
+
+#[cfg(feature = "axum")]
+impl Drop for Tally {
+    fn drop(&mut self) {
+        count_answer(self.site, self.meters, self.answer, self.tier);
     }
 }
 

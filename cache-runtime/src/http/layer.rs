@@ -15,7 +15,7 @@ use http::{Method, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::call::{cached_remote, cached_remote_served};
+use crate::call::{cached_remote, cached_remote_served, Tally};
 use crate::http::answer::{age, reply, set_cache_status, Answered, Asked};
 use crate::http::conditional::Preconditions;
 use crate::http::key::{route_builder, variant_key, Variant};
@@ -23,6 +23,7 @@ use crate::http::policy::CachePolicy;
 use crate::http::shared::Shared;
 use crate::http::stale::{self, Freshness, Revalidation};
 use crate::http::stored::{store, Refusal};
+use crate::observe::Answer;
 use crate::shape::{OkOnly, Whole};
 
 /// Caches the responses of the routes it wraps, following one [`CachePolicy`].
@@ -198,28 +199,37 @@ where
         (true, false) => Answered::Stored,
         (true, true) => Answered::Requested,
     };
-    if let (Answered::Hit, Some(request), Some(key)) = (answered, request, stale_key) {
-        let freshness = Freshness::of(policy, age(&stored, clock.unix_ms()));
+    let now_ms = clock.unix_ms();
+    // The call path counted every answer but a hit, which is this layer's to count: only the
+    // entry's age says whether it answers fresh, stale, or revalidated.
+    let Some(tier) = served.uncounted_hit() else {
+        return Ok(reply(policy, &asked, &stored, answered, now_ms));
+    };
+    let tally = Tally::hit(shared.responses, tier);
+    if let (Some(request), Some(key)) = (request, stale_key) {
         let revalidation = || Revalidation {
             shared: Arc::clone(&shared),
             backend,
             key,
             clock: clock.clone(),
         };
-        match freshness {
+        match Freshness::of(policy, age(&stored, now_ms)) {
             Freshness::Fresh => {}
             Freshness::WhileRevalidate => {
                 stale::revalidate_in_background(revalidation(), inner, request);
+                tally.settle(Answer::Stale);
                 let answered = Answered::StaleWhileRevalidate;
-                return Ok(reply(policy, &asked, &stored, answered, clock.unix_ms()));
+                return Ok(reply(policy, &asked, &stored, answered, now_ms));
             }
             Freshness::IfError => {
-                let answer = stale::revalidate_now(revalidation(), inner, request, &stored, &asked);
+                let stale = (&stored, &asked);
+                let answer = stale::revalidate_now(revalidation(), inner, request, stale, tally);
                 return Ok(answer.await);
             }
         }
     }
-    Ok(reply(policy, &asked, &stored, answered, clock.unix_ms()))
+    tally.settle(Answer::Hit);
+    Ok(reply(policy, &asked, &stored, answered, now_ms))
 }
 
 /// What a cacheable request asks of the cache.

@@ -13,7 +13,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use futures_util::FutureExt;
@@ -23,6 +23,7 @@ use tower_service::Service;
 
 use crate::backend::Backend;
 use crate::call::refill::{self, Joined, Refilled, Refiller};
+use crate::call::Tally;
 use crate::clock::Clock;
 use crate::http::answer::{age, reply, set_cache_status, Answered, Asked, Failure};
 use crate::http::policy::CachePolicy;
@@ -31,6 +32,8 @@ use crate::http::stored::{store, Refusal, StoredResponse};
 use crate::http::throttle::Attempt;
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
+use crate::observe::counters::Count;
+use crate::observe::{Answer, Scope};
 use crate::shape::OkOnly;
 
 /// What a hit may do with its entry, by the entry's age.
@@ -69,7 +72,8 @@ pub(crate) struct Revalidation {
 }
 
 /// Starts the entry's background revalidation, unless one is under way (here or, on Redis, in
-/// another process) or its handler failed within the throttle interval.
+/// another process) or its handler failed within the throttle interval. It answers no request,
+/// so it counts as a refresh (and its run as a load), never as an answer.
 pub(crate) fn revalidate_in_background<S>(
     revalidation: Revalidation,
     inner: S,
@@ -92,6 +96,7 @@ pub(crate) fn revalidate_in_background<S>(
         return;
     };
     if let Joined::Lead(refiller) = refill::join(shared.responses, backend, key) {
+        shared.responses.count(Count::Refreshes, 1);
         // Detached: the refiller's guard frees the key however the task ends.
         drop(runtime.spawn(revalidate(revalidation, inner, request, refiller)));
     }
@@ -99,12 +104,14 @@ pub(crate) fn revalidate_in_background<S>(
 
 /// Revalidates the stale entry `stale` before answering, and answers it should the handler
 /// fail. One run per key: a request that finds another's revalidation under way waits for it.
+/// `tally` counts the answer as its `Cache-Status` says: `stale` when the stale entry is sent,
+/// else a `miss` (the request was forwarded), and `coalesced` when it is `collapsed`.
 pub(crate) async fn revalidate_now<S>(
     revalidation: Revalidation,
     inner: S,
     request: Request<Body>,
-    stale: &StoredResponse,
-    asked: &Asked,
+    (stale, asked): (&StoredResponse, &Asked),
+    mut tally: Tally,
 ) -> Response<Body>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
@@ -116,19 +123,36 @@ where
     let policy = &shared.policy;
     let answer =
         |stored: &StoredResponse, answered| reply(policy, asked, stored, answered, clock.unix_ms());
-    let stale_because = |failure| answer(stale, Answered::StaleIfError(failure));
+    let stale_because = |tally: Tally, failure| {
+        tally.settle(Answer::Stale);
+        answer(stale, Answered::StaleIfError(failure))
+    };
+    let fresh_because = |tally: Tally, fresh, answered| {
+        tally.settle(Answer::Miss);
+        answer(fresh, answered)
+    };
     if shared.throttle.active(&revalidation.key, clock.unix_ms()) {
-        return stale_because(Failure::Throttled);
+        return stale_because(tally, Failure::Throttled);
     }
+    // Forwarded from here on: a request that ends before its answer is the miss it was.
+    tally.expect(Answer::Miss);
+    let since = Instant::now();
     let joined = refill::join(shared.responses, revalidation.backend, &revalidation.key);
     let refiller = match joined {
         Joined::Lead(refiller) => refiller,
         Joined::Busy(flight) => {
-            return match refill::shared::<StoredResponse>(&flight).await {
-                Some(fresh) => answer(&fresh, Answered::Revalidated(None)),
-                None => stale_because(Failure::Collapsed),
+            let fresh = refill::shared::<StoredResponse>(&flight).await;
+            tally.coalesced(Scope::Process, since);
+            return match fresh {
+                Some(fresh) => fresh_because(tally, &fresh, Answered::Revalidated(None)),
+                None => stale_because(tally, Failure::Collapsed),
             };
         }
+    };
+    // A refill that finds a fresh entry took another's: on Redis, another process's fill.
+    let found_scope = match revalidation.backend.remote() {
+        Some(_) => Scope::Cluster,
+        None => Scope::Process,
     };
     // In a task of its own, so that this client going away does not cancel the run the
     // requests waiting for it depend on.
@@ -140,11 +164,15 @@ where
     match revalidated {
         Some(Revalidated::Stored(fresh)) => {
             let status = fresh.status;
-            answer(&fresh, Answered::Revalidated(Some(status)))
+            fresh_because(tally, &fresh, Answered::Revalidated(Some(status)))
         }
-        Some(Revalidated::Found(fresh)) => answer(&fresh, Answered::Revalidated(None)),
-        Some(Revalidated::Failed(status)) => stale_because(Failure::Forwarded(status)),
+        Some(Revalidated::Found(fresh)) => {
+            tally.coalesced(found_scope, since);
+            fresh_because(tally, &fresh, Answered::Revalidated(None))
+        }
+        Some(Revalidated::Failed(status)) => stale_because(tally, Failure::Forwarded(status)),
         Some(Revalidated::Passed(mut response, refusal)) => {
+            tally.settle(Answer::Miss);
             let status = response.status().as_u16();
             set_cache_status(
                 &mut response,
@@ -153,7 +181,7 @@ where
             response
         }
         // The task panicked outside the handler (in the store), or the runtime is going away.
-        None => stale_because(Failure::Forwarded(None)),
+        None => stale_because(tally, Failure::Forwarded(None)),
     }
 }
 
