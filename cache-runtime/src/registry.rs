@@ -7,7 +7,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crate::backend::{Backend, MemoryBackend, RedisBackend, Store, TieredBackend};
 use crate::error::ConfigError;
-use crate::observe::counters::Count;
+use crate::observe::counters::{Count, SiteCounters};
 use crate::observe::meters::SiteMeters;
 use crate::site::{Resolved, Site};
 
@@ -191,9 +191,8 @@ pub(crate) fn publish_hits() {
         let Some(resolved) = site.resolved().get() else {
             continue;
         };
-        let counters = site.counters();
-        let l1_hits = counters.get(Count::L1Hits);
-        let memory_hits = counters.get(Count::Hits) - l1_hits;
+        let (hits, l1_hits) = hits_and_l1_hits(site.counters());
+        let memory_hits = hits - l1_hits;
         let labels = (site.function(), backend_name_of(site));
         let (_, memory, l1) = series.entry(labels).or_insert((&resolved.meters, 0, 0));
         *memory += memory_hits;
@@ -202,6 +201,16 @@ pub(crate) fn publish_hits() {
     for (meters, memory_hits, l1_hits) in series.into_values() {
         meters.publish(memory_hits, l1_hits);
     }
+}
+
+/// A site's hits and, of those, its L1 hits, as one consistent pair. An L1 hit is counted by two
+/// increments (hits, then L1 hits) that a reader can fall between, so the L1 hits are read
+/// first, and held to at most the hits read after them, which no interleaving of relaxed
+/// increments can then break: `hits - l1_hits` (memory hits) never goes below zero.
+pub(crate) fn hits_and_l1_hits(counters: &SiteCounters) -> (u64, u64) {
+    let l1_hits = counters.get(Count::L1Hits);
+    let hits = counters.get(Count::Hits);
+    (hits, l1_hits.min(hits))
 }
 
 /// How often the publisher thread publishes: a scrape lags at most this far behind, unless its

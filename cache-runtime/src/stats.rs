@@ -106,11 +106,12 @@ pub fn stats() -> Stats {
         .map(|site| {
             let counters = site.counters();
             let get = |count| counters.get(count);
+            let (hits, l1_hits) = registry::hits_and_l1_hits(counters);
             SiteStats {
                 function: site.function(),
                 backend: registry::backend_name_of(site),
-                hits: get(Count::Hits),
-                l1_hits: get(Count::L1Hits),
+                hits,
+                l1_hits,
                 misses: get(Count::Misses),
                 stale: get(Count::Stale),
                 bypasses: get(Count::Bypasses),
