@@ -106,6 +106,30 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
             #entry_fn(&__CACHETTE_SITE, __cachette_key, move || #block)
         },
     };
+    // A plain async site (no tags, `refresh`, `timeout` or fail-safe) asks the hit with the key where it was built, before the key is
+    // moved into the entry point's future: that move is a copy whose wide loads would wait for
+    // the narrower stores that just wrote the key (ARCHITECTURE.md, "The memory hit at the
+    // floor"). The entry point asks again on a miss, which costs a probe next to a body's run.
+    let hit_fn = match entry {
+        Entry::Async => "hit",
+        Entry::Remote | Entry::Default => "hit_portable",
+        // Asked inside `cached_sync`, whose key is not moved into a future.
+        Entry::Sync => "hit",
+    };
+    let hit_fn = Ident::new(hit_fn, ret_span);
+    let early_hit = (!matches!(entry, Entry::Sync) && tags.is_empty() && !*kept && !*detached)
+        .then(|| {
+            quote_spanned! {ret_span=>
+                if let ::core::option::Option::Some(__cachette_hit) =
+                    #krate_at_ret::__private::#hit_fn::<#return_type, #krate_at_ret::__private::#shape>(
+                        &__CACHETTE_SITE,
+                        &__cachette_key,
+                    )
+                {
+                    return __cachette_hit;
+                }
+            }
+        });
     let registration = gen_registration(krate, &fn_name, "Cached", &[family], tags);
     let with_freshness = freshness.as_ref().map(|freshness| {
         let Freshness {
@@ -142,6 +166,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
             #registration
             let __cachette_key = #key;
             #tags_binding
+            #early_hit
             #call
         }
     }

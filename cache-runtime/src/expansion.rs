@@ -35,13 +35,46 @@ where
     crate::call::cached(site, shape, key, body).await
 }
 
+/// The memory hit of an async `#[cached]` site on the memory backend ([`cached`] asks it too),
+/// asked by the expansion with the key where it was built, before the key moves into
+/// [`cached`]'s future.
+#[inline(always)]
+pub fn hit<R, S>(site: &'static Site, key: &CacheKey) -> Option<R>
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    let value = crate::call::hit_in_process::<R, S>(site, key)?;
+    Some(S::default().rebuild(value))
+}
+
+/// [`hit`] for a site whose backend may be remote ([`cached_remote`], [`cached_default`]): an
+/// in-process hit (a memory store, or a tiered backend's L1).
+#[inline(always)]
+pub fn hit_portable<R, S>(site: &'static Site, key: &CacheKey) -> Option<R>
+where
+    S: Holds<R>,
+    S::Part: PortableValue,
+{
+    let value = crate::call::hit_in_process::<R, S>(site, key)?;
+    Some(S::default().rebuild(value))
+}
+
 /// Runs a synchronous `#[cached]` function; followers block their thread while they wait.
+#[inline(always)]
 pub fn cached_sync<R, S>(site: &'static Site, key: CacheKey, body: impl FnOnce() -> R) -> R
 where
     S: Holds<R>,
     S::Part: CacheValue,
 {
-    crate::call::cached_sync(site, S::default(), key, body)
+    let shape = S::default();
+    // The hit is asked with the key where the caller built it: moved into the full path, the
+    // key would be copied first, by loads wider than the stores that just wrote it, which wait
+    // for those stores to reach the cache (ARCHITECTURE.md, "The memory hit at the floor").
+    if let Some(value) = crate::call::hit_in_process_sync::<R, S>(site, &key) {
+        return shape.rebuild(value);
+    }
+    crate::call::cached_sync(site, shape, key, body)
 }
 
 /// Runs an async `#[cached]` function on a remote backend (Redis, or tiered: an in-process L1 in

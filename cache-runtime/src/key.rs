@@ -39,12 +39,13 @@ impl CacheKey {
         !self.unusable
     }
 
-    /// The text's length and its inline bytes, zeros past the text, while it is held inline:
-    /// what the memory store compares a short key with, as fixed-size arrays.
-    #[inline]
-    pub(crate) fn inline_bytes(&self) -> Option<(u8, &[u8; INLINE])> {
+    /// The text's length, its first 16 bytes as a little-endian `u128` and its bytes past
+    /// them, zeros past the text, while it is held inline: what the memory store hashes and
+    /// compares a short key by, reading the head as the two words `finish` stored.
+    #[inline(always)]
+    pub(crate) fn inline_parts(&self) -> Option<(usize, u128, &[u8; TAIL])> {
         match &self.text {
-            Text::Inline { len, bytes } => Some((*len, bytes)),
+            Text::Inline(inline) => Some((usize::from(inline.len), inline.head(), &inline.tail)),
             Text::Heap(_) => None,
         }
     }
@@ -79,53 +80,70 @@ impl Ord for CacheKey {
 }
 
 /// Keys up to this many bytes are held inline, so that rendering the key of a hit, which every
-/// call does, allocates nothing; 46 makes a key 48 bytes, and covers `user:<id>`-style keys.
+/// call does, allocates nothing; 46 covers `user:<id>`-style keys.
 pub(crate) const INLINE: usize = 46;
+/// An inline text's first bytes, held as two words (see [`Inline`]).
+pub(crate) const HEAD: usize = 16;
+/// The inline bytes past the head.
+pub(crate) const TAIL: usize = INLINE - HEAD;
+
+/// A short key's text.
+///
+/// Why the head is words: a hit hashes its key right after building it, and a load that
+/// spans bytes which narrower stores (a byte, itoa's two-byte pairs, a memcpy's pieces) wrote
+/// just before cannot be forwarded from them; it waits for them to reach the cache (~30 ns of
+/// an 80 ns hit, ARCHITECTURE.md "The memory hit at the floor"). So the builder renders the
+/// first 16 bytes in a register, [`KeyBuilder::finish`] stores them as two words, and the
+/// memory store reads them back as those two words.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Inline {
+    /// Bytes `0..16`, each word little-endian in memory, so that on every target `head`
+    /// followed by `tail` is the text's bytes.
+    head: [u64; 2],
+    /// Bytes `16..INLINE`.
+    tail: [u8; TAIL],
+    len: u8,
+}
+
+impl Inline {
+    #[inline(always)]
+    fn head(&self) -> u128 {
+        u128::from(u64::from_le(self.head[0])) | u128::from(u64::from_le(self.head[1])) << 64
+    }
+
+    #[inline(always)]
+    fn bytes(&self) -> &[u8; INLINE] {
+        // SAFETY: `repr(C)`: 16 bytes of `head`, then `tail` at offset 16, with no padding
+        // between; every byte of both is initialised.
+        unsafe { &*(self as *const Inline).cast::<[u8; INLINE]>() }
+    }
+}
 
 /// A key's text: inline while it is short, on the heap beyond.
+///
+/// Invariants of `Inline`: its first `len` bytes are UTF-8, since only whole `&str`s are ever
+/// appended; the bytes past `len` are zeros, since text is only ever appended to zeros; and a
+/// text is inline exactly while it fits (`Heap` only ever holds more than `INLINE` bytes).
 #[derive(Clone)]
 enum Text {
-    /// Invariants: `bytes[..len]` is UTF-8, since only whole `&str`s are ever appended; `bytes[len..]` are zeros, since text is only ever appended to zeros; and a text
-    /// is inline exactly while it fits (`Heap` only ever holds more than `INLINE` bytes).
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE],
-    },
+    Inline(Inline),
     Heap(String),
 }
 
 /// Equal texts are equal representations (the invariants of `Inline`), so two short keys
-/// compare as fixed-size arrays: one vector compare for keys of up to 16 bytes, where comparing
-/// `as_str()`s calls `memcmp` (the memory index compares the key of every hit).
+/// compare as their lengths and head words, and their tails only past 16 bytes.
 impl PartialEq for Text {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (
-                Text::Inline { len, bytes },
-                Text::Inline {
-                    len: other_len,
-                    bytes: other_bytes,
-                },
-            ) => {
-                // Most keys fit the first 16 bytes, which are one vector compare; the zeros
-                // past the text make the prefix enough for them.
-                len == other_len
-                    && bytes[..16] == other_bytes[..16]
-                    && (usize::from(*len) <= 16 || bytes[16..] == other_bytes[16..])
+            (Text::Inline(a), Text::Inline(b)) => {
+                a.len == b.len
+                    && a.head() == b.head()
+                    && (usize::from(a.len) <= HEAD || a.tail == b.tail)
             }
             (Text::Heap(text), Text::Heap(other)) => text == other,
             _ => false,
-        }
-    }
-}
-
-impl Default for Text {
-    #[inline]
-    fn default() -> Self {
-        Text::Inline {
-            len: 0,
-            bytes: [0; INLINE],
         }
     }
 }
@@ -134,8 +152,8 @@ impl Text {
     #[inline]
     fn as_str(&self) -> &str {
         match self {
-            Text::Inline { len, bytes } => {
-                let bytes = &bytes[..usize::from(*len)];
+            Text::Inline(inline) => {
+                let bytes = &inline.bytes()[..usize::from(inline.len)];
                 debug_assert!(std::str::from_utf8(bytes).is_ok());
                 // SAFETY: the invariant of `Inline`: only whole `&str`s were appended.
                 unsafe { std::str::from_utf8_unchecked(bytes) }
@@ -143,49 +161,68 @@ impl Text {
             Text::Heap(text) => text,
         }
     }
+}
 
-    #[inline(always)]
-    fn push_str(&mut self, text: &str) {
-        // Inlined into the caller with the literal's length known, so a template's text is a
-        // few stores; spilling to the heap is the rare case, kept out of line.
-        if let Text::Inline { len, bytes } = self {
-            let start = usize::from(*len);
-            if let Some(free) = bytes.get_mut(start..start + text.len()) {
-                free.copy_from_slice(text.as_bytes());
-                // At most `INLINE`, which is below 256.
-                *len = (start + text.len()) as u8;
-                return;
-            }
-        }
-        self.spill(text);
+/// `bytes` (at most 16) as a little-endian `u128`, zeros past them, read with a few
+/// overlapping loads rather than copied through a buffer (which would be narrow stores read
+/// back wide). A literal's folds to a constant.
+#[inline(always)]
+pub(crate) fn padded(bytes: &[u8]) -> u128 {
+    let n = bytes.len();
+    debug_assert!(n <= HEAD);
+    let at = |i: usize, width: usize| -> u128 {
+        let mut word = [0; 8];
+        word[..width].copy_from_slice(&bytes[i..i + width]);
+        u128::from(u64::from_le_bytes(word))
+    };
+    if n >= 8 {
+        // The two words overlap when `n < 16`; the bytes they share are the same.
+        at(0, 8) | at(n - 8, 8) << (8 * (n - 8))
+    } else if n >= 4 {
+        at(0, 4) | at(n - 4, 4) << (8 * (n - 4))
+    } else if n > 0 {
+        at(0, 1) | at(n / 2, 1) << (8 * (n / 2)) | at(n - 1, 1) << (8 * (n - 1))
+    } else {
+        0
     }
+}
 
-    #[cold]
-    #[inline(never)]
-    fn spill(&mut self, text: &str) {
-        match self {
-            Text::Inline { .. } => {
-                let current = self.as_str();
-                let mut heap = String::with_capacity((current.len() + text.len()).max(2 * INLINE));
-                heap.push_str(current);
-                heap.push_str(text);
-                *self = Text::Heap(heap);
-            }
-            Text::Heap(heap) => heap.push_str(text),
-        }
-    }
+/// The decimal digits of `value` (below 10^8) as ASCII, the first digit in the low byte,
+/// and how many there are: computed in a register (eight digits at once, in lanes), so the
+/// key's head takes them with one shift and one or.
+#[inline(always)]
+fn digits8(value: u64) -> (u64, usize) {
+    let zoned = zoned8(value);
+    // Leading zeros are the low zero bytes; a zero keeps its one digit.
+    let zeros = (zoned.trailing_zeros() / 8).min(7) as usize;
+    ((zoned | 0x3030_3030_3030_3030) >> (8 * zeros), 8 - zeros)
+}
 
-    #[inline(always)]
-    fn push(&mut self, ch: char) {
-        // The brackets around every value: one byte, stored without a copy loop.
-        if let (Text::Inline { len, bytes }, true) = (&mut *self, ch.is_ascii()) {
-            if usize::from(*len) < INLINE {
-                bytes[usize::from(*len)] = ch as u8;
-                *len += 1;
-                return;
-            }
-        }
-        self.push_str(ch.encode_utf8(&mut [0; 4]));
+/// All eight decimal digits of `value` (below 10^8) as numbers 0..=9 a byte, the first digit in
+/// the low byte.
+#[inline(always)]
+fn zoned8(value: u64) -> u64 {
+    debug_assert!(value < 100_000_000);
+    // Four-digit halves in 32-bit lanes, then two-digit quarters in 16-bit lanes, then digits
+    // in bytes; the multiply-shifts divide exactly for these ranges (by 100 below 10^4, by 10
+    // below 100), and the masks drop what a lane's product shifts into its neighbour.
+    let halves = (value / 10_000) | (value % 10_000) << 32;
+    let hundreds = ((halves * 10_486) >> 20) & 0x0000_007f_0000_007f;
+    let quarters = hundreds | (halves - hundreds * 100) << 16;
+    let tens = ((quarters * 103) >> 10) & 0x000f_000f_000f_000f;
+    tens | (quarters - tens * 10) << 8
+}
+
+/// `value` (below 10^16) as ASCII digits in a little-endian `u128`, and how many there are.
+#[inline(always)]
+fn digits16(value: u64) -> (u128, usize) {
+    if value < 100_000_000 {
+        let (digits, count) = digits8(value);
+        (u128::from(digits), count)
+    } else {
+        let (high, count) = digits8(value / 100_000_000);
+        let low = zoned8(value % 100_000_000) | 0x3030_3030_3030_3030;
+        (u128::from(high) | u128::from(low) << (8 * count), count + 8)
     }
 }
 
@@ -223,16 +260,26 @@ impl fmt::Display for CacheKey {
 /// ```
 #[derive(Default)]
 pub struct KeyBuilder {
-    text: Text,
+    /// Bytes `0..16` of the text, little-endian, zeros past it: a value of its own, so that it
+    /// stays in registers while the key is built (see [`Inline`]).
+    head: u128,
+    /// The text's length while it is inline.
+    len: usize,
+    /// Bytes `16..INLINE`, zeros past the text.
+    tail: [u8; TAIL],
+    /// The whole text, once it outgrew `INLINE` bytes (`head`, `tail` and `len` are then
+    /// unused).
+    heap: Option<String>,
     unusable: bool,
 }
 
-// Every call builds its key, from the caller's crate: the small steps are `#[inline]` so that a
-// template's literal parts compile to stores, not calls.
+// Every call builds its key, from the caller's crate: the small steps are `#[inline(always)]`
+// so that a template's literal parts compile to a shift and an or of constants, not calls.
 impl fmt::Debug for KeyBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut inline = [0; INLINE];
         f.debug_struct("KeyBuilder")
-            .field("text", &self.text.as_str())
+            .field("text", &self.text(&mut inline))
             .finish()
     }
 }
@@ -244,6 +291,77 @@ impl KeyBuilder {
         KeyBuilder::default()
     }
 
+    /// The text so far (`inline` is where an inline text's bytes are put together).
+    fn text<'a>(&'a self, inline: &'a mut [u8; INLINE]) -> &'a str {
+        if let Some(heap) = &self.heap {
+            return heap;
+        }
+        inline[..HEAD].copy_from_slice(&self.head.to_le_bytes());
+        inline[HEAD..].copy_from_slice(&self.tail);
+        // Only whole `&str`s were appended.
+        std::str::from_utf8(&inline[..self.len]).expect("the text is UTF-8")
+    }
+
+    #[inline(always)]
+    fn push_str(&mut self, text: &str) {
+        let bytes = text.as_bytes();
+        if self.heap.is_none() && self.len + bytes.len() <= HEAD {
+            // `len` is below 16 unless `bytes` is empty, and then the shift (wrapped) moves 0.
+            self.head |= padded(bytes).wrapping_shl(8 * self.len as u32);
+            self.len += bytes.len();
+        } else {
+            *self = std::mem::take(self).push_str_slow(text);
+        }
+    }
+
+    /// `count` (at most 16) bytes, given as a little-endian `u128`.
+    #[inline(always)]
+    fn push_word(&mut self, word: u128, count: usize) {
+        if self.heap.is_none() && self.len + count <= HEAD {
+            self.head |= word.wrapping_shl(8 * self.len as u32);
+            self.len += count;
+        } else {
+            let bytes = word.to_le_bytes();
+            // Only ASCII is pushed as words.
+            let text = std::str::from_utf8(&bytes[..count]).expect("ASCII");
+            *self = std::mem::take(self).push_str_slow(text);
+        }
+    }
+
+    /// One ASCII byte.
+    #[inline(always)]
+    fn push_byte(&mut self, byte: u8) {
+        debug_assert!(byte.is_ascii());
+        self.push_word(u128::from(byte), 1);
+    }
+
+    /// Past the head: taken and given back by value, so that the builder's address never
+    /// leaves the caller (which would keep its head in memory).
+    #[cold]
+    #[inline(never)]
+    fn push_str_slow(mut self, text: &str) -> Self {
+        if let Some(heap) = &mut self.heap {
+            heap.push_str(text);
+            return self;
+        }
+        let end = self.len + text.len();
+        if end <= INLINE {
+            let bytes = text.as_bytes();
+            let in_head = HEAD.saturating_sub(self.len).min(bytes.len());
+            self.head |= padded(&bytes[..in_head]).wrapping_shl(8 * self.len as u32);
+            let from = self.len.max(HEAD) - HEAD;
+            self.tail[from..end - HEAD].copy_from_slice(&bytes[in_head..]);
+            self.len = end;
+        } else {
+            let mut inline = [0; INLINE];
+            let mut heap = String::with_capacity(end.max(2 * INLINE));
+            heap.push_str(self.text(&mut inline));
+            heap.push_str(text);
+            self.heap = Some(heap);
+        }
+        self
+    }
+
     /// Appends literal template text. It must not contain `<`, `>`, `{` or `}`; the macros check
     /// this at compile time, and hand-built keys are checked in debug builds.
     #[inline(always)]
@@ -252,16 +370,16 @@ impl KeyBuilder {
             !text.contains(['<', '>', '{', '}']),
             "literal key text may not contain `<`, `>`, `{{` or `}}`: {text:?}"
         );
-        self.text.push_str(text);
+        self.push_str(text);
         self
     }
 
     /// Appends one placeholder value.
     #[inline(always)]
     pub fn arg<T: KeyPart + ?Sized>(mut self, value: &T) -> Self {
-        self.text.push('<');
-        value.write_key_part(&mut KeyWriter(&mut self.text));
-        self.text.push('>');
+        self.push_byte(b'<');
+        value.write_key_part(&mut KeyWriter(&mut self));
+        self.push_byte(b'>');
         self
     }
 
@@ -285,22 +403,34 @@ impl KeyBuilder {
                     "a `:hash` key part failed to serialise; the call runs uncached"
                 );
             }
-            self.text.push_str(UNUSABLE);
+            self.push_str(UNUSABLE);
             self.unusable = true;
             return self;
         }
         let digest = hasher.0.digest128();
-        self.text.push_str("<#");
-        write_hex(&mut self.text, &digest.to_be_bytes());
-        self.text.push('>');
+        self.push_str("<#");
+        write_hex(&mut self, &digest.to_be_bytes());
+        self.push_byte(b'>');
         self
     }
 
     /// The finished key.
     #[inline(always)]
     pub fn finish(self) -> CacheKey {
+        let text = match self.heap {
+            Some(heap) => Text::Heap(heap),
+            // The head's two stores: what the memory store's hash reads back, word for word.
+            None => Text::Inline(Inline {
+                head: [
+                    (self.head as u64).to_le(),
+                    ((self.head >> 64) as u64).to_le(),
+                ],
+                tail: self.tail,
+                len: self.len as u8,
+            }),
+        };
         CacheKey {
-            text: self.text,
+            text,
             unusable: self.unusable,
         }
     }
@@ -315,16 +445,16 @@ impl bincode::enc::write::Writer for HashWriter {
     }
 }
 
-fn write_hex(out: &mut Text, bytes: &[u8]) {
+fn write_hex(out: &mut KeyBuilder, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)] as char);
-        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+        out.push_byte(DIGITS[usize::from(byte >> 4)]);
+        out.push_byte(DIGITS[usize::from(byte & 0xf)]);
     }
 }
 
 /// Where a [`KeyPart`] writes its value; it escapes what could break the key's structure.
-pub struct KeyWriter<'a>(&'a mut Text);
+pub struct KeyWriter<'a>(&'a mut KeyBuilder);
 
 impl KeyWriter<'_> {
     /// Writes text, percent-escaping every byte outside the characters that are safe in a key.
@@ -341,31 +471,35 @@ impl KeyWriter<'_> {
         {
             self.0.push_str(text);
         } else {
-            self.write_escaped(text);
+            // By value, so that the builder's address does not leave the caller.
+            *self.0 = write_escaped(std::mem::take(self.0), text);
         }
-    }
-
-    fn write_escaped(&mut self, text: &str) {
-        // Runs of kept characters are copied whole.
-        let mut run = 0;
-        for (at, ch) in text.char_indices() {
-            if !is_kept(ch) {
-                self.0.push_str(&text[run..at]);
-                let mut utf8 = [0; 4];
-                for byte in ch.encode_utf8(&mut utf8).bytes() {
-                    self.0.push('%');
-                    write_hex_upper(self.0, byte);
-                }
-                run = at + ch.len_utf8();
-            }
-        }
-        self.0.push_str(&text[run..]);
     }
 
     /// Writes an integer in decimal.
     #[inline(always)]
     pub fn write_int(&mut self, value: impl itoa::Integer) {
         self.0.push_str(itoa::Buffer::new().format(value));
+    }
+
+    /// Writes an unsigned integer in decimal: below 10^16 (every id in practice), its digits
+    /// are made in a register and appended as one word (see [`Inline`]).
+    #[inline(always)]
+    fn write_u64(&mut self, value: u64) {
+        if value < 10_000_000_000_000_000 {
+            let (digits, count) = digits16(value);
+            self.0.push_word(digits, count);
+        } else {
+            self.write_int(value);
+        }
+    }
+
+    #[inline(always)]
+    fn write_i64(&mut self, value: i64) {
+        if value < 0 {
+            self.0.push_byte(b'-');
+        }
+        self.write_u64(value.unsigned_abs());
     }
 
     /// Writes the mark of an absent value (`None`): `%none`, which escaping never produces
@@ -406,10 +540,28 @@ const KEPT_ASCII: [bool; 128] = {
     kept
 };
 
-fn write_hex_upper(out: &mut Text, byte: u8) {
+fn write_escaped(mut out: KeyBuilder, text: &str) -> KeyBuilder {
+    // Runs of kept characters are copied whole.
+    let mut run = 0;
+    for (at, ch) in text.char_indices() {
+        if !is_kept(ch) {
+            out.push_str(&text[run..at]);
+            let mut utf8 = [0; 4];
+            for byte in ch.encode_utf8(&mut utf8).bytes() {
+                out.push_byte(b'%');
+                write_hex_upper(&mut out, byte);
+            }
+            run = at + ch.len_utf8();
+        }
+    }
+    out.push_str(&text[run..]);
+    out
+}
+
+fn write_hex_upper(out: &mut KeyBuilder, byte: u8) {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    out.push(DIGITS[usize::from(byte >> 4)] as char);
-    out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    out.push_byte(DIGITS[usize::from(byte >> 4)]);
+    out.push_byte(DIGITS[usize::from(byte & 0xf)]);
 }
 
 /// A value that can stand for a placeholder in a cache key.
@@ -441,16 +593,19 @@ pub trait KeyPart {
 }
 
 macro_rules! int_key_parts {
-    ($($ty:ty)*) => {$(
+    ($write:ident as $as:ty: $($ty:ty)*) => {$(
         impl KeyPart for $ty {
             #[inline(always)]
             fn write_key_part(&self, out: &mut KeyWriter<'_>) {
-                out.write_int(*self);
+                out.$write(*self as $as);
             }
         }
     )*};
 }
-int_key_parts!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize);
+int_key_parts!(write_u64 as u64: u8 u16 u32 u64 usize);
+int_key_parts!(write_i64 as i64: i8 i16 i32 i64 isize);
+int_key_parts!(write_int as u128: u128);
+int_key_parts!(write_int as i128: i128);
 
 impl KeyPart for str {
     #[inline(always)]
@@ -793,6 +948,29 @@ mod tests {
             }
             prop_assert_eq!(&ka, &other.finish());
             prop_assert_eq!(&ka, &ka.clone());
+        }
+    }
+
+    #[test]
+    fn integers_made_in_a_register_render_like_display() {
+        // Every value below 10^6, then every power of ten and its neighbours up to 10^19
+        // (the edges of the register paths and the digit-count trimming), and a walk between.
+        let mut values: Vec<u64> = (0..1_000_000).collect();
+        for exponent in 0..20 {
+            let power = 10u64.pow(exponent);
+            values.extend([power - 1, power, power + 1]);
+        }
+        values.extend((0..20_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (i % 64)));
+        for value in values {
+            let key = KeyBuilder::new().lit("k:").arg(&value).finish();
+            assert_eq!(key.as_str(), format!("k:<{value}>"));
+            let signed = value as i64;
+            let key = KeyBuilder::new()
+                .arg(&signed)
+                .lit("abcdefghij")
+                .arg(&signed)
+                .finish();
+            assert_eq!(key.as_str(), format!("<{signed}>abcdefghij<{signed}>"));
         }
     }
 

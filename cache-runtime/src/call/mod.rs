@@ -56,6 +56,16 @@ pub(crate) fn hit_in_process<R, S: ReturnShape<R>>(
         .or_else(|| remote::l1_hit::<R, S>(site, resolved, key))
 }
 
+/// The memory hit of a synchronous site (which [`cached_sync`] asks too), asked by the
+/// synchronous entry point with the key where its caller built it.
+#[inline]
+pub(crate) fn hit_in_process_sync<R, S: ReturnShape<R>>(
+    site: &'static Site,
+    key: &CacheKey,
+) -> Option<S::Value> {
+    local::memory_hit::<R, S>(site, registry::resolve_in_process(site), key)
+}
+
 /// [`hit_in_process`], and whether the entry is due for a refresh-ahead (a site with
 /// `refresh`).
 #[inline]

@@ -12,7 +12,7 @@ use ahash::RandomState;
 
 use super::stored::Stored;
 use crate::clock::Moment;
-use crate::key::CacheKey;
+use crate::key::{padded, CacheKey, HEAD};
 
 /// Texts of up to this many bytes are held in the slot itself; 22 keeps a [`SlotKey`] at 24
 /// bytes and covers `user:<id>`-style keys. Longer ones are shared text (`Arc<str>`), one
@@ -68,14 +68,35 @@ impl Hash for SlotKey {
 }
 
 /// The hash of a key's text: aHash, keyed once per process from the OS's randomness, since
-/// keys are request data (ARCHITECTURE.md, "The memory hit at the floor"). One `write` of the
-/// bytes: `str`'s `Hash` adds a terminator, which a single field does not need.
+/// keys are request data (ARCHITECTURE.md, "The memory hit at the floor"). A text of up to 16
+/// bytes is hashed as its zero-padded little-endian `u128` and its length ([`head_hash`]);
+/// a longer one as one `write` of the bytes (`str`'s `Hash` adds a terminator, which a single
+/// field does not need).
 #[inline]
 pub(super) fn text_hash(text: &[u8]) -> u64 {
-    static KEYED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
-    let mut hasher = KEYED.build_hasher();
+    if text.len() <= HEAD {
+        return head_hash(padded(text), text.len());
+    }
+    let mut hasher = keyed().build_hasher();
     hasher.write(text);
     hasher.finish()
+}
+
+/// The hash of a text of up to 16 bytes, from its head as `CacheKey` holds it: two words in
+/// registers, so that a hit's hash does not read its key's bytes at other widths than they
+/// were stored with.
+#[inline(always)]
+fn head_hash(head: u128, len: usize) -> u64 {
+    let mut hasher = keyed().build_hasher();
+    hasher.write_u128(head);
+    hasher.write_usize(len);
+    hasher.finish()
+}
+
+#[inline(always)]
+fn keyed() -> &'static RandomState {
+    static KEYED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    &KEYED
 }
 
 /// A lookup by a key's text, with its hash computed once.
@@ -93,8 +114,12 @@ pub(super) enum ProbeText<'a> {
 impl<'a> Probe<'a> {
     #[inline]
     pub(super) fn key(key: &'a CacheKey) -> Probe<'a> {
+        let hash = match key.inline_parts() {
+            Some((len, head, _)) if len <= HEAD => head_hash(head, len),
+            _ => text_hash(key.as_str().as_bytes()),
+        };
         Probe {
-            hash: text_hash(key.as_str().as_bytes()),
+            hash,
             text: ProbeText::Key(key),
         }
     }
@@ -119,13 +144,14 @@ impl quick_cache::Equivalent<SlotKey> for Probe<'_> {
     fn equivalent(&self, slot: &SlotKey) -> bool {
         match (&self.text, slot) {
             // Both inline: zeros past both texts (the invariants of `CacheKey` and `SlotKey`),
-            // so comparing the lengths and the first 16 bytes, one vector compare, settles
-            // every key of up to 16 bytes.
-            (ProbeText::Key(key), SlotKey::Inline { len, bytes }) => match key.inline_bytes() {
-                Some((key_len, key_bytes)) => {
-                    key_len == *len
-                        && key_bytes[..16] == bytes[..16]
-                        && (usize::from(*len) <= 16 || key_bytes[16..INLINE] == bytes[16..])
+            // so comparing the lengths and the first 16 bytes settles every key of up to 16
+            // bytes. The key's head is read as the two words it was stored as.
+            (ProbeText::Key(key), SlotKey::Inline { len, bytes }) => match key.inline_parts() {
+                Some((key_len, head, tail)) => {
+                    let slot_head = u128::from_le_bytes(bytes[..HEAD].try_into().expect("16"));
+                    key_len == usize::from(*len)
+                        && head == slot_head
+                        && (key_len <= HEAD || tail[..INLINE - HEAD] == bytes[HEAD..])
                 }
                 None => false,
             },
