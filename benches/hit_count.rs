@@ -22,7 +22,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Instant;
 
 use cached::macros::concurrent_cached;
-use cachette::{cached, configure, KeyBuilder, MemoryBackend};
+use cachette::{cached, configure, KeyBuilder, MemoryBackend, RedisBackend, TieredBackend};
 
 #[path = "fixtures/account.rs"]
 mod account;
@@ -33,6 +33,11 @@ const KEYS: u64 = 10_000;
 
 #[cached(ttl = "600s", key = "acct:<id>")]
 async fn cachette_memory(id: u64) -> Arc<Account> {
+    account(id)
+}
+
+#[cached(ttl = "600s", key = "tacct:<id>", backend = "tiered")]
+async fn cachette_tiered(id: u64) -> Arc<Account> {
     account(id)
 }
 
@@ -87,6 +92,7 @@ fn warm(row: &str) {
     for id in 0..KEYS {
         match row {
             "cachette" | "store" => drop(rt.block_on(cachette_memory(id))),
+            "cachette_tiered" => drop(rt.block_on(cachette_tiered(id))),
             "cachette_sync" => drop(cachette_sync(id)),
             "concurrent_cached" => drop(rt.block_on(concurrent(id))),
             "concurrent_cached_sync" => drop(concurrent_sync(id)),
@@ -122,6 +128,7 @@ fn measured(row: &str, hits: u64) {
     }
     match row {
         "cachette" => async_row!(cachette_memory),
+        "cachette_tiered" => async_row!(cachette_tiered),
         "cachette_sync" => sync_row!(cachette_sync),
         "store" => sync_row!(store),
         "concurrent_cached" => async_row!(concurrent),
@@ -131,8 +138,9 @@ fn measured(row: &str, hits: u64) {
     }
 }
 
-const ROWS: [&str; 6] = [
+const ROWS: [&str; 7] = [
     "cachette",
+    "cachette_tiered",
     "cachette_sync",
     "store",
     "concurrent_cached",
@@ -143,7 +151,7 @@ const ROWS: [&str; 6] = [
 /// The row each row is a ratio to: `#[concurrent_cached]` in the same form (async or sync).
 fn reference(row: &str) -> &'static str {
     match row {
-        "cachette" | "concurrent_cached" => "concurrent_cached",
+        "cachette" | "cachette_tiered" | "concurrent_cached" => "concurrent_cached",
         _ => "concurrent_cached_sync",
     }
 }
@@ -164,9 +172,9 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// Every row, `rounds` times in a shuffled order (a fixed xorshift seed), `hits` hits each.
-fn interleaved(rounds: usize, hits: u64) {
-    let mut per_hit = vec![Vec::new(); ROWS.len()];
-    let mut order: Vec<usize> = (0..ROWS.len()).collect();
+fn interleaved(rows: &[&str], rounds: usize, hits: u64) {
+    let mut per_hit = vec![Vec::new(); rows.len()];
+    let mut order: Vec<usize> = (0..rows.len()).collect();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     for _ in 0..rounds {
         for i in (1..order.len()).rev() {
@@ -177,7 +185,7 @@ fn interleaved(rounds: usize, hits: u64) {
         }
         for &row in &order {
             let start = thread_cpu_ns();
-            measured(ROWS[row], hits);
+            measured(rows[row], hits);
             per_hit[row].push((thread_cpu_ns() - start) as f64 / hits as f64);
         }
     }
@@ -196,6 +204,15 @@ fn interleaved(rounds: usize, hits: u64) {
         let ns = median(&mut per_hit[row].clone());
         println!("| {name} | {ns:.1} | {:.2}x |", median(&mut ratios));
     }
+    let at = |name: &str| rows.iter().position(|row| *row == name);
+    if let (Some(tiered), Some(memory)) = (at("cachette_tiered"), at("cachette")) {
+        let mut ratios: Vec<f64> = per_hit[tiered]
+            .iter()
+            .zip(&per_hit[memory])
+            .map(|(tiered, memory)| tiered / memory)
+            .collect();
+        println!("tiered warm hit / memory hit: {:.2}x", median(&mut ratios));
+    }
 }
 
 fn main() {
@@ -205,17 +222,41 @@ fn main() {
         return;
     };
     let memory = MEMORY.get_or_init(|| MemoryBackend::builder().max_entries(200_000).build());
-    configure()
-        .memory("memory", memory.clone())
-        .install()
-        .expect("configured once");
+    let mut config = configure().memory("memory", memory.clone());
+    // The tiered row, with a Redis to hold its L2 (scripts/hit_count starts one).
+    let tiered = std::env::var("CACHETTE_BENCH_REDIS_URL").ok().map(|url| {
+        let l2 = RedisBackend::builder()
+            .url(url)
+            .build()
+            .expect("a Redis URL");
+        // As `arc_hit` builds it: an L1 that holds every key, entries that outlive the run.
+        TieredBackend::builder(l2)
+            .l1(MemoryBackend::builder().max_entries(200_000).build())
+            .l1_max_ttl(std::time::Duration::from_secs(600))
+            .heartbeat(std::time::Duration::from_secs(600))
+            .build()
+    });
+    if let Some(tiered) = &tiered {
+        config = config.tiered("tiered", tiered.clone());
+    }
+    config.install().expect("configured once");
+    if let Some(tiered) = &tiered {
+        runtime().block_on(async {
+            cachette_tiered(0).await;
+            tiered.l1_ready().await;
+        });
+    }
+    let rows: Vec<&str> = ROWS
+        .into_iter()
+        .filter(|row| *row != "cachette_tiered" || tiered.is_some())
+        .collect();
     if row == "rounds" {
         let rounds = args.next().map_or(40, |n| n.parse().expect("a count"));
         let hits = args.next().map_or(200_000, |n| n.parse().expect("a count"));
-        for row in ROWS {
+        for row in &rows {
             warm(row);
         }
-        interleaved(rounds, hits);
+        interleaved(&rows, rounds, hits);
         return;
     }
     let hits = args.next().map_or(100_000, |n| n.parse().expect("a count"));

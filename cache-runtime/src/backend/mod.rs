@@ -146,6 +146,17 @@ impl Backend {
         }
     }
 
+    /// The tiered backend, without starting its bus: for the L1 hit, which a bus that is not
+    /// subscribed (never started included) turns away anyway (`TieredBackend::l1_epoch`), and
+    /// which then takes the full path, where [`remote`](Self::remote) starts it.
+    #[inline]
+    pub(crate) fn tiered(&self) -> Option<&TieredBackend> {
+        match &self.inner.store {
+            Store::Tiered(tiered) => Some(tiered),
+            Store::Memory(_) | Store::Redis(_) => None,
+        }
+    }
+
     /// What the remote call path works with: the Redis backend and, for a tiered backend, the
     /// tiered backend whose L1 is in front of it; `None` for an in-process backend. Starts a
     /// tiered backend's bus subscriber on first use.

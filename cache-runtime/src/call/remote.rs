@@ -353,9 +353,8 @@ pub(super) fn l1_hit_due<R, S: ReturnShape<R>>(
     key: &CacheKey,
 ) -> Option<(S::Value, bool)> {
     let backend = resolved.backend.as_ref().filter(|_| key.is_usable())?;
-    let (_, Some(tiered)) = backend.remote()? else {
-        return None;
-    };
+    // Not `remote()`, which also starts the bus: a hit needs it started already (below).
+    let tiered = backend.tiered()?;
     // L1 is usable only in an epoch of a live bus subscription; see `backend::tiered::bus`.
     let epoch = tiered.l1_epoch()?;
     let found = tiered.l1_get_due(key, epoch, |any| {

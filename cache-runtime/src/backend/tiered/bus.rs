@@ -76,6 +76,7 @@ impl Bus {
     }
 
     /// The epoch L1 entries must carry to be served, or `None` while L1 must not be used.
+    #[inline]
     pub(crate) fn l1_epoch(&self) -> Option<u64> {
         let state = self.state.load(Ordering::Acquire);
         (state & 1 == 1).then_some(state >> 1)

@@ -120,6 +120,7 @@ impl TieredBackend {
 
     /// The epoch L1 entries must carry to be served, or `None` while L1 must not be used (the
     /// bus is down); see `bus.rs`.
+    #[inline]
     pub(crate) fn l1_epoch(&self) -> Option<u64> {
         self.bus.l1_epoch()
     }
