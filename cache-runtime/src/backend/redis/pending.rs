@@ -267,6 +267,46 @@ mod tests {
             .expect("no panic");
     }
 
+    /// A replay (or a call's own invalidation) confirms what was queued before it was sent,
+    /// not a later failed invalidation of the same key queued while its reply was awaited: that
+    /// one may be of a mutation after the replayed delete ran, and it was never sent.
+    #[test]
+    fn a_key_queued_again_while_its_replay_is_in_flight_stays_pending() {
+        let pending = PendingInvalidations::default();
+        pending.push("a", None);
+        let batch = pending.batch(10);
+        pending.push("a", None);
+        pending.confirm(batch.iter().map(|(key, _)| key.as_str()), false);
+        assert!(pending.holds("a"), "the later invalidation of a was lost");
+        assert!(pending.any());
+    }
+
+    /// Keys refused by a queue that overflows again while the purge runs are not covered by
+    /// it: the purge's scan may have passed them.
+    #[test]
+    fn an_overflow_during_the_purge_outlives_it() {
+        let pending = PendingInvalidations::default();
+        for n in 0..=MAX_PENDING {
+            pending.push(&n.to_string(), None);
+        }
+        let keys: Vec<String> = pending
+            .batch(usize::MAX)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        pending.confirm(keys.iter().map(String::as_str), false);
+        // The purge starts (overflowed, queue empty); the queue overflows again meanwhile.
+        assert!(pending.overflowed() && pending.batch(1).is_empty());
+        for n in 0..=MAX_PENDING {
+            pending.push(&format!("late{n}"), None);
+        }
+        pending.confirm([], true);
+        assert!(
+            pending.overflowed(),
+            "a key refused during the purge is no longer pending"
+        );
+    }
+
     #[test]
     fn one_replayer_at_a_time() {
         let pending = PendingInvalidations::default();
