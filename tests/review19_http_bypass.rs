@@ -51,11 +51,16 @@ async fn a_bypassed_http_answer_is_counted() {
             .body(Body::empty())
             .unwrap();
         let response = app.clone().oneshot(request).await.expect("infallible");
-        let status = response.headers()["cache-status"].to_str().unwrap().to_owned();
+        let status = response.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert!(status.contains("fwd=bypass"), "{name}: {status}");
         let counted = bypasses() - before;
         if counted != 1 {
-            missing.push(format!("{name}: {value} -> `{status}` counted {counted} times"));
+            missing.push(format!(
+                "{name}: {value} -> `{status}` counted {counted} times"
+            ));
         }
     }
     assert!(missing.is_empty(), "answers not counted once: {missing:#?}");

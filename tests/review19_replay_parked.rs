@@ -27,7 +27,6 @@ async fn item_counted(id: u64) -> u64 {
 
 static LOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-
 #[invalidates("item:<id>")]
 async fn change_item(id: u64) {
     let _ = id;
@@ -74,7 +73,9 @@ async fn scenario() {
         let _ = item_counted(2).await;
     }
     let reloads = LOADS.load(std::sync::atomic::Ordering::SeqCst) - loads_before;
-    std::thread::spawn(move || drop(bridge)).join().expect("no panic");
+    std::thread::spawn(move || drop(bridge))
+        .join()
+        .expect("no panic");
     assert_eq!(
         (left, reloads),
         (0, 0),
