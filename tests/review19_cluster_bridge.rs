@@ -103,7 +103,9 @@ async fn a_replacement_started_on_an_idle_runtime_does_not_block_recovery() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cluster.node_by_port(hung).resume();
-    std::thread::spawn(move || drop(bridge)).join().expect("no panic");
+    std::thread::spawn(move || drop(bridge))
+        .join()
+        .expect("no panic");
     println!("last uncached call {last_uncached:?} after the promotion");
     assert!(
         last_uncached.is_none_or(|at| at <= recovery_bound()),

@@ -7,7 +7,8 @@
 //! build on a loaded machine), and the one in use may be sound again (the fault was brief). So
 //! the replacement is built beside the connection in use, in a task of its own, bounded, and
 //! swapped in only once it has connected and every master has answered it; until then, and if
-//! it fails, the connection in use keeps serving. At most one attempt is under way, and the
+//! it fails, the connection in use keeps serving. At most one attempt is under way (one marked
+//! so past its bound is not running, and is taken over), and the
 //! next starts no sooner than [`backoff`] after the last one started. A server's connection
 //! (redis-rs's `ConnectionManager`) reconnects on its own in a task of its own and follows no
 //! slot map: it is never replaced.
