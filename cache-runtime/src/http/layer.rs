@@ -113,15 +113,14 @@ where
         return write_through(policy, inner, parts, body, route).await;
     }
     let Some((template, params)) = route else {
-        return bypass(inner, parts, body, "route").await;
+        return bypass(&shared, inner, parts, body, "route").await;
     };
     let plan = match plan(policy, &parts) {
         Ok(plan) => plan,
-        Err(detail) => return bypass(inner, parts, body, detail).await,
+        Err(detail) => return bypass(&shared, inner, parts, body, detail).await,
     };
     let Some(backend) = crate::registry::resolve(shared.responses).backend.as_ref() else {
-        crate::call::bypassed(shared.responses);
-        return bypass(inner, parts, body, "backend").await;
+        return bypass(&shared, inner, parts, body, "backend").await;
     };
     let param = |name: &str| {
         params
@@ -133,7 +132,7 @@ where
         route_builder(&method, &template, param),
         route_builder(&method, &template, param),
     ) else {
-        return bypass(inner, parts, body, "route").await;
+        return bypass(&shared, inner, parts, body, "route").await;
     };
 
     // Every variant of the route lives under its current generation; invalidating the route
@@ -329,6 +328,7 @@ where
 
 /// Runs the handler without the cache, saying why in `Cache-Status`.
 async fn bypass<S>(
+    shared: &Shared,
     mut inner: S,
     parts: Parts,
     body: Body,
@@ -337,6 +337,9 @@ async fn bypass<S>(
 where
     S: Service<Request<Body>, Response = Response<Body>>,
 {
+    // Counted before the handler runs, as its `Cache-Status` will say: once, whether or not
+    // the client waits for the answer.
+    crate::call::bypassed(shared.responses);
     let mut response = inner.call(Request::from_parts(parts, body)).await?;
     set_cache_status(
         &mut response,

@@ -36,9 +36,24 @@ pub(crate) const MAX_PENDING: usize = 10_000;
 /// The bus announcement to repeat with a replayed invalidation: (channel, message).
 pub(crate) type Announcement = Option<(String, String)>;
 
+/// Where the queue stood when an invalidation was sent: a confirmation covers only what was
+/// queued before it (a later failure of the same key may be of a mutation after the delete ran).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark(u64);
+
+/// The queue: each key with its announcement and the sequence number of its latest push.
+#[derive(Default)]
+struct Queue {
+    items: HashMap<String, (Announcement, u64)>,
+    /// The sequence number of the next push.
+    next: u64,
+    /// The sequence number of the latest push a full queue refused.
+    last_refused: Option<u64>,
+}
+
 #[derive(Default)]
 pub(crate) struct PendingInvalidations {
-    items: Mutex<HashMap<String, Announcement>>,
+    items: Mutex<Queue>,
     /// Lets every operation check for work with one relaxed load. Cleared only when nothing is
     /// pending, never before a replay is confirmed.
     any: AtomicBool,
@@ -65,17 +80,22 @@ impl Drop for Replaying<'_> {
 }
 
 impl PendingInvalidations {
-    fn items(&self) -> MutexGuard<'_, HashMap<String, Announcement>> {
+    fn items(&self) -> MutexGuard<'_, Queue> {
         // Every critical section is a lookup, an insert, a removal or a copy.
         self.items.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn push(&self, key: &str, announcement: Announcement) {
-        let mut items = self.items();
+        let mut guard = self.items();
+        let queue = &mut *guard;
+        let seq = queue.next;
+        queue.next += 1;
+        let items = &mut queue.items;
         // Counted once per key kept: a key already waiting is replayed (and counted) once, and
         // a key refused by a full queue is not kept (the purge covers it).
         let mut kept = false;
         if items.len() >= MAX_PENDING && !items.contains_key(key) {
+            queue.last_refused = Some(seq);
             if !self.overflowed.swap(true, Ordering::AcqRel) {
                 static GATE: LogGate = LogGate::new();
                 if let Some(suppressed) = GATE.admit() {
@@ -89,15 +109,22 @@ impl PendingInvalidations {
                 }
             }
         } else {
-            kept = items.insert(key.to_owned(), announcement).is_none();
+            // Re-stamped if already waiting: a confirmation of its earlier send leaves it.
+            kept = items.insert(key.to_owned(), (announcement, seq)).is_none();
         }
         self.any.store(true, Ordering::Release);
         if let Some(meters) = self.meters.get() {
             if kept {
                 meters.invalidated(Invalidation::Queued, 1);
             }
-            meters.pending(items.len());
+            meters.pending(queue.items.len());
         }
+    }
+
+    /// Taken before an invalidation (or a replay, or a purge) is sent; its confirmation then
+    /// covers only what was queued before.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark(self.items().next)
     }
 
     /// Gives the queue its backend's handles (the first configuration that names it keeps it).
@@ -107,7 +134,7 @@ impl PendingInvalidations {
 
     /// How many keys are waiting (an overflowed queue's lost keys not counted).
     pub(crate) fn len(&self) -> usize {
-        self.items().len()
+        self.items().items.len()
     }
 
     /// Whether anything waits; cheap enough for every operation.
@@ -117,7 +144,7 @@ impl PendingInvalidations {
 
     /// Whether `key` must be left alone in Redis: its invalidation is not confirmed yet.
     pub(crate) fn holds(&self, key: &str) -> bool {
-        self.any() && (self.overflowed() || self.items().contains_key(key))
+        self.any() && (self.overflowed() || self.items().items.contains_key(key))
     }
 
     pub(crate) fn overflowed(&self) -> bool {
@@ -132,18 +159,30 @@ impl PendingInvalidations {
     /// Up to `most` pending invalidations, left in place until [`confirm`](Self::confirm).
     pub(crate) fn batch(&self, most: usize) -> Vec<(String, Announcement)> {
         self.items()
+            .items
             .iter()
             .take(most)
-            .map(|(key, announcement)| (key.clone(), announcement.clone()))
+            .map(|(key, (announcement, _))| (key.clone(), announcement.clone()))
             .collect()
     }
 
-    /// Redis confirmed these invalidations (and the purge, if `purged`).
-    pub(crate) fn confirm<'k>(&self, keys: impl IntoIterator<Item = &'k str>, purged: bool) {
-        let mut items = self.items();
+    /// Redis confirmed these invalidations (and the purge, if `purged`), sent after `sent`
+    /// was taken: a key queued again since stays, and so does an overflow since.
+    pub(crate) fn confirm<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+        sent: Mark,
+        purged: bool,
+    ) {
+        let mut guard = self.items();
+        let queue = &mut *guard;
+        let purged = purged && !queue.last_refused.is_some_and(|seq| seq >= sent.0);
+        let items = &mut queue.items;
         let before = items.len();
         for key in keys {
-            items.remove(key);
+            if items.get(key).is_some_and(|(_, seq)| *seq < sent.0) {
+                items.remove(key);
+            }
         }
         if let Some(meters) = self.meters.get() {
             if items.len() != before {
@@ -158,7 +197,7 @@ impl PendingInvalidations {
             self.any.store(false, Ordering::Release);
         }
         let progressed = purged || items.len() != before;
-        drop(items);
+        drop(guard);
         // Only on progress: the confirmation of every successful invalidation comes here, and
         // almost always removes nothing.
         if progressed {
@@ -193,13 +232,13 @@ mod tests {
         pending.push("a", None);
         pending.push("a", None);
         pending.push("b", None);
-        assert_eq!(pending.items().len(), 2);
+        assert_eq!(pending.len(), 2);
         let batch = pending.batch(10);
         assert_eq!(batch.len(), 2);
         assert!(pending.holds("a"), "a batch taken is not yet confirmed");
-        pending.confirm(["a"], false);
+        pending.confirm(["a"], pending.mark(), false);
         assert!(!pending.holds("a") && pending.holds("b") && pending.any());
-        pending.confirm(["b"], false);
+        pending.confirm(["b"], pending.mark(), false);
         assert!(!pending.any());
     }
 
@@ -216,9 +255,9 @@ mod tests {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        pending.confirm(keys.iter().map(String::as_str), false);
+        pending.confirm(keys.iter().map(String::as_str), pending.mark(), false);
         assert!(pending.any(), "still overflowed");
-        pending.confirm([], true);
+        pending.confirm([], pending.mark(), true);
         assert!(!pending.any() && !pending.holds("0"));
     }
 
@@ -238,10 +277,10 @@ mod tests {
         assert!(dropped.await.is_err());
         assert_eq!(pending.len(), 2);
         let waiting = wait(&pending);
-        pending.confirm(["a"], false);
+        pending.confirm(["a"], pending.mark(), false);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "b is still pending");
-        pending.confirm(["b"], false);
+        pending.confirm(["b"], pending.mark(), false);
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken by the confirmation")
@@ -257,14 +296,56 @@ mod tests {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        pending.confirm(keys.iter().map(String::as_str), false);
+        pending.confirm(keys.iter().map(String::as_str), pending.mark(), false);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "the purge is still due");
-        pending.confirm([], true);
+        pending.confirm([], pending.mark(), true);
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken by the purge")
             .expect("no panic");
+    }
+
+    /// A replay (or a call's own invalidation) confirms what was queued before it was sent,
+    /// not a later failed invalidation of the same key queued while its reply was awaited: that
+    /// one may be of a mutation after the replayed delete ran, and it was never sent.
+    #[test]
+    fn a_key_queued_again_while_its_replay_is_in_flight_stays_pending() {
+        let pending = PendingInvalidations::default();
+        pending.push("a", None);
+        let sent = pending.mark();
+        let batch = pending.batch(10);
+        pending.push("a", None);
+        pending.confirm(batch.iter().map(|(key, _)| key.as_str()), sent, false);
+        assert!(pending.holds("a"), "the later invalidation of a was lost");
+        assert!(pending.any());
+    }
+
+    /// Keys refused by a queue that overflows again while the purge runs are not covered by
+    /// it: the purge's scan may have passed them.
+    #[test]
+    fn an_overflow_during_the_purge_outlives_it() {
+        let pending = PendingInvalidations::default();
+        for n in 0..=MAX_PENDING {
+            pending.push(&n.to_string(), None);
+        }
+        let keys: Vec<String> = pending
+            .batch(usize::MAX)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        pending.confirm(keys.iter().map(String::as_str), pending.mark(), false);
+        // The purge starts (overflowed, queue empty); the queue overflows again meanwhile.
+        assert!(pending.overflowed() && pending.batch(1).is_empty());
+        let sent = pending.mark();
+        for n in 0..=MAX_PENDING {
+            pending.push(&format!("late{n}"), None);
+        }
+        pending.confirm([], sent, true);
+        assert!(
+            pending.overflowed(),
+            "a key refused during the purge is no longer pending"
+        );
     }
 
     #[test]

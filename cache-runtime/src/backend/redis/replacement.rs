@@ -7,12 +7,12 @@
 //! build on a loaded machine), and the one in use may be sound again (the fault was brief). So
 //! the replacement is built beside the connection in use, in a task of its own, bounded, and
 //! swapped in only once it has connected and every master has answered it; until then, and if
-//! it fails, the connection in use keeps serving. At most one attempt is under way, and the
+//! it fails, the connection in use keeps serving. At most one attempt is under way (one marked
+//! so past its bound is not running, and is taken over), and the
 //! next starts no sooner than [`backoff`] after the last one started. A server's connection
 //! (redis-rs's `ConnectionManager`) reconnects on its own in a task of its own and follows no
 //! slot map: it is never replaced.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -23,12 +23,18 @@ pub(crate) struct ConnectionSlot {
     /// Made on first use, inside the caller's Tokio runtime: creating a connection spawns its
     /// driver, which needs a runtime that configuration time may not have.
     in_use: RwLock<Option<Connection>>,
-    /// Whether a replacement attempt is under way; cleared by [`InFlight`] on every way out.
+    /// The attempts: the one under way, and when the last started.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    in_flight: AtomicBool,
-    /// When the last replacement attempt started.
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    last_attempt: Mutex<Option<Instant>>,
+    attempts: Mutex<Attempts>,
+}
+
+#[derive(Default)]
+struct Attempts {
+    /// The attempt under way, if any; cleared by its [`InFlight`] on every way out.
+    in_flight: Option<u64>,
+    /// When the last attempt started.
+    last_started: Option<Instant>,
+    next_id: u64,
 }
 
 /// How long after one replacement attempt starts the next may start, and how long an attempt
@@ -46,8 +52,7 @@ impl ConnectionSlot {
     pub(crate) fn new() -> Arc<ConnectionSlot> {
         Arc::new(ConnectionSlot {
             in_use: RwLock::new(None),
-            in_flight: AtomicBool::new(false),
-            last_attempt: Mutex::new(None),
+            attempts: Mutex::new(Attempts::default()),
         })
     }
 
@@ -118,25 +123,36 @@ impl ConnectionSlot {
     }
 
     /// Takes the right to run an attempt now, if no attempt is under way and the last started
-    /// `backoff` or more before `now`.
+    /// `backoff` or more before `now`. An attempt still marked under way a `backoff` after it
+    /// started is not running (each is bounded by the backoff): its task sits on a runtime
+    /// that nothing drives any more (a sync bridge's, kept for `block_on`), so this one takes
+    /// over, and the stale one's end, if it ever comes, clears nothing.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     fn begin(self: &Arc<Self>, now: Instant, backoff: Duration) -> Option<InFlight> {
-        if self.in_flight.swap(true, Ordering::AcqRel) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        if attempts
+            .last_started
+            .is_some_and(|at| now.saturating_duration_since(at) < backoff)
+        {
             return None;
         }
-        // From here on every way out clears the flag, this one's early returns included.
-        let in_flight = InFlight {
+        let id = attempts.next_id;
+        attempts.next_id += 1;
+        attempts.in_flight = Some(id);
+        attempts.last_started = Some(now);
+        Some(InFlight {
             slot: Arc::clone(self),
-        };
-        let mut last = self
-            .last_attempt
+            id,
+        })
+    }
+
+    #[cfg(test)]
+    fn in_flight(&self) -> bool {
+        self.attempts
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.is_some_and(|at| now.saturating_duration_since(at) < backoff) {
-            return None;
-        }
-        *last = Some(now);
-        Some(in_flight)
+            .unwrap_or_else(PoisonError::into_inner)
+            .in_flight
+            .is_some()
     }
 
     /// Puts `connection` in use; the one it replaces goes once the operations holding it end.
@@ -151,11 +167,19 @@ impl ConnectionSlot {
 #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 struct InFlight {
     slot: Arc<ConnectionSlot>,
+    id: u64,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.slot.in_flight.store(false, Ordering::Release);
+        let mut attempts = self
+            .slot
+            .attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if attempts.in_flight == Some(self.id) {
+            attempts.in_flight = None;
+        }
     }
 }
 
@@ -178,7 +202,7 @@ mod tests {
         );
         let first = slot.begin(t0, backoff).expect("the first attempt");
         assert!(
-            slot.begin(t0 + 3 * backoff, backoff).is_none(),
+            slot.begin(t0 + backoff / 2, backoff).is_none(),
             "a second attempt while the first is under way"
         );
         drop(first);
@@ -190,6 +214,28 @@ mod tests {
         assert!(second.is_some(), "the next attempt after the backoff");
     }
 
+    /// An attempt is bounded by the backoff: one still marked under way past it is not running
+    /// (its task sits on a runtime nothing drives), and must not hold off every later attempt.
+    #[test]
+    fn an_attempt_stuck_past_its_bound_does_not_hold_off_the_next() {
+        let (slot, t0, backoff) = (
+            ConnectionSlot::new(),
+            Instant::now(),
+            Duration::from_secs(2),
+        );
+        let stuck = slot.begin(t0, backoff).expect("the first attempt");
+        let next = slot
+            .begin(t0 + 3 * backoff, backoff)
+            .expect("the next attempt, past the stuck one's bound");
+        drop(stuck);
+        assert!(
+            slot.in_flight(),
+            "the stuck one's end clears nothing of the next"
+        );
+        drop(next);
+        assert!(!slot.in_flight());
+    }
+
     #[test]
     fn an_attempt_refused_for_its_backoff_leaves_none_under_way() {
         let (slot, t0, backoff) = (
@@ -199,7 +245,7 @@ mod tests {
         );
         drop(slot.begin(t0, backoff));
         assert!(slot.begin(t0, backoff).is_none());
-        assert!(!slot.in_flight.load(Ordering::Acquire));
+        assert!(!slot.in_flight());
     }
 
     #[test]
@@ -224,10 +270,7 @@ mod tests {
             .await
         });
         assert!(panicked.expect_err("it panicked").is_panic());
-        assert!(
-            !slot.in_flight.load(Ordering::Acquire),
-            "released by the panic"
-        );
+        assert!(!slot.in_flight(), "released by the panic");
 
         let in_flight = slot
             .begin(t0 + backoff, backoff)
@@ -239,7 +282,7 @@ mod tests {
         });
         // A runtime shutting down drops the tasks it still holds.
         drop(stopping);
-        assert!(!slot.in_flight.load(Ordering::Acquire), "released on drop");
+        assert!(!slot.in_flight(), "released on drop");
         assert!(slot.begin(t0 + 2 * backoff, backoff).is_some());
     }
 }

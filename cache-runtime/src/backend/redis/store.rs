@@ -544,6 +544,8 @@ impl RedisStore {
         cache_key: &str,
         announce: Announce<'_>,
     ) -> Result<(), StoreError> {
+        // Before the invalidation is sent: its success confirms what was queued until now.
+        let sent = self.pending.mark();
         let result = async {
             if self.pending.any() {
                 match self.replay_batch(false).await {
@@ -560,7 +562,7 @@ impl RedisStore {
         }
         .await;
         match &result {
-            Ok(()) => self.pending.confirm([cache_key], false),
+            Ok(()) => self.pending.confirm([cache_key], sent, false),
             Err(_) => self.keep_for_replay(cache_key, announce),
         }
         result
@@ -577,6 +579,7 @@ impl RedisStore {
             self.keep_for_replay(cache_key, announce);
             return Err(StoreError::Refused);
         }
+        let sent = self.pending.mark();
         let invocation = self.invalidation(cache_key, announce);
         let budget = self.settings.op_timeout;
         let result = match self
@@ -591,7 +594,7 @@ impl RedisStore {
         };
         self.record(&result);
         match &result {
-            Ok(()) => self.pending.confirm([cache_key], false),
+            Ok(()) => self.pending.confirm([cache_key], sent, false),
             Err(_) => self.keep_for_replay(cache_key, announce),
         }
         result

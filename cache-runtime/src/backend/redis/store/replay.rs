@@ -52,6 +52,8 @@ impl RedisStore {
         let Some(_replaying) = self.pending.start_replay() else {
             return Ok(false);
         };
+        // Taken before the batch: a key queued again while it is replayed stays queued.
+        let sent = self.pending.mark();
         let batch = self.pending.batch(REPLAY_BATCH);
         if !batch.is_empty() {
             let invocations: Vec<_> = batch
@@ -94,7 +96,7 @@ impl RedisStore {
                     }
                 }
             }
-            self.pending.confirm(confirmed.iter().copied(), false);
+            self.pending.confirm(confirmed.iter().copied(), sent, false);
             tracing::info!(
                 prefix = %self.settings.prefix,
                 replayed = confirmed.len(),
@@ -105,8 +107,11 @@ impl RedisStore {
             }
         }
         if may_purge && self.pending.overflowed() && self.pending.batch(1).is_empty() {
+            // An overflow while the purge runs is not covered by it (its scan may have passed
+            // the keys refused): the queue stays overflowed for another purge.
+            let sent = self.pending.mark();
             self.purge().await?;
-            self.pending.confirm([], true);
+            self.pending.confirm([], sent, true);
         }
         Ok(true)
     }

@@ -155,6 +155,7 @@ impl RedisStore {
         announce: Announce<'_>,
     ) -> Result<(), StoreError> {
         let target = tag_target(tag);
+        let sent = self.pending.mark();
         let result = async {
             if self.pending.any() {
                 match self.replay_batch(false).await {
@@ -171,7 +172,7 @@ impl RedisStore {
         }
         .await;
         match &result {
-            Ok(()) => self.pending.confirm([target.as_str()], false),
+            Ok(()) => self.pending.confirm([target.as_str()], sent, false),
             Err(_) => self.keep_for_replay(&target, announce),
         }
         result
