@@ -96,9 +96,10 @@ pub(crate) fn revalidate_in_background<S>(
         return;
     };
     if let Joined::Lead(refiller) = refill::join(shared.responses, backend, key) {
-        shared.responses.count(Count::Refreshes, 1);
         // Detached: the refiller's guard frees the key however the task ends.
-        drop(runtime.spawn(revalidate(revalidation, inner, request, refiller)));
+        drop(runtime.spawn(async move {
+            revalidate(revalidation, inner, request, refiller, Run::Background).await
+        }));
     }
 }
 
@@ -156,7 +157,7 @@ where
     };
     // In a task of its own, so that this client going away does not cancel the run the
     // requests waiting for it depend on.
-    let task = revalidate(revalidation, inner, request, refiller);
+    let task = revalidate(revalidation, inner, request, refiller, Run::Answering);
     let revalidated = match tokio::runtime::Handle::try_current() {
         Ok(runtime) => runtime.spawn(task).await.ok(),
         Err(_) => Some(task.await),
@@ -186,6 +187,13 @@ where
 }
 
 /// How a revalidation ended.
+/// Whether a revalidation answers a request or runs in the background (a refresh).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Answering,
+    Background,
+}
+
 enum Revalidated {
     /// The handler's fresh response, stored.
     Stored(StoredResponse),
@@ -209,6 +217,7 @@ async fn revalidate<S>(
     mut inner: S,
     mut request: Request<Body>,
     refiller: Refiller,
+    run: Run,
 ) -> Revalidated
 where
     S: Service<Request<Body>, Response = Response<Body>> + Send,
@@ -235,6 +244,12 @@ where
     }
     let fresh = |stored: &StoredResponse| age(stored, clock.unix_ms()) <= policy.ttl;
     let body = async {
+        // A background run is a refresh, counted as its handler starts (before anything it
+        // stores can be read): a lead that finds another's fill already stored (its request
+        // read the stale entry just before) runs no handler and revalidates nothing.
+        if run == Run::Background {
+            shared.responses.count(Count::Refreshes, 1);
+        }
         // Throttles the entry unless the handler answers: a panic, a failure status or a
         // dropped run all count, before the key's flight is freed for the next request.
         let attempt = Attempt::start(&shared.throttle, &key, &clock, policy.error_throttle);
