@@ -191,8 +191,8 @@ fn interleaved(rows: &[&str], rounds: usize, hits: u64) {
     }
     println!("| row | CPU ns a hit (median of {rounds} rounds) | ratio to `#[concurrent_cached]` (median) |");
     println!("|---|---|---|");
-    for (row, name) in ROWS.iter().enumerate() {
-        let against = ROWS
+    for (row, name) in rows.iter().enumerate() {
+        let against = rows
             .iter()
             .position(|r| *r == reference(name))
             .expect("a row");
