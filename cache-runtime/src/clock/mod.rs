@@ -8,15 +8,18 @@
 //! construction and a branch that always goes one way (callgrind: 7 of ~537 instructions per
 //! read, ARCHITECTURE.md "Hit path performance").
 
+mod recent;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A point on the clock that in-process expiry is checked against: the kernel's coarse
-/// monotonic clock (`CLOCK_MONOTONIC_COARSE` on Linux, through `coarsetime`), read from memory
-/// the kernel updates each tick, about 3 ns, where `Instant::now()` reads the hardware counter
-/// (about 24 ns on the virtual machines measured, a fifth of a hit). The price is resolution:
-/// an entry can outlive its ttl by up to one tick (1 to 10 ms).
+/// monotonic clock (`CLOCK_MONOTONIC_COARSE` on Linux, through `coarsetime`), where
+/// `Instant::now()` reads the hardware counter (about 24 ns on the virtual machines measured,
+/// a fifth of a hit); and read from a word a thread of ours keeps current ([`recent`]), not
+/// through the vDSO on every hit. The price is resolution: an entry can outlive its ttl by up
+/// to one tick (1 to 10 ms), and by however long the keeping thread waits to be scheduled.
 pub(crate) type Moment = coarsetime::Instant;
 
 /// A backend's clock.
@@ -48,7 +51,7 @@ impl Clock {
     #[inline]
     pub(crate) fn moment(&self) -> Moment {
         match self {
-            Clock::Real => coarsetime::Instant::now_without_cache_update(),
+            Clock::Real => recent::now(),
             Clock::Test(test) => test.moment(),
         }
     }
