@@ -130,6 +130,31 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
                 }
             }
         });
+    let plain = tags.is_empty() && !*kept && !*detached;
+    let form_hit = match &cached.key {
+        Key::Template(template) if plain => gen_form_hit(template, sig, krate, ret_span)
+            .map(|hit_key| {
+                let hit_fn = match entry {
+                    Entry::Async => "hit_by_form",
+                    Entry::Remote | Entry::Default => "hit_portable_by_form",
+                    Entry::Sync => "hit_sync_by_form",
+                };
+                let hit_fn = Ident::new(hit_fn, ret_span);
+                quote_spanned! {ret_span=>
+                    if let ::core::option::Option::Some(__cachette_hit) =
+                        #krate_at_ret::__private::#hit_fn::<#return_type, #krate_at_ret::__private::#shape>(
+                            &__CACHETTE_SITE,
+                            #hit_key,
+                        )
+                    {
+                        return __cachette_hit;
+                    }
+                }
+            }),
+        _ => None,
+    };
+    // Asked by text only where it was not asked by form.
+    let early_hit = early_hit.filter(|_| form_hit.is_none());
     let registration = gen_registration(krate, &fn_name, "Cached", &[family], tags);
     let with_freshness = freshness.as_ref().map(|freshness| {
         let Freshness {
@@ -164,6 +189,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
                 #version,
             )#with_freshness;
             #registration
+            #form_hit
             let __cachette_key = #key;
             #tags_binding
             #early_hit
@@ -348,6 +374,109 @@ pub(crate) fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
 }
 
 /// `KeyBuilder::new().lit("user:").arg(&id).finish()` from a template.
+/// The hit key (`cachette`'s `key::canonical`) of a template whose placeholders are all plain
+/// integer parameters, and whose form fits the 16 bytes a hit key holds: the literal text, and
+/// each integer as a mark and eight bytes. `None` for any other template, whose hit is asked
+/// by its text. Decided from the parameters' written types, so that a value that is not a key
+/// part is reported once, by the text key's bound, not by this one too.
+fn gen_form_hit(
+    template: &Template,
+    sig: &syn::Signature,
+    krate: &Path,
+    span: Span,
+) -> Option<TokenStream> {
+    const FORM: usize = 16;
+    const INTEGER: usize = 9;
+    let mut len = 0;
+    let mut parts = Vec::new();
+    for segment in &template.segments {
+        match segment {
+            Segment::Lit(text) => {
+                len += text.len();
+                parts.push(quote_spanned!(span=> .lit(#text)));
+            }
+            Segment::Placeholder(placeholder) => {
+                if placeholder.hashed || !placeholder.fields.is_empty() {
+                    return None;
+                }
+                let (ty, by_ref) = integer_param(sig, &placeholder.root)?;
+                let name = Ident::new(&placeholder.root, span);
+                let value = if by_ref {
+                    quote_spanned!(span=> *#name)
+                } else {
+                    quote_spanned!(span=> #name)
+                };
+                // Widened losslessly, without a cast where none is needed (a lint in the
+                // caller's crate would see it).
+                let (method, value) = match ty.as_str() {
+                    "u64" => ("uint", value),
+                    "i64" => ("int", value),
+                    "u8" | "u16" | "u32" => (
+                        "uint",
+                        quote_spanned!(span=> ::core::primitive::u64::from(#value)),
+                    ),
+                    "i8" | "i16" | "i32" => (
+                        "int",
+                        quote_spanned!(span=> ::core::primitive::i64::from(#value)),
+                    ),
+                    "usize" => (
+                        "uint",
+                        quote_spanned!(span=> #value as ::core::primitive::u64),
+                    ),
+                    _ => (
+                        "int",
+                        quote_spanned!(span=> #value as ::core::primitive::i64),
+                    ),
+                };
+                let method = Ident::new(method, span);
+                len += INTEGER;
+                parts.push(quote_spanned!(span=> .#method(#value)));
+            }
+        }
+    }
+    (len <= FORM).then(|| quote_spanned!(span=> #krate::__private::HitKey::new() #(#parts)*))
+}
+
+/// The primitive integer type of at most 64 bits the parameter `name` is written as, and
+/// whether it is behind a `&`: what a hit key takes.
+fn integer_param(sig: &syn::Signature, name: &str) -> Option<(String, bool)> {
+    let ty = sig.inputs.iter().find_map(|input| match input {
+        syn::FnArg::Typed(typed) => match &*typed.pat {
+            syn::Pat::Ident(ident) if ident.ident == name && ident.subpat.is_none() => {
+                Some(&*typed.ty)
+            }
+            _ => None,
+        },
+        syn::FnArg::Receiver(_) => None,
+    })?;
+    let (ty, by_ref) = match ungroup(ty) {
+        syn::Type::Reference(reference) if reference.mutability.is_none() => {
+            (ungroup(&reference.elem), true)
+        }
+        ty => (ty, false),
+    };
+    let syn::Type::Path(path) = ty else {
+        return None;
+    };
+    if path.qself.is_some() {
+        return None;
+    }
+    let ident = path.path.get_ident()?.to_string();
+    let integer = matches!(
+        ident.as_str(),
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize"
+    );
+    integer.then_some((ident, by_ref))
+}
+
+fn ungroup(ty: &syn::Type) -> &syn::Type {
+    match ty {
+        syn::Type::Group(group) => ungroup(&group.elem),
+        syn::Type::Paren(paren) => ungroup(&paren.elem),
+        ty => ty,
+    }
+}
+
 fn gen_template_key(template: &Template, krate: &Path) -> TokenStream {
     let span = template.lit.span();
     let parts = template.segments.iter().map(|segment| match segment {

@@ -5,7 +5,7 @@
 //!
 //! Templates are compared by their *family*: the literal text with every placeholder written
 //! `<>`. A key renders each value between `<` and `>` and no literal holds either (see
-//! `key.rs`), so two templates can render the same key exactly when their families are equal:
+//! `key/mod.rs`), so two templates can render the same key exactly when their families are equal:
 //! `user:<id>` and `user:<user_id>` name one family, `user:<id>` and `user:v2:<id>` two.
 
 use std::collections::BTreeSet;

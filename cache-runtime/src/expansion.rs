@@ -11,7 +11,7 @@ use core::future::Future;
 pub use crate::__cachette_function_path as function_path;
 pub use crate::audit::{Kind, Registration, REGISTRATIONS};
 pub use crate::call::{invalidating, invalidating_sync, invalidating_tagged};
-pub use crate::key::KeyBuilder;
+pub use crate::key::{HitKey, KeyBuilder};
 pub use crate::shape::{Always, IfOk, OkOnly, SomeOnly, Whole};
 pub use crate::site::{Freshness, Site};
 pub use core::any::type_name;
@@ -57,6 +57,41 @@ where
     S::Part: PortableValue,
 {
     let value = crate::call::hit_in_process::<R, S>(site, key)?;
+    Some(S::default().rebuild(value))
+}
+
+/// [`hit`] by a hit key: the expansion of a site whose key is literal text and integer
+/// parameters asks this before it renders the key's text at all (`key::canonical`); `None`
+/// sends the call on to the entry point, which renders it and asks again if the form did not fit.
+#[inline(always)]
+pub fn hit_by_form<R, S>(site: &'static Site, key: HitKey) -> Option<R>
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key)?;
+    Some(S::default().rebuild(value))
+}
+
+/// [`hit_by_form`] for a site whose backend may be remote (see [`hit_portable`]).
+#[inline(always)]
+pub fn hit_portable_by_form<R, S>(site: &'static Site, key: HitKey) -> Option<R>
+where
+    S: Holds<R>,
+    S::Part: PortableValue,
+{
+    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key)?;
+    Some(S::default().rebuild(value))
+}
+
+/// [`hit_by_form`] for a synchronous site.
+#[inline(always)]
+pub fn hit_sync_by_form<R, S>(site: &'static Site, key: HitKey) -> Option<R>
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    let value = crate::call::hit_in_process_sync_by_form::<R, S>(site, &key)?;
     Some(S::default().rebuild(value))
 }
 

@@ -250,7 +250,11 @@ impl Site {
     }
 
     /// Logs, once per site, that a key held a value of another type.
-    pub(crate) fn warn_type_mismatch(&self, key: &str, expected: &'static str) {
+    pub(crate) fn warn_type_mismatch(
+        &self,
+        key: &(impl std::fmt::Display + ?Sized),
+        expected: &'static str,
+    ) {
         if !self
             .state
             .warned_type_mismatch
@@ -259,7 +263,7 @@ impl Site {
             tracing::warn!(
                 function = self.function,
                 template = self.template,
-                key,
+                %key,
                 expected,
                 "a cache entry under this key holds another type (two functions' templates \
                  produce the same key); treating it as a miss. Further mismatches at this \

@@ -80,7 +80,7 @@ fn decide<R, S: ReturnShape<R>>(site: &Site, shape: S, key: &str, outcome: Outco
 /// `Arc` itself, which is never the site's type (checked in debug builds).
 pub(super) fn downcast<V: 'static + Clone>(
     site: &Site,
-    key: &str,
+    key: &(impl std::fmt::Display + ?Sized),
     any: &(dyn std::any::Any + Send + Sync),
 ) -> Option<V> {
     debug_assert!(not_a_holder::<V>(any), "an `AnyValue` given as the value");

@@ -11,7 +11,7 @@ use super::follow::{downcast, follow, Next};
 use super::report::{Counting, Report, Served};
 use crate::backend::{Backend, MemoryBackend, Stored};
 use crate::flight::{Flight, LeaderGuard, Outcome, Role};
-use crate::key::CacheKey;
+use crate::key::{CacheKey, HitKey};
 use crate::observe::{Answer, Tier};
 use crate::registry;
 use crate::shape::{Produced, ReturnShape};
@@ -171,6 +171,21 @@ pub(super) fn memory_hit_due<R, S: ReturnShape<R>>(
     let (_, memory) = memory_of(resolved, key)?;
     // Downcast and clone under the store's read lock: a hit moves no reference count.
     let found = memory.read_due(key, 0, |any| downcast::<S::Value>(site, key.as_str(), any))?;
+    Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::Memory);
+    Some(found)
+}
+
+/// [`memory_hit`] by a hit key (`key::canonical`): the text is never rendered. `None` for one
+/// whose form did not fit, which the caller then asks by its text.
+#[inline(always)]
+pub(super) fn memory_hit_by_form<R, S: ReturnShape<R>>(
+    site: &'static Site,
+    resolved: &'static Resolved,
+    key: &HitKey,
+) -> Option<S::Value> {
+    let memory = resolved.backend.as_ref()?.memory()?;
+    // Downcast and clone under the store's read lock: a hit moves no reference count.
+    let (found, _) = memory.read_hit_due(key, 0, |any| downcast::<S::Value>(site, key, any))?;
     Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::Memory);
     Some(found)
 }

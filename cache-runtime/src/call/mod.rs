@@ -36,7 +36,7 @@ pub(crate) use report::Tally;
 pub(crate) use tagged::cached_tagged;
 pub(crate) use tagged_remote::cached_remote_tagged;
 
-use crate::key::CacheKey;
+use crate::key::{CacheKey, HitKey};
 use crate::registry;
 use crate::shape::{PortableValue, ReturnShape, Success};
 use crate::site::Site;
@@ -54,6 +54,28 @@ pub(crate) fn hit_in_process<R, S: ReturnShape<R>>(
     let resolved = registry::resolve(site);
     local::memory_hit::<R, S>(site, resolved, key)
         .or_else(|| remote::l1_hit::<R, S>(site, resolved, key))
+}
+
+/// [`hit_in_process`] by a hit key (`key::canonical`), which the expansion builds from the
+/// site's literal text and integer arguments without rendering the key's text; `None` also
+/// for a key whose form did not fit, which the entry point then asks by its text.
+#[inline(always)]
+pub(crate) fn hit_in_process_by_form<R, S: ReturnShape<R>>(
+    site: &'static Site,
+    key: &HitKey,
+) -> Option<S::Value> {
+    let resolved = registry::resolve(site);
+    local::memory_hit_by_form::<R, S>(site, resolved, key)
+        .or_else(|| remote::l1_hit_by_form::<R, S>(site, resolved, key))
+}
+
+/// [`hit_in_process_by_form`] for a synchronous site (in process only).
+#[inline(always)]
+pub(crate) fn hit_in_process_sync_by_form<R, S: ReturnShape<R>>(
+    site: &'static Site,
+    key: &HitKey,
+) -> Option<S::Value> {
+    local::memory_hit_by_form::<R, S>(site, registry::resolve_in_process(site), key)
 }
 
 /// The memory hit of a synchronous site (which [`cached_sync`] asks too), asked by the

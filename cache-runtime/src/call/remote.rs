@@ -17,7 +17,7 @@ use super::report::{Counting, Report, Served};
 use crate::backend::{Claim, HeldLock, RedisBackend, Stored, TieredBackend, LEASE, SAFETY_POLL};
 use crate::envelope::{self, Bincode, Times};
 use crate::flight::{Outcome, Role};
-use crate::key::CacheKey;
+use crate::key::{CacheKey, HitKey};
 use crate::log_gate::LogGate;
 use crate::observe::{Answer, Scope, Tier};
 use crate::registry;
@@ -360,6 +360,21 @@ pub(super) fn l1_hit_due<R, S: ReturnShape<R>>(
     let found = tiered.l1_get_due(key, epoch, |any| {
         downcast::<S::Value>(site, key.as_str(), any)
     })?;
+    Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::L1);
+    Some(found)
+}
+
+/// [`l1_hit`] by a hit key (`key::canonical`): the text is never rendered.
+#[inline(always)]
+pub(super) fn l1_hit_by_form<R, S: ReturnShape<R>>(
+    site: &'static Site,
+    resolved: &'static Resolved,
+    key: &HitKey,
+) -> Option<S::Value> {
+    let tiered = resolved.backend.as_ref()?.tiered()?;
+    let epoch = tiered.l1_epoch()?;
+    let (found, _) =
+        tiered.l1_get_hit_due(key, epoch, |any| downcast::<S::Value>(site, key, any))?;
     Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::L1);
     Some(found)
 }

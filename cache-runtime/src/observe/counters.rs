@@ -122,7 +122,13 @@ fn take_stripe() -> usize {
     let stripe = match take_owned() {
         // A thread whose thread-locals are being destroyed cannot register the give-back:
         // it counts on a shared stripe instead.
-        Some(owned) if OWNERSHIP.try_with(|ownership| ownership.0.set(owned)).is_ok() => owned,
+        Some(owned)
+            if OWNERSHIP
+                .try_with(|ownership| ownership.0.set(owned))
+                .is_ok() =>
+        {
+            owned
+        }
         Some(owned) => {
             give_back(owned);
             OWNED + NEXT_SHARED.fetch_add(1, Ordering::Relaxed) % SHARED
@@ -211,6 +217,9 @@ mod tests {
                 }
             });
         }
-        assert_eq!(COUNTERS.get(Count::Hits), 8 * (OWNED + 3 * SHARED) as u64 * 5000);
+        assert_eq!(
+            COUNTERS.get(Count::Hits),
+            8 * (OWNED + 3 * SHARED) as u64 * 5000
+        );
     }
 }

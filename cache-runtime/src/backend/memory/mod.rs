@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::clock::{Clock, Moment, TestClock};
-use crate::key::CacheKey;
+use crate::key::{CacheKey, HitKey};
 use crate::observe::meters::StoreMeters;
 use crate::observe::Eviction;
 
@@ -242,7 +242,28 @@ impl MemoryBackend {
         epoch: u64,
         read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
     ) -> Option<(T, bool)> {
-        let probe = Probe::key(key);
+        self.read_probe(Probe::key(key), epoch, read)
+    }
+
+    /// [`read_due`](Self::read_due) by a hit key (`key::canonical`): `None` at once for one
+    /// whose form did not fit a register, which the caller then asks by its text.
+    #[inline(always)]
+    pub(crate) fn read_hit_due<T>(
+        &self,
+        key: &HitKey,
+        epoch: u64,
+        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
+    ) -> Option<(T, bool)> {
+        self.read_probe(Probe::hit(key)?, epoch, read)
+    }
+
+    #[inline(always)]
+    fn read_probe<T>(
+        &self,
+        probe: Probe<'_>,
+        epoch: u64,
+        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
+    ) -> Option<(T, bool)> {
         let now = self.shared.clock.moment();
         let mut expired = false;
         let found = self.shared.store.get(&probe, |slot| {
@@ -338,7 +359,7 @@ impl MemoryBackend {
         let removed = self
             .shared
             .store
-            .insert(&probe, SlotKey::new(key.as_str()), slot, now);
+            .insert(&probe, SlotKey::new(&key), slot, now);
         self.shared.tally.add(1, i64::from(weight));
         // Counted, then dropped here, outside the shard's lock.
         for (cause, slot) in removed.slots {

@@ -1,9 +1,10 @@
-//! What the memory store keeps per entry: a compact copy of the key's text ([`SlotKey`]) and the
-//! entry ([`Slot`]: the value, when it expires, when it is due for a refresh, its L1 epoch, its
-//! weight), and the probe a read looks them up with ([`Probe`]).
+//! What the memory store keeps per entry: its key's name there ([`SlotKey`]: the key's form
+//! when it has at most 16 bytes, else its text; see `key::canonical`) and the entry ([`Slot`]:
+//! the value, when it expires, when it is due for a refresh, its L1 epoch, its weight), and
+//! the probe a read looks them up with ([`Probe`]).
 //!
-//! The key is hashed once per operation, by [`text_hash`]; the store's tables are given that
-//! hash through [`Prehashed`] rather than hashing again.
+//! A probe is hashed once, and the store's tables are given that hash through [`Prehashed`]
+//! rather than hashing again.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock};
@@ -12,84 +13,77 @@ use ahash::RandomState;
 
 use super::stored::Stored;
 use crate::clock::Moment;
-use crate::key::{padded, CacheKey, HEAD};
+use crate::key::canonical::{head_hash, short_form};
+use crate::key::{CacheKey, HitKey, HEAD};
 
-/// Texts of up to this many bytes are held in the slot itself; 22 keeps a [`SlotKey`] at 24
-/// bytes and covers `user:<id>`-style keys. Longer ones are shared text (`Arc<str>`), one
-/// more cache line for the read that compares them.
+/// Texts of up to this many bytes (with a form longer than 16) are held in the slot itself;
+/// 22 keeps a [`SlotKey`] at 24 bytes. Longer ones are shared text (`Arc<str>`), one more
+/// cache line for the read that compares them.
 const INLINE: usize = 22;
 
-/// The text of an entry's key, as the store holds it.
-#[derive(Clone)]
+/// A key's name, as the store holds it.
+#[derive(Clone, PartialEq, Eq)]
 pub(super) enum SlotKey {
-    /// Invariant: `bytes[len..]` are zeros, so equal texts are equal arrays; a text is inline
-    /// exactly while it fits.
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE],
-    },
+    /// A form of at most 16 bytes (`user:<42>`: 14). Invariant: zeros past `len`.
+    Form { len: u8, bytes: [u8; HEAD] },
+    /// A text whose form is longer, inline. Invariant: zeros past `len`.
+    Text { len: u8, bytes: [u8; INLINE] },
+    /// A longer text.
     Heap(Arc<str>),
 }
 
 impl SlotKey {
-    pub(super) fn new(text: &str) -> SlotKey {
-        if text.len() <= INLINE {
-            let mut bytes = [0; INLINE];
-            bytes[..text.len()].copy_from_slice(text.as_bytes());
-            SlotKey::Inline {
-                len: text.len() as u8,
-                bytes,
+    pub(super) fn new(key: &CacheKey) -> SlotKey {
+        match key.form() {
+            Some((head, len)) => SlotKey::Form {
+                len: len as u8,
+                bytes: head.to_le_bytes(),
+            },
+            None => {
+                let text = key.as_str();
+                if text.len() <= INLINE {
+                    let mut bytes = [0; INLINE];
+                    bytes[..text.len()].copy_from_slice(text.as_bytes());
+                    SlotKey::Text {
+                        len: text.len() as u8,
+                        bytes,
+                    }
+                } else {
+                    SlotKey::Heap(Arc::from(text))
+                }
             }
-        } else {
-            SlotKey::Heap(Arc::from(text))
         }
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    fn text(&self) -> Option<&[u8]> {
         match self {
-            SlotKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            SlotKey::Heap(text) => text.as_bytes(),
+            SlotKey::Form { .. } => None,
+            SlotKey::Text { len, bytes } => Some(&bytes[..usize::from(*len)]),
+            SlotKey::Heap(text) => Some(text.as_bytes()),
         }
     }
 }
-
-impl PartialEq for SlotKey {
-    fn eq(&self, other: &SlotKey) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for SlotKey {}
 
 impl Hash for SlotKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(text_hash(self.as_bytes()));
+        let hash = match self {
+            SlotKey::Form { len, bytes } => {
+                head_hash(keyed(), u128::from_le_bytes(*bytes), usize::from(*len))
+            }
+            SlotKey::Text { len, bytes } => text_hash(&bytes[..usize::from(*len)]),
+            SlotKey::Heap(text) => text_hash(text.as_bytes()),
+        };
+        state.write_u64(hash);
     }
 }
 
-/// The hash of a key's text: aHash, keyed once per process from the OS's randomness, since
-/// keys are request data (ARCHITECTURE.md, "The memory hit at the floor"). A text of up to 16
-/// bytes is hashed as its zero-padded little-endian `u128` and its length ([`head_hash`]);
-/// a longer one as one `write` of the bytes (`str`'s `Hash` adds a terminator, which a single
-/// field does not need).
-#[inline]
-pub(super) fn text_hash(text: &[u8]) -> u64 {
-    if text.len() <= HEAD {
-        return head_hash(padded(text), text.len());
-    }
+/// The hash of a key named by its text: aHash, keyed once per process from the OS's
+/// randomness, since keys are request data (ARCHITECTURE.md, "The memory hit at the floor");
+/// one `write` of the bytes (`str`'s `Hash` adds a terminator, which a single field does not
+/// need). A form is hashed by [`head_hash`], as its `u128` and its length.
+fn text_hash(text: &[u8]) -> u64 {
     let mut hasher = keyed().build_hasher();
     hasher.write(text);
-    hasher.finish()
-}
-
-/// The hash of a text of up to 16 bytes, from its head as `CacheKey` holds it: two words in
-/// registers, so that a hit's hash does not read its key's bytes at other widths than they
-/// were stored with.
-#[inline(always)]
-fn head_hash(head: u128, len: usize) -> u64 {
-    let mut hasher = keyed().build_hasher();
-    hasher.write_u128(head);
-    hasher.write_usize(len);
     hasher.finish()
 }
 
@@ -99,35 +93,56 @@ fn keyed() -> &'static RandomState {
     &KEYED
 }
 
-/// A lookup by a key's text, with its hash computed once.
+/// A lookup by a key's name, with its hash computed once.
 pub(super) struct Probe<'a> {
     pub(super) hash: u64,
-    pub(super) text: ProbeText<'a>,
+    name: Name<'a>,
 }
 
-/// What a probe compares: a whole key (its inline bytes compare as arrays) or a text.
-pub(super) enum ProbeText<'a> {
-    Key(&'a CacheKey),
-    Text(&'a str),
+/// What a probe compares: a form (with a slot's form, as its `u128`), or a text.
+enum Name<'a> {
+    Form { head: u128, len: usize },
+    Text(&'a [u8]),
 }
 
 impl<'a> Probe<'a> {
-    #[inline]
-    pub(super) fn key(key: &'a CacheKey) -> Probe<'a> {
-        let hash = match key.inline_parts() {
-            Some((len, head, _)) if len <= HEAD => head_hash(head, len),
-            _ => text_hash(key.as_str().as_bytes()),
-        };
+    #[inline(always)]
+    fn form(head: u128, len: usize) -> Probe<'a> {
         Probe {
-            hash,
-            text: ProbeText::Key(key),
+            hash: head_hash(keyed(), head, len),
+            name: Name::Form { head, len },
         }
     }
 
+    /// The probe of a key: its builder knows which name it has.
+    #[inline]
+    pub(super) fn key(key: &'a CacheKey) -> Probe<'a> {
+        match key.form() {
+            Some((head, len)) => Probe::form(head, len),
+            None => Probe {
+                hash: text_hash(key.as_str().as_bytes()),
+                name: Name::Text(key.as_str().as_bytes()),
+            },
+        }
+    }
+
+    /// The probe of a hit key, if its form fit (else the key is named by its text, and the
+    /// caller asks by that).
+    #[inline(always)]
+    pub(super) fn hit(key: &HitKey) -> Option<Probe<'static>> {
+        let (head, len) = key.head()?;
+        Some(Probe::form(head, len))
+    }
+
+    /// The probe of a key given as text (an invalidation by hand): its name is worked out
+    /// from the text.
     pub(super) fn text(text: &'a str) -> Probe<'a> {
-        Probe {
-            hash: text_hash(text.as_bytes()),
-            text: ProbeText::Text(text),
+        match short_form(text.as_bytes()) {
+            Some((head, len)) => Probe::form(head, len),
+            None => Probe {
+                hash: text_hash(text.as_bytes()),
+                name: Name::Text(text.as_bytes()),
+            },
         }
     }
 }
@@ -142,21 +157,18 @@ impl Hash for Probe<'_> {
 impl quick_cache::Equivalent<SlotKey> for Probe<'_> {
     #[inline]
     fn equivalent(&self, slot: &SlotKey) -> bool {
-        match (&self.text, slot) {
-            // Both inline: zeros past both texts (the invariants of `CacheKey` and `SlotKey`),
-            // so comparing the lengths and the first 16 bytes settles every key of up to 16
-            // bytes. The key's head is read as the two words it was stored as.
-            (ProbeText::Key(key), SlotKey::Inline { len, bytes }) => match key.inline_parts() {
-                Some((key_len, head, tail)) => {
-                    let slot_head = u128::from_le_bytes(bytes[..HEAD].try_into().expect("16"));
-                    key_len == usize::from(*len)
-                        && head == slot_head
-                        && (key_len <= HEAD || tail[..INLINE - HEAD] == bytes[HEAD..])
-                }
-                None => false,
-            },
-            (ProbeText::Key(key), SlotKey::Heap(text)) => key.as_str() == &**text,
-            (ProbeText::Text(text), slot) => text.as_bytes() == slot.as_bytes(),
+        match (&self.name, slot) {
+            // Zeros past both forms (the slot's invariant, and the builders'), so the lengths
+            // and the two words settle it.
+            (
+                Name::Form { head, len },
+                SlotKey::Form {
+                    len: slot_len,
+                    bytes,
+                },
+            ) => *len == usize::from(*slot_len) && *head == u128::from_le_bytes(*bytes),
+            (Name::Text(text), slot) => slot.text() == Some(text),
+            (Name::Form { .. }, _) => false,
         }
     }
 }
@@ -212,46 +224,89 @@ mod tests {
     use crate::KeyBuilder;
     use quick_cache::Equivalent;
 
-    fn key(text: &str) -> CacheKey {
-        KeyBuilder::new().lit(text).finish()
+    /// A key as text, and as a hit key where it is literal text and integers (and fits).
+    fn keys(parts: &[(&str, Option<i64>)]) -> (CacheKey, HitKey) {
+        let mut text = KeyBuilder::new();
+        let mut hit = HitKey::new();
+        for (lit, value) in parts {
+            text = text.lit(lit);
+            hit = hit.lit(lit);
+            if let Some(value) = value {
+                text = text.arg(value);
+                hit = hit.int(*value);
+            }
+        }
+        (text.finish(), hit)
     }
 
     #[test]
     fn a_probe_matches_exactly_the_same_text() {
-        let texts = [
-            "",
-            "k",
-            "sixteen-bytes-ab",
-            "seventeen-bytes-a",
-            "twenty-two-bytes-abcde",
-            "twenty-three-bytes-abcd",
-            "a key over forty-six bytes, which the key holds on the heap",
+        let built = [
+            keys(&[("", None)]),
+            keys(&[("k", None)]),
+            keys(&[("sixteen-bytes-ab", None)]),
+            keys(&[("seventeen-bytes-a", None)]),
+            keys(&[("twenty-two-bytes-abcde", None)]),
+            keys(&[("twenty-three-bytes-abcd", None)]),
+            keys(&[(
+                "a key over forty-six bytes, which the key holds on the heap",
+                None,
+            )]),
+            keys(&[("user:", Some(42))]),
+            keys(&[("user:", Some(4))]),
+            keys(&[("user:", Some(-42))]),
+            keys(&[("acct:", Some(i64::MAX))]),
+            keys(&[("longer:", Some(42))]),
+            keys(&[("u:", Some(1)), (":", Some(2))]),
+            keys(&[
+                ("a long key with an integer ", Some(123_456_789)),
+                (" in it", None),
+            ]),
         ];
-        for text in texts {
-            let slot = SlotKey::new(text);
-            assert_eq!(matches!(slot, SlotKey::Inline { .. }), text.len() <= INLINE);
-            for other in texts {
-                let same = text == other;
-                let key = key(other);
+        // Values that are not integers as `KeyWriter` writes them stay text; one that is, from
+        // a string, is the integer's key, as its text is.
+        let texts = ["042", "4a", "-0", "42"].map(|value| {
+            let key = KeyBuilder::new().lit("user:").arg(value).finish();
+            // No hit key: one that does not fit stands for none.
+            (key, HitKey::new().lit("seventeen bytes.."))
+        });
+        let all: Vec<_> = built.iter().chain(&texts).collect();
+        for (key, _) in &all {
+            let text = key.as_str();
+            let slot = SlotKey::new(key);
+            for (other, other_hit) in &all {
+                let same = text == other.as_str();
                 assert_eq!(
-                    Probe::key(&key).equivalent(&slot),
+                    Probe::key(other).equivalent(&slot),
                     same,
                     "{text:?} {other:?}"
                 );
-                assert_eq!(Probe::text(other).equivalent(&slot), same);
+                assert_eq!(Probe::text(other.as_str()).equivalent(&slot), same);
                 assert_eq!(SlotKey::new(other) == slot, same);
+                if let Some(probe) = Probe::hit(other_hit) {
+                    assert_eq!(probe.equivalent(&slot), same, "hit {text:?} {other:?}");
+                }
             }
             let hash = |value: &dyn Fn(&mut PrehashedHasher)| {
                 let mut hasher = Prehashed.build_hasher();
                 value(&mut hasher);
                 hasher.finish()
             };
-            let key = key(text);
             assert_eq!(
                 hash(&|h| slot.hash(h)),
-                hash(&|h| Probe::key(&key).hash(h)),
-                "a slot and its probe hash alike"
+                hash(&|h| Probe::key(key).hash(h)),
+                "a slot and its probe hash alike: {text:?}"
             );
         }
+        let (key, hit) = keys(&[("user:", Some(42))]);
+        assert_eq!(
+            Probe::hit(&hit).expect("fits").hash,
+            Probe::key(&key).hash,
+            "a hit key and its text hash alike"
+        );
+        assert!(
+            Probe::hit(&keys(&[("longest:", Some(42))]).1).is_none(),
+            "17 bytes"
+        );
     }
 }

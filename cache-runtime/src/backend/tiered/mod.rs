@@ -13,7 +13,7 @@ use bus::{Bus, BusTiming};
 use super::redis::{bus_channel, TAG_MESSAGE_MARK};
 use super::tags::{note_tag_invalidation, TagTable};
 use super::{MemoryBackend, RedisBackend, Stored};
-use crate::key::CacheKey;
+use crate::key::{CacheKey, HitKey};
 use crate::observe::meters::{BackendMeters, StoreMeters};
 
 /// A backend with in-process speed on hits and cross-process correctness: reads go to L1
@@ -144,6 +144,17 @@ impl TieredBackend {
         read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
     ) -> Option<(T, bool)> {
         self.l1.read_due(key, epoch, read)
+    }
+
+    /// [`l1_get_due`](Self::l1_get_due) by a hit key.
+    #[inline(always)]
+    pub(crate) fn l1_get_hit_due<T>(
+        &self,
+        key: &HitKey,
+        epoch: u64,
+        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
+    ) -> Option<(T, bool)> {
+        self.l1.read_hit_due(key, epoch, read)
     }
 
     /// Puts `value` in L1 for the least of what its L2 entry has left, the site's `ttl` and

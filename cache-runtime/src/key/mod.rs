@@ -13,6 +13,10 @@ use std::hash::{Hash, Hasher};
 
 use serde::Serialize;
 
+pub(crate) mod canonical;
+
+pub use canonical::HitKey;
+
 /// A rendered cache key, such as `user:<42>`.
 ///
 /// Build one with [`KeyBuilder`], the same way the `#[cached]` expansion does; use it with
@@ -20,6 +24,11 @@ use serde::Serialize;
 #[derive(Clone)]
 pub struct CacheKey {
     text: Text,
+    /// The key's form in the memory store (`canonical`), when it has at most 16 bytes: the
+    /// two words of its `u128`, little-endian; `form_len` is [`NO_FORM`] for a key named by its
+    /// text.
+    form: [u64; 2],
+    form_len: u8,
     /// Set by a `:hash` part that failed to serialise (its text then holds `UNUSABLE`); a
     /// flag, since every call asks and a substring search costs more than the rest of the key.
     unusable: bool,
@@ -39,15 +48,15 @@ impl CacheKey {
         !self.unusable
     }
 
-    /// The text's length, its first 16 bytes as a little-endian `u128` and its bytes past
-    /// them, zeros past the text, while it is held inline: what the memory store hashes and
-    /// compares a short key by, reading the head as the two words `finish` stored.
+    /// The key's form as a `u128` and its length, if it has at most 16 bytes: what the memory
+    /// store names it by (else by its text).
     #[inline(always)]
-    pub(crate) fn inline_parts(&self) -> Option<(usize, u128, &[u8; TAIL])> {
-        match &self.text {
-            Text::Inline(inline) => Some((usize::from(inline.len), inline.head(), &inline.tail)),
-            Text::Heap(_) => None,
-        }
+    pub(crate) fn form(&self) -> Option<(u128, usize)> {
+        (self.form_len != NO_FORM).then(|| {
+            let head = u128::from(u64::from_le(self.form[0]))
+                | u128::from(u64::from_le(self.form[1])) << 64;
+            (head, usize::from(self.form_len))
+        })
     }
 }
 
@@ -78,6 +87,9 @@ impl Ord for CacheKey {
         self.as_str().cmp(other.as_str())
     }
 }
+
+/// The `form_len` of a key named by its text.
+const NO_FORM: u8 = u8::MAX;
 
 /// Keys up to this many bytes are held inline, so that rendering the key of a hit, which every
 /// call does, allocates nothing; 46 covers `user:<id>`-style keys.
@@ -271,6 +283,8 @@ pub struct KeyBuilder {
     /// unused).
     heap: Option<String>,
     unusable: bool,
+    /// The key's short form, followed beside the text.
+    form: canonical::FormBuilder,
 }
 
 // Every call builds its key, from the caller's crate: the small steps are `#[inline(always)]`
@@ -371,6 +385,7 @@ impl KeyBuilder {
             "literal key text may not contain `<`, `>`, `{{` or `}}`: {text:?}"
         );
         self.push_str(text);
+        self.form.text(text.as_bytes());
         self
     }
 
@@ -378,8 +393,10 @@ impl KeyBuilder {
     #[inline(always)]
     pub fn arg<T: KeyPart + ?Sized>(mut self, value: &T) -> Self {
         self.push_byte(b'<');
+        self.form.begin_value();
         value.write_key_part(&mut KeyWriter(&mut self));
         self.push_byte(b'>');
+        self.form.end_value();
         self
     }
 
@@ -404,6 +421,7 @@ impl KeyBuilder {
                 );
             }
             self.push_str(UNUSABLE);
+            self.form.text(UNUSABLE.as_bytes());
             self.unusable = true;
             return self;
         }
@@ -411,12 +429,15 @@ impl KeyBuilder {
         self.push_str("<#");
         write_hex(&mut self, &digest.to_be_bytes());
         self.push_byte(b'>');
+        // 35 bytes of text, in the form as they are: a key with one is named by its text.
+        self.form.text(&[0; 35]);
         self
     }
 
     /// The finished key.
     #[inline(always)]
     pub fn finish(self) -> CacheKey {
+        let form = self.form;
         let text = match self.heap {
             Some(heap) => Text::Heap(heap),
             // The head's two stores: what the memory store's hash reads back, word for word.
@@ -429,8 +450,17 @@ impl KeyBuilder {
                 len: self.len as u8,
             }),
         };
+        let (form, form_len) = match form.finish(text.as_str()) {
+            Some((head, len)) => (
+                [(head as u64).to_le(), ((head >> 64) as u64).to_le()],
+                len as u8,
+            ),
+            None => ([0; 2], NO_FORM),
+        };
         CacheKey {
             text,
+            form,
+            form_len,
             unusable: self.unusable,
         }
     }
@@ -470,9 +500,11 @@ impl KeyWriter<'_> {
             .all(|byte| byte < 0x80 && KEPT_ASCII[usize::from(byte)])
         {
             self.0.push_str(text);
+            self.0.form.value_text(text.as_bytes());
         } else {
             // By value, so that the builder's address does not leave the caller.
             *self.0 = write_escaped(std::mem::take(self.0), text);
+            self.0.form.lose();
         }
     }
 
@@ -480,38 +512,49 @@ impl KeyWriter<'_> {
     #[inline(always)]
     pub fn write_int(&mut self, value: impl itoa::Integer) {
         self.0.push_str(itoa::Buffer::new().format(value));
+        self.0.form.lose();
     }
 
     /// Writes an unsigned integer in decimal: below 10^16 (every id in practice), its digits
     /// are made in a register and appended as one word (see [`Inline`]).
     #[inline(always)]
     fn write_u64(&mut self, value: u64) {
-        if value < 10_000_000_000_000_000 {
-            let (digits, count) = digits16(value);
-            self.0.push_word(digits, count);
-        } else {
-            self.write_int(value);
-        }
+        self.0.form.integer(canonical::unsigned_form(value));
+        self.write_digits(value);
     }
 
     #[inline(always)]
     fn write_i64(&mut self, value: i64) {
+        self.0.form.integer(canonical::signed_form(value));
         if value < 0 {
             self.0.push_byte(b'-');
         }
-        self.write_u64(value.unsigned_abs());
+        self.write_digits(value.unsigned_abs());
+    }
+
+    /// The decimal text of `value`.
+    #[inline(always)]
+    fn write_digits(&mut self, value: u64) {
+        if value < 10_000_000_000_000_000 {
+            let (digits, count) = digits16(value);
+            self.0.push_word(digits, count);
+        } else {
+            self.0.push_str(itoa::Buffer::new().format(value));
+        }
     }
 
     /// Writes the mark of an absent value (`None`): `%none`, which escaping never produces
     /// since it always follows `%` with two hexadecimal digits.
     pub fn write_none(&mut self) {
         self.0.push_str("%none");
+        self.0.form.value_text(b"%none");
     }
 
     /// Writes the mark of a `Some` around another `Option`: `%some`, which escaping never
     /// produces either. Only nested options write it (see [`KeyPart::write_key_part_in_some`]).
     fn write_some(&mut self) {
         self.0.push_str("%some");
+        self.0.form.lose();
     }
 }
 
