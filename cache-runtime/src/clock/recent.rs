@@ -204,4 +204,32 @@ mod tests {
             last = now;
         }
     }
+
+    /// A child forked after the keeper started has no keeper (fork copies only the calling
+    /// thread), so the word it inherited must not be trusted: its clock has to move.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_forked_childs_clock_moves() {
+        let clock = kept(Duration::from_secs(1));
+        clock.now();
+        // SAFETY: the child only loads and stores atomics, sleeps and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let first = clock.now();
+            std::thread::sleep(Duration::from_millis(200));
+            let moved = clock.now().duration_since(first).as_millis();
+            // SAFETY: exits the child without running the parent's exit handlers.
+            unsafe { libc::_exit(moved.min(250) as i32) };
+        }
+        let mut status = 0;
+        // SAFETY: our own child, a valid pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "{status}");
+        let moved_ms = libc::WEXITSTATUS(status);
+        assert!(
+            moved_ms >= 150,
+            "the forked child's clock moved {moved_ms} ms in 200 ms of sleep"
+        );
+    }
 }

@@ -490,3 +490,78 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+    use crate::key::{KeyPart, KeyWriter};
+    use crate::KeyBuilder;
+    use proptest::prelude::*;
+
+    /// One call a user's `KeyPart` makes on its writer.
+    #[derive(Debug, Clone)]
+    enum Write {
+        Str(String),
+        Int(i128),
+        None,
+        U64(u64),
+        I64(i64),
+        Nested(Option<Option<u8>>),
+    }
+
+    /// A user's `KeyPart` that writes its value in several calls, in any order.
+    #[derive(Debug, Clone)]
+    struct Odd(Vec<Write>);
+
+    impl KeyPart for Odd {
+        fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+            for write in &self.0 {
+                match write {
+                    Write::Str(text) => out.write_str(text),
+                    Write::Int(value) => out.write_int(*value),
+                    Write::None => out.write_none(),
+                    Write::U64(value) => value.write_key_part(out),
+                    Write::I64(value) => value.write_key_part(out),
+                    Write::Nested(value) => value.write_key_part(out),
+                }
+            }
+        }
+    }
+
+    fn write() -> impl Strategy<Value = Write> {
+        prop_oneof![
+            "[0-9\\-]{0,3}".prop_map(Write::Str),
+            "[a0-9%<> -]{0,3}".prop_map(Write::Str),
+            prop_oneof![-20..20i128, any::<i128>()].prop_map(Write::Int),
+            Just(Write::None),
+            prop_oneof![0..20u64, any::<u64>()].prop_map(Write::U64),
+            prop_oneof![-20..20i64, any::<i64>()].prop_map(Write::I64),
+            any::<Option<Option<u8>>>().prop_map(Write::Nested),
+        ]
+    }
+
+    fn key(parts: &[(String, Odd)]) -> crate::CacheKey {
+        parts
+            .iter()
+            .fold(KeyBuilder::new(), |builder, (lit, odd)| builder.lit(lit).arg(odd))
+            .finish()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        /// However a `KeyPart` writes its value, the form the builder followed is the form of
+        /// the text it built, and two keys share a name only if they share a text.
+        #[test]
+        fn odd_key_parts_keep_the_form_of_their_text(
+            a in proptest::collection::vec(("[a-z:]{0,5}", proptest::collection::vec(write(), 0..4).prop_map(Odd)), 0..3),
+            b in proptest::collection::vec(("[a-z:]{0,5}", proptest::collection::vec(write(), 0..4).prop_map(Odd)), 0..3),
+        ) {
+            let (ka, kb) = (key(&a), key(&b));
+            prop_assert_eq!(ka.form(), short_form(ka.as_str().as_bytes()), "{}", ka.as_str());
+            prop_assert_eq!(kb.form(), short_form(kb.as_str().as_bytes()), "{}", kb.as_str());
+            if ka.as_str() != kb.as_str() {
+                prop_assert!(ka.form().is_none() || ka.form() != kb.form(), "{} {}", ka.as_str(), kb.as_str());
+            }
+        }
+    }
+}
