@@ -230,3 +230,32 @@ fn an_entry_too_heavy_for_its_shard_is_not_stored_and_leaves_the_tally_whole() {
     );
     assert_eq!((backend.entry_count(), tally(&backend)), (0, (0, 0)));
 }
+
+/// In a child forked after the process read the clock, an entry still expires at its ttl (the
+/// clock's keeper thread is not forked).
+#[cfg(target_os = "linux")]
+#[test]
+fn an_entry_expires_in_a_forked_child() {
+    let backend = MemoryBackend::builder().build();
+    backend.insert(key(1), Arc::new(1u32) as AnyValue, Duration::from_secs(60));
+    assert_eq!(get::<u32>(&backend, &key(1)), Some(1));
+    // SAFETY: the child uses only this backend (glibc's allocator is fork-safe) and exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        backend.insert(key(2), Arc::new(2u32) as AnyValue, Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(300));
+        let served = get::<u32>(&backend, &key(2)).is_some();
+        // SAFETY: exits the child without running the parent's exit handlers.
+        unsafe { libc::_exit(i32::from(served)) };
+    }
+    let mut status = 0;
+    // SAFETY: our own child, a valid pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "{status}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "a 50 ms entry was still served 300 ms later in the forked child"
+    );
+}
