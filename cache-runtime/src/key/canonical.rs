@@ -543,7 +543,9 @@ mod review_tests {
     fn key(parts: &[(String, Odd)]) -> crate::CacheKey {
         parts
             .iter()
-            .fold(KeyBuilder::new(), |builder, (lit, odd)| builder.lit(lit).arg(odd))
+            .fold(KeyBuilder::new(), |builder, (lit, odd)| {
+                builder.lit(lit).arg(odd)
+            })
             .finish()
     }
 

@@ -222,4 +222,49 @@ mod tests {
             8 * (OWNED + 3 * SHARED) as u64 * 5000
         );
     }
+
+    /// Threads that count from their thread-locals' destructors, before and after their stripe
+    /// is given back, and some whose first count is in a destructor: no count is lost.
+    #[test]
+    fn counts_from_thread_local_destructors_are_kept() {
+        static COUNTERS: SiteCounters = SiteCounters::new();
+        struct CountsOnDrop;
+        impl Drop for CountsOnDrop {
+            fn drop(&mut self) {
+                for _ in 0..100 {
+                    COUNTERS.add(Count::Hits, 1);
+                }
+            }
+        }
+        thread_local! {
+            static EARLY: CountsOnDrop = const { CountsOnDrop };
+            static LATE: CountsOnDrop = const { CountsOnDrop };
+        }
+        for wave in 0..20 {
+            std::thread::scope(|scope| {
+                for thread in 0..(OWNED + SHARED) {
+                    scope.spawn(move || {
+                        // Registered before the stripe is taken: destroyed after it is given
+                        // back; or only a destructor counts at all.
+                        EARLY.with(|_| {});
+                        if (wave + thread) % 3 != 0 {
+                            for _ in 0..1000 {
+                                COUNTERS.add(Count::Hits, 1);
+                            }
+                            LATE.with(|_| {});
+                        }
+                    });
+                }
+            });
+        }
+        let threads = 20 * (OWNED + SHARED) as u64;
+        let counting = (0..20)
+            .flat_map(|wave| (0..OWNED + SHARED).map(move |thread| (wave + thread) % 3 != 0))
+            .filter(|&counts| counts)
+            .count() as u64;
+        assert_eq!(
+            COUNTERS.get(Count::Hits),
+            threads * 100 + counting * (1000 + 100)
+        );
+    }
 }

@@ -243,7 +243,11 @@ fn an_entry_expires_in_a_forked_child() {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
     if pid == 0 {
-        backend.insert(key(2), Arc::new(2u32) as AnyValue, Duration::from_millis(50));
+        backend.insert(
+            key(2),
+            Arc::new(2u32) as AnyValue,
+            Duration::from_millis(50),
+        );
         std::thread::sleep(Duration::from_millis(300));
         let served = get::<u32>(&backend, &key(2)).is_some();
         // SAFETY: exits the child without running the parent's exit handlers.
