@@ -11,11 +11,15 @@
 //! idle process is not woken hundreds of times a second, and a reader never trusts a word the
 //! thread has stopped keeping: while the thread is parked the word is empty.
 //!
+//! A child forked after the thread started has no such thread (fork copies only the thread
+//! that calls it): a handler run in the child empties the word and marks it forked, and there
+//! every reading is the kernel's.
+//!
 //! Why not `coarsetime`'s own `Updater` (or quanta's upkeep thread): both tick for the life of
 //! the process whether anything reads the clock or not, and their readers cannot tell a
 //! reading the thread keeps from one it stopped keeping.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
 use std::time::Duration;
@@ -24,6 +28,9 @@ use super::Moment;
 
 /// The process's kept clock.
 static REAL: Recent = Recent::new(Duration::from_secs(1));
+
+/// Set in a child forked after a keeper started: its keepers did not come along.
+static FORKED: AtomicBool = AtomicBool::new(false);
 
 /// The coarse monotonic clock, as of at most one tick (plus the keeper's scheduling delay)
 /// ago.
@@ -77,14 +84,21 @@ impl Recent {
     #[inline(never)]
     fn read_and_keep(&'static self) -> Moment {
         let now = Moment::now_without_cache_update();
+        if FORKED.load(Ordering::Relaxed) {
+            return now;
+        }
         if let Some(keeper) = self.keeper.get_or_init(|| self.start()) {
-            self.reading.0.fetch_max(now.as_ticks(), Ordering::Relaxed);
+            // Woken first: a keeper that parks between our fill and a late unpark would leave
+            // the word unkept for as long as we are descheduled; woken first, it parks at most
+            // until the fill's next check.
             keeper.unpark();
+            self.reading.0.fetch_max(now.as_ticks(), Ordering::Relaxed);
         }
         now
     }
 
     fn start(&'static self) -> Option<Thread> {
+        forget_keepers_in_forked_children();
         let tick = resolution();
         std::thread::Builder::new()
             .name("cachette-clock".into())
@@ -117,6 +131,26 @@ impl Recent {
         }
     }
 }
+
+/// Registers, once, what a forked child runs: it empties the process's word and marks the
+/// process forked, so that no reading there trusts a word its keeper (not forked) left.
+#[cfg(unix)]
+fn forget_keepers_in_forked_children() {
+    extern "C" fn in_child() {
+        // Async-signal-safe: two atomic stores.
+        FORKED.store(true, Ordering::Relaxed);
+        REAL.reading.0.store(0, Ordering::Relaxed);
+    }
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: registers a handler that only stores to atomics; no other handler is
+        // removed or replaced.
+        let _ = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    });
+}
+
+#[cfg(not(unix))]
+fn forget_keepers_in_forked_children() {}
 
 /// The coarse clock's resolution (the kernel's tick), held to 1-10 ms.
 #[cfg(target_os = "linux")]
@@ -210,7 +244,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_forked_childs_clock_moves() {
-        let clock = kept(Duration::from_secs(1));
+        // The process's own clock: the one the fork handler knows.
+        let clock = &REAL;
         clock.now();
         // SAFETY: the child only loads and stores atomics, sleeps and exits.
         let pid = unsafe { libc::fork() };
