@@ -30,6 +30,23 @@ pub(crate) enum Answered {
     /// A stale entry revalidated: by this request's handler, whose status this is, or
     /// (`None`) by another request's or process's.
     Revalidated(Option<u16>),
+    /// Loaded (by this request, unless `collapsed`) while Redis failed, so not stored;
+    /// `requested`: on the client's `no-cache`.
+    Unstored {
+        requested: bool,
+        collapsed: bool,
+        why: Unstored,
+    },
+}
+
+/// Why a loaded response was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unstored {
+    /// Redis failed before the load (the read or the claim; an open breaker): counted as an
+    /// `error`, as a `#[cached]` call whose store failed.
+    StoreError,
+    /// Redis answered the miss, then failed the fill: still the `miss` it was.
+    NotStored,
 }
 
 /// How the handler's failure behind a stale-if-error answer was seen.
@@ -69,6 +86,20 @@ impl Answered {
                 format!("cachette; fwd=stale; fwd-status={status}; stored; ttl={ttl}")
             }
             Answered::Revalidated(None) => format!("cachette; fwd=stale; collapsed; ttl={ttl}"),
+            // No ttl: there is no entry whose freshness it could state.
+            Answered::Unstored {
+                requested,
+                collapsed,
+                why,
+            } => {
+                let fwd = if requested { "request" } else { "miss" };
+                let collapsed = if collapsed { "; collapsed" } else { "" };
+                let detail = match why {
+                    Unstored::StoreError => "store-error",
+                    Unstored::NotStored => "not-stored",
+                };
+                format!("cachette; fwd={fwd}{collapsed}; detail={detail}")
+            }
         };
         HeaderValue::from_str(&status).unwrap_or(HeaderValue::from_static("cachette"))
     }
