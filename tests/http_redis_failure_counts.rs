@@ -135,14 +135,18 @@ async fn failures_are_counted_as_cache_status_says(
     assert_eq!(service.runs.load(Ordering::SeqCst), 5, "{backend}");
 
     let site = stats()
-        .site(RESPONSES)
-        .cloned()
+        .sites
         .into_iter()
-        .chain(stats().sites)
         .find(|site| site.function == RESPONSES && site.backend == backend)
         .expect("the response site");
     assert_eq!(
-        (site.hits, site.misses, site.errors, site.stale, site.bypasses),
+        (
+            site.hits,
+            site.misses,
+            site.errors,
+            site.stale,
+            site.bypasses
+        ),
         (0, 1, 4, 0, 0),
         "{backend}: stats() (hits, misses, errors, stale, bypasses) against Cache-Status"
     );

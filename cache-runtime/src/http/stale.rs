@@ -32,7 +32,6 @@ use crate::http::stored::{store, Refusal, StoredResponse};
 use crate::http::throttle::Attempt;
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
-use crate::observe::counters::Count;
 use crate::observe::{Answer, Scope};
 use crate::shape::OkOnly;
 
@@ -248,7 +247,7 @@ where
         // stores can be read): a lead that finds another's fill already stored (its request
         // read the stale entry just before) runs no handler and revalidates nothing.
         if run == Run::Background {
-            shared.responses.count(Count::Refreshes, 1);
+            crate::call::refreshed(shared.responses);
         }
         // Throttles the entry unless the handler answers: a panic, a failure status or a
         // dropped run all count, before the key's flight is freed for the next request.
