@@ -718,7 +718,7 @@ pub(super) async fn fill_announcing<V: Serialize>(
 }
 
 /// [`fill_announcing`], telling Redis failing (`None`) from the fence refusing (`Some(false)`).
-async fn fill_checked<V: Serialize>(
+pub(super) async fn fill_checked<V: Serialize>(
     site: &Site,
     redis: &RedisBackend,
     key: &CacheKey,

@@ -16,7 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::call::{cached_remote, cached_remote_served, Tally};
-use crate::http::answer::{age, reply, set_cache_status, Answered, Asked, Unstored};
+use crate::http::answer::{age, reply, set_cache_status, Answered, Asked, StoreFailure};
 use crate::http::conditional::Preconditions;
 use crate::http::key::{route_builder, variant_key, Variant};
 use crate::http::policy::CachePolicy;
@@ -194,8 +194,8 @@ where
     // Redis failing is said as it is counted: an `error` before the load, a `miss` whose fill
     // failed after it; neither is `stored`.
     let unstored = match served.answer {
-        Answer::Error => Some(Unstored::StoreError),
-        _ if served.store_failed => Some(Unstored::NotStored),
+        Answer::Error => Some(StoreFailure::Unavailable),
+        _ if served.store_failed => Some(StoreFailure::FillFailed),
         _ => None,
     };
     let answered = match (ran, plan.revalidate, unstored) {
