@@ -3,8 +3,9 @@
 //! `stale` in `stats()` and in `cachette_requests_total`, not the `hit` its store read was; a
 //! revalidated one (`fwd=stale; ...; stored`, `fwd=stale; collapsed`) is a `miss`; 304s count
 //! as the answer they stand for; a background revalidation is a refresh and a load, never a
-//! second answer. The layer is driven in process (tower's `oneshot`) over the memory backend
-//! and, against a real redis-server, the redis and tiered backends, all on one `TestClock`.
+//! second answer (`cachette_refreshes_total` exports it). The layer is driven in process
+//! (tower's `oneshot`) over the memory backend and, against a real redis-server, the redis and
+//! tiered backends, all on one `TestClock`.
 
 mod support;
 
@@ -437,13 +438,9 @@ async fn request(app: Router, path: impl AsRef<str>, headers: &[(&str, &str)]) -
     }
 }
 
-/// The recorder's counters named `name` for `backend`'s response sites, summed by `by` label.
-fn exported(
-    snapshotter: &Snapshotter,
-    name: &str,
-    backend: &str,
-    by: &str,
-) -> BTreeMap<String, u64> {
+/// The recorder's counters for `backend`'s response sites, summed by name and `result` label
+/// (empty for a series without one): one snapshot, which resets them.
+fn exported(snapshotter: &Snapshotter, backend: &str) -> BTreeMap<(String, String), u64> {
     cachette::publish_metrics();
     let mut sums = BTreeMap::new();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
@@ -454,7 +451,6 @@ fn exported(
                 .map(|label| label.value().to_owned())
         };
         if kind != MetricKind::Counter
-            || key.name() != name
             || label("site").as_deref() != Some(RESPONSES)
             || label("backend").as_deref() != Some(backend)
         {
@@ -463,7 +459,8 @@ fn exported(
         let DebugValue::Counter(value) = value else {
             unreachable!("a counter")
         };
-        *sums.entry(label(by).unwrap_or_default()).or_default() += value;
+        let by = (key.name().to_owned(), label("result").unwrap_or_default());
+        *sums.entry(by).or_default() += value;
     }
     sums
 }
@@ -488,8 +485,12 @@ async fn counts_follow_cache_status(backend: &str, clock: &TestClock, snapshotte
     // The exporter's view of the same answers. Taking a snapshot resets the recorder's counters,
     // so it is taken once per backend, each backend on sites of its own.
     let expected = run.expected.lock().expect("lock").clone();
-    let requests = exported(snapshotter, names::REQUESTS, backend, "result");
-    let result = |name: &str| requests.get(name).copied().unwrap_or(0);
+    let exported = exported(snapshotter, backend);
+    let series = |name: &str, result: &str| {
+        let key = (name.to_owned(), result.to_owned());
+        exported.get(&key).copied().unwrap_or(0)
+    };
+    let result = |result: &str| series(names::REQUESTS, result);
     assert_eq!(
         Expected {
             hits: result("hit"),
@@ -498,10 +499,16 @@ async fn counts_follow_cache_status(backend: &str, clock: &TestClock, snapshotte
             coalesced: expected.coalesced,
         },
         expected,
-        "{backend}: {} against the answers' Cache-Status: {requests:?}",
+        "{backend}: {} against the answers' Cache-Status: {exported:?}",
         names::REQUESTS
     );
     assert_eq!(result("error") + result("bypass"), 0, "{backend}");
+    assert_eq!(
+        series(names::REFRESHES, ""),
+        1,
+        "{backend}: {}, the one background revalidation: {exported:?}",
+        names::REFRESHES
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

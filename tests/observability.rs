@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cachette::{
     cached, configure, health, invalidates, metric_names as names, stats, BreakerState,
-    MemoryBackend, RedisBackend, TieredBackend,
+    MemoryBackend, RedisBackend, TestClock, TieredBackend,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
@@ -372,7 +372,12 @@ async fn every_counter_equals_what_the_test_did() {
             .build()
     };
     let (tiered_obs, tiered_obs2) = (tiered("tobs"), tiered("tobs"));
+    let clock = TestClock::new();
     configure()
+        .memory(
+            "memory.refresh",
+            MemoryBackend::builder().clock(&clock).build(),
+        )
         .memory(
             "memory.obs",
             MemoryBackend::builder().max_entries(1_000).build(),
@@ -390,6 +395,61 @@ async fn every_counter_equals_what_the_test_did() {
     redis_scenario(&snapshotter, &server).await;
     tiered_scenario(&snapshotter, &tiered_obs, &tiered_obs2).await;
     hits_are_published_without_being_asked(&snapshotter).await;
+    refreshes_ahead_are_exported(&snapshotter, &clock).await;
+}
+
+static REFRESHED_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(
+    ttl = "60s",
+    key = "ra:<id>",
+    backend = "memory.refresh",
+    refresh = "50s"
+)]
+async fn refreshed_ahead(id: u64) -> u64 {
+    id + REFRESHED_LOADS.fetch_add(1, Ordering::SeqCst) as u64
+}
+
+/// A hit past `refresh` starts one refresh in the background: `cachette_refreshes_total`
+/// says so, as `stats()` does, and it is a load, not a request.
+async fn refreshes_ahead_are_exported(snapshotter: &Snapshotter, clock: &TestClock) {
+    assert_eq!(refreshed_ahead(1).await, 1);
+    let before = Seen::take(snapshotter);
+    let labels = [("site", site("refreshed_ahead"))];
+    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert!(
+        before
+            .matching(MetricKind::Counter, names::REFRESHES, &labels)
+            .next()
+            .is_some(),
+        "{}: registered (at 0) when a site with `refresh` first runs",
+        names::REFRESHES
+    );
+    assert_eq!(before.counter(names::REFRESHES, &labels), 0);
+    clock.advance(Duration::from_secs(51));
+    for _ in 0..3 {
+        assert_eq!(refreshed_ahead(1).await, 1, "the entry, at once");
+    }
+    let loads_counted = || {
+        stats()
+            .site("observability::refreshed_ahead")
+            .is_some_and(|site| site.loads == 2)
+    };
+    eventually("the refresh's load", Duration::from_secs(10), loads_counted).await;
+    assert_eq!(REFRESHED_LOADS.load(Ordering::SeqCst), 2);
+    let seen = Seen::take(snapshotter);
+    assert_eq!(seen.counter(names::REFRESHES, &labels), 1, "one refresh");
+    assert_eq!(
+        loads(&seen, "refreshed_ahead", "ok"),
+        1,
+        "the refresh's load"
+    );
+    assert_eq!(requests(&seen, "refreshed_ahead", "miss", "memory"), 0);
+    let stats = stats();
+    let counted = stats
+        .site("observability::refreshed_ahead")
+        .expect("the site");
+    assert_eq!((counted.refreshes, counted.loads), (1, 2), "stats() agrees");
 }
 
 #[cached(ttl = 60, key = "published", backend = "memory.obs")]

@@ -155,7 +155,7 @@ fn resolve_once(site: &'static Site, reach: Reach) -> &'static Resolved {
         let tiers = backend.as_ref().map_or(&[][..], Backend::tiers);
         // A site on the default is reported under the backend it resolved to.
         let backend_name = backend.as_ref().map_or(site.backend_name(), Backend::name);
-        let meters = SiteMeters::new(site.function(), backend_name, tiers);
+        let meters = SiteMeters::new(site.function(), backend_name, tiers, site.refreshes_ahead());
         SITES
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -47,7 +47,8 @@ pub struct SiteStats {
     pub stale: u64,
     /// Calls that ran without the cache (no such backend, an unusable key).
     pub bypasses: u64,
-    /// Calls whose store failed (Redis down or slow): they ran uncached.
+    /// Calls whose store failed before they loaded (Redis down or slow, its breaker open):
+    /// they ran uncached. A call whose fill alone failed is a miss (see `health()`).
     pub errors: u64,
     /// Runs of the function's body.
     pub loads: u64,
@@ -60,7 +61,7 @@ pub struct SiteStats {
     pub coalesced: u64,
     /// Refreshes-ahead this process started (`refresh`), and the HTTP layer's background
     /// revalidations (`stale-while-revalidate`): each is also one of the loads, run in the
-    /// background while hits kept the old value.
+    /// background while hits kept the old value. Exported as `cachette_refreshes_total`.
     pub refreshes: u64,
 }
 

@@ -200,6 +200,13 @@ pub(crate) fn bypassed(site: &'static crate::site::Site) {
     report.answer(crate::observe::Answer::Bypass, crate::observe::Tier::None);
 }
 
+/// Counts a refresh of `site` starting in the background (a refresh-ahead, the HTTP layer's
+/// stale-while-revalidate run): in its counters (`stats()`) and its exported series.
+pub(crate) fn refreshed(site: &'static Site) {
+    site.count(crate::observe::counters::Count::Refreshes, 1);
+    registry::resolve(site).meters.refreshed();
+}
+
 /// Runs an async `#[invalidates]` function, then removes `keys` from every backend if `success`
 /// says the call succeeded. The keys are built before the body runs, since it takes the
 /// arguments.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::follow::downcast;
 use super::local::{complete, load};
-use super::remote::{claim, fill, share, Claimed, L1Slot, LoadPermit};
+use super::remote::{claim, fill_checked, share, Claimed, L1Slot, LoadPermit};
 use super::report::Report;
 use crate::backend::Backend;
 use crate::flight::{Flight, LeaderGuard, Outcome, Role};
@@ -38,12 +38,23 @@ pub(crate) struct Refiller {
 
 /// How a refill ended.
 pub(crate) enum Refilled<R, V> {
-    /// The body ran: its return value, stored if the shape says so and no invalidation came
-    /// during the load.
-    Ran(R),
+    /// The body ran: its return value, stored if the shape says so, no invalidation came
+    /// during the load and Redis did not fail ([`Kept`]).
+    Ran(R, Kept),
     /// Another caller had refilled the key meanwhile (here, or in another process): its value,
     /// which the refill's `current` accepted, now in this process's L1 too.
     Found(V),
+}
+
+/// Whether Redis took part in a refill whose body ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kept {
+    /// It did (stored, refused by the fence, or nothing to store), or the store is in process.
+    Yes,
+    /// Redis failed the claim, before the body ran: its value was stored nowhere but L1.
+    Unavailable,
+    /// Redis failed the fill, after the body ran: the same.
+    FillFailed,
 }
 
 /// Joins `key`'s flight in `backend`, `site`'s backend, to refill the entry held there.
@@ -97,7 +108,7 @@ impl Refiller {
             let Some(memory) = backend.memory() else {
                 // Neither in process nor remote: not a store this refill knows; run uncached.
                 drop(guard);
-                return Refilled::Ran(load(&report, shape, body).await);
+                return Refilled::Ran(load(&report, shape, body).await, Kept::Yes);
             };
             let held = memory.read(&key, |any| downcast::<S::Value>(site, key.as_str(), any));
             if let Some(value) = held.filter(|value| current(value)) {
@@ -106,7 +117,7 @@ impl Refiller {
             }
             let ret = load(&report, shape, body).await;
             complete(memory, site, shape, key, guard, &ret);
-            return Refilled::Ran(ret);
+            return Refilled::Ran(ret, Kept::Yes);
         };
         let l1 = tiered.and_then(|tiered| Some(L1Slot::new(tiered, tiered.l1_epoch()?, site)));
         let permit = match claim::<S::Value>(site, redis, &key, &current, &mut None).await {
@@ -120,10 +131,23 @@ impl Refiller {
             Claimed::Unavailable => None,
         };
         let ret = load(&report, shape, body).await;
+        let mut kept = if permit.is_some() {
+            Kept::Yes
+        } else {
+            Kept::Unavailable
+        };
         match shape.produced(&ret) {
             Produced::Value(value) => {
                 let stored = match permit {
-                    Some(permit) => fill(site, redis, &key, value, permit, site.ttl()).await,
+                    Some(permit) => {
+                        let filled =
+                            fill_checked(site, redis, &key, value, permit, site.ttl(), None).await;
+                        if filled.is_none() {
+                            kept = Kept::FillFailed;
+                        }
+                        // Redis failing is no refusal: the value may go into L1.
+                        filled.unwrap_or(true)
+                    }
                     None => true,
                 };
                 let l1 = l1.as_ref().filter(|_| stored);
@@ -143,6 +167,6 @@ impl Refiller {
                 }
             }
         }
-        Refilled::Ran(ret)
+        Refilled::Ran(ret, kept)
     }
 }

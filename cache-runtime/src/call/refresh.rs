@@ -24,7 +24,6 @@ use super::report::Report;
 use crate::backend::{Backend, Claim, HeldLock, RedisBackend, TieredBackend, LEASE};
 use crate::flight::{LeaderGuard, Outcome, Role};
 use crate::key::CacheKey;
-use crate::observe::counters::Count;
 use crate::registry;
 use crate::shape::{PortableValue, Produced, ReturnShape};
 use crate::site::Site;
@@ -99,7 +98,7 @@ fn admit<'b>(
     let Role::Leader(guard) = backend.flights().join(key) else {
         return None;
     };
-    site.count(Count::Refreshes, 1);
+    super::refreshed(site);
     Some((runtime, guard))
 }
 

@@ -259,7 +259,7 @@ where
         }
         (_, permit) => (load(&report, shape, body.run()).await, permit),
     };
-    settle(
+    let filled = settle(
         site,
         (redis, &key),
         l1.as_ref(),
@@ -268,7 +268,19 @@ where
         permit,
     )
     .await;
+    if filled == Filled::Failed {
+        report.store_failed();
+    }
     (ret, report.served())
+}
+
+/// What became of a leader's load in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Filled {
+    /// Filled, refused by the fence, or nothing to fill (not for Redis to say).
+    Done,
+    /// Redis failed the fill: the value was served (and may be in L1), but is not stored.
+    Failed,
 }
 
 /// Ends a leader's load: a value is filled under the permit, given to the followers and, unless
@@ -284,14 +296,16 @@ pub(super) async fn settle<V: PortableValue>(
     guard: crate::flight::LeaderGuard<'_>,
     produced: Produced<'_, V>,
     permit: Option<LoadPermit>,
-) {
+) -> Filled {
     match produced {
         Produced::Value(value) => {
             let fresh = site.fill_ttl();
-            let current = match permit {
-                Some(permit) => fill(site, redis, key, value, permit, fresh).await,
-                None => true,
+            let filled = match permit {
+                Some(permit) => fill_checked(site, redis, key, value, permit, fresh, None).await,
+                None => Some(true),
             };
+            // Redis failing is no refusal: the value is served and may go into L1.
+            let current = filled.unwrap_or(true);
             share(
                 guard,
                 key,
@@ -300,6 +314,11 @@ pub(super) async fn settle<V: PortableValue>(
                 fresh,
                 Outcome::Value,
             );
+            if filled.is_some() {
+                Filled::Done
+            } else {
+                Filled::Failed
+            }
         }
         produced => {
             let outcome = match produced {
@@ -311,6 +330,7 @@ pub(super) async fn settle<V: PortableValue>(
             if let Some(permit) = permit {
                 permit.release().await;
             }
+            Filled::Done
         }
     }
 }
@@ -706,6 +726,22 @@ pub(super) async fn fill_announcing<V: Serialize>(
     fresh: Duration,
     announce: Option<&(String, String)>,
 ) -> bool {
+    // Redis failing is no refusal: the value is served and may go into L1.
+    fill_checked(site, redis, key, value, permit, fresh, announce)
+        .await
+        .unwrap_or(true)
+}
+
+/// [`fill_announcing`], telling Redis failing (`None`) from the fence refusing (`Some(false)`).
+pub(super) async fn fill_checked<V: Serialize>(
+    site: &Site,
+    redis: &RedisBackend,
+    key: &CacheKey,
+    value: &V,
+    permit: LoadPermit,
+    fresh: Duration,
+    announce: Option<&(String, String)>,
+) -> Option<bool> {
     let now = redis.now_ms();
     let fresh_until_ms = now.saturating_add(millis(fresh));
     let times = Times {
@@ -713,7 +749,6 @@ pub(super) async fn fill_announcing<V: Serialize>(
         fresh_until_ms,
         stale_until_ms: fresh_until_ms.saturating_add(millis(site.stale())),
     };
-    // Redis failing is no refusal: the value is served and may go into L1.
     fill_with(
         site,
         redis,
@@ -724,7 +759,6 @@ pub(super) async fn fill_announcing<V: Serialize>(
         (None, announce),
     )
     .await
-    .unwrap_or(true)
 }
 
 /// Milliseconds of `duration`, saturating.

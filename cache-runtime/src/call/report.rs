@@ -44,6 +44,9 @@ pub(crate) struct Served {
     pub(crate) coalesced: bool,
     /// Where a hit left to the caller was found; `None` once the call counted its answer.
     uncounted_hit: Option<Tier>,
+    /// The call's load was served but Redis failed to store it (its answer stays a miss: Redis
+    /// answered the read; the failure is the backend's last error, in `health()`).
+    pub(crate) store_failed: bool,
 }
 
 #[cfg(feature = "axum")]
@@ -87,6 +90,7 @@ impl Report {
                 answer: Answer::Bypass,
                 coalesced: false,
                 uncounted_hit: None,
+                store_failed: false,
             },
             counting,
         }
@@ -116,6 +120,11 @@ impl Report {
             self.span.record("result", answer.label());
             self.span.record("tier", tier.label());
         }
+    }
+
+    /// Notes that Redis failed to store the call's load (nothing is counted for it).
+    pub(super) fn store_failed(&mut self) {
+        self.served.store_failed = true;
     }
 
     /// Counts a wait for another caller's load, which began at `since`.

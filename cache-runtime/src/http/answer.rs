@@ -30,6 +30,44 @@ pub(crate) enum Answered {
     /// A stale entry revalidated: by this request's handler, whose status this is, or
     /// (`None`) by another request's or process's.
     Revalidated(Option<u16>),
+    /// Loaded (by this request, unless `collapsed`) while Redis failed, so not stored;
+    /// `requested`: on the client's `no-cache`.
+    Unstored {
+        requested: bool,
+        collapsed: bool,
+        why: StoreFailure,
+    },
+    /// A stale entry revalidated by this request's handler, whose status this is, while Redis
+    /// failed: not stored.
+    RevalidatedUnstored(u16, StoreFailure),
+}
+
+/// How Redis failed a response that was loaded, so that it is not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreFailure {
+    /// Before the load (the read or the claim; an open breaker): counted as an `error`, as a
+    /// `#[cached]` call whose store failed (`detail=store-error`).
+    Unavailable,
+    /// Redis answered the read and the claim, then failed the fill: still the `miss` it was
+    /// (`detail=not-stored`); the failure is the backend's last error in `health()`.
+    FillFailed,
+}
+
+impl StoreFailure {
+    /// What the request is counted as.
+    pub(crate) fn answer(self) -> crate::observe::Answer {
+        match self {
+            StoreFailure::Unavailable => crate::observe::Answer::Error,
+            StoreFailure::FillFailed => crate::observe::Answer::Miss,
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            StoreFailure::Unavailable => "store-error",
+            StoreFailure::FillFailed => "not-stored",
+        }
+    }
 }
 
 /// How the handler's failure behind a stale-if-error answer was seen.
@@ -69,6 +107,21 @@ impl Answered {
                 format!("cachette; fwd=stale; fwd-status={status}; stored; ttl={ttl}")
             }
             Answered::Revalidated(None) => format!("cachette; fwd=stale; collapsed; ttl={ttl}"),
+            // No ttl: there is no entry whose freshness it could state.
+            Answered::Unstored {
+                requested,
+                collapsed,
+                why,
+            } => {
+                let fwd = if requested { "request" } else { "miss" };
+                let collapsed = if collapsed { "; collapsed" } else { "" };
+                let detail = why.detail();
+                format!("cachette; fwd={fwd}{collapsed}; detail={detail}")
+            }
+            Answered::RevalidatedUnstored(status, why) => {
+                let detail = why.detail();
+                format!("cachette; fwd=stale; fwd-status={status}; detail={detail}")
+            }
         };
         HeaderValue::from_str(&status).unwrap_or(HeaderValue::from_static("cachette"))
     }
@@ -174,6 +227,35 @@ mod tests {
         assert_eq!(
             text(Answered::Revalidated(Some(200)), 60),
             "cachette; fwd=stale; fwd-status=200; stored; ttl=60"
+        );
+    }
+
+    #[test]
+    fn answers_redis_failed_to_store_never_say_stored() {
+        let text = |answered: Answered| {
+            let value = answered.cache_status(60);
+            value.to_str().expect("text").to_owned()
+        };
+        let unstored = |requested, collapsed, why| Answered::Unstored {
+            requested,
+            collapsed,
+            why,
+        };
+        assert_eq!(
+            text(unstored(false, false, StoreFailure::Unavailable)),
+            "cachette; fwd=miss; detail=store-error"
+        );
+        assert_eq!(
+            text(unstored(true, false, StoreFailure::FillFailed)),
+            "cachette; fwd=request; detail=not-stored"
+        );
+        assert_eq!(
+            text(unstored(false, true, StoreFailure::Unavailable)),
+            "cachette; fwd=miss; collapsed; detail=store-error"
+        );
+        assert_eq!(
+            text(Answered::RevalidatedUnstored(200, StoreFailure::FillFailed)),
+            "cachette; fwd=stale; fwd-status=200; detail=not-stored"
         );
     }
 }

@@ -16,7 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::call::{cached_remote, cached_remote_served, Tally};
-use crate::http::answer::{age, reply, set_cache_status, Answered, Asked};
+use crate::http::answer::{age, reply, set_cache_status, Answered, Asked, StoreFailure};
 use crate::http::conditional::Preconditions;
 use crate::http::key::{route_builder, variant_key, Variant};
 use crate::http::policy::CachePolicy;
@@ -191,12 +191,24 @@ where
         }
         Err(Forward::Error(error)) => return Err(error),
     };
-    let answered = match (ran, plan.revalidate) {
+    // Redis failing is said as it is counted: an `error` before the load, a `miss` whose fill
+    // failed after it; neither is `stored`.
+    let unstored = match served.answer {
+        Answer::Error => Some(StoreFailure::Unavailable),
+        _ if served.store_failed => Some(StoreFailure::FillFailed),
+        _ => None,
+    };
+    let answered = match (ran, plan.revalidate, unstored) {
+        (_, requested, Some(why)) => Answered::Unstored {
+            requested,
+            collapsed: served.coalesced,
+            why,
+        },
         // Answered by another request's load: RFC 9211's `collapsed`.
-        (false, _) if served.coalesced => Answered::Collapsed,
-        (false, _) => Answered::Hit,
-        (true, false) => Answered::Stored,
-        (true, true) => Answered::Requested,
+        (false, _, None) if served.coalesced => Answered::Collapsed,
+        (false, _, None) => Answered::Hit,
+        (true, false, None) => Answered::Stored,
+        (true, true, None) => Answered::Requested,
     };
     let now_ms = clock.unix_ms();
     // The call path counted every answer but a hit, which is this layer's to count: only the

@@ -22,17 +22,16 @@ use http::{Method, Request, Response};
 use tower_service::Service;
 
 use crate::backend::Backend;
-use crate::call::refill::{self, Joined, Refilled, Refiller};
+use crate::call::refill::{self, Joined, Kept, Refilled, Refiller};
 use crate::call::Tally;
 use crate::clock::Clock;
-use crate::http::answer::{age, reply, set_cache_status, Answered, Asked, Failure};
+use crate::http::answer::{age, reply, set_cache_status, Answered, Asked, Failure, StoreFailure};
 use crate::http::policy::CachePolicy;
 use crate::http::shared::Shared;
 use crate::http::stored::{store, Refusal, StoredResponse};
 use crate::http::throttle::Attempt;
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
-use crate::observe::counters::Count;
 use crate::observe::{Answer, Scope};
 use crate::shape::OkOnly;
 
@@ -163,9 +162,14 @@ where
         Err(_) => Some(task.await),
     };
     match revalidated {
-        Some(Revalidated::Stored(fresh)) => {
+        Some(Revalidated::Stored(fresh, None)) => {
             let status = fresh.status;
             fresh_because(tally, &fresh, Answered::Revalidated(Some(status)))
+        }
+        // Redis failed: the fresh response is sent, said and counted as not stored.
+        Some(Revalidated::Stored(fresh, Some(failure))) => {
+            tally.settle(failure.answer());
+            answer(&fresh, Answered::RevalidatedUnstored(fresh.status, failure))
         }
         Some(Revalidated::Found(fresh)) => {
             tally.coalesced(found_scope, since);
@@ -195,8 +199,8 @@ enum Run {
 }
 
 enum Revalidated {
-    /// The handler's fresh response, stored.
-    Stored(StoredResponse),
+    /// The handler's fresh response, stored unless Redis failed (how, if it did).
+    Stored(StoredResponse, Option<StoreFailure>),
     /// Another request's or process's revalidation, which landed first: its fresh response.
     Found(StoredResponse),
     /// The handler failed: its 5xx status, or `None` if it panicked or its service failed.
@@ -248,7 +252,7 @@ where
         // stores can be read): a lead that finds another's fill already stored (its request
         // read the stale entry just before) runs no handler and revalidates nothing.
         if run == Run::Background {
-            shared.responses.count(Count::Refreshes, 1);
+            crate::call::refreshed(shared.responses);
         }
         // Throttles the entry unless the handler answers: a panic, a failure status or a
         // dropped run all count, before the key's flight is freed for the next request.
@@ -283,9 +287,16 @@ where
             .map_err(|(response, refusal)| Unstored::Passed(response, refusal))
     };
     match refiller.run(OkOnly, fresh, body).await {
-        Refilled::Ran(Ok(stored)) => Revalidated::Stored(stored),
-        Refilled::Ran(Err(Unstored::Failed(status))) => Revalidated::Failed(status),
-        Refilled::Ran(Err(Unstored::Passed(response, refusal))) => {
+        Refilled::Ran(Ok(stored), kept) => {
+            let failure = match kept {
+                Kept::Yes => None,
+                Kept::Unavailable => Some(StoreFailure::Unavailable),
+                Kept::FillFailed => Some(StoreFailure::FillFailed),
+            };
+            Revalidated::Stored(stored, failure)
+        }
+        Refilled::Ran(Err(Unstored::Failed(status)), _) => Revalidated::Failed(status),
+        Refilled::Ran(Err(Unstored::Passed(response, refusal)), _) => {
             // What the handler answers now must not be stored, so the old entry no longer
             // stands for it.
             backend.invalidate(std::slice::from_ref(&key)).await;

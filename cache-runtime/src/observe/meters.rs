@@ -125,6 +125,11 @@ fn describe_once() {
                 None,
                 "Calls that waited for another caller's load",
             );
+            counter(
+                REFRESHES,
+                None,
+                "Refreshes started in the background (refresh-ahead, stale-while-revalidate)",
+            );
             counter(INVALIDATIONS, None, "Invalidated keys, by event");
             counter(
                 L1_FLUSHES,
@@ -197,11 +202,19 @@ pub(crate) struct SiteMeters {
     load_duration: Lazy<Histogram>,
     coalesced: [Lazy<Counter>; Scope::ALL.len()],
     coalesced_wait: [Lazy<Histogram>; Scope::ALL.len()],
+    refreshes: Lazy<Counter>,
 }
 
 impl SiteMeters {
-    /// The handles of `site` storing in `backend`, whose store answers from `tiers`.
-    pub(crate) fn new(site: &'static str, backend: &str, tiers: &'static [Tier]) -> Self {
+    /// The handles of `site` storing in `backend`, whose store answers from `tiers`;
+    /// `refreshes_ahead`: the site has `refresh` (an HTTP layer's background revalidations
+    /// register their series when the first one starts).
+    pub(crate) fn new(
+        site: &'static str,
+        backend: &str,
+        tiers: &'static [Tier],
+        refreshes_ahead: bool,
+    ) -> Self {
         let meters = SiteMeters {
             site,
             backend: Arc::from(backend),
@@ -211,6 +224,7 @@ impl SiteMeters {
             load_duration: Lazy::new(),
             coalesced: [const { Lazy::new() }; Scope::ALL.len()],
             coalesced_wait: [const { Lazy::new() }; Scope::ALL.len()],
+            refreshes: Lazy::new(),
         };
         meters.requests(Answer::Bypass, Tier::None);
         for &tier in tiers {
@@ -229,8 +243,18 @@ impl SiteMeters {
             if tiers.contains(&Tier::L2) {
                 meters.coalesced(Scope::Cluster);
             }
+            if refreshes_ahead {
+                meters.refreshes();
+            }
         }
         meters
+    }
+
+    fn refreshes(&self) -> &Counter {
+        self.refreshes.get(|| {
+            let labels = labels!["site" => self.site, "backend" => &*self.backend];
+            counter(super::names::REFRESHES, labels)
+        })
     }
 
     fn requests(&self, answer: Answer, tier: Tier) -> &Counter {
@@ -310,6 +334,10 @@ impl SiteMeters {
     pub(crate) fn load(&self, outcome: LoadOutcome, took: Duration) {
         self.loads(outcome).increment(1);
         self.load_duration().record(took.as_secs_f64());
+    }
+
+    pub(crate) fn refreshed(&self) {
+        self.refreshes().increment(1);
     }
 
     pub(crate) fn coalesce(&self, scope: Scope, waited: Duration) {

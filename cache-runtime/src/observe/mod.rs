@@ -25,6 +25,10 @@ pub mod names {
     pub const COALESCED: &str = "cachette_coalesced_total";
     /// Histogram, seconds: how long those callers waited, by `site`, `backend` and `scope`.
     pub const COALESCED_WAIT: &str = "cachette_coalesced_wait_seconds";
+    /// Counter: refreshes started in the background, by `site` and `backend`: refreshes-ahead
+    /// (`refresh`) and the HTTP layer's stale-while-revalidate runs. Each is also a load; none
+    /// is a request.
+    pub const REFRESHES: &str = "cachette_refreshes_total";
     /// Counter: invalidated keys, by `backend` and `event`: `sent` (by this process),
     /// `received` (from a peer, over the bus), `queued` (Redis did not confirm: the key is
     /// kept for replay, counted once while it waits), `replayed` (a queued key confirmed).
