@@ -74,11 +74,12 @@ async fn a_drain_delivers_when_the_replayer_sits_on_an_idle_runtime() {
     let drained = drain_invalidations(PATIENCE).await;
     println!("drain returned {drained:?} after {:?}", started.elapsed());
     // Dropped off the async threads (a runtime may not be dropped inside one).
-    std::thread::spawn(move || drop(bridge)).join().expect("no panic");
+    std::thread::spawn(move || drop(bridge))
+        .join()
+        .expect("no panic");
     assert_eq!(
         drained,
         Ok(()),
         "redis answers, yet the drain gave up: the replayer waits on an idle runtime"
     );
 }
-
