@@ -88,6 +88,24 @@ pub(crate) fn enter<T>(make: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Polls `operation` inside the background runtime's context, wherever it is awaited: a Redis
+/// command's poll may connect or reconnect, and redis-rs spawns the new connection's driver on
+/// the current runtime. Spawned on the caller's, the driver, and with it every later command
+/// of every caller, would stall once that runtime sits idle (a sync bridge's between two
+/// `block_on`s) and end with it. What the poll registers (sockets, timers) is driven by the
+/// background thread too; the caller's task is woken from there.
+pub(crate) async fn in_context<F: Future>(operation: F) -> F::Output {
+    let Some(handle) = handle() else {
+        return operation.await;
+    };
+    let mut operation = std::pin::pin!(operation);
+    std::future::poll_fn(|context| {
+        let _entered = handle.enter();
+        operation.as_mut().poll(context)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

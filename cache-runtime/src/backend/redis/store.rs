@@ -196,6 +196,7 @@ impl RedisStore {
             return Err(StoreError::Refused);
         }
         let budget = self.settings.op_timeout;
+        let operation = crate::background::in_context(operation);
         let result = match tokio::time::timeout(budget, operation).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(StoreError::Redis(error)),
