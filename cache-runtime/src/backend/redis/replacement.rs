@@ -74,7 +74,8 @@ impl ConnectionSlot {
         }
         // The tasks a connection spawns at creation go to cachette's runtime, which outlives
         // the caller's (`background.rs`); the ones its first command and its reconnections
-        // spawn still go to the runtime that runs them (redis-rs spawns on the current one).
+        // spawn go to the runtime whose context polls the command: cachette's too, since
+        // `guarded` polls there.
         let connection = crate::background::enter(|| target.connect_lazy(connect_timeout))?;
         *slot = Some(connection.clone());
         Ok(connection)

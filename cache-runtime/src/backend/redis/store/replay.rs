@@ -139,8 +139,10 @@ impl RedisStore {
         }
         let mut replayer = Replayer(Some(Weak::clone(&self.this)));
         // On cachette's own runtime: one spawned on the caller's would sit, its flag set, on a
-        // runtime nothing drives any more (a sync bridge's, kept for `block_on`).
-        let spawned = crate::background::spawn(async move {
+        // runtime nothing drives any more (a sync bridge's, kept for `block_on`). With no
+        // runtime to be had, the task is dropped unrun and `replayer` clears the flag: the next
+        // operation that reaches Redis replays.
+        crate::background::spawn(async move {
             loop {
                 let Some(store) = replayer.0.as_ref().and_then(Weak::upgrade) else {
                     return;
@@ -164,10 +166,6 @@ impl RedisStore {
                 tokio::time::sleep(pause).await;
             }
         });
-        if spawned.is_none() {
-            // No runtime to replay on: the next operation that reaches Redis replays.
-            self.replayer_running.store(false, Ordering::Release);
-        }
     }
 
     /// Deletes every entry and every fence under the prefix (so loads under way store nothing),
