@@ -367,7 +367,7 @@ impl fmt::Display for HitKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::KeyBuilder;
+    use crate::{CacheKey, KeyBuilder};
     use proptest::prelude::*;
 
     fn form(text: &str) -> Vec<u8> {
@@ -420,7 +420,7 @@ mod tests {
         ]
     }
 
-    fn text_key(parts: &[Part]) -> String {
+    fn built_key(parts: &[Part]) -> CacheKey {
         let mut builder = KeyBuilder::new();
         for part in parts {
             builder = match part {
@@ -432,7 +432,11 @@ mod tests {
                 Part::Wide(value) => builder.arg(value),
             };
         }
-        builder.finish().as_str().to_owned()
+        builder.finish()
+    }
+
+    fn text_key(parts: &[Part]) -> String {
+        built_key(parts).as_str().to_owned()
     }
 
     proptest! {
@@ -474,18 +478,7 @@ mod tests {
         fn a_key_built_knows_the_short_form_its_text_has(
             parts in proptest::collection::vec(part(), 0..4)
         ) {
-            let mut builder = KeyBuilder::new();
-            for part in &parts {
-                builder = match part {
-                    Part::Lit(text) => builder.lit(text),
-                    Part::Uint(value) => builder.arg(value),
-                    Part::Int(value) => builder.arg(value),
-                    Part::Str(value) => builder.arg(value),
-                    Part::Opt(value) => builder.arg(value),
-                    Part::Wide(value) => builder.arg(value),
-                };
-            }
-            let key = builder.finish();
+            let key = built_key(&parts);
             prop_assert_eq!(key.form(), short_form(key.as_str().as_bytes()));
         }
     }
