@@ -427,8 +427,15 @@ async fn refreshes_ahead_are_exported(snapshotter: &Snapshotter, clock: &TestClo
     );
     assert_eq!(before.counter(names::REFRESHES, &labels), 0);
     clock.advance(Duration::from_secs(51));
-    for _ in 0..3 {
-        assert_eq!(refreshed_ahead(1).await, 1, "the entry, at once");
+    assert_eq!(refreshed_ahead(1).await, 1, "the entry, at once");
+    // The refresh runs in the background and may land between these two (no test clock
+    // holds it): either value, and still one refresh.
+    for _ in 0..2 {
+        let value = refreshed_ahead(1).await;
+        assert!(
+            value == 1 || value == 2,
+            "the entry or its refresh: {value}"
+        );
     }
     let loads_counted = || {
         stats()

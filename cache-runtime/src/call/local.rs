@@ -171,7 +171,7 @@ pub(super) fn memory_hit_due<R, S: ReturnShape<R>>(
     let (_, memory) = memory_of(resolved, key)?;
     // Downcast and clone under the store's read lock: a hit moves no reference count.
     let found = memory.read_due(key, 0, |any| downcast::<S::Value>(site, key.as_str(), any))?;
-    Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::Memory);
+    Report::hit(site, &resolved.meters, Tier::Memory);
     Some(found)
 }
 
@@ -186,7 +186,7 @@ pub(super) fn memory_hit_by_form<R, S: ReturnShape<R>>(
     let memory = resolved.backend.as_ref()?.memory()?;
     // Downcast and clone under the store's read lock: a hit moves no reference count.
     let (found, _) = memory.read_hit_due(key, 0, |any| downcast::<S::Value>(site, key, any))?;
-    Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::Memory);
+    Report::hit(site, &resolved.meters, Tier::Memory);
     Some(found)
 }
 

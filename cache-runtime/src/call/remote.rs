@@ -380,7 +380,7 @@ pub(super) fn l1_hit_due<R, S: ReturnShape<R>>(
     let found = tiered.l1_get_due(key, epoch, |any| {
         downcast::<S::Value>(site, key.as_str(), any)
     })?;
-    Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::L1);
+    Report::hit(site, &resolved.meters, Tier::L1);
     Some(found)
 }
 
@@ -395,7 +395,7 @@ pub(super) fn l1_hit_by_form<R, S: ReturnShape<R>>(
     let epoch = tiered.l1_epoch()?;
     let (found, _) =
         tiered.l1_get_hit_due(key, epoch, |any| downcast::<S::Value>(site, key, any))?;
-    Report::start(site, &resolved.meters).answer(Answer::Hit, Tier::L1);
+    Report::hit(site, &resolved.meters, Tier::L1);
     Some(found)
 }
 

@@ -96,6 +96,28 @@ impl Report {
         }
     }
 
+    /// Counts an in-process hit found before any reporter was made (the hit paths asked
+    /// ahead of the full path): what `start` and `answer` would do, without building the
+    /// reporter, whose fields a hit would only write and drop.
+    #[inline(always)]
+    pub(super) fn hit(site: &'static Site, meters: &'static SiteMeters, tier: Tier) {
+        count_answer(site, meters, Answer::Hit, tier);
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            Self::hit_span(site, meters, tier);
+        }
+    }
+
+    /// The hit's span, as `start` and `answer` record it, when DEBUG may be on.
+    #[cold]
+    #[inline(never)]
+    fn hit_span(site: &'static Site, meters: &'static SiteMeters, tier: Tier) {
+        let report = Self::start(site, meters);
+        if !report.span.is_disabled() {
+            report.span.record("result", Answer::Hit.label());
+            report.span.record("tier", tier.label());
+        }
+    }
+
     /// How the call was served, as reported so far.
     pub(super) fn served(&self) -> Served {
         self.served
