@@ -88,7 +88,7 @@ impl Store {
 
     // The table probes with the low bits and tags with the top seven, so the shard takes bits
     // neither uses; otherwise every key of a shard would share a tag or a home bucket.
-    #[inline]
+    #[inline(always)]
     fn shard(&self, hash: u64) -> &RwLock<Engine> {
         &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)].0
     }
@@ -96,7 +96,7 @@ impl Store {
     // Every critical section is one call into the engine, which leaves its tables whole should
     // anything in it panic (nothing of ours runs in it but `Weigh` and `Evictions`, which do not
     // panic), so a poisoned lock is still sound.
-    #[inline]
+    #[inline(always)]
     fn read(&self, hash: u64) -> RwLockReadGuard<'_, Engine> {
         self.shard(hash)
             .read()
@@ -112,7 +112,7 @@ impl Store {
     /// What `read` makes of the entry under `probe`, under the shard's read lock: it marks the
     /// entry referenced for the policy, and `read` can clone the typed value out without
     /// touching any count but the value's own.
-    #[inline]
+    #[inline(always)]
     pub(super) fn get<T>(
         &self,
         probe: &Probe<'_>,
