@@ -8,7 +8,6 @@
 
 mod audit;
 mod backend;
-mod background;
 mod call;
 mod clock;
 mod drain;
