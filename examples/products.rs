@@ -115,13 +115,13 @@ pub async fn list_products(page: u32, size: u32, filters: &Filters, db: &Db) -> 
             .filter(|p| {
                 filters
                     .max_price_cents
-                    .map_or(true, |max| p.price_cents <= max)
+                    .is_none_or(|max| p.price_cents <= max)
             })
             .filter(|p| {
                 filters
                     .name_contains
                     .as_deref()
-                    .map_or(true, |text| p.name.contains(text))
+                    .is_none_or(|text| p.name.contains(text))
             })
             .skip(page as usize * size as usize)
             .take(size as usize)

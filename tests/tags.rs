@@ -324,7 +324,7 @@ async fn random_interleavings_never_serve_an_invalidated_tag() {
                             Some(category as usize)
                         };
                         for (c, acked) in ACKED.iter().enumerate() {
-                            if touched.map_or(true, |t| t == c) {
+                            if touched.is_none_or(|t| t == c) {
                                 acked.fetch_max(before[c] + 1, Ordering::SeqCst);
                             }
                         }

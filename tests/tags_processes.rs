@@ -255,7 +255,7 @@ fn check(logs: &[String]) -> Report {
         let due = |tag: &str, delay: u64, only: Option<usize>| {
             invalidations.get(tag).and_then(|list| {
                 list.iter()
-                    .filter(|&&(end, _, by)| end + delay < *start && only.map_or(true, |w| w == by))
+                    .filter(|&&(end, _, by)| end + delay < *start && only.is_none_or(|w| w == by))
                     .map(|&(end, version, _)| (version, end))
                     .max()
             })

@@ -255,7 +255,7 @@ impl<F: Fn(&str) -> Option<OsString>> Vars<F> {
         let (kind, instance) = name
             .split_once('.')
             .map_or((name.as_str(), None), |(k, i)| (k, Some(i)));
-        let instance_ok = instance.map_or(true, |instance| {
+        let instance_ok = instance.is_none_or(|instance| {
             !instance.is_empty()
                 && instance
                     .chars()

@@ -35,6 +35,26 @@ impl<T: CacheValue + Serialize + DeserializeOwned> PortableValue for T {}
 /// A cached value with its type erased, as backends hold it in memory.
 pub type AnyValue = Arc<dyn Any + Send + Sync>;
 
+/// A value with its type erased that can say whether it is a `V`: a flight's `dyn Any`, or the
+/// memory store's entry, which answers without a virtual call.
+pub(crate) trait Downcast {
+    /// The value, if it is a `V`.
+    fn downcast_ref<V: Any>(&self) -> Option<&V>;
+    /// The value, as `dyn Any`.
+    fn as_any(&self) -> &(dyn Any + Send + Sync);
+}
+
+impl Downcast for dyn Any + Send + Sync {
+    #[inline]
+    fn downcast_ref<V: Any>(&self) -> Option<&V> {
+        <dyn Any + Send + Sync>::downcast_ref(self)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+}
+
 /// What one call's return value means for the cache.
 pub enum Produced<'a, V> {
     /// A value to store and share with the callers waiting on this key.

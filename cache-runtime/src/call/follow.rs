@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::report::Report;
 use crate::flight::Outcome;
 use crate::observe::{Answer, Scope, Tier};
-use crate::shape::ReturnShape;
+use crate::shape::{Downcast, ReturnShape};
 use crate::site::Site;
 
 /// What a follower does next with its leader's outcome.
@@ -78,12 +78,16 @@ fn decide<R, S: ReturnShape<R>>(site: &Site, shape: S, key: &str, outcome: Outco
 ///
 /// Give it the value (`&*any` of an `AnyValue`): a `&AnyValue` coerces to `&dyn Any` as the
 /// `Arc` itself, which is never the site's type (checked in debug builds).
+#[inline(always)]
 pub(super) fn downcast<V: 'static + Clone>(
     site: &Site,
     key: &(impl std::fmt::Display + ?Sized),
-    any: &(dyn std::any::Any + Send + Sync),
+    any: &(impl Downcast + ?Sized),
 ) -> Option<V> {
-    debug_assert!(not_a_holder::<V>(any), "an `AnyValue` given as the value");
+    debug_assert!(
+        not_a_holder::<V>(any.as_any()),
+        "an `AnyValue` given as the value"
+    );
     match any.downcast_ref::<V>() {
         Some(value) => Some(value.clone()),
         None => {

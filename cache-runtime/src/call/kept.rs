@@ -30,7 +30,7 @@ use crate::flight::{LeaderGuard, Outcome, Role};
 use crate::key::CacheKey;
 use crate::observe::{Answer, Tier};
 use crate::registry;
-use crate::shape::{AnyValue, Produced, ReturnShape};
+use crate::shape::{AnyValue, Downcast, Produced, ReturnShape};
 use crate::site::Site;
 
 /// A value of a fail-safe site as a memory store holds it: fresh until `fresh_until`, kept

@@ -562,7 +562,7 @@ impl<'a> L1Slot<'a> {
     pub(super) fn read<T>(
         &self,
         key: &CacheKey,
-        read: impl FnOnce(&(dyn std::any::Any + Send + Sync)) -> Option<T>,
+        read: impl FnOnce(&Stored) -> Option<T>,
     ) -> Option<T> {
         self.tiered.l1_get(key, self.epoch, read)
     }

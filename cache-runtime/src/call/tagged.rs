@@ -14,7 +14,7 @@ use crate::flight::{Outcome, Role};
 use crate::key::CacheKey;
 use crate::observe::{Answer, Scope, Tier};
 use crate::registry;
-use crate::shape::{Produced, ReturnShape};
+use crate::shape::{Downcast, Produced, ReturnShape};
 use crate::site::Site;
 
 /// A value with the generations of its entry's tags (in the order of the site's tags), as a
@@ -70,10 +70,10 @@ pub(super) fn follow_tagged<V: 'static + Clone>(
 pub(super) fn downcast_tagged<'a, V: 'static>(
     site: &Site,
     key: &str,
-    any: &'a (dyn std::any::Any + Send + Sync),
+    any: &'a (impl Downcast + ?Sized),
 ) -> Option<&'a Tagged<V>> {
     debug_assert!(
-        super::follow::not_a_holder::<Tagged<V>>(any),
+        super::follow::not_a_holder::<Tagged<V>>(any.as_any()),
         "an `AnyValue` given as the value"
     );
     let tagged = any.downcast_ref::<Tagged<V>>();

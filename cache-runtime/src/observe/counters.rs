@@ -241,19 +241,26 @@ mod tests {
             static LATE: CountsOnDrop = const { CountsOnDrop };
         }
         for wave in 0..20 {
+            // Joined by hand: a scope's end waits for the closures only, not for the threads'
+            // exit, where the thread-locals' destructors count.
             std::thread::scope(|scope| {
-                for thread in 0..(OWNED + SHARED) {
-                    scope.spawn(move || {
-                        // Registered before the stripe is taken: destroyed after it is given
-                        // back; or only a destructor counts at all.
-                        EARLY.with(|_| {});
-                        if (wave + thread) % 3 != 0 {
-                            for _ in 0..1000 {
-                                COUNTERS.add(Count::Hits, 1);
+                let threads: Vec<_> = (0..(OWNED + SHARED))
+                    .map(|thread| {
+                        scope.spawn(move || {
+                            // Registered before the stripe is taken: destroyed after it is given
+                            // back; or only a destructor counts at all.
+                            EARLY.with(|_| {});
+                            if (wave + thread) % 3 != 0 {
+                                for _ in 0..1000 {
+                                    COUNTERS.add(Count::Hits, 1);
+                                }
+                                LATE.with(|_| {});
                             }
-                            LATE.with(|_| {});
-                        }
-                    });
+                        })
+                    })
+                    .collect();
+                for thread in threads {
+                    thread.join().expect("counted");
                 }
             });
         }

@@ -16,6 +16,7 @@ use crate::clock::{Clock, Moment, TestClock};
 use crate::key::{CacheKey, HitKey};
 use crate::observe::meters::StoreMeters;
 use crate::observe::Eviction;
+use crate::shape::Downcast;
 
 use super::tags::TagTable;
 use slot::{Probe, Slot, SlotKey};
@@ -202,7 +203,7 @@ impl MemoryBackend {
     pub(crate) fn read<T>(
         &self,
         key: &CacheKey,
-        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
+        read: impl FnOnce(&Stored) -> Option<T>,
     ) -> Option<T> {
         self.read_in_epoch(key, 0, read)
     }
@@ -227,7 +228,7 @@ impl MemoryBackend {
         &self,
         key: &CacheKey,
         epoch: u64,
-        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
+        read: impl FnOnce(&Stored) -> Option<T>,
     ) -> Option<T> {
         self.read_due(key, epoch, read).map(|(value, _)| value)
     }
@@ -240,7 +241,7 @@ impl MemoryBackend {
         &self,
         key: &CacheKey,
         epoch: u64,
-        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
+        read: impl FnOnce(&Stored) -> Option<T>,
     ) -> Option<(T, bool)> {
         self.read_probe(Probe::key(key), epoch, read)
     }
@@ -252,7 +253,7 @@ impl MemoryBackend {
         &self,
         key: &HitKey,
         epoch: u64,
-        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
+        read: impl FnOnce(&Stored) -> Option<T>,
     ) -> Option<(T, bool)> {
         self.read_probe(Probe::hit(key)?, epoch, read)
     }
@@ -262,7 +263,7 @@ impl MemoryBackend {
         &self,
         probe: Probe<'_>,
         epoch: u64,
-        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
+        read: impl FnOnce(&Stored) -> Option<T>,
     ) -> Option<(T, bool)> {
         let now = self.shared.clock.moment();
         let mut expired = false;
@@ -271,7 +272,7 @@ impl MemoryBackend {
                 expired = true;
                 None
             } else if slot.epoch == epoch {
-                read(slot.value.as_any()).map(|value| (value, slot.refresh_at <= now))
+                read(&slot.value).map(|value| (value, slot.refresh_at <= now))
             } else {
                 None
             }

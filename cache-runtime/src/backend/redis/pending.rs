@@ -176,7 +176,7 @@ impl PendingInvalidations {
     ) {
         let mut guard = self.items();
         let queue = &mut *guard;
-        let purged = purged && !queue.last_refused.is_some_and(|seq| seq >= sent.0);
+        let purged = purged && queue.last_refused.is_none_or(|seq| seq < sent.0);
         let items = &mut queue.items;
         let before = items.len();
         for key in keys {

@@ -130,7 +130,7 @@ impl TieredBackend {
         &self,
         key: &CacheKey,
         epoch: u64,
-        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
+        read: impl FnOnce(&Stored) -> Option<T>,
     ) -> Option<T> {
         self.l1.read_in_epoch(key, epoch, read)
     }
@@ -141,7 +141,7 @@ impl TieredBackend {
         &self,
         key: &CacheKey,
         epoch: u64,
-        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
+        read: impl FnOnce(&Stored) -> Option<T>,
     ) -> Option<(T, bool)> {
         self.l1.read_due(key, epoch, read)
     }
@@ -152,7 +152,7 @@ impl TieredBackend {
         &self,
         key: &HitKey,
         epoch: u64,
-        read: impl FnOnce(&(dyn Any + Send + Sync)) -> Option<T>,
+        read: impl FnOnce(&Stored) -> Option<T>,
     ) -> Option<(T, bool)> {
         self.l1.read_hit_due(key, epoch, read)
     }
