@@ -16,6 +16,13 @@
 //! thread was descheduled is left out), and prints each row's median over the rounds and the
 //! median of its per-round ratio to `#[concurrent_cached]`'s same form: on a shared machine,
 //! ratios taken within one round are what hold still.
+//!
+//! Two switches change the layout the rows read, which moves the ratios more than anything the
+//! hit does (BENCHMARKS.md, item 10, fifth round): `HIT_COUNT_MIXED_WARM=1` warms the rows key
+//! by key, as `arc_hit` does, so that every row's values, and the two cachette sites' entries
+//! in their shared store, lie interleaved in memory rather than row by row; and
+//! `HIT_COUNT_SCATTERED=1` walks the keys in a scattered order (every key once a pass) rather
+//! than in the order they were stored, which hardware prefetching follows.
 
 use std::hint::black_box;
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -88,8 +95,14 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 /// One pass over every key, so that every row's hits are warm.
 fn warm(row: &str) {
-    let rt = runtime();
     for id in 0..KEYS {
+        warm_one(row, id);
+    }
+}
+
+fn warm_one(row: &str, id: u64) {
+    let rt = runtime();
+    {
         match row {
             "cachette" | "store" => drop(rt.block_on(cachette_memory(id))),
             "cachette_tiered" => drop(rt.block_on(cachette_tiered(id))),
@@ -105,7 +118,16 @@ fn warm(row: &str) {
 /// `hits` hits of `row`, walking the keys in order. The only function callgrind counts.
 #[inline(never)]
 fn measured(row: &str, hits: u64) {
-    let next = |id: u64| (id + 1) % KEYS;
+    let scattered = std::env::var_os("HIT_COUNT_SCATTERED").is_some();
+    // A full-period step through the ids (odd, coprime with 10,000): every key once a pass,
+    // neighbours far apart.
+    let next = |id: u64| {
+        if scattered {
+            (id + 6_007) % KEYS
+        } else {
+            (id + 1) % KEYS
+        }
+    };
     let mut id = 0;
     macro_rules! sync_row {
         ($f:ident) => {
@@ -253,8 +275,16 @@ fn main() {
     if row == "rounds" {
         let rounds = args.next().map_or(40, |n| n.parse().expect("a count"));
         let hits = args.next().map_or(200_000, |n| n.parse().expect("a count"));
-        for row in &rows {
-            warm(row);
+        if std::env::var_os("HIT_COUNT_MIXED_WARM").is_some() {
+            for id in 0..KEYS {
+                for row in &rows {
+                    warm_one(row, id);
+                }
+            }
+        } else {
+            for row in &rows {
+                warm(row);
+            }
         }
         interleaved(&rows, rounds, hits);
         return;
