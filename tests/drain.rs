@@ -1,7 +1,8 @@
 //! `drain_invalidations` against a real redis-server, frozen (SIGSTOP) while invalidations are
 //! queued: delivered once Redis is back (read raw, and heard on the bus as a peer hears it); a
 //! drain dropped mid-wait leaves the queue to deliver them; while Redis stays frozen it returns
-//! the count by its timeout.
+//! the count by its timeout; and it waits for an invalidation still under way, in a task of its
+//! own after its caller gave up, that fails and is queued.
 //!
 //! Two backends on their own stores (`redis`, and `tiered` over another `RedisBackend`): every
 //! invalidation reaches both, so both queue it, and the drain waits for both. The scenarios run
@@ -81,6 +82,28 @@ async fn change_price(id: u64) {
 #[invalidates("frozen:<n>")]
 async fn change_frozen(n: u64) {
     let _ = n;
+}
+
+/// Told each time `change_price_told`'s body has run.
+static BODY_RAN: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[invalidates("price:<id>")]
+async fn change_price_told(id: u64) {
+    let _ = id;
+    BODY_RAN.notify_one();
+}
+
+#[invalidates("price:<id>")]
+async fn change_price_panics(id: u64) {
+    let _ = id;
+    panic!("the mutation failed");
+}
+
+#[invalidates("price:<id>")]
+async fn change_price_never_ends(id: u64) {
+    let _ = id;
+    BODY_RAN.notify_one();
+    std::future::pending::<()>().await;
 }
 
 /// Invalidations pending over every configured backend.
@@ -258,6 +281,66 @@ async fn a_drain_gives_up_by_its_timeout_with_what_remains() {
     );
 }
 
+// ---- 4. An invalidation under way when the drain starts is waited for. ----
+
+async fn a_drain_waits_for_an_invalidation_under_way() {
+    let fixture = fixture().lock().await;
+    let server = &fixture.server;
+    assert_eq!(drain_invalidations(PATIENCE).await, Ok(()), "nothing left");
+    warm(server, 4).await;
+    // Frozen with the breakers closed: the invalidation is sent, and waits for its timeout.
+    server.pause();
+    PRICE.store(400, Ordering::SeqCst);
+    let call = tokio::spawn(change_price_told(4));
+    BODY_RAN.notified().await;
+    // The client gives up; the invalidation goes on in a task of its own.
+    call.abort();
+    // A drain that gives up first counts it.
+    let short = drain_invalidations(Duration::from_millis(50)).await;
+    assert!(
+        matches!(short, Err(DrainError::TimedOut { remaining, .. }) if remaining >= 1),
+        "a drain during an invalidation under way returned {short:?}"
+    );
+    let drain = tokio::spawn(drain_invalidations(PATIENCE));
+    // The invalidation times out and is queued (in both backends); the drain still waits.
+    let deadline = Instant::now() + PATIENCE;
+    while pending() < 2 {
+        assert!(Instant::now() < deadline, "never queued: {}", pending());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !drain.is_finished(),
+        "the drain returned while an invalidation was under way: {:?}",
+        drain.await
+    );
+    server.resume();
+    assert_eq!(drain.await.expect("no panic"), Ok(()));
+    assert_eq!(pending(), 0);
+    assert_eq!(raw_value(server, "dr", "price:<4>").await, None, "deleted");
+    assert_eq!(raw_value(server, "dt", "price:<4>").await, None, "deleted");
+    assert_eq!(price_redis(4).await, 404, "loaded anew");
+
+    // A call that panics in its body, or is dropped in it, is no longer under way.
+    let panicked = tokio::spawn(change_price_panics(5)).await;
+    assert!(panicked.is_err_and(|error| error.is_panic()));
+    let stuck = tokio::spawn(change_price_never_ends(5));
+    BODY_RAN.notified().await;
+    assert_eq!(
+        drain_invalidations(Duration::from_millis(50))
+            .await
+            .map_err(|e| e.remaining()),
+        Err(1),
+        "a body still running is under way"
+    );
+    stuck.abort();
+    assert!(stuck.await.is_err_and(|error| error.is_cancelled()));
+    assert_eq!(
+        drain_invalidations(Duration::from_millis(500)).await,
+        Ok(()),
+        "nothing is under way after a panic or a drop"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_scenarios() {
     let _stop = OnExit(|| {
@@ -281,6 +364,7 @@ async fn drain_scenarios() {
         a_drain_returns_once_the_queued_invalidations_reached_redis,
         a_drain_dropped_mid_wait_leaves_the_queue_to_deliver,
         a_drain_gives_up_by_its_timeout_with_what_remains,
+        a_drain_waits_for_an_invalidation_under_way,
     );
     assert!(failed.is_empty(), "failed: {failed:?}");
 }

@@ -78,7 +78,8 @@ pub enum DrainError {
     /// The timeout passed first: Redis was unreachable, or came back too late.
     #[error("{remaining} invalidation(s){} had not reached redis after {waited:?}", overflow_note(*overflowed))]
     TimedOut {
-        /// Invalidations still queued, summed over the backends' queues.
+        /// Invalidations still queued, summed over the backends' queues, plus (for
+        /// `drain_invalidations`) the invalidating calls still under way.
         remaining: usize,
         /// A queue overflowed, so its keys past the bound are not counted, and the purge of
         /// the prefix that stands in for them has not run.

@@ -36,6 +36,7 @@ pub(crate) use report::Tally;
 pub(crate) use tagged::cached_tagged;
 pub(crate) use tagged_remote::cached_remote_tagged;
 
+use crate::drain::UnderWay;
 use crate::key::{CacheKey, HitKey};
 use crate::registry;
 use crate::shape::{PortableValue, ReturnShape, Success};
@@ -224,9 +225,11 @@ where
     C: Success<R>,
     F: Future<Output = R>,
 {
+    // From before the body: a drain that starts while it runs waits for what it invalidates.
+    let under_way = UnderWay::begin();
     let ret = body.await;
     if success.succeeded(&ret) {
-        invalidate_to_the_end(Vec::from(keys), Vec::new()).await;
+        invalidate_to_the_end(Vec::from(keys), Vec::new(), under_way).await;
     }
     ret
 }
@@ -243,9 +246,10 @@ where
     C: Success<R>,
     F: Future<Output = R>,
 {
+    let under_way = UnderWay::begin();
     let ret = body.await;
     if success.succeeded(&ret) {
-        invalidate_to_the_end(Vec::from(keys), Vec::from(tags)).await;
+        invalidate_to_the_end(Vec::from(keys), Vec::from(tags), under_way).await;
     }
     ret
 }
@@ -253,15 +257,21 @@ where
 /// Invalidates `keys` in every backend, in a task of its own when a Tokio runtime is there: the
 /// mutation has happened, so a caller that gives up (a client that disconnects, a timeout) must
 /// not leave some backends holding the old values. Without a runtime, the caller's own future
-/// does it.
-async fn invalidate_to_the_end(keys: Vec<CacheKey>, tags: Vec<CacheKey>) {
+/// does it. The call counts as under way (for a drain) until the task ends.
+async fn invalidate_to_the_end(keys: Vec<CacheKey>, tags: Vec<CacheKey>, under_way: UnderWay) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            let invalidation = runtime.spawn(async move { invalidate_all(&keys, &tags).await });
+            let invalidation = runtime.spawn(async move {
+                invalidate_all(&keys, &tags).await;
+                drop(under_way);
+            });
             // A panic in a backend's invalidation is the task's; the call itself succeeded.
             let _ = invalidation.await;
         }
-        Err(_) => invalidate_all(&keys, &tags).await,
+        Err(_) => {
+            invalidate_all(&keys, &tags).await;
+            drop(under_way);
+        }
     }
 }
 
@@ -272,6 +282,7 @@ where
     C: Success<R>,
     F: FnOnce() -> R,
 {
+    let _under_way = UnderWay::begin();
     let ret = body();
     if success.succeeded(&ret) {
         let backends = registry::global().all_backends();
@@ -303,7 +314,7 @@ async fn invalidate_all(keys: &[CacheKey], tags: &[CacheKey]) {
 /// Removes `key` from every configured backend, as a successful `#[invalidates]` call does.
 /// A load of that key already under way will not store its result.
 pub async fn invalidate(key: &CacheKey) {
-    invalidate_to_the_end(vec![key.clone()], Vec::new()).await;
+    invalidate_to_the_end(vec![key.clone()], Vec::new(), UnderWay::begin()).await;
 }
 
 /// Invalidates the tag `tag` in every configured backend, as `#[invalidates(tags(...))]`
@@ -319,5 +330,5 @@ pub async fn invalidate(key: &CacheKey) {
 /// # });
 /// ```
 pub async fn invalidate_tag(tag: &CacheKey) {
-    invalidate_to_the_end(Vec::new(), vec![tag.clone()]).await;
+    invalidate_to_the_end(Vec::new(), vec![tag.clone()], UnderWay::begin()).await;
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::backend::{Backend, Stored};
+use crate::drain::UnderWay;
 use crate::envelope::{self, Bincode, Times};
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
@@ -122,7 +123,10 @@ async fn put_to_the_end<V: Any + Clone + Send + Sync>(
     if !key.is_usable() {
         return;
     }
+    // Its invalidations of the other backends are what a drain waits for.
+    let under_way = UnderWay::begin();
     let put = async move {
+        let _under_way = under_way;
         let target = registry::put_backend(site);
         let backends = registry::global().all_backends();
         let (named, others): (Vec<&Backend>, Vec<&Backend>) =
