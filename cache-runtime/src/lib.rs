@@ -8,6 +8,7 @@
 
 mod audit;
 mod backend;
+mod background;
 mod call;
 mod clock;
 mod drain;

@@ -75,24 +75,23 @@ impl Drop for HeldLock {
             return;
         }
         // Cancelled or panicked mid-load, or the release failed: free the key now rather than
-        // at the end of the lease. Without a runtime, the lease ends it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = Arc::clone(&self.store);
-            let (key, token) = (
-                std::mem::take(&mut self.key),
-                std::mem::take(&mut self.token),
-            );
-            runtime.spawn(async move {
-                // Retried while Redis is unreachable (a pause, an open breaker), within the
-                // lease: afterwards the lock has expired anyway.
-                let deadline = tokio::time::Instant::now() + LEASE;
-                while let Err(error) = store.release(&key, &token).await {
-                    if !error.is_transport() || tokio::time::Instant::now() >= deadline {
-                        return;
-                    }
-                    tokio::time::sleep(super::SAFETY_POLL).await;
+        // at the end of the lease, on cachette's runtime (the holder's may be ending, or idle
+        // once its `block_on` returns). With no runtime to be had, the lease ends it.
+        let store = Arc::clone(&self.store);
+        let (key, token) = (
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        );
+        crate::background::spawn(async move {
+            // Retried while Redis is unreachable (a pause, an open breaker), within the
+            // lease: afterwards the lock has expired anyway.
+            let deadline = tokio::time::Instant::now() + LEASE;
+            while let Err(error) = store.release(&key, &token).await {
+                if !error.is_transport() || tokio::time::Instant::now() >= deadline {
+                    return;
                 }
-            });
-        }
+                tokio::time::sleep(super::SAFETY_POLL).await;
+            }
+        });
     }
 }

@@ -20,8 +20,8 @@ use super::connection::{Connection, Target};
 
 /// The connection in use, made on first use, and the state of its replacement.
 pub(crate) struct ConnectionSlot {
-    /// Made on first use, inside the caller's Tokio runtime: creating a connection spawns its
-    /// driver, which needs a runtime that configuration time may not have.
+    /// Made on first use, not at configuration: creating a connection spawns tasks, which
+    /// need a runtime that configuration time may not have.
     in_use: RwLock<Option<Connection>>,
     /// The attempts: the one under way, and when the last started.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
@@ -72,28 +72,30 @@ impl ConnectionSlot {
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
-        let connection = target.connect_lazy(connect_timeout)?;
+        // The tasks a connection spawns at creation go to cachette's runtime, which outlives
+        // the caller's (`background.rs`); the ones its first command and its reconnections
+        // spawn go to the runtime whose context polls the command: cachette's too, since
+        // `guarded` polls there.
+        let connection = crate::background::enter(|| target.connect_lazy(connect_timeout))?;
         *slot = Some(connection.clone());
         Ok(connection)
     }
 
-    /// After a timeout: on a cluster, starts building a replacement in the background unless
-    /// one is under way or the last started less than [`backoff`] ago. Needs a Tokio runtime
-    /// (the caller's); without one, nothing happens.
+    /// After a timeout: on a cluster, starts building a replacement in the background (on
+    /// cachette's runtime, `background.rs`) unless one is under way or the last started less
+    /// than [`backoff`] ago.
     #[cfg(feature = "cluster")]
     pub(crate) fn renew(self: &Arc<Self>, target: &Arc<Target>, connect_timeout: Duration) {
         if !target.is_cluster() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let bound = backoff(connect_timeout);
         let Some(in_flight) = self.begin(Instant::now(), bound) else {
             return;
         };
         let target = Arc::clone(target);
-        runtime.spawn(async move {
+        // Without any runtime the task is dropped unrun, and `in_flight` with it.
+        crate::background::spawn(async move {
             // Released when this task ends, panics or is dropped with its runtime.
             let in_flight = in_flight;
             let attempt = target.connect_and_ping_masters(connect_timeout);
@@ -125,8 +127,9 @@ impl ConnectionSlot {
     /// Takes the right to run an attempt now, if no attempt is under way and the last started
     /// `backoff` or more before `now`. An attempt still marked under way a `backoff` after it
     /// started is not running (each is bounded by the backoff): its task sits on a runtime
-    /// that nothing drives any more (a sync bridge's, kept for `block_on`), so this one takes
-    /// over, and the stale one's end, if it ever comes, clears nothing.
+    /// that nothing drives (attempts run on cachette's runtime, so only if that one could not
+    /// start and a sync bridge's, kept for `block_on`, took it), so this one takes over, and
+    /// the stale one's end, if it ever comes, clears nothing.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     fn begin(self: &Arc<Self>, now: Instant, backoff: Duration) -> Option<InFlight> {
         let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
@@ -284,5 +287,39 @@ mod tests {
         drop(stopping);
         assert!(!slot.in_flight(), "released on drop");
         assert!(slot.begin(t0 + 2 * backoff, backoff).is_some());
+    }
+
+    /// The attempt's task runs on cachette's runtime: one started by a call on a runtime that
+    /// goes idle once its `block_on` returns still runs to its end and clears its flag.
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn an_attempt_started_from_an_idle_runtime_runs_to_its_end() {
+        use super::super::connection::TlsMaterial;
+        let connect_timeout = Duration::from_millis(200);
+        // A seed nobody listens on: the attempt fails at once (its bound, a second, at worst).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let seeds = [format!("redis://127.0.0.1:{port}")];
+        let target = Arc::new(
+            Target::cluster(&seeds, &TlsMaterial::default(), connect_timeout).expect("a target"),
+        );
+        let slot = ConnectionSlot::new();
+        let idle = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        idle.block_on(async { slot.renew(&target, connect_timeout) });
+        let deadline = Instant::now() + 5 * backoff(connect_timeout);
+        while slot.in_flight() {
+            assert!(
+                Instant::now() < deadline,
+                "the attempt is still marked under way {:?} after it started",
+                5 * backoff(connect_timeout)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(idle);
     }
 }

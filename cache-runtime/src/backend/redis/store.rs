@@ -196,6 +196,7 @@ impl RedisStore {
             return Err(StoreError::Refused);
         }
         let budget = self.settings.op_timeout;
+        let operation = crate::background::in_context(operation);
         let result = match tokio::time::timeout(budget, operation).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(StoreError::Redis(error)),
@@ -264,12 +265,9 @@ impl RedisStore {
     /// connection retries on its own, so callers see only timeouts. One line per cause per
     /// 10 s.
     fn diagnose(&self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let (target, prefix) = (Arc::clone(&self.target), self.settings.prefix.clone());
         let timeout = self.settings.connect_timeout;
-        runtime.spawn(async move {
+        crate::background::spawn(async move {
             let Some(error) = target.diagnose(timeout).await else {
                 return;
             };
@@ -458,9 +456,6 @@ impl RedisStore {
     /// connection, it runs after the claim wherever the claim went; it bypasses the breaker for
     /// the same reason.
     fn release_unowned(&self, cache_key: &str, token: &str, mut connection: Connection) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let keys = self.keys(cache_key);
         // EVAL with the text: it cannot fail for a script cache the restart emptied.
         let mut command = redis::cmd("EVAL");
@@ -476,7 +471,8 @@ impl RedisStore {
         let store = Weak::clone(&self.this);
         let (key, token) = (cache_key.to_owned(), token.to_owned());
         let op_timeout = self.settings.op_timeout;
-        runtime.spawn(async move {
+        // On cachette's runtime: the claim's caller has given up, and its runtime may be idle.
+        crate::background::spawn(async move {
             let _ = tokio::time::timeout(bound, command.query_async::<i64>(&mut connection)).await;
             // The claim may still run after that release: the connection it went out on may
             // have been replaced (a reconnect) while the server held it. The token is this

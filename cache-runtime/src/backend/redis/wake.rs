@@ -97,12 +97,9 @@ impl Wakeups {
         if self.started.load(Ordering::Acquire) || self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // No runtime to subscribe on: waiters poll.
-            return;
-        };
         let wakeups = Arc::downgrade(self);
-        runtime.spawn(subscribe(wakeups, Arc::clone(target)));
+        // Without any runtime, nothing subscribes: waiters poll.
+        crate::background::spawn(subscribe(wakeups, Arc::clone(target)));
     }
 }
 

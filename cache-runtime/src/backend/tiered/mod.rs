@@ -182,10 +182,11 @@ impl TieredBackend {
         }
     }
 
-    /// Starts the bus subscriber once, on the Tokio runtime of the first call. Each message
-    /// runs `detach()(key)` (false once the backend is gone, which ends the subscriber), then
-    /// drops the key from L1. Without a Tokio runtime there is no subscriber, so L1 stays unused
-    /// and calls are served from L2.
+    /// Starts the bus subscriber once, at the first call, on cachette's own runtime
+    /// (`background.rs`: the first call's may be a sync bridge's, idle after its `block_on`, or
+    /// a test's, which ends). Each message runs `detach()(key)` (false once the backend is
+    /// gone, which ends the subscriber), then drops the key from L1. With no runtime to be had
+    /// there is no subscriber, so L1 stays unused and calls are served from L2.
     pub(crate) fn start_bus<D>(&self, backend: &str, detach: impl FnOnce() -> D)
     where
         D: Fn(&str) -> bool + Send + Sync + 'static,
@@ -196,20 +197,12 @@ impl TieredBackend {
             return;
         }
         let detach = detach();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::error!(
-                backend,
-                "a tiered backend needs a Tokio runtime for its invalidation bus; serving from \
-                 redis only"
-            );
-            return;
-        };
         let bus = Arc::clone(&self.bus);
         let target = Arc::clone(self.l2.store().target());
         let timing = self.timing;
         let l1 = self.l1.clone();
         let tags = Arc::clone(&self.tags);
-        runtime.spawn(async move {
+        let spawned = crate::background::spawn(async move {
             let invalidate = |key: &str| {
                 // The flight first: a load under way must not store what it read before.
                 let alive = detach(key);
@@ -225,6 +218,13 @@ impl TieredBackend {
             bus.run(&target, timing, invalidate, || l1.invalidate_all())
                 .await;
         });
+        if spawned.is_none() {
+            tracing::error!(
+                backend,
+                "a tiered backend needs a Tokio runtime for its invalidation bus; serving from \
+                 redis only"
+            );
+        }
     }
 
     /// Deletes `keys` in L2 and announces each on the bus (one script), then, key by key,

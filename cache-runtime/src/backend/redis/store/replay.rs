@@ -137,13 +137,12 @@ impl RedisStore {
         if self.replayer_running.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // No runtime to replay on: the next operation that reaches Redis replays.
-            self.replayer_running.store(false, Ordering::Release);
-            return;
-        };
         let mut replayer = Replayer(Some(Weak::clone(&self.this)));
-        runtime.spawn(async move {
+        // On cachette's own runtime: one spawned on the caller's would sit, its flag set, on a
+        // runtime nothing drives any more (a sync bridge's, kept for `block_on`). With no
+        // runtime to be had, the task is dropped unrun and `replayer` clears the flag: the next
+        // operation that reaches Redis replays.
+        crate::background::spawn(async move {
             loop {
                 let Some(store) = replayer.0.as_ref().and_then(Weak::upgrade) else {
                     return;
