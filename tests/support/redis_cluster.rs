@@ -5,6 +5,9 @@
 //! when the cluster is dropped (a failed test included). Both programs come with Debian's
 //! `redis-server` package; a test that cannot start them fails.
 //!
+//! [`RedisCluster::start_without_replicas`] starts masters only, each serving its slots
+//! whatever the others do (`cluster-require-full-coverage no`).
+//!
 //! [`RedisCluster::start_secured`] starts one whose nodes speak only TLS (`--port 0`), between
 //! themselves and to their replicas too, require client certificates, and know one ACL user
 //! (the default user off): what a managed cluster asks of a client.
@@ -200,27 +203,33 @@ impl RedisCluster {
         }
     }
 
-    /// 3 masters and no replica, with `cluster-require-full-coverage no`: a master that dies
-    /// takes only its own slots away, and the others keep serving theirs (what a deployment
-    /// without replicas that wants partial availability configures).
-    pub fn start_without_replicas() -> RedisCluster {
+    /// `masters` masters (3 or more) and no replica, with `cluster-require-full-coverage no`: a
+    /// master that dies takes only its own slots away, and the others keep serving theirs (what
+    /// a deployment without replicas that wants partial availability configures), as long as
+    /// they are a majority of the masters.
+    pub fn start_without_replicas(masters: usize) -> RedisCluster {
         RedisCluster::start_nodes(
             Security::default(),
-            3,
+            masters,
+            false,
             &["--cluster-require-full-coverage", "no"],
         )
     }
 
     /// [`start`](Self::start), the nodes requiring what `security` says of every client.
     pub fn start_secured(security: Security) -> RedisCluster {
-        RedisCluster::start_nodes(security, 6, &[])
+        RedisCluster::start_nodes(security, 6, true, &[])
     }
 
-    /// `count` nodes (6: 3 masters with a replica each; 3: masters only), each given `extra`
-    /// arguments too.
-    fn start_nodes(security: Security, count: usize, extra: &[&str]) -> RedisCluster {
+    /// `count` nodes: 3 masters with a replica each (`replicated`), else `count` masters; each
+    /// given `extra` arguments too.
+    fn start_nodes(
+        security: Security,
+        count: usize,
+        replicated: bool,
+        extra: &[&str],
+    ) -> RedisCluster {
         let started = Instant::now();
-        let replicated = count == 6;
         let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
                 let mut args: Vec<String> = [
