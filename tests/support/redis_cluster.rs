@@ -5,6 +5,9 @@
 //! when the cluster is dropped (a failed test included). Both programs come with Debian's
 //! `redis-server` package; a test that cannot start them fails.
 //!
+//! [`RedisCluster::start_without_replicas`] starts masters only, each serving its slots
+//! whatever the others do (`cluster-require-full-coverage no`).
+//!
 //! [`RedisCluster::start_secured`] starts one whose nodes speak only TLS (`--port 0`), between
 //! themselves and to their replicas too, require client certificates, and know one ACL user
 //! (the default user off): what a managed cluster asks of a client.
@@ -167,6 +170,9 @@ impl Drop for TlsAclCluster {
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     security: Security,
+    /// Whether every master has a replica (what [`wait_until_ok`](Self::wait_until_ok) waits
+    /// for too).
+    replicated: bool,
 }
 
 impl RedisCluster {
@@ -197,10 +203,34 @@ impl RedisCluster {
         }
     }
 
+    /// `masters` masters (3 or more) and no replica, with `cluster-require-full-coverage no`: a
+    /// master that dies takes only its own slots away, and the others keep serving theirs (what
+    /// a deployment without replicas that wants partial availability configures), as long as
+    /// they are a majority of the masters.
+    pub fn start_without_replicas(masters: usize) -> RedisCluster {
+        RedisCluster::start_nodes(
+            Security::default(),
+            masters,
+            false,
+            &["--cluster-require-full-coverage", "no"],
+        )
+    }
+
     /// [`start`](Self::start), the nodes requiring what `security` says of every client.
     pub fn start_secured(security: Security) -> RedisCluster {
+        RedisCluster::start_nodes(security, 6, true, &[])
+    }
+
+    /// `count` nodes: 3 masters with a replica each (`replicated`), else `count` masters; each
+    /// given `extra` arguments too.
+    fn start_nodes(
+        security: Security,
+        count: usize,
+        replicated: bool,
+        extra: &[&str],
+    ) -> RedisCluster {
         let started = Instant::now();
-        let nodes: Vec<RedisServer> = (0..6)
+        let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
                 let mut args: Vec<String> = [
                     "--cluster-enabled",
@@ -217,6 +247,7 @@ impl RedisCluster {
                 ]
                 .map(str::to_owned)
                 .to_vec();
+                args.extend(extra.iter().map(|arg| (*arg).to_owned()));
                 args.extend(security.node_args());
                 RedisServer::start_with(args, security.tls.is_some())
             })
@@ -229,7 +260,8 @@ impl RedisCluster {
             .args(security.cli_args())
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", if replicated { "1" } else { "0" }])
+            .arg("--cluster-yes")
             .output()
             .unwrap_or_else(|error| {
                 panic!("cannot run redis-cli ({error}); it comes with Debian's redis-server")
@@ -240,10 +272,14 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let cluster = RedisCluster { nodes, security };
+        let cluster = RedisCluster {
+            nodes,
+            security,
+            replicated,
+        };
         cluster.wait_until_ok(Duration::from_secs(30));
         eprintln!(
-            "cluster of 6 nodes up in {:?} (ports {})",
+            "cluster of {count} nodes up in {:?} (ports {})",
             started.elapsed(),
             addresses.join(" ")
         );
@@ -333,6 +369,29 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The slot ranges (first, last) the master on `port` serves, as a running node sees it.
+    pub fn slot_ranges_of(&self, port: u16) -> Vec<(i64, i64)> {
+        let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut self.any_connection())
+            .expect("cluster slots");
+        ranges
+            .iter()
+            .filter(|range| {
+                let redis::Value::Array(master) = &range[2] else {
+                    panic!("a master entry")
+                };
+                redis::from_redis_value::<u16>(master[1].clone()).expect("port") == port
+            })
+            .map(|range| {
+                (
+                    redis::from_redis_value(range[0].clone()).expect("first"),
+                    redis::from_redis_value(range[1].clone()).expect("last"),
+                )
+            })
+            .collect()
+    }
+
     /// Every running node's port.
     pub fn ports(&self) -> Vec<u16> {
         self.nodes
@@ -415,7 +474,7 @@ impl RedisCluster {
     }
 
     /// Waits until every running node reports `cluster_state:ok` and sees every slot served,
-    /// and every master has a replica in sync.
+    /// and (in a replicated cluster) every master has a replica in sync.
     pub fn wait_until_ok(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
@@ -451,7 +510,10 @@ impl RedisCluster {
                 return Err(format!("replica {} not in sync", node.port()));
             }
         }
-        if masters_with_replica < 3 && self.nodes.iter().all(RedisServer::is_running) {
+        if self.replicated
+            && masters_with_replica < 3
+            && self.nodes.iter().all(RedisServer::is_running)
+        {
             return Err(format!("{masters_with_replica} masters have a replica"));
         }
         Ok(())

@@ -254,10 +254,13 @@ impl Target {
     }
 
     /// A new cluster connection, connected now (seeds, slot map, every node of it, each step
-    /// within `timeout`), with its answer to a `PING` of every master: what may replace the one
-    /// in use (`replacement.rs`). `None` on a server, whose connection reconnects on its own.
+    /// within `timeout`), with the first answer of a master to a `PING` sent to every master:
+    /// what may replace the one in use (`replacement.rs`). One master, not every one: a master
+    /// that is down with no replica to take over (its slots fail open either way) would
+    /// otherwise keep every replacement out, whatever else the fresh connection fixes. `None` on
+    /// a server, whose connection reconnects on its own.
     #[cfg(feature = "cluster")]
-    pub(crate) async fn connect_and_ping_masters(
+    pub(crate) async fn connect_and_ping_a_master(
         &self,
         timeout: Duration,
     ) -> Option<RedisResult<(Connection, RedisResult<redis::Value>)>> {
@@ -270,12 +273,12 @@ impl Target {
             .set_response_timeout(timeout);
         let connected = async {
             let mut connection = client.get_async_connection_with_config(config).await?;
-            let every_master = RoutingInfo::MultiNode((
+            let first_master = RoutingInfo::MultiNode((
                 MultipleNodeRoutingInfo::AllMasters,
-                Some(ResponsePolicy::AllSucceeded),
+                Some(ResponsePolicy::OneSucceeded),
             ));
             let answer = connection
-                .route_command(redis::cmd("PING"), every_master)
+                .route_command(redis::cmd("PING"), first_master)
                 .await;
             Ok((Connection::Cluster(connection), answer))
         };

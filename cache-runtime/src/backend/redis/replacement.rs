@@ -1,4 +1,5 @@
-//! The store's async connection in use, and its replacement on a cluster after a timeout.
+//! The store's async connection in use, and its replacement on a cluster after a timeout or an
+//! error that says the way to a node is broken ([`calls_for_a_fresh_connection`]).
 //!
 //! The store drops a request that timed out, so redis-rs's cluster client sees no error and
 //! never refreshes its slot map: a master that hangs keeps its slots in that map after its
@@ -6,8 +7,10 @@
 //! take longer to answer than the operation timeout (TLS handshakes with every node in a debug
 //! build on a loaded machine), and the one in use may be sound again (the fault was brief). So
 //! the replacement is built beside the connection in use, in a task of its own, bounded, and
-//! swapped in only once it has connected and every master has answered it; until then, and if
-//! it fails, the connection in use keeps serving. At most one attempt is under way (one marked
+//! swapped in only once it has connected (the slot map learnt) and a master has answered it;
+//! until then, and if it fails, the connection in use keeps serving. One master, not every one:
+//! a master down with no replica would otherwise keep out every replacement for as long as it
+//! is down, while the connection in use may be routing another shard to a hung node. At most one attempt is under way (one marked
 //! so past its bound is not running, and is taken over), and the
 //! next starts no sooner than [`backoff`] after the last one started. A server's connection
 //! (redis-rs's `ConnectionManager`) reconnects on its own in a task of its own and follows no
@@ -81,9 +84,9 @@ impl ConnectionSlot {
         Ok(connection)
     }
 
-    /// After a timeout: on a cluster, starts building a replacement in the background (on
-    /// cachette's runtime, `background.rs`) unless one is under way or the last started less
-    /// than [`backoff`] ago.
+    /// After a timeout (or an error for which [`calls_for_a_fresh_connection`]): on a cluster,
+    /// starts building a replacement in the background (on cachette's runtime,
+    /// `background.rs`) unless one is under way or the last started less than [`backoff`] ago.
     #[cfg(feature = "cluster")]
     pub(crate) fn renew(self: &Arc<Self>, target: &Arc<Target>, connect_timeout: Duration) {
         if !target.is_cluster() {
@@ -98,7 +101,7 @@ impl ConnectionSlot {
         crate::background::spawn(async move {
             // Released when this task ends, panics or is dropped with its runtime.
             let in_flight = in_flight;
-            let attempt = target.connect_and_ping_masters(connect_timeout);
+            let attempt = target.connect_and_ping_a_master(connect_timeout);
             let outcome = match tokio::time::timeout(bound, attempt).await {
                 Ok(Some(outcome)) => outcome,
                 Ok(None) => return,
@@ -111,7 +114,7 @@ impl ConnectionSlot {
                 }
             };
             match outcome {
-                // A reply error (a user without `PING`) still shows every master answering.
+                // A reply error (a user without `PING`) still shows the masters answering.
                 Ok((connection, Ok(_))) => in_flight.slot.install(connection),
                 Ok((connection, Err(error))) if !super::store::is_transport_failure(&error) => {
                     in_flight.slot.install(connection);
@@ -165,6 +168,30 @@ impl ConnectionSlot {
     }
 }
 
+/// Whether `error`, the answer to one of the store's operations on a cluster, says that the
+/// way to a node is broken, so that a fresh connection (a new slot map, new node connections)
+/// may serve where the one in use does not, as a timeout does: the connection dropped, reset
+/// or refused, redis-rs without a connection for the slot, its own timeout, a node that does
+/// not serve the slot (`CLUSTERDOWN`: a node restarted on the address without its cluster
+/// configuration, slots no longer assigned where the map says) or that is now a replica
+/// (`READONLY`). Not the cluster's ordinary answers (`MOVED`, `ASK`, `TRYAGAIN`: redis-rs
+/// follows or retries them, and resharding sends them by the thousand), a node that is there
+/// but starting or syncing (`LOADING`, `MASTERDOWN`: the route is right), refused credentials
+/// (the configuration's fault, named by the store's diagnosis), nor an error about the request
+/// (a script's, `WRONGTYPE`, `NOPERM`).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) fn calls_for_a_fresh_connection(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Io
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(ServerErrorKind::ClusterDown | ServerErrorKind::ReadOnly)
+    ) || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+}
+
 /// The right to run the one replacement attempt under way; dropping it (the attempt's end, a
 /// panic, its task dropped) lets the next one start.
 #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
@@ -189,6 +216,43 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_way_to_a_node_calls_for_a_fresh_connection_and_a_cluster_answer_does_not() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        let io = |kind| RedisError::from(std::io::Error::new(kind, "test"));
+        let answer = |kind, text| RedisError::from((ErrorKind::Server(kind), text));
+        for error in [
+            io(std::io::ErrorKind::ConnectionRefused),
+            io(std::io::ErrorKind::ConnectionReset),
+            io(std::io::ErrorKind::BrokenPipe),
+            io(std::io::ErrorKind::TimedOut),
+            RedisError::from((ErrorKind::ClusterConnectionNotFound, "no connection")),
+            answer(ServerErrorKind::ClusterDown, "Hash slot not served"),
+            answer(
+                ServerErrorKind::ReadOnly,
+                "You can't write against a read only replica.",
+            ),
+        ] {
+            assert!(calls_for_a_fresh_connection(&error), "{error}");
+        }
+        for error in [
+            answer(ServerErrorKind::Moved, "3999 127.0.0.1:6381"),
+            answer(ServerErrorKind::Ask, "3999 127.0.0.1:6381"),
+            answer(
+                ServerErrorKind::TryAgain,
+                "Multiple keys request during rehashing",
+            ),
+            answer(ServerErrorKind::BusyLoading, "Redis is loading the dataset"),
+            answer(ServerErrorKind::MasterDown, "Link with MASTER is down"),
+            answer(ServerErrorKind::ResponseError, "ERR Error running script"),
+            answer(ServerErrorKind::NoPerm, "this user has no permissions"),
+            RedisError::from((ErrorKind::AuthenticationFailed, "WRONGPASS")),
+            RedisError::from((ErrorKind::UnexpectedReturnType, "not an integer")),
+        ] {
+            assert!(!calls_for_a_fresh_connection(&error), "{error}");
+        }
+    }
 
     #[test]
     fn the_backoff_is_twice_the_connect_timeout_and_at_least_a_second() {

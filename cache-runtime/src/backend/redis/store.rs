@@ -199,7 +199,16 @@ impl RedisStore {
         let operation = crate::background::in_context(operation);
         let result = match tokio::time::timeout(budget, operation).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(StoreError::Redis(error)),
+            Ok(Err(error)) => {
+                // A broken way to a node: a fresh connection may route around it, as after a
+                // timeout.
+                #[cfg(feature = "cluster")]
+                if super::replacement::calls_for_a_fresh_connection(&error) {
+                    self.connection
+                        .renew(&self.target, self.settings.connect_timeout);
+                }
+                Err(StoreError::Redis(error))
+            }
             Err(_) => {
                 // A hung master keeps its slots in this connection's map: a fresh one, once it
                 // answers, learns the slots anew.
