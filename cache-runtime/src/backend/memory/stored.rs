@@ -513,4 +513,25 @@ mod tests {
             assert_eq!(reader.join().expect("reads"), Some(3));
         }
     }
+
+    #[test]
+    fn an_inline_value_may_mutate_itself_through_its_read() {
+        // `Sync` with interior mutability, and small enough to be inline: its `Clone` (which
+        // a hit runs on the read) counts into the stored value itself.
+        struct Tally(std::sync::atomic::AtomicU32);
+        impl Clone for Tally {
+            fn clone(&self) -> Self {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Tally(std::sync::atomic::AtomicU32::new(0))
+            }
+        }
+        let stored = Stored::of(&Arc::new(Tally(std::sync::atomic::AtomicU32::new(0))));
+        assert_eq!(stored.kind.way, Way::Inline);
+        let read = stored.downcast_ref::<Tally>().expect("its type");
+        drop(read.clone());
+        assert_eq!(read.0.load(Ordering::SeqCst), 1);
+        let any = stored.as_any().downcast_ref::<Tally>().expect("its type");
+        drop(any.clone());
+        assert_eq!(any.0.load(Ordering::SeqCst), 2);
+    }
 }
