@@ -13,6 +13,7 @@
 //! its clone touches only `T`'s allocation, which returning it has to write anyway.
 
 use std::any::{Any, TypeId};
+use std::cell::UnsafeCell;
 use std::marker::PhantomData;
 use std::mem::{self, MaybeUninit};
 use std::sync::Arc;
@@ -22,8 +23,11 @@ use crate::shape::{AnyValue, Downcast};
 /// A cached value, type-erased. Built typed ([`Stored::of`]) by the fills that know the type,
 /// or from an [`AnyValue`] by those that do not (one more indirection on every hit).
 pub(crate) struct Stored {
-    /// The value's bytes (inline), or a pointer (boxed, erased): see `kind`.
-    word: MaybeUninit<usize>,
+    /// The value's bytes (inline), or a pointer (boxed, erased): see `kind`. In a cell: an
+    /// inline `V` may have interior mutability (an atomic its `Clone` counts in, say), which a
+    /// `&V` made from a plain field's shared borrow would forbid (undefined behaviour, caught
+    /// by Miri; and `&Stored` would be `readonly` to LLVM).
+    word: UnsafeCell<MaybeUninit<usize>>,
     kind: &'static Kind,
 }
 
@@ -134,7 +138,7 @@ impl Stored {
             // SAFETY: `V` fits in the word's size and alignment (`fits`).
             unsafe { word.as_mut_ptr().cast::<V>().write(V::clone(value)) };
             Stored {
-                word,
+                word: UnsafeCell::new(word),
                 kind: Inline::<V>::KIND,
             }
         } else {
@@ -153,7 +157,7 @@ impl Stored {
                 .write(Arc::into_raw(value))
         };
         Stored {
-            word,
+            word: UnsafeCell::new(word),
             kind: Boxed::<V>::KIND,
         }
     }
@@ -168,8 +172,8 @@ impl Downcast for Stored {
         // itself, or the pointer of an `Arc<V>` this `Stored` holds a count of. The reference
         // lives no longer than `self`, which owns the value.
         match kind.way {
-            Way::Inline if typed => Some(unsafe { &*self.word.as_ptr().cast::<V>() }),
-            Way::Boxed if typed => Some(unsafe { &*self.word.as_ptr().cast::<*const V>().read() }),
+            Way::Inline if typed => Some(unsafe { &*self.word.get().cast::<V>() }),
+            Way::Boxed if typed => Some(unsafe { &*self.word.get().cast::<*const V>().read() }),
             Way::Erased => self.as_any().downcast_ref(),
             Way::Inline | Way::Boxed => None,
         }
@@ -179,7 +183,7 @@ impl Downcast for Stored {
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
         // SAFETY: `kind` was chosen with `word` in the constructor, and the reference lives
         // no longer than `self`, which owns the value.
-        unsafe { &*(self.kind.as_any)(&self.word) }
+        unsafe { &*(self.kind.as_any)(self.word.get()) }
     }
 }
 
@@ -192,14 +196,17 @@ impl From<AnyValue> for Stored {
                 .cast::<*mut AnyValue>()
                 .write(Box::into_raw(Box::new(value)))
         };
-        Stored { word, kind: ERASED }
+        Stored {
+            word: UnsafeCell::new(word),
+            kind: ERASED,
+        }
     }
 }
 
 impl Drop for Stored {
     fn drop(&mut self) {
         // SAFETY: `kind` matches `word`, and this is the one drop of the value.
-        unsafe { (self.kind.drop)(&mut self.word) }
+        unsafe { (self.kind.drop)(self.word.get_mut()) }
     }
 }
 
