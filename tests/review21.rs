@@ -109,7 +109,7 @@ async fn as_signed(id: u64) -> i64 {
 #[cached(ttl = "60s", key = "r21-option:<id>", cache_none)]
 async fn as_option(id: u64) -> Option<Arc<String>> {
     load();
-    (id % 2 == 0).then(|| Arc::new(format!("some {id}")))
+    id.is_multiple_of(2).then(|| Arc::new(format!("some {id}")))
 }
 
 #[cached(ttl = "60s", key = "r21-option:<id>")]
