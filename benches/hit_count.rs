@@ -53,6 +53,18 @@ fn cachette_sync(id: u64) -> Arc<Account> {
     account(id)
 }
 
+// A key whose form is longer than 16 bytes (`account:balance:`, then the id: 25).
+#[cached(ttl = "600s", key = "account:balance:<id>")]
+fn cachette_long(id: u64) -> Arc<Account> {
+    account(id)
+}
+
+// The default key: this function's path, then the id.
+#[cached(ttl = "600s")]
+fn cachette_default(id: u64) -> Arc<Account> {
+    account(id)
+}
+
 static MEMORY: OnceLock<MemoryBackend> = OnceLock::new();
 
 fn store(id: u64) -> Arc<Account> {
@@ -107,10 +119,28 @@ fn warm_one(row: &str, id: u64) {
             "cachette" | "store" => drop(rt.block_on(cachette_memory(id))),
             "cachette_tiered" => drop(rt.block_on(cachette_tiered(id))),
             "cachette_sync" => drop(cachette_sync(id)),
+            "cachette_long" => drop(cachette_long(id)),
+            "cachette_default" => drop(cachette_default(id)),
             "concurrent_cached" => drop(rt.block_on(concurrent(id))),
             "concurrent_cached_sync" => drop(concurrent_sync(id)),
             "quick_cache" => drop(quick(id)),
             other => panic!("unknown row {other}"),
+        }
+    }
+}
+
+/// Every row warm: row by row, or key by key under `HIT_COUNT_MIXED_WARM` (the layout
+/// criterion's `arc_hit` leaves).
+fn warm_rows(rows: &[&str]) {
+    if std::env::var_os("HIT_COUNT_MIXED_WARM").is_some() {
+        for id in 0..KEYS {
+            for row in rows {
+                warm_one(row, id);
+            }
+        }
+    } else {
+        for row in rows {
+            warm(row);
         }
     }
 }
@@ -152,6 +182,8 @@ fn measured(row: &str, hits: u64) {
         "cachette" => async_row!(cachette_memory),
         "cachette_tiered" => async_row!(cachette_tiered),
         "cachette_sync" => sync_row!(cachette_sync),
+        "cachette_long" => sync_row!(cachette_long),
+        "cachette_default" => sync_row!(cachette_default),
         "store" => sync_row!(store),
         "concurrent_cached" => async_row!(concurrent),
         "concurrent_cached_sync" => sync_row!(concurrent_sync),
@@ -160,10 +192,12 @@ fn measured(row: &str, hits: u64) {
     }
 }
 
-const ROWS: [&str; 7] = [
+const ROWS: [&str; 9] = [
     "cachette",
     "cachette_tiered",
     "cachette_sync",
+    "cachette_long",
+    "cachette_default",
     "store",
     "concurrent_cached",
     "concurrent_cached_sync",
@@ -275,22 +309,16 @@ fn main() {
     if row == "rounds" {
         let rounds = args.next().map_or(40, |n| n.parse().expect("a count"));
         let hits = args.next().map_or(200_000, |n| n.parse().expect("a count"));
-        if std::env::var_os("HIT_COUNT_MIXED_WARM").is_some() {
-            for id in 0..KEYS {
-                for row in &rows {
-                    warm_one(row, id);
-                }
-            }
-        } else {
-            for row in &rows {
-                warm(row);
-            }
-        }
+        warm_rows(&rows);
         interleaved(&rows, rounds, hits);
         return;
     }
     let hits = args.next().map_or(100_000, |n| n.parse().expect("a count"));
-    warm(&row);
+    if std::env::var_os("HIT_COUNT_MIXED_WARM").is_some() {
+        warm_rows(&rows);
+    } else {
+        warm(&row);
+    }
     let start = Instant::now();
     measured(&row, hits);
     let per_hit = start.elapsed().as_nanos() as f64 / hits as f64;

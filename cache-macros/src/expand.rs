@@ -2,7 +2,7 @@
 //! from what `validate.rs` checked; nothing here checks anything.
 
 use proc_macro2::{Group, Span, TokenStream, TokenTree};
-use quote::{quote, quote_spanned, ToTokens};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::{Ident, ItemFn, Path};
 
 use crate::template::{Segment, Template};
@@ -132,7 +132,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
         });
     let plain = tags.is_empty() && !*kept && !*detached;
     let form_hit = match &cached.key {
-        Key::Template(template) if plain => gen_form_hit(template, sig, krate, ret_span)
+        key if plain => gen_form_hit(key, sig, krate, ret_span)
             .map(|hit_key| {
                 let hit_fn = match entry {
                     Entry::Async => "hit_by_form",
@@ -373,68 +373,123 @@ pub(crate) fn gen_invalidates(invalidates: &Invalidates) -> TokenStream {
     }
 }
 
-/// `KeyBuilder::new().lit("user:").arg(&id).finish()` from a template.
-/// The hit key (`cachette`'s `key::canonical`) of a template whose placeholders are all plain
-/// integer parameters, and whose form fits the 16 bytes a hit key holds: the literal text, and
-/// each integer as a mark and eight bytes. `None` for any other template, whose hit is asked
-/// by its text. Decided from the parameters' written types, so that a value that is not a key
-/// part is reported once, by the text key's bound, not by this one too.
-fn gen_form_hit(
-    template: &Template,
-    sig: &syn::Signature,
-    krate: &Path,
-    span: Span,
-) -> Option<TokenStream> {
+/// The hit key (`cachette`'s `key::canonical`) of a key whose placeholders are all plain
+/// integer parameters: a template's, or a default key's (`path::name(<a>,<b>)`) without a
+/// `Self` type. A form of at most 16 bytes known here is a `HitKey` (its literal text and each
+/// integer as a mark and eight bytes, in a register); a longer one, or one whose length only
+/// the caller's crate knows (a default key's module path), is a `HitPieces` of literal runs
+/// and integers, which the store hashes and compares piece by piece. `None` for any other key,
+/// whose hit is asked by its text. Decided from the parameters' written types, so that a value
+/// that is not a key part is reported once, by the text key's bound, not by this one too.
+fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Option<TokenStream> {
     const FORM: usize = 16;
     const INTEGER: usize = 9;
-    let mut len = 0;
-    let mut parts = Vec::new();
-    for segment in &template.segments {
-        match segment {
-            Segment::Lit(text) => {
-                len += text.len();
-                parts.push(quote_spanned!(span=> .lit(#text)));
-            }
-            Segment::Placeholder(placeholder) => {
-                if placeholder.hashed || !placeholder.fields.is_empty() {
-                    return None;
+    // The literal runs, each before an integer, and the integers' calls; then the last run.
+    let mut runs = Vec::new();
+    let mut integers = Vec::new();
+    let (last, len) = match key {
+        Key::Template(template) => {
+            let mut run = String::new();
+            let mut len = 0;
+            for segment in &template.segments {
+                match segment {
+                    Segment::Lit(text) => {
+                        run.push_str(text);
+                        len += text.len();
+                    }
+                    Segment::Placeholder(placeholder) => {
+                        if placeholder.hashed || !placeholder.fields.is_empty() {
+                            return None;
+                        }
+                        integers.push(integer_arg(sig, &placeholder.root, span)?);
+                        runs.push(quote!(#run));
+                        run.clear();
+                        len += INTEGER;
+                    }
                 }
-                let (ty, by_ref) = integer_param(sig, &placeholder.root)?;
-                let name = Ident::new(&placeholder.root, span);
-                let value = if by_ref {
-                    quote_spanned!(span=> *#name)
-                } else {
-                    quote_spanned!(span=> #name)
-                };
-                // Widened losslessly, without a cast where none is needed (a lint in the
-                // caller's crate would see it).
-                let (method, value) = match ty.as_str() {
-                    "u64" => ("uint", value),
-                    "i64" => ("int", value),
-                    "u8" | "u16" | "u32" => (
-                        "uint",
-                        quote_spanned!(span=> ::core::primitive::u64::from(#value)),
-                    ),
-                    "i8" | "i16" | "i32" => (
-                        "int",
-                        quote_spanned!(span=> ::core::primitive::i64::from(#value)),
-                    ),
-                    "usize" => (
-                        "uint",
-                        quote_spanned!(span=> #value as ::core::primitive::u64),
-                    ),
-                    _ => (
-                        "int",
-                        quote_spanned!(span=> #value as ::core::primitive::i64),
-                    ),
-                };
-                let method = Ident::new(method, span);
-                len += INTEGER;
-                parts.push(quote_spanned!(span=> .#method(#value)));
             }
+            (quote!(#run), Some(len))
+        }
+        // As `gen_default_key` writes it: the function's path, then `(<a>,<b>)`; its length
+        // is the caller's module path's.
+        Key::Default {
+            params,
+            with_self_type: false,
+        } => {
+            let fn_name = sig.ident.to_string();
+            let path = |rest: &str| {
+                quote!(::core::concat!(::core::module_path!(), "::", #fn_name, #rest))
+            };
+            for (index, param) in params.iter().enumerate() {
+                integers.push(integer_arg(sig, &param.name.to_string(), span)?);
+                runs.push(if index == 0 { path("(") } else { quote!(",") });
+            }
+            let last = if params.is_empty() {
+                path("()")
+            } else {
+                quote!(")")
+            };
+            (last, None)
+        }
+        Key::Default { .. } => return None,
+    };
+    let private = quote_spanned!(span=> #krate::__private);
+    match len {
+        Some(len) if len <= FORM => {
+            let parts = runs
+                .iter()
+                .zip(&integers)
+                .map(|(run, (method, value))| quote_spanned!(span=> .lit(#run).#method(#value)));
+            Some(quote_spanned!(span=> #private::HitKey::new() #(#parts)* .lit(#last)))
+        }
+        _ => {
+            let values = integers
+                .iter()
+                .map(|(method, value)| {
+                    let method = format_ident!("hit_{}", method);
+                    quote_spanned!(span=> #private::#method(#value))
+                });
+            let count = integers.len();
+            Some(quote_spanned! {span=>
+                #private::HitPieces::<#count>::new([#(#runs),*], [#(#values),*], #last)
+            })
         }
     }
-    (len <= FORM).then(|| quote_spanned!(span=> #krate::__private::HitKey::new() #(#parts)*))
+}
+
+/// The hit key's call for the integer parameter `name` (`uint` or `int`) and its value, if it
+/// is one ([`integer_param`]).
+fn integer_arg(sig: &syn::Signature, name: &str, span: Span) -> Option<(Ident, TokenStream)> {
+    let (ty, by_ref) = integer_param(sig, name)?;
+    let name = Ident::new(name, span);
+    let value = if by_ref {
+        quote_spanned!(span=> *#name)
+    } else {
+        quote_spanned!(span=> #name)
+    };
+    // Widened losslessly, without a cast where none is needed (a lint in the caller's crate
+    // would see it).
+    let (method, value) = match ty.as_str() {
+        "u64" => ("uint", value),
+        "i64" => ("int", value),
+        "u8" | "u16" | "u32" => (
+            "uint",
+            quote_spanned!(span=> ::core::primitive::u64::from(#value)),
+        ),
+        "i8" | "i16" | "i32" => (
+            "int",
+            quote_spanned!(span=> ::core::primitive::i64::from(#value)),
+        ),
+        "usize" => (
+            "uint",
+            quote_spanned!(span=> #value as ::core::primitive::u64),
+        ),
+        _ => (
+            "int",
+            quote_spanned!(span=> #value as ::core::primitive::i64),
+        ),
+    };
+    Some((Ident::new(method, span), value))
 }
 
 /// The primitive integer type of at most 64 bits the parameter `name` is written as, and

@@ -11,6 +11,7 @@ use core::future::Future;
 pub use crate::__cachette_function_path as function_path;
 pub use crate::audit::{Kind, Registration, REGISTRATIONS};
 pub use crate::call::{invalidating, invalidating_sync, invalidating_tagged};
+pub use crate::key::canonical::{hit_int, hit_uint, AsHitKey, HitPieces};
 pub use crate::key::{HitKey, KeyBuilder};
 pub use crate::shape::{Always, IfOk, OkOnly, SomeOnly, Whole};
 pub use crate::site::{Freshness, Site};
@@ -64,7 +65,7 @@ where
 /// parameters asks this before it renders the key's text at all (`key::canonical`); `None`
 /// sends the call on to the entry point, which renders it and asks again if the form did not fit.
 #[inline(always)]
-pub fn hit_by_form<R, S>(site: &'static Site, key: HitKey) -> Option<R>
+pub fn hit_by_form<R, S>(site: &'static Site, key: impl AsHitKey) -> Option<R>
 where
     S: Holds<R>,
     S::Part: CacheValue,
@@ -75,7 +76,7 @@ where
 
 /// [`hit_by_form`] for a site whose backend may be remote (see [`hit_portable`]).
 #[inline(always)]
-pub fn hit_portable_by_form<R, S>(site: &'static Site, key: HitKey) -> Option<R>
+pub fn hit_portable_by_form<R, S>(site: &'static Site, key: impl AsHitKey) -> Option<R>
 where
     S: Holds<R>,
     S::Part: PortableValue,
@@ -86,7 +87,7 @@ where
 
 /// [`hit_by_form`] for a synchronous site.
 #[inline(always)]
-pub fn hit_sync_by_form<R, S>(site: &'static Site, key: HitKey) -> Option<R>
+pub fn hit_sync_by_form<R, S>(site: &'static Site, key: impl AsHitKey) -> Option<R>
 where
     S: Holds<R>,
     S::Part: CacheValue,

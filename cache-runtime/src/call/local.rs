@@ -11,7 +11,8 @@ use super::follow::{downcast, follow, Next};
 use super::report::{Counting, Report, Served};
 use crate::backend::{Backend, MemoryBackend, Stored};
 use crate::flight::{Flight, LeaderGuard, Outcome, Role};
-use crate::key::{CacheKey, HitKey};
+use crate::key::canonical::AsHitKey;
+use crate::key::CacheKey;
 use crate::observe::{Answer, Tier};
 use crate::registry;
 use crate::shape::{Produced, ReturnShape};
@@ -181,7 +182,7 @@ pub(super) fn memory_hit_due<R, S: ReturnShape<R>>(
 pub(super) fn memory_hit_by_form<R, S: ReturnShape<R>>(
     site: &'static Site,
     resolved: &'static Resolved,
-    key: &HitKey,
+    key: &(impl AsHitKey + ?Sized),
 ) -> Option<S::Value> {
     let memory = resolved.backend.as_ref()?.memory()?;
     // Downcast and clone under the store's read lock: a hit moves no reference count.

@@ -37,7 +37,8 @@ pub(crate) use tagged::cached_tagged;
 pub(crate) use tagged_remote::cached_remote_tagged;
 
 use crate::drain::UnderWay;
-use crate::key::{CacheKey, HitKey};
+use crate::key::canonical::AsHitKey;
+use crate::key::CacheKey;
 use crate::registry;
 use crate::shape::{PortableValue, ReturnShape, Success};
 use crate::site::Site;
@@ -66,7 +67,7 @@ pub(crate) fn hit_in_process<R, S: ReturnShape<R>>(
 #[inline(always)]
 pub(crate) fn hit_in_process_by_form<R, S: ReturnShape<R>>(
     site: &'static Site,
-    key: &HitKey,
+    key: &(impl AsHitKey + ?Sized),
 ) -> Option<S::Value> {
     let resolved = registry::resolve(site);
     // Not `or_else`: left out of line in an async caller, its closure cost a hit 20
@@ -81,7 +82,7 @@ pub(crate) fn hit_in_process_by_form<R, S: ReturnShape<R>>(
 #[inline(always)]
 pub(crate) fn hit_in_process_sync_by_form<R, S: ReturnShape<R>>(
     site: &'static Site,
-    key: &HitKey,
+    key: &(impl AsHitKey + ?Sized),
 ) -> Option<S::Value> {
     local::memory_hit_by_form::<R, S>(site, registry::resolve_in_process(site), key)
 }

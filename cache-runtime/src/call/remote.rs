@@ -17,7 +17,8 @@ use super::report::{Counting, Report, Served};
 use crate::backend::{Claim, HeldLock, RedisBackend, Stored, TieredBackend, LEASE, SAFETY_POLL};
 use crate::envelope::{self, Bincode, Times};
 use crate::flight::{Outcome, Role};
-use crate::key::{CacheKey, HitKey};
+use crate::key::canonical::AsHitKey;
+use crate::key::CacheKey;
 use crate::log_gate::LogGate;
 use crate::observe::{Answer, Scope, Tier};
 use crate::registry;
@@ -389,7 +390,7 @@ pub(super) fn l1_hit_due<R, S: ReturnShape<R>>(
 pub(super) fn l1_hit_by_form<R, S: ReturnShape<R>>(
     site: &'static Site,
     resolved: &'static Resolved,
-    key: &HitKey,
+    key: &(impl AsHitKey + ?Sized),
 ) -> Option<S::Value> {
     let tiered = resolved.backend.as_ref()?.tiered()?;
     let epoch = tiered.l1_epoch()?;

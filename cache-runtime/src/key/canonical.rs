@@ -29,20 +29,28 @@ const NEGATIVE: u8 = 0xFE;
 /// An integer value's bytes in the form.
 const INTEGER: usize = 9;
 
-/// The form of `text`, in pieces, to `chunk`: runs of the text and each integer value's nine
-/// bytes.
+/// A piece of a form: a run of text (between two integer values, or before the first or
+/// after the last; possibly empty), or an integer value's nine bytes (as a `u128`). Every form
+/// is a run, then an integer and a run as often as it holds integers: that sequence is what
+/// a form longer than 16 bytes is hashed by, so that a [`HitPieces`] (its runs given as
+/// literals, never copied together), a text and a stored form all hash one form alike.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Piece<'a> {
+    Run(&'a [u8]),
+    Integer(u128),
+}
+
+/// The form of `text`, in pieces, to `piece`.
 #[inline]
-pub(crate) fn chunks(text: &[u8], mut chunk: impl FnMut(&[u8])) {
+pub(crate) fn pieces(text: &[u8], mut piece: impl FnMut(Piece<'_>)) {
     let mut run = 0;
     let mut at = 0;
     while let Some(offset) = text[at..].iter().position(|&byte| byte == b'<') {
         let open = at + offset;
         match integer_value(&text[open + 1..]) {
             Some((mark, magnitude, length)) => {
-                chunk(&text[run..open]);
-                let mut bytes = [mark; INTEGER];
-                bytes[1..].copy_from_slice(&magnitude.to_le_bytes());
-                chunk(&bytes);
+                piece(Piece::Run(&text[run..open]));
+                piece(Piece::Integer(integer_form(mark, magnitude)));
                 // Past the value and its `>`.
                 at = open + 1 + length + 1;
                 run = at;
@@ -50,7 +58,101 @@ pub(crate) fn chunks(text: &[u8], mut chunk: impl FnMut(&[u8])) {
             None => at = open + 1,
         }
     }
-    chunk(&text[run..]);
+    piece(Piece::Run(&text[run..]));
+}
+
+/// The form of `text`, in pieces, to `chunk`: runs of the text and each integer value's nine
+/// bytes.
+#[inline]
+pub(crate) fn chunks(text: &[u8], mut chunk: impl FnMut(&[u8])) {
+    pieces(text, |piece| match piece {
+        Piece::Run(run) => chunk(run),
+        Piece::Integer(form) => chunk(&form.to_le_bytes()[..INTEGER]),
+    });
+}
+
+/// A form (its bytes, as the memory store keeps a long one) read back in pieces: the marks
+/// split it, since text never holds them.
+#[inline]
+pub(crate) fn form_pieces(form: &[u8], mut piece: impl FnMut(Piece<'_>)) {
+    let mut at = 0;
+    loop {
+        let mark = form[at..]
+            .iter()
+            .position(|&byte| byte == UNSIGNED || byte == NEGATIVE)
+            .map(|offset| at + offset);
+        let run_end = mark.unwrap_or(form.len());
+        piece(Piece::Run(&form[at..run_end]));
+        let Some(integer) = mark.and_then(|mark| form.get(mark..mark + INTEGER)) else {
+            return;
+        };
+        let magnitude = u64::from_le_bytes(integer[1..].try_into().expect("eight bytes"));
+        piece(Piece::Integer(integer_form(integer[0], magnitude)));
+        at = run_end + INTEGER;
+    }
+}
+
+/// The hash of a form longer than 16 bytes, fed its pieces in order (a form of at most 16 is
+/// hashed by [`head_hash`] instead).
+pub(crate) struct LongHash<H>(H);
+
+impl<H: Hasher> LongHash<H> {
+    #[inline(always)]
+    pub(crate) fn new(hasher: H) -> Self {
+        LongHash(hasher)
+    }
+
+    #[inline(always)]
+    pub(crate) fn piece(&mut self, piece: Piece<'_>) {
+        match piece {
+            Piece::Run(run) => self.0.write(run),
+            Piece::Integer(form) => self.0.write_u128(form),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
+
+/// Whether a form given in pieces is the stored form `form`: the pieces' bytes compared with
+/// it piece by piece as they are fed, never put together.
+pub(crate) struct SameForm<'f> {
+    form: &'f [u8],
+    at: usize,
+    same: bool,
+}
+
+impl<'f> SameForm<'f> {
+    #[inline(always)]
+    pub(crate) fn new(form: &'f [u8]) -> Self {
+        SameForm {
+            form,
+            at: 0,
+            same: true,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn piece(&mut self, piece: Piece<'_>) {
+        let len = match piece {
+            Piece::Run(run) => run.len(),
+            Piece::Integer(_) => INTEGER,
+        };
+        let stored = self.form.get(self.at..self.at + len);
+        self.same &= match (piece, stored) {
+            (Piece::Run(run), Some(stored)) => stored == run,
+            (Piece::Integer(form), Some(stored)) => stored == &form.to_le_bytes()[..INTEGER],
+            (_, None) => false,
+        };
+        self.at += len;
+    }
+
+    #[inline(always)]
+    pub(crate) fn finish(&self) -> bool {
+        self.same && self.at == self.form.len()
+    }
 }
 
 /// The integer a value is, read from `rest` (the text just past its `<`), if it is one as a
@@ -314,6 +416,152 @@ impl HitKey {
     #[inline(always)]
     pub(crate) fn head(&self) -> Option<(u128, usize)> {
         (!self.overflowed).then_some((self.head, self.len))
+    }
+}
+
+/// What a hit key names in the memory store (see [`AsHitKey`]).
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub enum HitName<'a> {
+    /// A form of at most 16 bytes, as its `u128` (zeros past it) and length.
+    Short { head: u128, len: usize },
+    /// A longer form, in pieces: each of `runs` followed by the integer of `integers` at its
+    /// index (as its form's nine bytes), then `last`.
+    Pieces {
+        runs: &'a [&'a str],
+        integers: &'a [u128],
+        last: &'a str,
+    },
+}
+
+impl HitName<'_> {
+    /// The pieces of a long name, to `piece`, in order.
+    #[inline(always)]
+    pub(crate) fn each_piece(&self, mut piece: impl FnMut(Piece<'_>)) {
+        if let HitName::Pieces {
+            runs,
+            integers,
+            last,
+        } = *self
+        {
+            for (run, integer) in runs.iter().zip(integers) {
+                piece(Piece::Run(run.as_bytes()));
+                piece(Piece::Integer(*integer));
+            }
+            piece(Piece::Run(last.as_bytes()));
+        }
+    }
+}
+
+/// A key an in-process hit can be asked by without its text: a [`HitKey`] or [`HitPieces`].
+///
+/// Not a stable API (it is reached through the macros' `__private`).
+#[doc(hidden)]
+pub trait AsHitKey: fmt::Display {
+    /// Its name, or `None` if it has none (the caller then asks by the key's text).
+    fn name(&self) -> Option<HitName<'_>>;
+}
+
+impl AsHitKey for HitKey {
+    #[inline(always)]
+    fn name(&self) -> Option<HitName<'_>> {
+        let (head, len) = self.head()?;
+        Some(HitName::Short { head, len })
+    }
+}
+
+/// The hit key of a template whose form may be longer than the 16 bytes a [`HitKey`] holds
+/// (a long literal, several integers, a default key's function path): its literal runs as
+/// given (`'static` text from the expansion), each followed by an integer argument, then a
+/// last run. The memory store hashes and compares such a form piece by piece, so the text is
+/// never rendered and the runs are never copied together.
+///
+/// Not a stable API (it is reached through the macros' `__private`).
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct HitPieces<'a, const N: usize> {
+    runs: [&'a str; N],
+    integers: [u128; N],
+    last: &'a str,
+}
+
+impl<'a, const N: usize> HitPieces<'a, N> {
+    /// `runs[i]`, then the integer `integers[i]` (made by [`hit_uint`] or [`hit_int`]), for
+    /// each `i`; then `last`. Runs are literal template text: no
+    /// `<`, `>`, `{` or `}` (the macros check it).
+    #[inline(always)]
+    pub fn new(runs: [&'a str; N], integers: [u128; N], last: &'a str) -> Self {
+        HitPieces {
+            runs,
+            integers,
+            last,
+        }
+    }
+
+    /// The form's length in bytes (constant where the runs are literals).
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.runs.iter().map(|run| run.len()).sum::<usize>() + INTEGER * N + self.last.len()
+    }
+
+    fn form(&self) -> Vec<u8> {
+        let mut form = Vec::with_capacity(self.len());
+        self.as_name().each_piece(|piece| match piece {
+            Piece::Run(run) => form.extend_from_slice(run),
+            Piece::Integer(integer) => form.extend_from_slice(&integer.to_le_bytes()[..INTEGER]),
+        });
+        form
+    }
+
+    #[inline(always)]
+    fn as_name(&self) -> HitName<'_> {
+        HitName::Pieces {
+            runs: &self.runs,
+            integers: &self.integers,
+            last: self.last,
+        }
+    }
+}
+
+/// An unsigned integer argument of a [`HitPieces`].
+#[doc(hidden)]
+#[inline(always)]
+pub fn hit_uint(value: u64) -> u128 {
+    unsigned_form(value)
+}
+
+/// A signed integer argument of a [`HitPieces`].
+#[doc(hidden)]
+#[inline(always)]
+pub fn hit_int(value: i64) -> u128 {
+    signed_form(value)
+}
+
+impl<const N: usize> AsHitKey for HitPieces<'_, N> {
+    #[inline(always)]
+    fn name(&self) -> Option<HitName<'_>> {
+        if self.len() > HEAD {
+            return Some(self.as_name());
+        }
+        // A short one (a default key in a crate's root, say) has the name a `HitKey` gives.
+        let mut key = HitKey::new();
+        for (run, integer) in self.runs.iter().zip(self.integers) {
+            key = key.lit(run).push(integer, INTEGER);
+        }
+        let (head, len) = key.lit(self.last).head()?;
+        Some(HitName::Short { head, len })
+    }
+}
+
+impl<const N: usize> fmt::Debug for HitPieces<'_, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<const N: usize> fmt::Display for HitPieces<'_, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&text_of(&self.form()))
     }
 }
 

@@ -13,7 +13,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::clock::{Clock, Moment, TestClock};
-use crate::key::{CacheKey, HitKey};
+use crate::key::canonical::AsHitKey;
+use crate::key::CacheKey;
 use crate::observe::meters::StoreMeters;
 use crate::observe::Eviction;
 use crate::shape::Downcast;
@@ -251,7 +252,7 @@ impl MemoryBackend {
     #[inline(always)]
     pub(crate) fn read_hit_due<T>(
         &self,
-        key: &HitKey,
+        key: &(impl AsHitKey + ?Sized),
         epoch: u64,
         read: impl FnOnce(&Stored) -> Option<T>,
     ) -> Option<(T, bool)> {

@@ -13,53 +13,58 @@ use ahash::RandomState;
 
 use super::stored::Stored;
 use crate::clock::Moment;
-use crate::key::canonical::{head_hash, short_form};
-use crate::key::{CacheKey, HitKey, HEAD};
+use crate::key::canonical::{
+    chunks, form_pieces, head_hash, pieces, short_form, AsHitKey, HitName, LongHash, SameForm,
+};
+use crate::key::{CacheKey, HEAD};
+#[cfg(test)]
+use crate::key::HitKey;
 
-/// Texts of up to this many bytes (with a form longer than 16) are held in the slot itself;
-/// 22 keeps a [`SlotKey`] at 24 bytes. Longer ones are shared text (`Arc<str>`), one more
-/// cache line for the read that compares them.
+/// Forms of up to this many bytes (past 16) are held in the slot itself; 22 keeps a
+/// [`SlotKey`] at 24 bytes. Longer ones are shared (`Arc<[u8]>`), one more cache line for the
+/// read that compares them.
 const INLINE: usize = 22;
 
-/// A key's name, as the store holds it.
+/// A key's name, as the store holds it: its form (`key::canonical`).
 #[derive(Clone, PartialEq, Eq)]
 pub(super) enum SlotKey {
     /// A form of at most 16 bytes (`user:<42>`: 14). Invariant: zeros past `len`.
     Form { len: u8, bytes: [u8; HEAD] },
-    /// A text whose form is longer, inline. Invariant: zeros past `len`.
-    Text { len: u8, bytes: [u8; INLINE] },
-    /// A longer text.
-    Heap(Arc<str>),
+    /// A longer form, inline. Invariant: zeros past `len`.
+    Long { len: u8, bytes: [u8; INLINE] },
+    /// A longer form still.
+    Heap(Arc<[u8]>),
 }
 
 impl SlotKey {
     pub(super) fn new(key: &CacheKey) -> SlotKey {
-        match key.form() {
-            Some((head, len)) => SlotKey::Form {
+        if let Some((head, len)) = key.form() {
+            return SlotKey::Form {
                 len: len as u8,
                 bytes: head.to_le_bytes(),
-            },
-            None => {
-                let text = key.as_str();
-                if text.len() <= INLINE {
-                    let mut bytes = [0; INLINE];
-                    bytes[..text.len()].copy_from_slice(text.as_bytes());
-                    SlotKey::Text {
-                        len: text.len() as u8,
-                        bytes,
-                    }
-                } else {
-                    SlotKey::Heap(Arc::from(text))
-                }
+            };
+        }
+        let mut form = Vec::with_capacity(key.as_str().len() + 16);
+        chunks(key.as_str().as_bytes(), |chunk| form.extend_from_slice(chunk));
+        if form.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..form.len()].copy_from_slice(&form);
+            SlotKey::Long {
+                len: form.len() as u8,
+                bytes,
             }
+        } else {
+            SlotKey::Heap(Arc::from(form))
         }
     }
 
-    fn text(&self) -> Option<&[u8]> {
+    /// A form longer than 16 bytes, as its bytes.
+    #[inline(always)]
+    fn long(&self) -> Option<&[u8]> {
         match self {
             SlotKey::Form { .. } => None,
-            SlotKey::Text { len, bytes } => Some(&bytes[..usize::from(*len)]),
-            SlotKey::Heap(text) => Some(text.as_bytes()),
+            SlotKey::Long { len, bytes } => Some(&bytes[..usize::from(*len)]),
+            SlotKey::Heap(form) => Some(form),
         }
     }
 }
@@ -70,21 +75,27 @@ impl Hash for SlotKey {
             SlotKey::Form { len, bytes } => {
                 head_hash(keyed(), u128::from_le_bytes(*bytes), usize::from(*len))
             }
-            SlotKey::Text { len, bytes } => text_hash(&bytes[..usize::from(*len)]),
-            SlotKey::Heap(text) => text_hash(text.as_bytes()),
+            SlotKey::Long { len, bytes } => form_hash(&bytes[..usize::from(*len)]),
+            SlotKey::Heap(form) => form_hash(form),
         };
         state.write_u64(hash);
     }
 }
 
-/// The hash of a key named by its text: aHash, keyed once per process from the OS's
-/// randomness, since keys are request data (ARCHITECTURE.md, "The memory hit at the floor");
-/// one `write` of the bytes (`str`'s `Hash` adds a terminator, which a single field does not
-/// need). A form is hashed by [`head_hash`], as its `u128` and its length.
+/// The hash of a stored form longer than 16 bytes: the hash [`text_hash`] gives its text.
+fn form_hash(form: &[u8]) -> u64 {
+    let mut hash = LongHash::new(keyed().build_hasher());
+    form_pieces(form, |piece| hash.piece(piece));
+    hash.finish()
+}
+
+/// The hash of a text's form when it is longer than 16 bytes: aHash, keyed once per process
+/// from the OS's randomness, since keys are request data (ARCHITECTURE.md, "The memory hit at
+/// the floor"), fed the form's pieces ([`LongHash`]) as the text is read.
 fn text_hash(text: &[u8]) -> u64 {
-    let mut hasher = keyed().build_hasher();
-    hasher.write(text);
-    hasher.finish()
+    let mut hash = LongHash::new(keyed().build_hasher());
+    pieces(text, |piece| hash.piece(piece));
+    hash.finish()
 }
 
 #[inline(always)]
@@ -99,10 +110,12 @@ pub(super) struct Probe<'a> {
     name: Name<'a>,
 }
 
-/// What a probe compares: a form (with a slot's form, as its `u128`), or a text.
+/// What a probe compares: a short form (with a slot's, as its `u128`), or a long form given
+/// as a text, or in a hit key's pieces (with a slot's long form, piece by piece).
 enum Name<'a> {
     Form { head: u128, len: usize },
     Text(&'a [u8]),
+    Pieces(HitName<'a>),
 }
 
 impl<'a> Probe<'a> {
@@ -114,24 +127,37 @@ impl<'a> Probe<'a> {
         }
     }
 
+    /// The probe of a text whose form is longer than 16 bytes.
+    fn long_text(text: &'a [u8]) -> Probe<'a> {
+        Probe {
+            hash: text_hash(text),
+            name: Name::Text(text),
+        }
+    }
+
     /// The probe of a key: its builder knows which name it has.
     #[inline]
     pub(super) fn key(key: &'a CacheKey) -> Probe<'a> {
         match key.form() {
             Some((head, len)) => Probe::form(head, len),
-            None => Probe {
-                hash: text_hash(key.as_str().as_bytes()),
-                name: Name::Text(key.as_str().as_bytes()),
-            },
+            None => Probe::long_text(key.as_str().as_bytes()),
         }
     }
 
-    /// The probe of a hit key, if its form fit (else the key is named by its text, and the
-    /// caller asks by that).
+    /// The probe of a hit key, if it has a name (else the caller asks by the key's text).
     #[inline(always)]
-    pub(super) fn hit(key: &HitKey) -> Option<Probe<'static>> {
-        let (head, len) = key.head()?;
-        Some(Probe::form(head, len))
+    pub(super) fn hit<K: AsHitKey + ?Sized>(key: &'a K) -> Option<Probe<'a>> {
+        match key.name()? {
+            HitName::Short { head, len } => Some(Probe::form(head, len)),
+            name @ HitName::Pieces { .. } => {
+                let mut hash = LongHash::new(keyed().build_hasher());
+                name.each_piece(|piece| hash.piece(piece));
+                Some(Probe {
+                    hash: hash.finish(),
+                    name: Name::Pieces(name),
+                })
+            }
+        }
     }
 
     /// The probe of a key given as text (an invalidation by hand): its name is worked out
@@ -139,10 +165,7 @@ impl<'a> Probe<'a> {
     pub(super) fn text(text: &'a str) -> Probe<'a> {
         match short_form(text.as_bytes()) {
             Some((head, len)) => Probe::form(head, len),
-            None => Probe {
-                hash: text_hash(text.as_bytes()),
-                name: Name::Text(text.as_bytes()),
-            },
+            None => Probe::long_text(text.as_bytes()),
         }
     }
 }
@@ -167,8 +190,17 @@ impl quick_cache::Equivalent<SlotKey> for Probe<'_> {
                     bytes,
                 },
             ) => *len == usize::from(*slot_len) && *head == u128::from_le_bytes(*bytes),
-            (Name::Text(text), slot) => slot.text() == Some(text),
             (Name::Form { .. }, _) => false,
+            (Name::Text(text), slot) => slot.long().is_some_and(|form| {
+                let mut same = SameForm::new(form);
+                pieces(text, |piece| same.piece(piece));
+                same.finish()
+            }),
+            (Name::Pieces(name), slot) => slot.long().is_some_and(|form| {
+                let mut same = SameForm::new(form);
+                name.each_piece(|piece| same.piece(piece));
+                same.finish()
+            }),
         }
     }
 }
@@ -221,7 +253,9 @@ pub(super) struct Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::canonical::HitPieces;
     use crate::KeyBuilder;
+    use proptest::prelude::*;
     use quick_cache::Equivalent;
 
     /// A key as text, and as a hit key where it is literal text and integers (and fits).
@@ -308,5 +342,72 @@ mod tests {
             Probe::hit(&keys(&[("longest:", Some(42))]).1).is_none(),
             "17 bytes"
         );
+    }
+
+    /// A key of literal runs and integers as text, and as the hit key a `#[cached]` expansion
+    /// asks with (`HitPieces`, whatever its length: it names a short form as a `HitKey` does).
+    fn text_and_pieces(parts: &[(String, i64)], last: &str) -> (CacheKey, Box<dyn AsHitKey>) {
+        let text = parts
+            .iter()
+            .fold(KeyBuilder::new(), |key, (run, value)| key.lit(run).arg(value))
+            .lit(last)
+            .finish();
+        let leak = |text: &str| -> &'static str { Box::leak(text.to_owned().into_boxed_str()) };
+        let run = |i: usize| leak(&parts[i].0);
+        let int = |i: usize| crate::key::canonical::hit_int(parts[i].1);
+        let last = leak(last);
+        let pieces: Box<dyn AsHitKey> = match parts.len() {
+            0 => Box::new(HitPieces::<0>::new([], [], last)),
+            1 => Box::new(HitPieces::new([run(0)], [int(0)], last)),
+            2 => Box::new(HitPieces::new([run(0), run(1)], [int(0), int(1)], last)),
+            _ => Box::new(HitPieces::new(
+                [run(0), run(1), run(2)],
+                [int(0), int(1), int(2)],
+                last,
+            )),
+        };
+        (text, pieces)
+    }
+
+    fn parts() -> impl Strategy<Value = (Vec<(String, i64)>, String)> {
+        (
+            proptest::collection::vec(
+                (
+                    "[a-z:(),]{0,12}",
+                    prop_oneof![-20..20i64, any::<i64>()],
+                ),
+                0..=3,
+            ),
+            "[a-z:()]{0,20}",
+        )
+    }
+
+    proptest! {
+        /// A hit key in pieces names exactly the entry its text names: same hash, and it
+        /// matches a slot exactly when the slot's text is its text.
+        #[test]
+        fn a_hit_key_in_pieces_names_the_entry_of_its_text(
+            (a, a_last) in parts(),
+            (b, b_last) in parts(),
+        ) {
+            let (a_text, a_pieces) = text_and_pieces(&a, &a_last);
+            let (b_text, _) = text_and_pieces(&b, &b_last);
+            let probe = Probe::hit(&*a_pieces).expect("pieces always name a key");
+            prop_assert_eq!(probe.hash, Probe::key(&a_text).hash, "{}", a_text.as_str());
+            prop_assert_eq!(probe.hash, Probe::text(a_text.as_str()).hash);
+            let mut slot_hash = Prehashed.build_hasher();
+            SlotKey::new(&a_text).hash(&mut slot_hash);
+            prop_assert_eq!(probe.hash, slot_hash.finish(), "the slot's {}", a_text.as_str());
+            prop_assert!(probe.equivalent(&SlotKey::new(&a_text)), "{}", a_text.as_str());
+            prop_assert_eq!(
+                probe.equivalent(&SlotKey::new(&b_text)),
+                a_text.as_str() == b_text.as_str(),
+                "{} {}", a_text.as_str(), b_text.as_str()
+            );
+            prop_assert_eq!(a_pieces.to_string(), a_text.as_str());
+            // Nor a text it is the start of.
+            let (longer, _) = text_and_pieces(&a, &format!("{a_last}x"));
+            prop_assert!(!probe.equivalent(&SlotKey::new(&longer)), "{}", longer.as_str());
+        }
     }
 }

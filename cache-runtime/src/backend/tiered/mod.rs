@@ -13,7 +13,8 @@ use bus::{Bus, BusTiming};
 use super::redis::{bus_channel, TAG_MESSAGE_MARK};
 use super::tags::{note_tag_invalidation, TagTable};
 use super::{MemoryBackend, RedisBackend, Stored};
-use crate::key::{CacheKey, HitKey};
+use crate::key::canonical::AsHitKey;
+use crate::key::CacheKey;
 use crate::observe::meters::{BackendMeters, StoreMeters};
 
 /// A backend with in-process speed on hits and cross-process correctness: reads go to L1
@@ -150,7 +151,7 @@ impl TieredBackend {
     #[inline(always)]
     pub(crate) fn l1_get_hit_due<T>(
         &self,
-        key: &HitKey,
+        key: &(impl AsHitKey + ?Sized),
         epoch: u64,
         read: impl FnOnce(&Stored) -> Option<T>,
     ) -> Option<(T, bool)> {
