@@ -387,6 +387,9 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
     // The literal runs, each before an integer, and the integers' calls; then the last run.
     let mut runs = Vec::new();
     let mut integers = Vec::new();
+    // A template's runs as text, for a short form's `HitKey`.
+    let mut texts = Vec::new();
+    let mut last_text = String::new();
     let (last, len) = match key {
         Key::Template(template) => {
             let mut run = String::new();
@@ -403,12 +406,14 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
                         }
                         integers.push(integer_arg(sig, &placeholder.root, span)?);
                         runs.push(quote!(#run));
-                        run.clear();
+                        texts.push(std::mem::take(&mut run));
                         len += INTEGER;
                     }
                 }
             }
-            (quote!(#run), Some(len))
+            let last = quote!(#run);
+            last_text = run;
+            (last, Some(len))
         }
         // As `gen_default_key` writes it: the function's path, then `(<a>,<b>)`; its length
         // is the caller's module path's.
@@ -436,11 +441,17 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
     let private = quote_spanned!(span=> #krate::__private);
     match len {
         Some(len) if len <= FORM => {
-            let parts = runs
+            // An empty run is left out, so that the expansion reads as the template.
+            let lit = |run: &String| (!run.is_empty()).then(|| quote_spanned!(span=> .lit(#run)));
+            let parts = texts
                 .iter()
                 .zip(&integers)
-                .map(|(run, (method, value))| quote_spanned!(span=> .lit(#run).#method(#value)));
-            Some(quote_spanned!(span=> #private::HitKey::new() #(#parts)* .lit(#last)))
+                .map(|(run, (method, value))| {
+                    let lit = lit(run);
+                    quote_spanned!(span=> #lit.#method(#value))
+                });
+            let last = lit(&last_text);
+            Some(quote_spanned!(span=> #private::HitKey::new() #(#parts)* #last))
         }
         _ => {
             let values = integers
@@ -449,9 +460,8 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
                     let method = format_ident!("hit_{}", method);
                     quote_spanned!(span=> #private::#method(#value))
                 });
-            let count = integers.len();
             Some(quote_spanned! {span=>
-                #private::HitPieces::<#count>::new([#(#runs),*], [#(#values),*], #last)
+                #private::HitPieces::new([#(#runs),*], [#(#values),*], #last)
             })
         }
     }
