@@ -5,7 +5,9 @@
 //!     valgrind --tool=callgrind --cache-sim=yes --toggle-collect='hit_count::measured*' \
 //!       target/release/deps/hit_count-<hash> <row> [hits]
 //!
-//! Rows: `cachette` (async memory hit), `cachette_sync`, `store` (the memory store's own read),
+//! Rows: `cachette` (async memory hit), `cachette_sync`, `cachette_long` (a form of 25 bytes),
+//! `cachette_default` (the default key), `cachette_str` (a string in the key: its text is built
+//! for the hit), `store` (the memory store's own read),
 //! `concurrent_cached`, `concurrent_cached_sync` (`cached` 4), `quick_cache` (by hand, keyed on
 //! the id). Every row walks the same 10,000 warm keys in order, as the `arc_hit` group does.
 //! Without callgrind it prints the row's wall time per hit, a sanity check only.
@@ -65,6 +67,23 @@ fn cachette_default(id: u64) -> Arc<Account> {
     account(id)
 }
 
+// A string in the key: the text path (the key's text is built for the hit).
+#[cached(ttl = "600s", key = "user:<name>")]
+fn cachette_str(name: &str) -> Arc<Account> {
+    account(name.len() as u64)
+}
+
+/// The names `cachette_str` is called with: one per id, made once.
+fn name(id: u64) -> &'static str {
+    static NAMES: LazyLock<Vec<String>> =
+        LazyLock::new(|| (0..KEYS).map(|id| format!("user-{id:05}@example.com")).collect());
+    &NAMES[id as usize]
+}
+
+fn cachette_str_row(id: u64) -> Arc<Account> {
+    cachette_str(name(id))
+}
+
 static MEMORY: OnceLock<MemoryBackend> = OnceLock::new();
 
 fn store(id: u64) -> Arc<Account> {
@@ -121,6 +140,7 @@ fn warm_one(row: &str, id: u64) {
             "cachette_sync" => drop(cachette_sync(id)),
             "cachette_long" => drop(cachette_long(id)),
             "cachette_default" => drop(cachette_default(id)),
+            "cachette_str" => drop(cachette_str_row(id)),
             "concurrent_cached" => drop(rt.block_on(concurrent(id))),
             "concurrent_cached_sync" => drop(concurrent_sync(id)),
             "quick_cache" => drop(quick(id)),
@@ -184,6 +204,7 @@ fn measured(row: &str, hits: u64) {
         "cachette_sync" => sync_row!(cachette_sync),
         "cachette_long" => sync_row!(cachette_long),
         "cachette_default" => sync_row!(cachette_default),
+        "cachette_str" => sync_row!(cachette_str_row),
         "store" => sync_row!(store),
         "concurrent_cached" => async_row!(concurrent),
         "concurrent_cached_sync" => sync_row!(concurrent_sync),
@@ -192,12 +213,13 @@ fn measured(row: &str, hits: u64) {
     }
 }
 
-const ROWS: [&str; 9] = [
+const ROWS: [&str; 10] = [
     "cachette",
     "cachette_tiered",
     "cachette_sync",
     "cachette_long",
     "cachette_default",
+    "cachette_str",
     "store",
     "concurrent_cached",
     "concurrent_cached_sync",

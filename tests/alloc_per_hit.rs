@@ -64,6 +64,21 @@ async fn long_key(id: u64) -> u64 {
     id * 2
 }
 
+// Named in pieces too: no text is built for a hit.
+#[cached(ttl = "600s")]
+async fn default_key(id: u64) -> u64 {
+    id * 2
+}
+
+// A string in a long key: its hit builds the key's text.
+#[cached(
+    ttl = "600s",
+    key = "a-key-template-well-over-forty-six-bytes-long:<name>"
+)]
+async fn long_text_key(name: &str) -> usize {
+    name.len()
+}
+
 #[cached(ttl = "600s", key = "tiered:<id>", backend = "tiered")]
 async fn tiered(id: u64) -> u64 {
     id * 2
@@ -96,15 +111,24 @@ fn a_memory_or_tiered_hit_allocates_only_the_returned_value() {
         );
     });
     let long = per_hit(|id| assert_eq!(block_on(long_key(id)), id * 2));
+    let default = per_hit(|id| assert_eq!(block_on(default_key(id)), id * 2));
+    let names: Vec<String> = (0..KEYS).map(|id| format!("name-{id}")).collect();
+    let long_text = per_hit(|id| {
+        let name = &names[id as usize];
+        assert_eq!(block_on(long_text_key(name)), name.len());
+    });
     let arc = per_hit(|id| assert_eq!(block_on(shared(id)).id, id));
     println!(
         "allocations per hit: u64 {number}, u64 (sync fn) {sync}, Profile {profile}, \
-         u64 under a long key {long}, Arc<Profile> {arc}"
+         u64 under a long key {long}, under the default key {default}, under a long key \
+         with a string {long_text}, Arc<Profile> {arc}"
     );
     assert!(exactly(number, 0.0), "nothing: {number}");
     assert!(exactly(sync, 0.0), "nothing: {sync}");
     assert!(exactly(profile, 2.0), "the clone of two Strings: {profile}");
-    assert!(exactly(long, 1.0), "the key's text: {long}");
+    assert!(exactly(long, 0.0), "a long key of integers is asked in pieces: {long}");
+    assert!(exactly(default, 0.0), "so is a default key of integers: {default}");
+    assert!(exactly(long_text, 1.0), "the key's text: {long_text}");
     assert!(exactly(arc, 0.0), "an `Arc` clone allocates nothing: {arc}");
 
     // A warm tiered hit is an L1 hit: the same as a memory hit, no Redis, nothing allocated.

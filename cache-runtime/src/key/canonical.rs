@@ -4,10 +4,13 @@
 //! Why: rendering an integer in decimal is a chain of dependent multiplications, the largest
 //! single cost of a hit once the store was fast (about 20 ns of a 60 ns read, `hit_count`). A
 //! site whose key is literal text and integer arguments asks its hit with a [`HitKey`], which
-//! puts the integers' bytes next to the literal text in a register and never renders text.
+//! puts the integers' bytes next to the literal text in a register and never renders text (or,
+//! for a longer form, with a [`HitPieces`]).
 //!
-//! The rule: a key whose form has at most 16 bytes is named by its form, any other by its
-//! text. It keeps the text the identity: the form is a function of the text, and two texts
+//! The rule: the store names every key by its form. A form of at most 16 bytes is hashed and
+//! compared as a `u128` and its length; a longer one as its [`Piece`]s (runs of text and
+//! integers), so that a [`HitPieces`] is hashed and compared without its runs being copied
+//! together. It keeps the text the identity: the form is a function of the text, and two texts
 //! have the same form exactly when they are the same text. A text is
 //! UTF-8, which never holds the marks (0xFE, 0xFF); a value always stands between `<` and `>`
 //! (neither occurs inside one: they are escaped); and an integer's decimal text is read back
@@ -181,8 +184,8 @@ fn integer_value(rest: &[u8]) -> Option<(u8, u64, usize)> {
     Some((mark, magnitude, end))
 }
 
-/// The form of `text` as a `u128` and its length, if it has at most 16 bytes (else the text
-/// is its own name), worked out from the text: for a text given as such (an invalidation by
+/// The form of `text` as a `u128` and its length, if it has at most 16 bytes (else the store
+/// reads a longer form in pieces from the text), worked out from the text: for a text given as such (an invalidation by
 /// text), and for a key whose builder could not follow its form (see `KeyBuilder`).
 pub(crate) fn short_form(text: &[u8]) -> Option<(u128, usize)> {
     let (mut head, mut len, mut fits) = (0u128, 0, true);
@@ -258,8 +261,8 @@ enum Followed {
     /// `head` and `len` are the form so far (at most 16 bytes).
     #[default]
     Short,
-    /// The form so far has more than 16 bytes: it can only grow, so the key is named by its
-    /// text.
+    /// The form so far has more than 16 bytes: it can only grow, so the store reads it in
+    /// pieces from the text.
     Long,
     /// Given up: the finished text says.
     Lost,

@@ -49,7 +49,7 @@ impl CacheKey {
     }
 
     /// The key's form as a `u128` and its length, if it has at most 16 bytes: what the memory
-    /// store names it by (else by its text).
+    /// store names it by (a longer form it reads in pieces from the text).
     #[inline(always)]
     pub(crate) fn form(&self) -> Option<(u128, usize)> {
         (self.form_len != NO_FORM).then(|| {
@@ -88,7 +88,7 @@ impl Ord for CacheKey {
     }
 }
 
-/// The `form_len` of a key named by its text.
+/// The `form_len` of a key whose form is longer than 16 bytes.
 const NO_FORM: u8 = u8::MAX;
 
 /// Keys up to this many bytes are held inline, so that rendering the key of a hit, which every
@@ -435,7 +435,7 @@ impl KeyBuilder {
         self.push_str("<#");
         write_hex(&mut self, &digest.to_be_bytes());
         self.push_byte(b'>');
-        // 35 bytes of text, in the form as they are: a key with one is named by its text.
+        // 35 bytes of text, in the form as they are: a key with one has a long form.
         self.form.text(&[0; 35]);
         self
     }

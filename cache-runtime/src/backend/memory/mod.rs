@@ -248,7 +248,8 @@ impl MemoryBackend {
     }
 
     /// [`read_due`](Self::read_due) by a hit key (`key::canonical`): `None` at once for one
-    /// whose form did not fit a register, which the caller then asks by its text.
+    /// without a name (a `HitKey` whose form did not fit its register), which the caller then
+    /// asks by its text.
     #[inline(always)]
     pub(crate) fn read_hit_due<T>(
         &self,
