@@ -75,8 +75,11 @@ fn cachette_str(name: &str) -> Arc<Account> {
 
 /// The names `cachette_str` is called with: one per id, made once.
 fn name(id: u64) -> &'static str {
-    static NAMES: LazyLock<Vec<String>> =
-        LazyLock::new(|| (0..KEYS).map(|id| format!("user-{id:05}@example.com")).collect());
+    static NAMES: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (0..KEYS)
+            .map(|id| format!("user-{id:05}@example.com"))
+            .collect()
+    });
     &NAMES[id as usize]
 }
 

@@ -126,8 +126,14 @@ fn a_memory_or_tiered_hit_allocates_only_the_returned_value() {
     assert!(exactly(number, 0.0), "nothing: {number}");
     assert!(exactly(sync, 0.0), "nothing: {sync}");
     assert!(exactly(profile, 2.0), "the clone of two Strings: {profile}");
-    assert!(exactly(long, 0.0), "a long key of integers is asked in pieces: {long}");
-    assert!(exactly(default, 0.0), "so is a default key of integers: {default}");
+    assert!(
+        exactly(long, 0.0),
+        "a long key of integers is asked in pieces: {long}"
+    );
+    assert!(
+        exactly(default, 0.0),
+        "so is a default key of integers: {default}"
+    );
     assert!(exactly(long_text, 1.0), "the key's text: {long_text}");
     assert!(exactly(arc, 0.0), "an `Arc` clone allocates nothing: {arc}");
 

@@ -254,6 +254,8 @@ pub(crate) struct FormBuilder {
     len: usize,
     state: Followed,
     value: Value,
+    /// Whether an integer value was written (a long form without one is the text).
+    integers: bool,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -345,7 +347,10 @@ impl FormBuilder {
     #[inline(always)]
     pub(crate) fn end_value(&mut self) {
         match self.value {
-            Value::Integer(form) => self.push(form, INTEGER),
+            Value::Integer(form) => {
+                self.integers = true;
+                self.push(form, INTEGER);
+            }
             Value::Text => self.push(u128::from(b'>'), 1),
             Value::Empty => self.push(u128::from(u16::from_le_bytes(*b"<>")), 2),
             Value::Outside => {}
@@ -353,15 +358,41 @@ impl FormBuilder {
         self.value = Value::Outside;
     }
 
-    /// The key's short form, if it has one, given its finished `text`.
+    /// The key's form, given its finished `text`.
     #[inline(always)]
-    pub(crate) fn finish(self, text: &str) -> Option<(u128, usize)> {
+    pub(crate) fn finish(self, text: &str) -> Form {
         match self.state {
-            Followed::Short => Some((self.head, self.len)),
-            Followed::Long => None,
-            Followed::Lost => short_form(text.as_bytes()),
+            Followed::Short => Form::Short(self.head, self.len),
+            Followed::Long if self.integers => Form::Long,
+            Followed::Long => Form::Text,
+            Followed::Lost => match short_form(text.as_bytes()) {
+                Some((head, len)) => Form::Short(head, len),
+                None => {
+                    let mut integers = false;
+                    pieces(text.as_bytes(), |piece| {
+                        integers |= matches!(piece, Piece::Integer(_));
+                    });
+                    if integers {
+                        Form::Long
+                    } else {
+                        Form::Text
+                    }
+                }
+            },
         }
     }
+}
+
+/// What a built key's form is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Form {
+    /// At most 16 bytes, as a `u128` and its length.
+    Short(u128, usize),
+    /// Longer, and the text itself: the text holds no integer value, so a probe hashes and
+    /// compares its bytes as one run, without reading it for values.
+    Text,
+    /// Longer, with integer values: read in pieces from the text.
+    Long,
 }
 
 /// The key of an in-process hit, built from a template's literal text and integer arguments
@@ -621,6 +652,11 @@ mod tests {
     use crate::{CacheKey, KeyBuilder};
     use proptest::prelude::*;
 
+    /// Whether `text`'s form is long and the text itself, read from the text.
+    pub(super) fn form_is_text(text: &str) -> bool {
+        short_form(text.as_bytes()).is_none() && form(text) == text.as_bytes()
+    }
+
     fn form(text: &str) -> Vec<u8> {
         let mut form = Vec::new();
         chunks(text.as_bytes(), |chunk| form.extend_from_slice(chunk));
@@ -731,6 +767,7 @@ mod tests {
         ) {
             let key = built_key(&parts);
             prop_assert_eq!(key.form(), short_form(key.as_str().as_bytes()));
+            prop_assert_eq!(key.form_is_text(), form_is_text(key.as_str()), "{}", key.as_str());
         }
     }
 }
@@ -805,6 +842,8 @@ mod review_tests {
             let (ka, kb) = (key(&a), key(&b));
             prop_assert_eq!(ka.form(), short_form(ka.as_str().as_bytes()), "{}", ka.as_str());
             prop_assert_eq!(kb.form(), short_form(kb.as_str().as_bytes()), "{}", kb.as_str());
+            prop_assert_eq!(ka.form_is_text(), super::tests::form_is_text(ka.as_str()), "{}", ka.as_str());
+            prop_assert_eq!(kb.form_is_text(), super::tests::form_is_text(kb.as_str()), "{}", kb.as_str());
             if ka.as_str() != kb.as_str() {
                 prop_assert!(ka.form().is_none() || ka.form() != kb.form(), "{} {}", ka.as_str(), kb.as_str());
             }

@@ -25,8 +25,8 @@ pub use canonical::HitKey;
 pub struct CacheKey {
     text: Text,
     /// The key's form in the memory store (`canonical`), when it has at most 16 bytes: the
-    /// two words of its `u128`, little-endian; `form_len` is [`NO_FORM`] for a key named by its
-    /// text.
+    /// two words of its `u128`, little-endian; `form_len` is [`NO_FORM`] or [`TEXT_FORM`] for a
+    /// longer one.
     form: [u64; 2],
     form_len: u8,
     /// Set by a `:hash` part that failed to serialise (its text then holds `UNUSABLE`); a
@@ -52,11 +52,18 @@ impl CacheKey {
     /// store names it by (a longer form it reads in pieces from the text).
     #[inline(always)]
     pub(crate) fn form(&self) -> Option<(u128, usize)> {
-        (self.form_len != NO_FORM).then(|| {
+        (self.form_len != NO_FORM && self.form_len != TEXT_FORM).then(|| {
             let head = u128::from(u64::from_le(self.form[0]))
                 | u128::from(u64::from_le(self.form[1])) << 64;
             (head, usize::from(self.form_len))
         })
+    }
+
+    /// Whether the key's form is longer than 16 bytes and its text itself (the text holds no
+    /// integer value).
+    #[inline(always)]
+    pub(crate) fn form_is_text(&self) -> bool {
+        self.form_len == TEXT_FORM
     }
 }
 
@@ -88,8 +95,10 @@ impl Ord for CacheKey {
     }
 }
 
-/// The `form_len` of a key whose form is longer than 16 bytes.
+/// The `form_len` of a key whose form is longer than 16 bytes and holds integers.
 const NO_FORM: u8 = u8::MAX;
+/// The `form_len` of a key whose form is longer than 16 bytes and is its text.
+const TEXT_FORM: u8 = u8::MAX - 1;
 
 /// Keys up to this many bytes are held inline, so that rendering the key of a hit, which every
 /// call does, allocates nothing; 46 covers `user:<id>`-style keys.
@@ -457,11 +466,12 @@ impl KeyBuilder {
             }),
         };
         let (form, form_len) = match form.finish(text.as_str()) {
-            Some((head, len)) => (
+            canonical::Form::Short(head, len) => (
                 [(head as u64).to_le(), ((head >> 64) as u64).to_le()],
                 len as u8,
             ),
-            None => ([0; 2], NO_FORM),
+            canonical::Form::Text => ([0; 2], TEXT_FORM),
+            canonical::Form::Long => ([0; 2], NO_FORM),
         };
         CacheKey {
             text,

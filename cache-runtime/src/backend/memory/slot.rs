@@ -14,11 +14,12 @@ use ahash::RandomState;
 use super::stored::Stored;
 use crate::clock::Moment;
 use crate::key::canonical::{
-    chunks, form_pieces, head_hash, pieces, short_form, AsHitKey, HitName, LongHash, SameForm,
+    chunks, form_pieces, head_hash, pieces, short_form, AsHitKey, HitName, LongHash, Piece,
+    SameForm,
 };
-use crate::key::{CacheKey, HEAD};
 #[cfg(test)]
 use crate::key::HitKey;
+use crate::key::{CacheKey, HEAD};
 
 /// Forms of up to this many bytes (past 16) are held in the slot itself; 22 keeps a
 /// [`SlotKey`] at 24 bytes. Longer ones are shared (`Arc<[u8]>`), one more cache line for the
@@ -45,7 +46,9 @@ impl SlotKey {
             };
         }
         let mut form = Vec::with_capacity(key.as_str().len() + 16);
-        chunks(key.as_str().as_bytes(), |chunk| form.extend_from_slice(chunk));
+        chunks(key.as_str().as_bytes(), |chunk| {
+            form.extend_from_slice(chunk)
+        });
         if form.len() <= INLINE {
             let mut bytes = [0; INLINE];
             bytes[..form.len()].copy_from_slice(&form);
@@ -113,7 +116,13 @@ pub(super) struct Probe<'a> {
 /// What a probe compares: a short form (with a slot's, as its `u128`), or a long form given
 /// as a text, or in a hit key's pieces (with a slot's long form, piece by piece).
 enum Name<'a> {
-    Form { head: u128, len: usize },
+    Short {
+        head: u128,
+        len: usize,
+    },
+    /// A long form, as its bytes.
+    Form(&'a [u8]),
+    /// A text whose form is long.
     Text(&'a [u8]),
     Pieces(HitName<'a>),
 }
@@ -123,7 +132,7 @@ impl<'a> Probe<'a> {
     fn form(head: u128, len: usize) -> Probe<'a> {
         Probe {
             hash: head_hash(keyed(), head, len),
-            name: Name::Form { head, len },
+            name: Name::Short { head, len },
         }
     }
 
@@ -138,9 +147,19 @@ impl<'a> Probe<'a> {
     /// The probe of a key: its builder knows which name it has.
     #[inline]
     pub(super) fn key(key: &'a CacheKey) -> Probe<'a> {
+        let text = key.as_str().as_bytes();
         match key.form() {
             Some((head, len)) => Probe::form(head, len),
-            None => Probe::long_text(key.as_str().as_bytes()),
+            // One run: the text's pieces without reading it for values.
+            None if key.form_is_text() => {
+                let mut hash = LongHash::new(keyed().build_hasher());
+                hash.piece(Piece::Run(text));
+                Probe {
+                    hash: hash.finish(),
+                    name: Name::Form(text),
+                }
+            }
+            None => Probe::long_text(text),
         }
     }
 
@@ -184,13 +203,14 @@ impl quick_cache::Equivalent<SlotKey> for Probe<'_> {
             // Zeros past both forms (the slot's invariant, and the builders'), so the lengths
             // and the two words settle it.
             (
-                Name::Form { head, len },
+                Name::Short { head, len },
                 SlotKey::Form {
                     len: slot_len,
                     bytes,
                 },
             ) => *len == usize::from(*slot_len) && *head == u128::from_le_bytes(*bytes),
-            (Name::Form { .. }, _) => false,
+            (Name::Short { .. }, _) => false,
+            (Name::Form(form), slot) => slot.long() == Some(form),
             (Name::Text(text), slot) => slot.long().is_some_and(|form| {
                 let mut same = SameForm::new(form);
                 pieces(text, |piece| same.piece(piece));
@@ -349,7 +369,9 @@ mod tests {
     fn text_and_pieces(parts: &[(String, i64)], last: &str) -> (CacheKey, Box<dyn AsHitKey>) {
         let text = parts
             .iter()
-            .fold(KeyBuilder::new(), |key, (run, value)| key.lit(run).arg(value))
+            .fold(KeyBuilder::new(), |key, (run, value)| {
+                key.lit(run).arg(value)
+            })
             .lit(last)
             .finish();
         let leak = |text: &str| -> &'static str { Box::leak(text.to_owned().into_boxed_str()) };
@@ -372,10 +394,7 @@ mod tests {
     fn parts() -> impl Strategy<Value = (Vec<(String, i64)>, String)> {
         (
             proptest::collection::vec(
-                (
-                    "[a-z:(),]{0,12}",
-                    prop_oneof![-20..20i64, any::<i64>()],
-                ),
+                ("[a-z:(),]{0,12}", prop_oneof![-20..20i64, any::<i64>()]),
                 0..=3,
             ),
             "[a-z:()]{0,20}",
@@ -395,9 +414,8 @@ mod tests {
             let probe = Probe::hit(&*a_pieces).expect("pieces always name a key");
             prop_assert_eq!(probe.hash, Probe::key(&a_text).hash, "{}", a_text.as_str());
             prop_assert_eq!(probe.hash, Probe::text(a_text.as_str()).hash);
-            let mut slot_hash = Prehashed.build_hasher();
-            SlotKey::new(&a_text).hash(&mut slot_hash);
-            prop_assert_eq!(probe.hash, slot_hash.finish(), "the slot's {}", a_text.as_str());
+            let slot_hash = Prehashed.hash_one(SlotKey::new(&a_text));
+            prop_assert_eq!(probe.hash, slot_hash, "the slot's {}", a_text.as_str());
             prop_assert!(probe.equivalent(&SlotKey::new(&a_text)), "{}", a_text.as_str());
             prop_assert_eq!(
                 probe.equivalent(&SlotKey::new(&b_text)),
