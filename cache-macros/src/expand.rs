@@ -130,14 +130,19 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
                 }
             }
         });
-    let plain = tags.is_empty() && !*kept && !*detached;
+    // A site with `refresh` or `timeout` asks too, but leaves an entry due for a refresh to
+    // its entry point, which starts the refresh with the key's text.
+    let by_form = tags.is_empty() && !*kept;
     let form_hit = match &cached.key {
-        key if plain => gen_form_hit(key, sig, krate, ret_span)
-            .map(|hit_key| {
-                let hit_fn = match entry {
-                    Entry::Async => "hit_by_form",
-                    Entry::Remote | Entry::Default => "hit_portable_by_form",
-                    Entry::Sync => "hit_sync_by_form",
+        key if by_form => gen_form_hit(key, sig, krate, ret_span)
+            .and_then(|hit_key| {
+                let hit_fn = match (entry, *detached) {
+                    (Entry::Async, false) => "hit_by_form",
+                    (Entry::Remote | Entry::Default, false) => "hit_portable_by_form",
+                    (Entry::Sync, false) => "hit_sync_by_form",
+                    (Entry::Async, true) => "hit_fresh_by_form",
+                    (Entry::Remote | Entry::Default, true) => "hit_portable_fresh_by_form",
+                    (Entry::Sync, true) => return None,
                 };
                 let hit_fn = Ident::new(hit_fn, ret_span);
                 quote_spanned! {ret_span=>
@@ -150,6 +155,7 @@ pub(crate) fn gen_cached(cached: &Cached) -> TokenStream {
                         return __cachette_hit;
                     }
                 }
+                .into()
             }),
         _ => None,
     };

@@ -70,7 +70,7 @@ where
     S: Holds<R>,
     S::Part: CacheValue,
 {
-    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key)?;
+    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key, true)?;
     Some(S::default().rebuild(value))
 }
 
@@ -81,7 +81,30 @@ where
     S: Holds<R>,
     S::Part: PortableValue,
 {
-    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key)?;
+    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key, true)?;
+    Some(S::default().rebuild(value))
+}
+
+/// [`hit_by_form`] for a site with `refresh` or `timeout`: an entry due for a refresh-ahead is
+/// left to the entry point, which starts the refresh with the key's text.
+#[inline(always)]
+pub fn hit_fresh_by_form<R, S>(site: &'static Site, key: impl AsHitKey) -> Option<R>
+where
+    S: Holds<R>,
+    S::Part: CacheValue,
+{
+    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key, false)?;
+    Some(S::default().rebuild(value))
+}
+
+/// [`hit_fresh_by_form`] for a site whose backend may be remote (see [`hit_portable`]).
+#[inline(always)]
+pub fn hit_portable_fresh_by_form<R, S>(site: &'static Site, key: impl AsHitKey) -> Option<R>
+where
+    S: Holds<R>,
+    S::Part: PortableValue,
+{
+    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key, false)?;
     Some(S::default().rebuild(value))
 }
 

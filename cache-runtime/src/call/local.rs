@@ -177,16 +177,21 @@ pub(super) fn memory_hit_due<R, S: ReturnShape<R>>(
 }
 
 /// [`memory_hit`] by a hit key (`key::canonical`): the text is never rendered. `None` for one
-/// whose form did not fit, which the caller then asks by its text.
+/// whose form did not fit, which the caller then asks by its text; and, unless `serve_due`,
+/// for an entry due for a refresh-ahead, which the caller asks by its text to start one.
 #[inline(always)]
 pub(super) fn memory_hit_by_form<R, S: ReturnShape<R>>(
     site: &'static Site,
     resolved: &'static Resolved,
     key: &(impl AsHitKey + ?Sized),
+    serve_due: bool,
 ) -> Option<S::Value> {
     let memory = resolved.backend.as_ref()?.memory()?;
     // Downcast and clone under the store's read lock: a hit moves no reference count.
-    let (found, _) = memory.read_hit_due(key, 0, |any| downcast::<S::Value>(site, key, any))?;
+    let (found, due) = memory.read_hit_due(key, 0, |any| downcast::<S::Value>(site, key, any))?;
+    if due && !serve_due {
+        return None;
+    }
     Report::hit(site, &resolved.meters, Tier::Memory);
     Some(found)
 }

@@ -63,19 +63,22 @@ pub(crate) fn hit_in_process<R, S: ReturnShape<R>>(
 
 /// [`hit_in_process`] by a hit key (`key::canonical`), which the expansion builds from the
 /// site's literal text and integer arguments without rendering the key's text; `None` also
-/// for a key whose form did not fit, which the entry point then asks by its text.
+/// for a key whose form did not fit, which the entry point then asks by its text; and, unless
+/// `serve_due`, for an entry due for a refresh-ahead, whose refresh the entry point starts
+/// (it needs the key's text).
 #[inline(always)]
 pub(crate) fn hit_in_process_by_form<R, S: ReturnShape<R>>(
     site: &'static Site,
     key: &(impl AsHitKey + ?Sized),
+    serve_due: bool,
 ) -> Option<S::Value> {
     let resolved = registry::resolve(site);
     // Not `or_else`: left out of line in an async caller, its closure cost a hit 20
     // instructions.
-    if let Some(value) = local::memory_hit_by_form::<R, S>(site, resolved, key) {
+    if let Some(value) = local::memory_hit_by_form::<R, S>(site, resolved, key, serve_due) {
         return Some(value);
     }
-    remote::l1_hit_by_form::<R, S>(site, resolved, key)
+    remote::l1_hit_by_form::<R, S>(site, resolved, key, serve_due)
 }
 
 /// [`hit_in_process_by_form`] for a synchronous site (in process only).
@@ -84,7 +87,7 @@ pub(crate) fn hit_in_process_sync_by_form<R, S: ReturnShape<R>>(
     site: &'static Site,
     key: &(impl AsHitKey + ?Sized),
 ) -> Option<S::Value> {
-    local::memory_hit_by_form::<R, S>(site, registry::resolve_in_process(site), key)
+    local::memory_hit_by_form::<R, S>(site, registry::resolve_in_process(site), key, true)
 }
 
 /// The memory hit of a synchronous site (which [`cached_sync`] asks too), asked by the

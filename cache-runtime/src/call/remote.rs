@@ -385,17 +385,22 @@ pub(super) fn l1_hit_due<R, S: ReturnShape<R>>(
     Some(found)
 }
 
-/// [`l1_hit`] by a hit key (`key::canonical`): the text is never rendered.
+/// [`l1_hit`] by a hit key (`key::canonical`): the text is never rendered. Unless
+/// `serve_due`, `None` for an entry due for a refresh-ahead (see `memory_hit_by_form`).
 #[inline(always)]
 pub(super) fn l1_hit_by_form<R, S: ReturnShape<R>>(
     site: &'static Site,
     resolved: &'static Resolved,
     key: &(impl AsHitKey + ?Sized),
+    serve_due: bool,
 ) -> Option<S::Value> {
     let tiered = resolved.backend.as_ref()?.tiered()?;
     let epoch = tiered.l1_epoch()?;
-    let (found, _) =
+    let (found, due) =
         tiered.l1_get_hit_due(key, epoch, |any| downcast::<S::Value>(site, key, any))?;
+    if due && !serve_due {
+        return None;
+    }
     Report::hit(site, &resolved.meters, Tier::L1);
     Some(found)
 }
