@@ -5,7 +5,8 @@
 //!     valgrind --tool=callgrind --cache-sim=yes --toggle-collect='hit_count::measured*' \
 //!       target/release/deps/hit_count-<hash> <row> [hits]
 //!
-//! Rows: `cachette` (async memory hit), `cachette_sync`, `cachette_long` (a form of 25 bytes),
+//! Rows: `cachette` (async memory hit), `cachette_sync`, `cachette_refresh` (a site with
+//! `refresh`), `cachette_long` (a form of 25 bytes),
 //! `cachette_default` (the default key), `cachette_str` (a string in the key: its text is built
 //! for the hit), `store` (the memory store's own read),
 //! `concurrent_cached`, `concurrent_cached_sync` (`cached` 4), `quick_cache` (by hand, keyed on
@@ -52,6 +53,12 @@ async fn cachette_tiered(id: u64) -> Arc<Account> {
 
 #[cached(ttl = "600s", key = "sacct:<id>")]
 fn cachette_sync(id: u64) -> Arc<Account> {
+    account(id)
+}
+
+// A site with `refresh`: asked by form too, an entry due for a refresh left to the text path.
+#[cached(ttl = "600s", key = "racct:<id>", refresh = "500s")]
+async fn cachette_refresh(id: u64) -> Arc<Account> {
     account(id)
 }
 
@@ -141,6 +148,7 @@ fn warm_one(row: &str, id: u64) {
             "cachette" | "store" => drop(rt.block_on(cachette_memory(id))),
             "cachette_tiered" => drop(rt.block_on(cachette_tiered(id))),
             "cachette_sync" => drop(cachette_sync(id)),
+            "cachette_refresh" => drop(rt.block_on(cachette_refresh(id))),
             "cachette_long" => drop(cachette_long(id)),
             "cachette_default" => drop(cachette_default(id)),
             "cachette_str" => drop(cachette_str_row(id)),
@@ -205,6 +213,7 @@ fn measured(row: &str, hits: u64) {
         "cachette" => async_row!(cachette_memory),
         "cachette_tiered" => async_row!(cachette_tiered),
         "cachette_sync" => sync_row!(cachette_sync),
+        "cachette_refresh" => async_row!(cachette_refresh),
         "cachette_long" => sync_row!(cachette_long),
         "cachette_default" => sync_row!(cachette_default),
         "cachette_str" => sync_row!(cachette_str_row),
@@ -216,10 +225,11 @@ fn measured(row: &str, hits: u64) {
     }
 }
 
-const ROWS: [&str; 10] = [
+const ROWS: [&str; 11] = [
     "cachette",
     "cachette_tiered",
     "cachette_sync",
+    "cachette_refresh",
     "cachette_long",
     "cachette_default",
     "cachette_str",
@@ -232,7 +242,9 @@ const ROWS: [&str; 10] = [
 /// The row each row is a ratio to: `#[concurrent_cached]` in the same form (async or sync).
 fn reference(row: &str) -> &'static str {
     match row {
-        "cachette" | "cachette_tiered" | "concurrent_cached" => "concurrent_cached",
+        "cachette" | "cachette_tiered" | "cachette_refresh" | "concurrent_cached" => {
+            "concurrent_cached"
+        }
         _ => "concurrent_cached_sync",
     }
 }
