@@ -417,4 +417,6 @@ impl fmt::Debug for MemoryBackend {
 }
 
 #[cfg(test)]
+mod review22;
+#[cfg(test)]
 mod tests;

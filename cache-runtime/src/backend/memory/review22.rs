@@ -1,0 +1,376 @@
+//! Review 22: a key whose form is longer than 16 bytes, asked by its hit pieces, by its text
+//! and by a `CacheKey` built from any parts, names one entry exactly when the texts are one;
+//! through the store's growth, eviction, expiry and invalidation by text.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use proptest::prelude::*;
+use quick_cache::Equivalent;
+
+use super::slot::Prehashed;
+use super::*;
+use crate::key::canonical::{hit_int, hit_uint, HitPieces};
+use crate::shape::AnyValue;
+use crate::KeyBuilder;
+
+/// A part of a key.
+#[derive(Debug, Clone)]
+enum Part {
+    Lit(String),
+    Uint(u64),
+    Int(i64),
+    /// A string: some read as integers (`"42"`, `"-7"`), some do not (`"042"`, `"-0"`).
+    Str(String),
+    Opt(Option<Option<u32>>),
+    Wide(u128),
+    Hashed(u32),
+}
+
+fn edge_uint() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0..20u64,
+        Just(u64::MAX),
+        Just(u64::MAX - 1),
+        Just(10_000_000_000_000_000),
+        Just(9_999_999_999_999_999),
+        Just(0xFFFF_FFFF_FFFF_FF00),
+        Just(0x00FE_00FF_00FE_00FF),
+        any::<u64>()
+    ]
+}
+
+fn edge_int() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        -20..20i64,
+        Just(i64::MIN),
+        Just(i64::MAX),
+        Just(-1),
+        Just(i64::MIN + 1),
+        any::<i64>()
+    ]
+}
+
+fn part() -> impl Strategy<Value = Part> {
+    prop_oneof![
+        // Literal text as templates may write it: no `<`, `>`, `{`, `}`.
+        "[a-z0-9:(),%#é]{0,12}".prop_map(Part::Lit),
+        edge_uint().prop_map(Part::Uint),
+        edge_int().prop_map(Part::Int),
+        prop_oneof![
+            edge_uint().prop_map(|v| v.to_string()),
+            edge_int().prop_map(|v| v.to_string()),
+            "[0-9\\-]{0,4}",
+            Just("18446744073709551616".to_owned()),
+            Just("-18446744073709551615".to_owned()),
+            Just("-0".to_owned()),
+            Just("007".to_owned()),
+        ]
+        .prop_map(Part::Str),
+        any::<Option<Option<u32>>>().prop_map(Part::Opt),
+        prop_oneof![0..20u128, Just(u128::from(u64::MAX)), Just(u128::MAX)].prop_map(Part::Wide),
+        any::<u32>().prop_map(Part::Hashed),
+    ]
+}
+
+fn built(parts: &[Part]) -> CacheKey {
+    let mut builder = KeyBuilder::new();
+    for part in parts {
+        builder = match part {
+            Part::Lit(text) => builder.lit(text),
+            Part::Uint(value) => builder.arg(value),
+            Part::Int(value) => builder.arg(value),
+            Part::Str(value) => builder.arg(value),
+            Part::Opt(value) => builder.arg(value),
+            Part::Wide(value) => builder.arg(value),
+            Part::Hashed(value) => builder.hashed(value),
+        };
+    }
+    builder.finish()
+}
+
+/// The pieces the expansion would write for `parts` if all are literals and integers: literal
+/// runs merged, each run before an integer, then the last run.
+fn runs_and_integers(parts: &[Part]) -> Option<(Vec<String>, Vec<u128>, String)> {
+    let (mut runs, mut integers, mut run) = (Vec::new(), Vec::new(), String::new());
+    for part in parts {
+        match part {
+            Part::Lit(text) => run.push_str(text),
+            Part::Uint(value) => {
+                runs.push(std::mem::take(&mut run));
+                integers.push(hit_uint(*value));
+            }
+            Part::Int(value) => {
+                runs.push(std::mem::take(&mut run));
+                integers.push(hit_int(*value));
+            }
+            _ => return None,
+        }
+    }
+    Some((runs, integers, run))
+}
+
+/// `f` given the `HitPieces` of `runs` and `integers` (the expansion's const count: up to 4).
+fn with_pieces<R>(
+    (runs, integers, last): &(Vec<String>, Vec<u128>, String),
+    f: impl FnOnce(&dyn AsHitKey) -> R,
+) -> R {
+    let r: Vec<&str> = runs.iter().map(String::as_str).collect();
+    match r.len() {
+        0 => f(&HitPieces::<0>::new([], [], last)),
+        1 => f(&HitPieces::new([r[0]], [integers[0]], last)),
+        2 => f(&HitPieces::new(
+            [r[0], r[1]],
+            [integers[0], integers[1]],
+            last,
+        )),
+        3 => f(&HitPieces::new(
+            [r[0], r[1], r[2]],
+            [integers[0], integers[1], integers[2]],
+            last,
+        )),
+        _ => f(&HitPieces::new(
+            [r[0], r[1], r[2], r[3]],
+            [integers[0], integers[1], integers[2], integers[3]],
+            last,
+        )),
+    }
+}
+
+fn slot_hash(slot: &SlotKey) -> u64 {
+    let mut hasher = Prehashed.build_hasher();
+    slot.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn probe_hash(probe: &Probe<'_>) -> u64 {
+    let mut hasher = Prehashed.build_hasher();
+    probe.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn parts() -> impl Strategy<Value = Vec<Part>> {
+    proptest::collection::vec(part(), 0..=5)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// Every way to name a key (built from any parts, its text, its hit pieces) hashes as the
+    /// stored name of its text does and matches a stored name exactly when the texts are one.
+    #[test]
+    fn every_name_of_a_text_is_one_entry(a in parts(), b in parts()) {
+        let (ka, kb) = (built(&a), built(&b));
+        let (ta, tb) = (ka.as_str(), kb.as_str());
+        let (sa, sb) = (SlotKey::new(&ka), SlotKey::new(&kb));
+        let same = ta == tb;
+        prop_assert_eq!(sa == sb, same, "{} {}", ta, tb);
+        prop_assert_eq!(slot_hash(&sa), probe_hash(&Probe::key(&ka)), "{}", ta);
+        prop_assert_eq!(slot_hash(&sa), probe_hash(&Probe::text(ta)), "{}", ta);
+        for (probe, what) in [(Probe::key(&kb), "key"), (Probe::text(tb), "text")] {
+            prop_assert_eq!(probe.equivalent(&sa), same, "{} {} {}", what, ta, tb);
+        }
+        if same {
+            prop_assert_eq!(slot_hash(&sa), slot_hash(&sb));
+        }
+        if let Some(pieces) = runs_and_integers(&b) {
+            with_pieces(&pieces, |hit| {
+                let probe = Probe::hit(hit).expect("pieces always name a key");
+                assert_eq!(hit.to_string(), tb, "the pieces' text");
+                assert_eq!(probe.hash, Probe::text(tb).hash, "{tb}");
+                assert_eq!(probe.hash, slot_hash(&sb), "{tb}");
+                assert_eq!(probe.equivalent(&sa), same, "hit {tb} against {ta}");
+                assert!(probe.equivalent(&sb), "{tb}");
+            });
+        }
+    }
+}
+
+/// A long template, `tenant:<t>:account:<id>`.
+fn tenant_key(tenant: u64, account: i64) -> CacheKey {
+    KeyBuilder::new()
+        .lit("tenant:")
+        .arg(&tenant)
+        .lit(":account:")
+        .arg(&account)
+        .finish()
+}
+
+fn tenant_pieces(tenant: u64, account: i64) -> HitPieces<'static, 2> {
+    HitPieces::new(
+        ["tenant:", ":account:"],
+        [hit_uint(tenant), hit_int(account)],
+        "",
+    )
+}
+
+fn read_hit<V: Clone + 'static>(backend: &MemoryBackend, key: &dyn AsHitKey) -> Option<V> {
+    backend
+        .read_hit_due(key, 0, |value| value.downcast_ref::<V>().cloned())
+        .map(|(value, _)| value)
+}
+
+fn read_text<V: Clone + 'static>(backend: &MemoryBackend, key: &CacheKey) -> Option<V> {
+    backend.read(key, |value| value.downcast_ref::<V>().cloned())
+}
+
+/// Accounts spread over edge values, so that stored forms hold mark bytes in their magnitudes.
+fn account(n: u64) -> i64 {
+    match n % 4 {
+        0 => n as i64,
+        1 => -(n as i64),
+        2 => i64::MIN + n as i64,
+        _ => i64::MAX - n as i64,
+    }
+}
+
+#[test]
+fn long_keys_are_found_by_pieces_and_text_through_the_stores_growth() {
+    let backend = MemoryBackend::builder().max_entries(1_000_000).build();
+    const COUNT: u64 = 20_000;
+    for n in 0..COUNT {
+        backend.insert(
+            tenant_key(n % 7, account(n)),
+            Arc::new(n) as AnyValue,
+            Duration::from_secs(60),
+        );
+    }
+    assert_eq!(backend.entry_count(), COUNT);
+    for n in 0..COUNT {
+        let hit = tenant_pieces(n % 7, account(n));
+        assert_eq!(read_hit::<u64>(&backend, &hit), Some(n), "{hit}");
+        assert_eq!(
+            read_text::<u64>(&backend, &tenant_key(n % 7, account(n))),
+            Some(n)
+        );
+    }
+    // Invalidated by text (as `#[invalidates]`, the bus and `invalidate` do): gone by pieces.
+    for n in (0..COUNT).step_by(2) {
+        backend.invalidate(tenant_key(n % 7, account(n)).as_str());
+    }
+    assert_eq!(backend.entry_count(), COUNT / 2);
+    for n in 0..COUNT {
+        let held = read_hit::<u64>(&backend, &tenant_pieces(n % 7, account(n)));
+        assert_eq!(held, (n % 2 == 1).then_some(n), "{n}");
+    }
+    assert_eq!(tally(&backend).0, COUNT as i64 / 2);
+}
+
+fn tally(backend: &MemoryBackend) -> (i64, i64) {
+    let tally = &backend.shared.tally;
+    (
+        tally.entries.load(Ordering::Relaxed),
+        tally.bytes.load(Ordering::Relaxed),
+    )
+}
+
+#[test]
+fn a_string_that_reads_as_an_integer_names_the_same_long_entry() {
+    let backend = MemoryBackend::default();
+    let by_strings = KeyBuilder::new()
+        .lit("tenant:")
+        .arg(&"7")
+        .lit(":account:")
+        .arg(&"-9223372036854775808")
+        .finish();
+    backend.insert(
+        by_strings,
+        Arc::new(1u8) as AnyValue,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        read_hit::<u8>(&backend, &tenant_pieces(7, i64::MIN)),
+        Some(1)
+    );
+    // Not a neighbour's: `"07"` and `"-0"` are text.
+    for (tenant, account) in [
+        ("07", "-9223372036854775808"),
+        ("7", "-09223372036854775808"),
+    ] {
+        let other = KeyBuilder::new()
+            .lit("tenant:")
+            .arg(&tenant)
+            .lit(":account:")
+            .arg(&account)
+            .finish();
+        assert_eq!(
+            read_text::<u8>(&backend, &other),
+            None,
+            "{}",
+            other.as_str()
+        );
+    }
+    backend.invalidate("tenant:<7>:account:<-9223372036854775808>");
+    assert_eq!(read_hit::<u8>(&backend, &tenant_pieces(7, i64::MIN)), None);
+    assert_eq!(backend.entry_count(), 0);
+}
+
+#[test]
+fn long_keys_evict_expire_and_weigh_as_their_texts() {
+    let clock = TestClock::new();
+    let backend = MemoryBackend::builder()
+        .max_bytes(200_000)
+        .clock(&clock)
+        .build();
+    for n in 0..5_000u64 {
+        let ttl = Duration::from_millis(if n % 3 == 0 { 5 } else { 60_000 });
+        backend.insert(tenant_key(n, account(n)), Arc::new([n; 8]) as AnyValue, ttl);
+    }
+    let (entries, bytes) = tally(&backend);
+    assert_eq!(entries, backend.entry_count() as i64);
+    assert!(bytes <= 200_000, "{bytes}");
+    // Every held entry is found alike by pieces and by text.
+    let mut held = 0;
+    for n in 0..5_000u64 {
+        let by_hit = read_hit::<[u64; 8]>(&backend, &tenant_pieces(n, account(n)));
+        let by_text = read_text::<[u64; 8]>(&backend, &tenant_key(n, account(n)));
+        assert_eq!(by_hit, by_text, "{n}");
+        held += usize::from(by_hit.is_some());
+    }
+    assert_eq!(held as u64, backend.entry_count());
+    clock.advance(Duration::from_millis(20));
+    // Expired reads by pieces remove what they find.
+    for n in (0..5_000u64).filter(|n| n % 3 == 0).take(100) {
+        assert_eq!(
+            read_hit::<[u64; 8]>(&backend, &tenant_pieces(n, account(n))),
+            None
+        );
+    }
+    backend.run_pending_tasks();
+    for n in 0..5_000u64 {
+        let by_hit = read_hit::<[u64; 8]>(&backend, &tenant_pieces(n, account(n)));
+        assert!(n % 3 != 0 || by_hit.is_none(), "{n} expired");
+    }
+    assert_eq!(tally(&backend).0, backend.entry_count() as i64);
+    assert!((0..5_000u64)
+        .filter(|n| n % 3 == 0)
+        .all(|n| read_text::<[u64; 8]>(&backend, &tenant_key(n, account(n))).is_none()));
+}
+
+/// Forms of exactly 16, 17, 22 and 23 bytes (the short, inline and shared names' edges), each
+/// with an integer: named alike by pieces, text and key, and by pieces as a `HitKey` fits.
+#[test]
+fn forms_at_the_edges_of_each_name() {
+    let backend = MemoryBackend::default();
+    for (extra, value) in [(7usize, 0u64), (8, u64::MAX), (13, 255), (14, 0xFEFF)] {
+        let run: String = "abcdefghijklmnop"[..extra].to_owned();
+        let key = KeyBuilder::new().lit(&run).arg(&value).finish();
+        let form_len = extra + 9;
+        let hit = HitPieces::new([run.as_str()], [hit_uint(value)], "");
+        backend.insert(
+            key.clone(),
+            Arc::new(form_len) as AnyValue,
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            read_hit::<usize>(&backend, &hit),
+            Some(form_len),
+            "{form_len}"
+        );
+        let short = crate::key::HitKey::new().lit(&run).uint(value);
+        let by_short = read_hit::<usize>(&backend, &short);
+        assert_eq!(by_short, (form_len <= 16).then_some(form_len), "{form_len}");
+        backend.invalidate(key.as_str());
+        assert_eq!(read_hit::<usize>(&backend, &hit), None, "{form_len}");
+    }
+    assert_eq!(backend.entry_count(), 0);
+}
