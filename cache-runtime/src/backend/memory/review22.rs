@@ -109,7 +109,7 @@ fn runs_and_integers(parts: &[Part]) -> Option<(Vec<String>, Vec<u128>, String)>
     Some((runs, integers, run))
 }
 
-/// `f` given the `HitPieces` of `runs` and `integers` (the expansion's const count: up to 4).
+/// `f` given the `HitPieces` of `runs` and `integers` (the expansion's const count: up to 5, as many as `parts` makes).
 fn with_pieces<R>(
     (runs, integers, last): &(Vec<String>, Vec<u128>, String),
     f: impl FnOnce(&dyn AsHitKey) -> R,
@@ -128,9 +128,14 @@ fn with_pieces<R>(
             [integers[0], integers[1], integers[2]],
             last,
         )),
-        _ => f(&HitPieces::new(
+        4 => f(&HitPieces::new(
             [r[0], r[1], r[2], r[3]],
             [integers[0], integers[1], integers[2], integers[3]],
+            last,
+        )),
+        _ => f(&HitPieces::new(
+            [r[0], r[1], r[2], r[3], r[4]],
+            [integers[0], integers[1], integers[2], integers[3], integers[4]],
             last,
         )),
     }
@@ -225,7 +230,12 @@ fn account(n: u64) -> i64 {
 
 #[test]
 fn long_keys_are_found_by_pieces_and_text_through_the_stores_growth() {
-    let backend = MemoryBackend::builder().max_entries(1_000_000).build();
+    // A byte bound with a weight of 1 an entry: its shards are sized for 64 entries each
+    // (`GUESSED_ENTRY_BYTES`), so their tables grow, and rehash every stored key, many times.
+    let backend = MemoryBackend::builder()
+        .max_bytes(8 * 64 * 1024)
+        .weigher(|_, _| 1)
+        .build();
     const COUNT: u64 = 20_000;
     for n in 0..COUNT {
         backend.insert(
@@ -373,4 +383,21 @@ fn forms_at_the_edges_of_each_name() {
         assert_eq!(read_hit::<usize>(&backend, &hit), None, "{form_len}");
     }
     assert_eq!(backend.entry_count(), 0);
+}
+
+proptest! {
+    /// A text from outside (a bus message, any string at all) never panics a probe, and names
+    /// a stored key exactly when it is that key's text.
+    #[test]
+    fn a_foreign_text_names_only_its_own_entry(
+        text in prop_oneof!["\\PC{0,40}", "[<>0-9a:-]{0,40}"],
+        parts in parts(),
+    ) {
+        let key = built(&parts);
+        let slot = SlotKey::new(&key);
+        let probe = Probe::text(&text);
+        prop_assert_eq!(probe.equivalent(&slot), text == key.as_str(), "{} {}", text, key.as_str());
+        let own = Probe::text(key.as_str());
+        prop_assert_eq!(own.hash, slot_hash(&slot));
+    }
 }
