@@ -29,13 +29,21 @@ macro_rules! filled_then_hit {
     }};
 }
 
-#[cached(ttl = "60s", key = "r22-tenant:<tenant>:account:<id>", backend = "memory")]
+#[cached(
+    ttl = "60s",
+    key = "r22-tenant:<tenant>:account:<id>",
+    backend = "memory"
+)]
 async fn account(tenant: u32, id: i64) -> String {
     load(format!("{tenant}/{id}"))
 }
 
 /// The same template over strings: the same texts, so the same entries.
-#[cached(ttl = "60s", key = "r22-tenant:<tenant>:account:<id>", backend = "memory")]
+#[cached(
+    ttl = "60s",
+    key = "r22-tenant:<tenant>:account:<id>",
+    backend = "memory"
+)]
 async fn account_by_text(tenant: String, id: String) -> String {
     load(format!("{tenant}/{id}"))
 }
@@ -45,7 +53,11 @@ async fn drop_account(tenant: &str, id: String) {
     let _ = (tenant, id);
 }
 
-#[cached(ttl = "60s", key = "r22-tenant:<tenant>:account:<id>", backend = "tiered")]
+#[cached(
+    ttl = "60s",
+    key = "r22-tenant:<tenant>:account:<id>",
+    backend = "tiered"
+)]
 async fn tiered_account(tenant: u64, id: &u64) -> String {
     load(format!("{tenant}/{id}"))
 }
@@ -67,6 +79,12 @@ fn sixteen(id: u8) -> u8 {
 #[cached(ttl = "60s", backend = "memory")]
 fn zero() -> u64 {
     load(77)
+}
+
+/// A raw identifier as an integer parameter of a default key.
+#[cached(ttl = "60s", backend = "memory")]
+fn raw_param(r#type: u64, r#match: i32) -> u64 {
+    load(r#type + r#match as u64)
 }
 
 mod inner {
@@ -105,7 +123,13 @@ async fn hit_keys_in_pieces_name_the_entries_of_their_texts() {
 }
 
 async fn long_hit_keys_and_every_name_of_their_text_reach_one_entry() {
-    for (tenant, id) in [(7u32, 42i64), (0, i64::MIN), (u32::MAX, i64::MAX), (1, -1), (2, 0)] {
+    for (tenant, id) in [
+        (7u32, 42i64),
+        (0, i64::MIN),
+        (u32::MAX, i64::MAX),
+        (1, -1),
+        (2, 0),
+    ] {
         let what = format!("account({tenant}, {id})");
         filled_then_hit!(account(tenant, id).await, format!("{tenant}/{id}"), 1, what);
         // Another site, strings holding the integers' text: the same entry, no load.
@@ -140,9 +164,19 @@ async fn long_hit_keys_and_every_name_of_their_text_reach_one_entry() {
         1,
         "the text site first"
     );
-    filled_then_hit!(account(9, -9).await, "9/-9".to_owned(), 0, "then the integer site");
+    filled_then_hit!(
+        account(9, -9).await,
+        "9/-9".to_owned(),
+        0,
+        "then the integer site"
+    );
 
-    filled_then_hit!(tiered_account(3, &u64::MAX).await, format!("3/{}", u64::MAX), 1, "tiered");
+    filled_then_hit!(
+        tiered_account(3, &u64::MAX).await,
+        format!("3/{}", u64::MAX),
+        1,
+        "tiered"
+    );
     cachette::invalidate(
         &KeyBuilder::new()
             .lit("r22-tenant:")
@@ -152,7 +186,12 @@ async fn long_hit_keys_and_every_name_of_their_text_reach_one_entry() {
             .finish(),
     )
     .await;
-    filled_then_hit!(tiered_account(3, &u64::MAX).await, format!("3/{}", u64::MAX), 1, "tiered");
+    filled_then_hit!(
+        tiered_account(3, &u64::MAX).await,
+        format!("3/{}", u64::MAX),
+        1,
+        "tiered"
+    );
 
     for (id, what) in [(0u8, "0"), (255, "255")] {
         filled_then_hit!(seventeen(id), id, 1, what);
@@ -168,6 +207,19 @@ async fn default_keys_by_pieces_are_their_texts() {
     filled_then_hit!(zero(), 77, 1, "zero");
     cachette::invalidate(&KeyBuilder::new().lit("review22::zero()").finish()).await;
     filled_then_hit!(zero(), 77, 1, "zero, invalidated by its text");
+
+    filled_then_hit!(raw_param(40, 2), 42, 1, "raw identifiers");
+    cachette::invalidate(
+        &KeyBuilder::new()
+            .lit("review22::raw_param(")
+            .arg(&40u64)
+            .lit(",")
+            .arg(&2i32)
+            .lit(")")
+            .finish(),
+    )
+    .await;
+    filled_then_hit!(raw_param(40, 2), 42, 1, "raw identifiers, invalidated");
 
     use inner::deeper::{generic, mixed, Repo};
     let (a, b, c, d) = (usize::MAX, isize::MIN, i8::MIN, u32::MAX);
@@ -196,7 +248,12 @@ async fn default_keys_by_pieces_are_their_texts() {
             .finish(),
     )
     .await;
-    filled_then_hit!(Repo::get(u64::MAX - 1).await, u64::MAX, 1, "Repo::get invalidated");
+    filled_then_hit!(
+        Repo::get(u64::MAX - 1).await,
+        u64::MAX,
+        1,
+        "Repo::get invalidated"
+    );
 
     filled_then_hit!(generic::<u8>(-3), "-3:0".to_owned(), 1, "generic");
     cachette::invalidate(
@@ -206,5 +263,10 @@ async fn default_keys_by_pieces_are_their_texts() {
             .finish(),
     )
     .await;
-    filled_then_hit!(generic::<u8>(-3), "-3:0".to_owned(), 1, "generic invalidated");
+    filled_then_hit!(
+        generic::<u8>(-3),
+        "-3:0".to_owned(),
+        1,
+        "generic invalidated"
+    );
 }

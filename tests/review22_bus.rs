@@ -15,7 +15,11 @@ fn loads() -> usize {
     LOADS.load(Ordering::SeqCst)
 }
 
-#[cached(ttl = "60s", key = "r22-tenant:<tenant>:account:<id>", backend = "tiered.r22")]
+#[cached(
+    ttl = "60s",
+    key = "r22-tenant:<tenant>:account:<id>",
+    backend = "tiered.r22"
+)]
 async fn account(tenant: u32, id: i64) -> String {
     LOADS.fetch_add(1, Ordering::SeqCst);
     format!("{tenant}/{id}")
@@ -102,6 +106,10 @@ async fn a_bus_invalidation_by_text_drops_an_entry_hit_in_pieces() {
             tiered.invalidations_received() > received
         })
         .await;
-        assert_eq!(l1.entry_count(), 0, "the bus dropped {what} ({text}) from L1");
+        assert_eq!(
+            l1.entry_count(),
+            0,
+            "the bus dropped {what} ({text}) from L1"
+        );
     }
 }

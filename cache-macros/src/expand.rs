@@ -470,8 +470,9 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
 /// The hit key's call for the integer parameter `name` (`uint` or `int`) and its value, if it
 /// is one ([`integer_param`]).
 fn integer_arg(sig: &syn::Signature, name: &str, span: Span) -> Option<(Ident, TokenStream)> {
-    let (ty, by_ref) = integer_param(sig, name)?;
-    let name = Ident::new(name, span);
+    let (ty, by_ref, mut name) = integer_param(sig, name)?;
+    // The parameter's own identifier, which may be raw (`r#type`): `Ident::new` refuses one.
+    name.set_span(span);
     let value = if by_ref {
         quote_spanned!(span=> *#name)
     } else {
@@ -502,13 +503,13 @@ fn integer_arg(sig: &syn::Signature, name: &str, span: Span) -> Option<(Ident, T
     Some((Ident::new(method, span), value))
 }
 
-/// The primitive integer type of at most 64 bits the parameter `name` is written as, and
-/// whether it is behind a `&`: what a hit key takes.
-fn integer_param(sig: &syn::Signature, name: &str) -> Option<(String, bool)> {
-    let ty = sig.inputs.iter().find_map(|input| match input {
+/// The primitive integer type of at most 64 bits the parameter `name` is written as, whether
+/// it is behind a `&`, and its identifier: what a hit key takes.
+fn integer_param(sig: &syn::Signature, name: &str) -> Option<(String, bool, Ident)> {
+    let (ty, param) = sig.inputs.iter().find_map(|input| match input {
         syn::FnArg::Typed(typed) => match &*typed.pat {
             syn::Pat::Ident(ident) if ident.ident == name && ident.subpat.is_none() => {
-                Some(&*typed.ty)
+                Some((&*typed.ty, ident.ident.clone()))
             }
             _ => None,
         },
@@ -526,12 +527,12 @@ fn integer_param(sig: &syn::Signature, name: &str) -> Option<(String, bool)> {
     if path.qself.is_some() {
         return None;
     }
-    let ident = path.path.get_ident()?.to_string();
+    let ty = path.path.get_ident()?.to_string();
     let integer = matches!(
-        ident.as_str(),
+        ty.as_str(),
         "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize"
     );
-    integer.then_some((ident, by_ref))
+    integer.then_some((ty, by_ref, param))
 }
 
 fn ungroup(ty: &syn::Type) -> &syn::Type {

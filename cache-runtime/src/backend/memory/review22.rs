@@ -135,7 +135,13 @@ fn with_pieces<R>(
         )),
         _ => f(&HitPieces::new(
             [r[0], r[1], r[2], r[3], r[4]],
-            [integers[0], integers[1], integers[2], integers[3], integers[4]],
+            [
+                integers[0],
+                integers[1],
+                integers[2],
+                integers[3],
+                integers[4],
+            ],
             last,
         )),
     }
