@@ -81,6 +81,18 @@ fn zero() -> u64 {
     load(77)
 }
 
+/// Literal text only, longer than 16 bytes: pieces with no integer.
+#[cached(ttl = "60s", key = "r22-only-literal-text-here", backend = "memory")]
+async fn literal_only() -> u64 {
+    load(5)
+}
+
+/// Placeholders first, side by side and twice: empty runs.
+#[cached(ttl = "60s", key = "<a><b>:<a>-r22-runs", backend = "memory")]
+fn empty_runs(a: i64, b: &u16) -> i64 {
+    load(a + i64::from(*b))
+}
+
 /// A raw identifier as an integer parameter of a default key.
 #[cached(ttl = "60s", backend = "memory")]
 fn raw_param(r#type: u64, r#match: i32) -> u64 {
@@ -207,6 +219,22 @@ async fn default_keys_by_pieces_are_their_texts() {
     filled_then_hit!(zero(), 77, 1, "zero");
     cachette::invalidate(&KeyBuilder::new().lit("review22::zero()").finish()).await;
     filled_then_hit!(zero(), 77, 1, "zero, invalidated by its text");
+
+    filled_then_hit!(literal_only().await, 5, 1, "literal only");
+    cachette::invalidate(&KeyBuilder::new().lit("r22-only-literal-text-here").finish()).await;
+    filled_then_hit!(literal_only().await, 5, 1, "literal only, invalidated");
+
+    filled_then_hit!(empty_runs(-1, &2), 1, 1, "empty runs");
+    let text = KeyBuilder::new()
+        .arg(&"-1")
+        .arg(&2u8)
+        .lit(":")
+        .arg(&-1i8)
+        .lit("-r22-runs")
+        .finish();
+    cachette::invalidate(&text).await;
+    filled_then_hit!(empty_runs(-1, &2), 1, 1, "empty runs, invalidated");
+    filled_then_hit!(empty_runs(-1, &3), 2, 1, "another b");
 
     filled_then_hit!(raw_param(40, 2), 42, 1, "raw identifiers");
     cachette::invalidate(
