@@ -93,6 +93,28 @@ fn empty_runs(a: i64, b: &u16) -> i64 {
     load(a + i64::from(*b))
 }
 
+/// A parameter bound by reference (`ref`): a `&u64` in the body.
+#[cached(ttl = "60s", backend = "memory")]
+#[allow(clippy::toplevel_ref_arg)]
+fn by_ref_binding(ref id: u64, ref small: u8) -> u64 {
+    load(*id + u64::from(*small))
+}
+
+/// The same in a long template.
+#[cached(ttl = "60s", key = "r22-ref-binding-long:<id>", backend = "memory")]
+#[allow(clippy::toplevel_ref_arg)]
+fn by_ref_template(ref id: i32) -> i32 {
+    load(*id)
+}
+
+/// `ref mut`, and `ref` of a reference (`&&u64` in the body: the text path).
+#[cached(ttl = "60s", key = "r22-ref-mut-long-key:<id>:<other>", backend = "memory")]
+#[allow(clippy::toplevel_ref_arg)]
+fn by_ref_mut(ref mut id: u64, ref other: &u64) -> u64 {
+    *id += 1;
+    load(*id + **other)
+}
+
 /// A raw identifier as an integer parameter of a default key.
 #[cached(ttl = "60s", backend = "memory")]
 fn raw_param(r#type: u64, r#match: i32) -> u64 {
@@ -235,6 +257,22 @@ async fn default_keys_by_pieces_are_their_texts() {
     cachette::invalidate(&text).await;
     filled_then_hit!(empty_runs(-1, &2), 1, 1, "empty runs, invalidated");
     filled_then_hit!(empty_runs(-1, &3), 2, 1, "another b");
+
+    filled_then_hit!(by_ref_binding(40, 2), 42, 1, "ref bindings");
+    cachette::invalidate(
+        &KeyBuilder::new()
+            .lit("review22::by_ref_binding(")
+            .arg(&40u64)
+            .lit(",")
+            .arg(&2u8)
+            .lit(")")
+            .finish(),
+    )
+    .await;
+    filled_then_hit!(by_ref_binding(40, 2), 42, 1, "ref bindings, invalidated");
+    filled_then_hit!(by_ref_template(-4), -4, 1, "a ref binding in a template");
+
+    filled_then_hit!(by_ref_mut(1, &2), 4, 1, "ref mut and ref of a reference");
 
     filled_then_hit!(raw_param(40, 2), 42, 1, "raw identifiers");
     cachette::invalidate(

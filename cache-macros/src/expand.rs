@@ -510,22 +510,25 @@ fn integer_arg(sig: &syn::Signature, name: &str, span: Span) -> Option<(Ident, T
 }
 
 /// The primitive integer type of at most 64 bits the parameter `name` is written as, whether
-/// it is behind a `&`, and its identifier: what a hit key takes.
+/// it is behind a `&` (or bound by `ref`), and its identifier: what a hit key takes.
 fn integer_param(sig: &syn::Signature, name: &str) -> Option<(String, bool, Ident)> {
-    let (ty, param) = sig.inputs.iter().find_map(|input| match input {
+    let (ty, param, ref_binding) = sig.inputs.iter().find_map(|input| match input {
         syn::FnArg::Typed(typed) => match &*typed.pat {
             syn::Pat::Ident(ident) if ident.ident == name && ident.subpat.is_none() => {
-                Some((&*typed.ty, ident.ident.clone()))
+                Some((&*typed.ty, ident.ident.clone(), ident.by_ref.is_some()))
             }
             _ => None,
         },
         syn::FnArg::Receiver(_) => None,
     })?;
-    let (ty, by_ref) = match ungroup(ty) {
-        syn::Type::Reference(reference) if reference.mutability.is_none() => {
+    // A `ref id: u64` binds a `&u64`: one `*` as for `id: &u64`, and one too few for
+    // `ref id: &u64` (the text path takes that).
+    let (ty, by_ref) = match (ungroup(ty), ref_binding) {
+        (syn::Type::Reference(_), true) => return None,
+        (syn::Type::Reference(reference), false) if reference.mutability.is_none() => {
             (ungroup(&reference.elem), true)
         }
-        ty => (ty, false),
+        (ty, ref_binding) => (ty, ref_binding),
     };
     let syn::Type::Path(path) = ty else {
         return None;
