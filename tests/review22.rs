@@ -108,7 +108,11 @@ fn by_ref_template(ref id: i32) -> i32 {
 }
 
 /// `ref mut`, and `ref` of a reference (`&&u64` in the body: the text path).
-#[cached(ttl = "60s", key = "r22-ref-mut-long-key:<id>:<other>", backend = "memory")]
+#[cached(
+    ttl = "60s",
+    key = "r22-ref-mut-long-key:<id>:<other>",
+    backend = "memory"
+)]
 #[allow(clippy::toplevel_ref_arg)]
 fn by_ref_mut(ref mut id: u64, ref other: &u64) -> u64 {
     *id += 1;

@@ -2,7 +2,7 @@
 //! and by a `CacheKey` built from any parts, names one entry exactly when the texts are one;
 //! through the store's growth, eviction, expiry and invalidation by text.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use proptest::prelude::*;
 use quick_cache::Equivalent;
@@ -148,15 +148,11 @@ fn with_pieces<R>(
 }
 
 fn slot_hash(slot: &SlotKey) -> u64 {
-    let mut hasher = Prehashed.build_hasher();
-    slot.hash(&mut hasher);
-    hasher.finish()
+    Prehashed.hash_one(slot)
 }
 
 fn probe_hash(probe: &Probe<'_>) -> u64 {
-    let mut hasher = Prehashed.build_hasher();
-    probe.hash(&mut hasher);
-    hasher.finish()
+    Prehashed.hash_one(probe)
 }
 
 fn parts() -> impl Strategy<Value = Vec<Part>> {
