@@ -428,9 +428,8 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
             with_self_type: false,
         } => {
             let fn_name = sig.ident.to_string();
-            let path = |rest: &str| {
-                quote!(::core::concat!(::core::module_path!(), "::", #fn_name, #rest))
-            };
+            let path =
+                |rest: &str| quote!(::core::concat!(::core::module_path!(), "::", #fn_name, #rest));
             for (index, param) in params.iter().enumerate() {
                 integers.push(integer_arg(sig, &param.name.to_string(), span)?);
                 runs.push(if index == 0 { path("(") } else { quote!(",") });
@@ -449,23 +448,18 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
         Some(len) if len <= FORM => {
             // An empty run is left out, so that the expansion reads as the template.
             let lit = |run: &String| (!run.is_empty()).then(|| quote_spanned!(span=> .lit(#run)));
-            let parts = texts
-                .iter()
-                .zip(&integers)
-                .map(|(run, (method, value))| {
-                    let lit = lit(run);
-                    quote_spanned!(span=> #lit.#method(#value))
-                });
+            let parts = texts.iter().zip(&integers).map(|(run, (method, value))| {
+                let lit = lit(run);
+                quote_spanned!(span=> #lit.#method(#value))
+            });
             let last = lit(&last_text);
             Some(quote_spanned!(span=> #private::HitKey::new() #(#parts)* #last))
         }
         _ => {
-            let values = integers
-                .iter()
-                .map(|(method, value)| {
-                    let method = format_ident!("hit_{}", method);
-                    quote_spanned!(span=> #private::#method(#value))
-                });
+            let values = integers.iter().map(|(method, value)| {
+                let method = format_ident!("hit_{}", method);
+                quote_spanned!(span=> #private::#method(#value))
+            });
             Some(quote_spanned! {span=>
                 #private::HitPieces::new([#(#runs),*], [#(#values),*], #last)
             })
