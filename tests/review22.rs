@@ -119,6 +119,13 @@ fn by_ref_mut(ref mut id: u64, ref other: &u64) -> u64 {
     load(*id + **other)
 }
 
+/// A `u128` in a long template: its text holds an integer value (`<5>`) that the key's
+/// builder writes as digits, not as an integer.
+#[cached(ttl = "60s", key = "r22-a-long-prefix:<id>", backend = "memory")]
+async fn wide(id: u128) -> u128 {
+    load(id)
+}
+
 /// A raw identifier as an integer parameter of a default key.
 #[cached(ttl = "60s", backend = "memory")]
 fn raw_param(r#type: u64, r#match: i32) -> u64 {
@@ -277,6 +284,16 @@ async fn default_keys_by_pieces_are_their_texts() {
     filled_then_hit!(by_ref_template(-4), -4, 1, "a ref binding in a template");
 
     filled_then_hit!(by_ref_mut(1, &2), 4, 1, "ref mut and ref of a reference");
+
+    filled_then_hit!(wide(5).await, 5, 1, "a u128 in a long key");
+    cachette::invalidate(
+        &KeyBuilder::new()
+            .lit("r22-a-long-prefix:")
+            .arg(&5u64)
+            .finish(),
+    )
+    .await;
+    filled_then_hit!(wide(5).await, 5, 1, "a u128 in a long key, invalidated");
 
     filled_then_hit!(raw_param(40, 2), 42, 1, "raw identifiers");
     cachette::invalidate(

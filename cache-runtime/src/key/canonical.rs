@@ -256,6 +256,10 @@ pub(crate) struct FormBuilder {
     value: Value,
     /// Whether an integer value was written (a long form without one is the text).
     integers: bool,
+    /// Whether something the builder does not follow was written once the form was long
+    /// (a `u128`'s digits, a string then an integer in one value, a literal holding `<`):
+    /// the text may then hold an integer value `integers` did not see.
+    lost_long: bool,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -281,6 +285,9 @@ enum Value {
     Integer(u128),
     /// Plain text, already in the form after its `<`.
     Text,
+    /// Something the builder does not follow (the form is then worked out from the text, or
+    /// has no bytes to follow): not an integer the builder saw, whatever it held before.
+    Lost,
 }
 
 impl FormBuilder {
@@ -339,8 +346,13 @@ impl FormBuilder {
     /// Anything else written into the value.
     #[inline(always)]
     pub(crate) fn lose(&mut self) {
-        if self.state == Followed::Short {
-            self.state = Followed::Lost;
+        match self.state {
+            Followed::Short => self.state = Followed::Lost,
+            Followed::Long => self.lost_long = true,
+            Followed::Lost => {}
+        }
+        if self.value != Value::Outside {
+            self.value = Value::Lost;
         }
     }
 
@@ -353,7 +365,7 @@ impl FormBuilder {
             }
             Value::Text => self.push(u128::from(b'>'), 1),
             Value::Empty => self.push(u128::from(u16::from_le_bytes(*b"<>")), 2),
-            Value::Outside => {}
+            Value::Outside | Value::Lost => {}
         }
         self.value = Value::Outside;
     }
@@ -364,22 +376,27 @@ impl FormBuilder {
         match self.state {
             Followed::Short => Form::Short(self.head, self.len),
             Followed::Long if self.integers => Form::Long,
+            Followed::Long if self.lost_long => long_form(text),
             Followed::Long => Form::Text,
             Followed::Lost => match short_form(text.as_bytes()) {
                 Some((head, len)) => Form::Short(head, len),
-                None => {
-                    let mut integers = false;
-                    pieces(text.as_bytes(), |piece| {
-                        integers |= matches!(piece, Piece::Integer(_));
-                    });
-                    if integers {
-                        Form::Long
-                    } else {
-                        Form::Text
-                    }
-                }
+                None => long_form(text),
             },
         }
+    }
+}
+
+/// The form of a text whose form is longer than 16 bytes, read from the text: whether it holds
+/// an integer value.
+fn long_form(text: &str) -> Form {
+    let mut integers = false;
+    pieces(text.as_bytes(), |piece| {
+        integers |= matches!(piece, Piece::Integer(_));
+    });
+    if integers {
+        Form::Long
+    } else {
+        Form::Text
     }
 }
 

@@ -403,3 +403,55 @@ proptest! {
         prop_assert_eq!(own.hash, slot_hash(&slot));
     }
 }
+
+/// Keys whose text holds an integer value the builder did not write as one, once the form is
+/// past 16 bytes: a `u128` (`write_int`), a `KeyPart` that writes `""` then an integer, a
+/// string then more digits. Each must be found again by itself, and by its text.
+#[test]
+fn a_long_key_with_an_integer_written_another_way_is_found_again() {
+    struct EmptyThenInt;
+    impl crate::KeyPart for EmptyThenInt {
+        fn write_key_part(&self, out: &mut crate::KeyWriter<'_>) {
+            out.write_str("");
+            7u64.write_key_part(out);
+        }
+    }
+    struct MinusThenInt;
+    impl crate::KeyPart for MinusThenInt {
+        fn write_key_part(&self, out: &mut crate::KeyWriter<'_>) {
+            out.write_str("-");
+            7u64.write_key_part(out);
+        }
+    }
+    use crate::KeyPart;
+    let long = "a-long-prefix-of-text:";
+    let keys = [
+        KeyBuilder::new().lit(long).arg(&5u128).finish(),
+        KeyBuilder::new().lit(long).arg(&-5i128).finish(),
+        KeyBuilder::new().lit(long).arg(&EmptyThenInt).finish(),
+        KeyBuilder::new().lit(long).arg(&MinusThenInt).finish(),
+    ];
+    let backend = MemoryBackend::default();
+    for (n, key) in keys.iter().enumerate() {
+        assert_eq!(
+            slot_hash(&SlotKey::new(key)),
+            probe_hash(&Probe::key(key)),
+            "{}",
+            key.as_str()
+        );
+        backend.insert(
+            key.clone(),
+            Arc::new(n) as AnyValue,
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            read_text::<usize>(&backend, key),
+            Some(n),
+            "{}",
+            key.as_str()
+        );
+        backend.invalidate(key.as_str());
+        assert_eq!(read_text::<usize>(&backend, key), None, "{}", key.as_str());
+    }
+    assert_eq!(backend.entry_count(), 0, "no entry left behind");
+}
