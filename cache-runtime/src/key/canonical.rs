@@ -416,7 +416,7 @@ pub(crate) enum Form {
 /// without rendering text: the canonical form of the key's text, in a register. The `#[cached]`
 /// expansion asks a hit with one where every placeholder is a plain integer parameter, before
 /// it builds the key's text for the rest of the call; a form longer than 16 bytes does not
-/// fit, and the hit is then asked with the text key instead.
+/// fit, and the expansion asks with a [`HitPieces`] instead.
 ///
 /// Not a stable API (it is reached through the macros' `__private`).
 #[doc(hidden)]

@@ -423,7 +423,6 @@ fn a_long_key_with_an_integer_written_another_way_is_found_again() {
             7u64.write_key_part(out);
         }
     }
-    use crate::KeyPart;
     let long = "a-long-prefix-of-text:";
     let keys = [
         KeyBuilder::new().lit(long).arg(&5u128).finish(),
