@@ -4,8 +4,8 @@
 //! This is what makes failing open cheap: a dead or half-open Redis costs a caller at most one
 //! timeout per probe interval, not one per call. Time is passed in, so tests need no sleeps.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// When to open and how long to stay open.
@@ -71,14 +71,37 @@ pub(crate) struct Breaker {
     /// asks for a permit and reports its result; with Redis healthy, both then touch no lock
     /// (which all tasks would contend for) and no clock.
     healthy: AtomicBool,
+    /// How many breakers of the store are not healthy (this one counted while it is not): a
+    /// cluster's per-master breakers share it, so that with all of them healthy an operation
+    /// need not find its own (`breakers.rs`).
+    unhealthy: Arc<AtomicUsize>,
 }
 
 impl Breaker {
+    #[cfg(test)]
     pub(crate) fn new(policy: BreakerPolicy) -> Self {
+        Breaker::counted(policy, Arc::default())
+    }
+
+    /// A breaker counted in `unhealthy` while it is not healthy.
+    pub(crate) fn counted(policy: BreakerPolicy, unhealthy: Arc<AtomicUsize>) -> Self {
         Breaker {
             policy,
             state: Mutex::new(State::Closed { failures: 0 }),
             healthy: AtomicBool::new(true),
+            unhealthy,
+        }
+    }
+
+    /// Whether [`permit`](Self::permit) would refuse now, without taking the probe it might
+    /// give: what a replay asks to leave the keys of an open breaker out of its batch.
+    pub(crate) fn would_refuse(&self, now: Instant) -> bool {
+        if self.healthy.load(Ordering::Acquire) {
+            return false;
+        }
+        match *self.state() {
+            State::Closed { .. } => false,
+            State::Open { until } | State::Probing { until } => now < until,
         }
     }
 
@@ -120,7 +143,9 @@ impl Breaker {
         let mut state = self.state();
         let was_open = !matches!(*state, State::Closed { .. });
         *state = State::Closed { failures: 0 };
-        self.healthy.store(true, Ordering::Release);
+        if !self.healthy.swap(true, Ordering::AcqRel) {
+            self.unhealthy.fetch_sub(1, Ordering::AcqRel);
+        }
         if was_open {
             on_close();
         }
@@ -143,7 +168,9 @@ impl Breaker {
     /// after running `on_open` under the breaker's lock.
     pub(crate) fn record_failure(&self, now: Instant, on_open: impl FnOnce()) -> bool {
         let mut state = self.state();
-        self.healthy.store(false, Ordering::Release);
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            self.unhealthy.fetch_add(1, Ordering::AcqRel);
+        }
         let open = State::Open {
             until: now + self.policy.probe_interval,
         };

@@ -438,11 +438,64 @@ fn certificates(tls: &TlsMaterial) -> redis::TlsCertificates {
     }
 }
 
-/// The masters, from the first seed to answer `CLUSTER SLOTS`: the seeds are asked at once,
+/// The masters, from the first seed to answer `CLUSTER SLOTS`.
+#[cfg(feature = "cluster")]
+async fn cluster_masters(seeds: &[Client], timeout: Duration) -> RedisResult<Vec<Client>> {
+    let (seed, ranges) = cluster_slots(seeds, timeout).await?;
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    for (_, master) in ranges {
+        if !masters.contains(&master) {
+            masters.push(master);
+        }
+    }
+    let seed_info = seed.get_connection_info();
+    masters
+        .into_iter()
+        .map(|(host, port)| {
+            use redis::ConnectionAddr;
+            let addr = match seed_info.addr().clone() {
+                ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure,
+                    tls_params,
+                },
+                _ => ConnectionAddr::Tcp(host, port),
+            };
+            Client::open(seed_info.clone().set_addr(addr))
+        })
+        .collect()
+}
+
+/// Slot ranges (first, last, inclusive) and the master serving each.
+#[cfg(feature = "cluster")]
+pub(crate) type SlotRanges = Vec<((u16, u16), (String, u16))>;
+
+impl Target {
+    /// Which master serves which slots, from the first seed to answer `CLUSTER SLOTS`: what a
+    /// cluster's breakers are chosen by (`breakers.rs`). `None` on a server.
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn slot_ranges(&self, timeout: Duration) -> Option<RedisResult<SlotRanges>> {
+        let Target::Cluster { seeds, .. } = self else {
+            return None;
+        };
+        Some(
+            cluster_slots(seeds, timeout)
+                .await
+                .map(|(_, ranges)| ranges),
+        )
+    }
+}
+
+/// `CLUSTER SLOTS`, from the first seed to answer, and that seed: the seeds are asked at once,
 /// since one that hangs (a frozen node, a black-holed address) would otherwise use up the
 /// caller's whole timeout before the next is tried.
 #[cfg(feature = "cluster")]
-async fn cluster_masters(seeds: &[Client], timeout: Duration) -> RedisResult<Vec<Client>> {
+async fn cluster_slots(seeds: &[Client], timeout: Duration) -> RedisResult<(&Client, SlotRanges)> {
     if seeds.is_empty() {
         return Err(redis::RedisError::from((
             redis::ErrorKind::InvalidClientConfig,
@@ -464,7 +517,7 @@ async fn cluster_masters(seeds: &[Client], timeout: Duration) -> RedisResult<Vec
                     .await
             };
             match tokio::time::timeout(timeout * 2, slots).await {
-                Ok(Ok(reply)) => master_clients(seed, reply),
+                Ok(Ok(reply)) => Ok((seed, parse_slots(seed, reply)?)),
                 Ok(Err(error)) => Err(error),
                 Err(_) => Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
@@ -475,57 +528,36 @@ async fn cluster_masters(seeds: &[Client], timeout: Duration) -> RedisResult<Vec
     });
     futures_util::future::select_ok(asks)
         .await
-        .map(|(masters, _)| masters)
+        .map(|(answer, _)| answer)
 }
 
-/// One client per distinct master in a `CLUSTER SLOTS` reply, with `seed`'s credentials and
-/// TLS settings.
+/// The ranges of a `CLUSTER SLOTS` reply and their masters (a master that does not know its
+/// own address is given the seed's host, which reaches it).
 #[cfg(feature = "cluster")]
-fn master_clients(seed: &Client, reply: redis::Value) -> RedisResult<Vec<Client>> {
+fn parse_slots(seed: &Client, reply: redis::Value) -> RedisResult<SlotRanges> {
     use redis::{ConnectionAddr, FromRedisValue, Value};
     let ranges = Vec::<Value>::from_redis_value(reply)?;
-    let seed_info = seed.get_connection_info();
-    let mut masters: Vec<(String, u16)> = Vec::new();
+    let mut parsed = Vec::with_capacity(ranges.len());
     for range in ranges {
-        let items = Vec::<Value>::from_redis_value(range)?;
-        let Some(master) = items.into_iter().nth(2) else {
+        let mut items = Vec::<Value>::from_redis_value(range)?.into_iter();
+        let (Some(first), Some(last), Some(master)) = (items.next(), items.next(), items.next())
+        else {
             continue;
         };
-        let node = Vec::<Value>::from_redis_value(master)?;
-        let mut node = node.into_iter();
+        let (first, last) = (u16::from_redis_value(first)?, u16::from_redis_value(last)?);
+        let mut node = Vec::<Value>::from_redis_value(master)?.into_iter();
         let (Some(host), Some(port)) = (node.next(), node.next()) else {
             continue;
         };
         let mut host = String::from_redis_value(host)?;
         let port = u16::from_redis_value(port)?;
         if host.is_empty() || host == "?" {
-            // The node does not know its own address: the seed's host reaches it.
-            host = match seed_info.addr() {
+            host = match seed.get_connection_info().addr() {
                 ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
                 _ => host,
             };
         }
-        if !masters.contains(&(host.clone(), port)) {
-            masters.push((host, port));
-        }
+        parsed.push(((first, last), (host, port)));
     }
-    masters
-        .into_iter()
-        .map(|(host, port)| {
-            let addr = match seed_info.addr().clone() {
-                ConnectionAddr::TcpTls {
-                    insecure,
-                    tls_params,
-                    ..
-                } => ConnectionAddr::TcpTls {
-                    host,
-                    port,
-                    insecure,
-                    tls_params,
-                },
-                _ => ConnectionAddr::Tcp(host, port),
-            };
-            Client::open(seed_info.clone().set_addr(addr))
-        })
-        .collect()
+    Ok(parsed)
 }

@@ -77,6 +77,41 @@ impl EntryKeys {
     }
 }
 
+/// The Redis Cluster slot of an entry's keys (or a tag's: the tag takes the cache key's
+/// place), as the server computes it: CRC16/XMODEM of the hash tag [`EntryKeys`] writes,
+/// modulo 16,384. `None` for an empty key, whose `{}` is no hash tag (each role's key then
+/// hashes whole, to a slot of its own). What a cluster's breakers are chosen by
+/// (`breakers.rs`); computed only while one of them is not healthy.
+#[cfg(feature = "cluster")]
+pub(crate) fn entry_slot(cache_key: &str) -> Option<u16> {
+    if cache_key.is_empty() {
+        return None;
+    }
+    let crc = if cache_key.len() > MAX_TAGGED_KEY {
+        let digest = xxhash_rust::xxh3::xxh3_128(cache_key.as_bytes());
+        crc16(format!("#h{digest:032x}").as_bytes())
+    } else {
+        crc16(cache_key.as_bytes())
+    };
+    Some(crc % 16_384)
+}
+
+#[cfg(feature = "cluster")]
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 /// The seed of [`entry_hash`] for one application prefix: computed once per backend.
 pub(crate) fn entry_hash_seed(prefix: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(prefix.as_bytes())
@@ -193,6 +228,32 @@ mod tests {
         for role in [Role::Lock, Role::Fence] {
             assert_eq!(hash_tag(&keys.key(role)), hash_tag(&keys.key(Role::Value)));
         }
+    }
+
+    /// Against redis-rs's own slot computation, which routes the commands.
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn an_entry_slot_is_the_slot_redis_routes_its_keys_to() {
+        use redis::cluster_routing::{Route, SlotAddr};
+        let long = "k".repeat(MAX_TAGGED_KEY + 1);
+        for key in [
+            "user:<1>",
+            "a",
+            "odd:<\u{e9}\u{0}>",
+            "x:<#h>",
+            long.as_str(),
+        ] {
+            let slot = entry_slot(key).expect("a non-empty key");
+            for role in [Role::Value, Role::Lock, Role::Fence, Role::Generation] {
+                let redis_key = EntryKeys::new("app", key).key(role);
+                assert_eq!(
+                    Route::with_key(&redis_key, SlotAddr::Master),
+                    Route::new(slot, SlotAddr::Master),
+                    "{redis_key}"
+                );
+            }
+        }
+        assert_eq!(entry_slot(""), None);
     }
 
     #[test]

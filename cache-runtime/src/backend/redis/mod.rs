@@ -1,6 +1,6 @@
 //! The Redis backend: its configuration (here), and the store it builds (`store.rs`) with the
 //! pieces the store is made of: key layout (`keys.rs`), scripts (`scripts.rs`), circuit
-//! breaker (`breaker.rs`), pending invalidations (`pending.rs`), the load lock as its holder
+//! breaker (`breaker.rs`; one per master of a cluster, `breakers.rs`), pending invalidations (`pending.rs`), the load lock as its holder
 //! keeps it (`lock.rs`), waking waiters (`wake.rs`) and the blocking connections of
 //! synchronous invalidations (`blocking.rs`); where connections go, one server or a cluster,
 //! over TLS or not (`connection.rs`), and pub/sub on every node that publishes
@@ -8,6 +8,7 @@
 
 mod blocking;
 mod breaker;
+mod breakers;
 mod connection;
 mod drain;
 mod keys;

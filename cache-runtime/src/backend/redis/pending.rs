@@ -166,6 +166,22 @@ impl PendingInvalidations {
             .collect()
     }
 
+    /// [`batch`](Self::batch) of the keys `wanted` accepts (on a cluster, those whose master's
+    /// breaker lets them through: the others would hold the batch's places).
+    pub(crate) fn batch_where(
+        &self,
+        most: usize,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Vec<(String, Announcement)> {
+        self.items()
+            .items
+            .iter()
+            .filter(|(key, _)| wanted(key))
+            .take(most)
+            .map(|(key, (announcement, _))| (key.clone(), announcement.clone()))
+            .collect()
+    }
+
     /// Redis confirmed these invalidations (and the purge, if `purged`), sent after `sent`
     /// was taken: a key queued again since stays, and so does an overflow since.
     pub(crate) fn confirm<'k>(

@@ -24,7 +24,8 @@ use std::time::{Duration, SystemTime};
 use redis::Script;
 
 use super::blocking::{BlockingConnections, Unsent};
-use super::breaker::{Breaker, BreakerPolicy, BreakerState, Permit};
+use super::breaker::{BreakerPolicy, BreakerState, Permit};
+use super::breakers::{Breakers, Scope};
 use super::connection::{Connection, Refusal, Target};
 use super::keys::{wake_channel, EntryKeys, KeyArg, Role};
 use super::pending::PendingInvalidations;
@@ -97,7 +98,11 @@ pub(crate) struct RedisStore {
     wakeups: Arc<Wakeups>,
     wake_channel: String,
     settings: RedisSettings,
-    breaker: Breaker,
+    /// One for a server; on a cluster, one per master (`breakers.rs`).
+    breakers: Breakers,
+    /// When the slot map the breakers are chosen by was last asked for.
+    #[cfg(feature = "cluster")]
+    slot_map_asked: Mutex<Option<std::time::Instant>>,
     fill_script: Script,
     invalidate_script: Script,
     release_script: Script,
@@ -161,7 +166,9 @@ impl RedisStore {
             pending: PendingInvalidations::default(),
             wakeups: Arc::new(Wakeups::new(wake_channel.clone())),
             wake_channel,
-            breaker: Breaker::new(settings.breaker),
+            breakers: Breakers::new(settings.breaker),
+            #[cfg(feature = "cluster")]
+            slot_map_asked: Mutex::new(None),
             settings,
             fill_script: Script::new(FILL),
             invalidate_script: Script::new(INVALIDATE),
@@ -187,12 +194,17 @@ impl RedisStore {
         EntryKeys::new(&self.settings.prefix, cache_key)
     }
 
-    /// Runs one operation under the breaker and the timeout.
+    /// Runs one operation on what `scope` touches under its breaker and the timeout.
     async fn guarded<T>(
         &self,
+        scope: Scope<'_>,
         operation: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        if self.breaker.permit_at(|| self.settings.clock.instant()) == Permit::Refused {
+        if self
+            .breakers
+            .permit(scope, || self.settings.clock.instant())
+            == Permit::Refused
+        {
             return Err(StoreError::Refused);
         }
         let budget = self.settings.op_timeout;
@@ -218,18 +230,18 @@ impl RedisStore {
                 Err(StoreError::Timeout(budget))
             }
         };
-        self.record(&result);
+        self.record(scope, &result);
         result
     }
 
-    fn record<T>(&self, result: &Result<T, StoreError>) {
+    fn record<T>(&self, scope: Scope<'_>, result: &Result<T, StoreError>) {
         match result {
-            Ok(_) => self.recovered(),
+            Ok(_) => self.recovered(scope),
             // Redis answered: the error is about this request (a key of another type, a
             // script error), a miss for this call, and no sign that Redis is unwell. Counting
             // it would let one bad key switch caching off for every key.
             Err(StoreError::Redis(error)) if !is_transport_failure(error) => {
-                self.recovered();
+                self.recovered(scope);
                 self.remember(result);
                 static GATE: LogGate = LogGate::new();
                 if let Some(suppressed) = GATE.admit() {
@@ -245,19 +257,24 @@ impl RedisStore {
             Err(_) => {
                 self.remember(result);
                 let now = self.settings.clock.instant();
-                if self
-                    .breaker
-                    .record_failure(now, || self.breaker_gauge(true))
+                // A master that died or moved: the map the breakers are chosen by may be out
+                // of step.
+                #[cfg(feature = "cluster")]
+                self.ask_slot_map(now);
+                if let Some(master) = self
+                    .breakers
+                    .record_failure(scope, now, |open| self.breaker_gauge(open))
                 {
                     tracing::warn!(
                         prefix = %self.settings.prefix,
+                        master = master.as_deref().unwrap_or("all"),
                         "redis keeps failing; calls run uncached and redis is probed every {:?}",
                         self.settings.breaker.probe_interval
                     );
                     // The next one no sooner than a log interval later.
                     let _ = self.rediagnosis.admit();
                     self.diagnose();
-                } else if self.breaker.position() != BreakerState::Closed
+                } else if self.breakers.position_of(scope) != BreakerState::Closed
                     && self.rediagnosis.admit().is_some()
                 {
                     // A failed probe: the cause may have changed since the breaker opened
@@ -318,14 +335,50 @@ impl RedisStore {
         });
     }
 
-    /// A success: closes the breaker if it was open, saying so.
-    fn recovered(&self) {
-        if self.breaker.record_success(|| self.breaker_gauge(false)) {
+    /// A success: closes the scope's breaker if it was open, saying so.
+    fn recovered(&self, scope: Scope<'_>) {
+        if let Some(master) = self
+            .breakers
+            .record_success(scope, |open| self.breaker_gauge(open))
+        {
             tracing::info!(
                 prefix = %self.settings.prefix,
+                master = master.as_deref().unwrap_or("all"),
                 "redis answers again; caching through redis resumes"
             );
         }
+    }
+
+    /// Asks, in a task of its own, which master serves which slot, for the breakers: after a
+    /// transport failure, at most once per probe interval (a failing master fails every call on
+    /// its slots).
+    #[cfg(feature = "cluster")]
+    fn ask_slot_map(&self, now: std::time::Instant) {
+        if !self.target.is_cluster() {
+            return;
+        }
+        {
+            let mut asked = self
+                .slot_map_asked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if matches!(*asked, Some(at) if now < at + self.settings.breaker.probe_interval) {
+                return;
+            }
+            *asked = Some(now);
+        }
+        let (store, target) = (Weak::clone(&self.this), Arc::clone(&self.target));
+        let timeout = self.settings.connect_timeout;
+        crate::background::spawn(async move {
+            let Some(Ok(ranges)) = target.slot_ranges(timeout).await else {
+                return;
+            };
+            if let Some(store) = store.upgrade() {
+                store
+                    .breakers
+                    .install(&ranges, |open| store.breaker_gauge(open));
+            }
+        });
     }
 
     fn breaker_gauge(&self, open: bool) {
@@ -360,7 +413,7 @@ impl RedisStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         RedisHealth {
-            breaker: self.breaker.position(),
+            breaker: self.breakers.position(),
             last_error,
             pending_invalidations: self.pending.len(),
             overflowed: self.pending.overflowed(),
@@ -380,6 +433,7 @@ impl RedisStore {
         self.settle_pending(cache_key).await?;
         let mut connection = self.connection().await?;
         self.guarded(
+            Scope::Entry(cache_key),
             redis::cmd("GET")
                 .arg(self.key_arg(cache_key, Role::Value))
                 .query_async(&mut connection),
@@ -453,7 +507,12 @@ impl RedisStore {
             token: &token,
             connection: Some(connection.clone()),
         };
-        let reply = self.guarded(invocation.invoke_async(&mut connection)).await;
+        let reply = self
+            .guarded(
+                Scope::Entry(cache_key),
+                invocation.invoke_async(&mut connection),
+            )
+            .await;
         if matches!(reply, Ok(_) | Err(StoreError::Refused)) {
             unanswered.connection = None;
         }
@@ -537,7 +596,10 @@ impl RedisStore {
             .arg(channel)
             .arg(message);
         let stored: i64 = self
-            .guarded(invocation.invoke_async(&mut connection))
+            .guarded(
+                Scope::Entry(cache_key),
+                invocation.invoke_async(&mut connection),
+            )
             .await?;
         Ok(stored == 1)
     }
@@ -554,14 +616,17 @@ impl RedisStore {
         let result = async {
             if self.pending.any() {
                 match self.replay_batch(false).await {
-                    Err(error) if error.is_transport() => return Err(error),
+                    Err(error) if self.replay_failure_stops(&error) => return Err(error),
                     _ => {}
                 }
             }
             let mut connection = self.connection().await?;
             let invocation = self.invalidation(cache_key, announce);
             let _generation: i64 = self
-                .guarded(invocation.invoke_async(&mut connection))
+                .guarded(
+                    Scope::Entry(cache_key),
+                    invocation.invoke_async(&mut connection),
+                )
                 .await?;
             Ok(())
         }
@@ -580,7 +645,12 @@ impl RedisStore {
         cache_key: &str,
         announce: Announce<'_>,
     ) -> Result<(), StoreError> {
-        if self.breaker.permit(self.settings.clock.instant()) == Permit::Refused {
+        let scope = Scope::Entry(cache_key);
+        if self
+            .breakers
+            .permit(scope, || self.settings.clock.instant())
+            == Permit::Refused
+        {
             self.keep_for_replay(cache_key, announce);
             return Err(StoreError::Refused);
         }
@@ -597,7 +667,7 @@ impl RedisStore {
             Ok(Err(error)) | Err(Unsent::Connect(error)) => Err(StoreError::Redis(error)),
             Err(Unsent::Deadline) => Err(StoreError::Timeout(budget)),
         };
-        self.record(&result);
+        self.record(scope, &result);
         match &result {
             Ok(()) => self.pending.confirm([cache_key], sent, false),
             Err(_) => self.keep_for_replay(cache_key, announce),
@@ -651,7 +721,10 @@ impl RedisStore {
             .arg(&self.wake_channel)
             .arg(cache_key);
         let released: i64 = self
-            .guarded(invocation.invoke_async(&mut connection))
+            .guarded(
+                Scope::Entry(cache_key),
+                invocation.invoke_async(&mut connection),
+            )
             .await?;
         Ok(released == 1)
     }
@@ -670,7 +743,10 @@ impl RedisStore {
             .arg(token)
             .arg(millis(lease));
         let renewed: i64 = self
-            .guarded(invocation.invoke_async(&mut connection))
+            .guarded(
+                Scope::Entry(cache_key),
+                invocation.invoke_async(&mut connection),
+            )
             .await?;
         Ok(renewed == 1)
     }

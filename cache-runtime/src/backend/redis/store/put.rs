@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::super::keys::Role;
-use super::{millis, random_generation, Announce, RedisStore, StoreError};
+use super::{millis, random_generation, Announce, RedisStore, Scope, StoreError};
 
 impl RedisStore {
     /// Stores `bytes` under `cache_key` for `ttl`, fencing off older fills ([`PUT`]). If it does
@@ -36,7 +36,10 @@ impl RedisStore {
                 .arg(random_generation());
             let mut connection = self.connection().await?;
             let _: i64 = self
-                .guarded(invocation.invoke_async(&mut connection))
+                .guarded(
+                    Scope::Entry(cache_key),
+                    invocation.invoke_async(&mut connection),
+                )
                 .await?;
             Ok(())
         }

@@ -6,7 +6,7 @@ use std::sync::Weak;
 
 use super::super::keys::{bus_channel, FLUSH_MESSAGE, KEY_FORMAT};
 use super::super::pending::as_tag;
-use super::{is_transport_failure, Announce, Connection, RedisStore, StoreError};
+use super::{is_transport_failure, Announce, Connection, RedisStore, Scope, StoreError};
 use crate::log_gate::LogGate;
 
 /// Pending invalidations replayed per round trip: a pipeline of this many script calls.
@@ -22,7 +22,7 @@ impl RedisStore {
         }
         match self.replay_batch(false).await {
             // Redis is unwell: so would this operation be; one timeout per call.
-            Err(error) if error.is_transport() => return Err(error),
+            Err(error) if self.replay_failure_stops(&error) => return Err(error),
             _ => {}
         }
         if self.pending.overflowed() {
@@ -33,6 +33,13 @@ impl RedisStore {
             return Err(StoreError::Pending);
         }
         Ok(())
+    }
+
+    /// Whether a replay's failure fails the operation it came before. On a cluster it does
+    /// not: the failures are of the replayed keys' masters (each counted by its breaker), and
+    /// the operation's master may be well; its own breaker decides.
+    pub(super) fn replay_failure_stops(&self, error: &StoreError) -> bool {
+        error.is_transport() && !self.target.is_cluster()
     }
 
     /// Queues an invalidation for replay without trying it now: for the further keys of a call
@@ -54,7 +61,21 @@ impl RedisStore {
         };
         // Taken before the batch: a key queued again while it is replayed stays queued.
         let sent = self.pending.mark();
-        let batch = self.pending.batch(REPLAY_BATCH);
+        let cluster = self.target.is_cluster();
+        let batch = if cluster {
+            // The keys of a master whose breaker is open stay out: they would be refused, and
+            // hold up the live masters' behind them.
+            let now = self.settings.clock.instant();
+            self.pending.batch_where(REPLAY_BATCH, |key| {
+                !self.breakers.would_refuse(replay_scope(key), || now)
+            })
+        } else {
+            self.pending.batch(REPLAY_BATCH)
+        };
+        if batch.is_empty() && self.pending.batch(1).len() == 1 {
+            // Every key pending is behind an open breaker: nothing replayed.
+            return Ok(false);
+        }
         if !batch.is_empty() {
             let invocations: Vec<_> = batch
                 .iter()
@@ -67,21 +88,44 @@ impl RedisStore {
                 })
                 .collect();
             let connection = self.connection().await?;
-            let results = self
-                .guarded(replay_all(
-                    &[&self.invalidate_script, &self.invalidate_tag_script],
-                    &invocations,
-                    connection,
-                    self.target.is_cluster(),
-                ))
-                .await?;
+            let results = if cluster {
+                // A pipeline must keep to one slot: every script sent at once on the
+                // multiplexed node connections (one round trip's time), each under its
+                // master's breaker and a timeout of its own.
+                let calls = batch
+                    .iter()
+                    .zip(&invocations)
+                    .map(|((key, _), invocation)| {
+                        let mut connection = connection.clone();
+                        async move {
+                            self.guarded(
+                                replay_scope(key),
+                                invocation.invoke_async::<redis::Value>(&mut connection),
+                            )
+                            .await
+                        }
+                    });
+                futures_util::future::join_all(calls).await
+            } else {
+                self.guarded(
+                    Scope::Whole,
+                    replay_pipeline(
+                        &[&self.invalidate_script, &self.invalidate_tag_script],
+                        &invocations,
+                        connection,
+                    ),
+                )
+                .await?
+                .into_iter()
+                .map(|result| result.map_err(StoreError::Redis))
+                .collect()
+            };
             let mut confirmed = Vec::with_capacity(batch.len());
             let mut transport = None;
-            for ((key, _), result) in batch.iter().zip(&results) {
+            for ((key, _), result) in batch.iter().zip(results) {
                 match result {
                     Ok(_) => confirmed.push(key.as_str()),
-                    Err(error) if is_transport_failure(error) => transport = Some(error.clone()),
-                    Err(error) => {
+                    Err(StoreError::Redis(error)) if !is_transport_failure(&error) => {
                         static GATE: LogGate = LogGate::new();
                         if let Some(suppressed) = GATE.admit() {
                             tracing::error!(
@@ -94,6 +138,9 @@ impl RedisStore {
                         }
                         confirmed.push(key.as_str());
                     }
+                    Err(error) => {
+                        transport.get_or_insert(error);
+                    }
                 }
             }
             self.pending.confirm(confirmed.iter().copied(), sent, false);
@@ -103,7 +150,7 @@ impl RedisStore {
                 "replayed invalidations that had not reached redis"
             );
             if let Some(error) = transport {
-                return Err(StoreError::Redis(error));
+                return Err(error);
             }
         }
         if may_purge && self.pending.overflowed() && self.pending.batch(1).is_empty() {
@@ -176,20 +223,26 @@ impl RedisStore {
         let timeout = self.settings.op_timeout;
         // A cluster's keys are spread over its masters: each is scanned on a connection of its
         // own (the cluster client would send a `SCAN` to one node only).
-        let masters = self.guarded(self.target.masters(timeout)).await?;
+        let masters = self
+            .guarded(Scope::Whole, self.target.masters(timeout))
+            .await?;
         let mut purged = 0usize;
         for master in &masters {
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.settings.connect_timeout))
                 .set_response_timeout(None);
             let mut connection = self
-                .guarded(master.get_multiplexed_async_connection_with_config(&config))
+                .guarded(
+                    Scope::Whole,
+                    master.get_multiplexed_async_connection_with_config(&config),
+                )
                 .await?;
             purged += self.purge_node(&mut connection).await?;
         }
         let mut connection = self.connection().await?;
         let _: Result<(), _> = self
             .guarded(
+                Scope::Whole,
                 redis::cmd("PUBLISH")
                     .arg(bus_channel(&self.settings.prefix))
                     .arg(FLUSH_MESSAGE)
@@ -216,6 +269,7 @@ impl RedisStore {
         loop {
             let (next, keys): (u64, Vec<Vec<u8>>) = self
                 .guarded(
+                    Scope::Whole,
                     redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
@@ -243,7 +297,8 @@ impl RedisStore {
             if !pipe.is_empty() {
                 // A direct connection to the node that holds these keys: keys of several slots
                 // may share a pipeline there.
-                self.guarded(pipe.query_async::<()>(connection)).await?;
+                self.guarded(Scope::Whole, pipe.query_async::<()>(connection))
+                    .await?;
             }
             if next == 0 {
                 return Ok(purged);
@@ -253,33 +308,13 @@ impl RedisStore {
     }
 }
 
-/// Runs the invalidations of one replay batch in one round trip, each confirmed on its own: a
-/// pipeline on one server; on a cluster, where a pipeline must keep to one slot, every script
-/// sent at once on the multiplexed node connections.
-async fn replay_all(
+/// Runs the invalidations of one replay batch on one server in one round trip, a pipeline,
+/// each confirmed on its own.
+async fn replay_pipeline(
     scripts: &[&redis::Script],
     invocations: &[redis::ScriptInvocation<'_>],
-    connection: Connection,
-    cluster: bool,
+    mut connection: Connection,
 ) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
-    if cluster {
-        let calls = invocations.iter().map(|invocation| {
-            let mut connection = connection.clone();
-            async move { invocation.invoke_async(&mut connection).await }
-        });
-        let results = futures_util::future::join_all(calls).await;
-        // Nothing got through: the batch failed as a pipeline would, so that the breaker
-        // counts a failure (each script's own error would otherwise read as Redis answering).
-        if let Some(Err(error)) = results.first() {
-            if results
-                .iter()
-                .all(|result| matches!(result, Err(error) if is_transport_failure(error)))
-            {
-                return Err(error.clone());
-            }
-        }
-        return Ok(results);
-    }
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for script in scripts {
@@ -288,8 +323,12 @@ async fn replay_all(
     for invocation in invocations {
         pipe.invoke_script(invocation);
     }
-    let mut connection = connection;
     pipe.query_async(&mut connection).await
+}
+
+/// The breaker scope of a pending invalidation: its key's, or its tag's.
+fn replay_scope(key: &str) -> Scope<'_> {
+    Scope::Entry(as_tag(key).unwrap_or(key))
 }
 
 /// The background replayer's claim on [`RedisStore::replayer_running`]: cleared when its task

@@ -10,7 +10,7 @@ use redis::Value;
 
 use super::super::keys::Role;
 use super::super::pending::tag_target;
-use super::{millis, Announce, RedisStore, StoreError};
+use super::{millis, Announce, RedisStore, Scope, StoreError};
 use crate::key::CacheKey;
 use crate::log_gate::LogGate;
 
@@ -113,7 +113,7 @@ impl RedisStore {
     ) -> Result<Vec<redis::RedisResult<Value>>, StoreError> {
         let connection = self.connection().await?;
         let cluster = self.target.is_cluster();
-        self.guarded(async move {
+        self.guarded(Scope::Whole, async move {
             if cluster {
                 let calls = commands.iter().map(|command| {
                     let mut connection = connection.clone();
@@ -143,7 +143,10 @@ impl RedisStore {
 
     /// One command's error, counted as the store counts a failed operation.
     fn recorded(&self, error: redis::RedisError) -> StoreError {
-        self.record(&Err::<(), _>(StoreError::Redis(error.clone())));
+        self.record(
+            Scope::Whole,
+            &Err::<(), _>(StoreError::Redis(error.clone())),
+        );
         StoreError::Redis(error)
     }
 
@@ -159,14 +162,14 @@ impl RedisStore {
         let result = async {
             if self.pending.any() {
                 match self.replay_batch(false).await {
-                    Err(error) if error.is_transport() => return Err(error),
+                    Err(error) if self.replay_failure_stops(&error) => return Err(error),
                     _ => {}
                 }
             }
             let mut connection = self.connection().await?;
             let invocation = self.tag_invalidation(tag, announce);
             let _: i64 = self
-                .guarded(invocation.invoke_async(&mut connection))
+                .guarded(Scope::Entry(tag), invocation.invoke_async(&mut connection))
                 .await?;
             Ok(())
         }

@@ -267,7 +267,7 @@ async fn a_dead_redis_opens_the_breaker_and_a_restarted_one_closes_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        store.breaker.permit(Instant::now()),
+        store.breakers.permit(Scope::Whole, Instant::now),
         Permit::Allowed,
         "closed again"
     );
@@ -425,6 +425,7 @@ async fn fence(store: &RedisStore, cache_key: &str) -> Result<Option<i64>, Store
     let mut connection = store.connection().await?;
     store
         .guarded(
+            Scope::Entry(cache_key),
             redis::cmd("GET")
                 .arg(store.key_arg(cache_key, Role::Fence))
                 .query_async(&mut connection),

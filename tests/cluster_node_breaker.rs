@@ -1,0 +1,160 @@
+//! A Redis Cluster whose masters have no replica (4 masters, `cluster-require-full-coverage
+//! no`): one master dies. Its keys fail open, and its breaker opens; the live masters' keys
+//! stay cached, since each master has a breaker of its own. When it comes back, its keys are
+//! cached again by themselves (its breaker's probe closes it).
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cachette::{cached, configure, BreakerState, RedisBackend};
+use support::redis_cluster::RedisCluster;
+
+const OP_TIMEOUT: Duration = Duration::from_millis(250);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+static LOADS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "300s", key = "nb:<id>", backend = "redis")]
+async fn value(id: u64) -> u64 {
+    LOADS.fetch_add(1, Ordering::SeqCst);
+    id
+}
+
+/// Calls `id`: whether it loaded, and how long it took (checking the value: fail-open returns
+/// it too).
+async fn call(id: u64) -> (bool, Duration) {
+    let before = LOADS.load(Ordering::SeqCst);
+    let started = Instant::now();
+    assert_eq!(value(id).await, id, "the loader's value, cached or not");
+    (LOADS.load(Ordering::SeqCst) != before, started.elapsed())
+}
+
+fn health() -> cachette::BackendHealth {
+    cachette::health()
+        .into_iter()
+        .find(|backend| backend.name == "redis")
+        .expect("configured")
+}
+
+/// `count` fresh ids from `next` on, split into (on `victim`'s slots, the others).
+fn fresh(cluster: &RedisCluster, victim: u16, next: &mut u64, count: u64) -> (Vec<u64>, Vec<u64>) {
+    let ids: Vec<u64> = (*next..*next + count).collect();
+    *next += count;
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| format!("nb:1:{{nb:<{id}>}}:v"))
+        .collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (on_victim, others): (Vec<_>, Vec<_>) = ids
+        .into_iter()
+        .zip(cluster.master_ports_of(&keys))
+        .partition(|(_, port)| *port == victim);
+    let ids = |pairs: Vec<(u64, u16)>| pairs.into_iter().map(|(id, _)| id).collect();
+    (ids(on_victim), ids(others))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_opens_its_own_breaker_only() {
+    let mut cluster = RedisCluster::start_without_replicas(4);
+    let backend = RedisBackend::builder()
+        .cluster(cluster.seeds())
+        .prefix("nb")
+        .op_timeout(OP_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .expect("valid");
+    configure()
+        .redis("redis", backend)
+        .install()
+        .expect("configured once");
+    let victim = cluster.master_ports()[0];
+    let mut next = 0;
+    let (on_victim, others) = fresh(&cluster, victim, &mut next, 48);
+    for &id in on_victim.iter().chain(&others) {
+        call(id).await;
+        assert!(!call(id).await.0, "{id} cached before the kill");
+    }
+
+    // The dead master's keys fail open, each within an op timeout, until its breaker opens
+    // (then at once).
+    cluster.node_by_port(victim).kill();
+    let (mut dead_keys, _) = fresh(&cluster, victim, &mut next, 400);
+    let killed = Instant::now();
+    while health().breaker != Some(BreakerState::Open) {
+        let id = dead_keys.pop().expect("keys of the dead master left");
+        let (_, took) = call(id).await;
+        assert!(took <= 2 * OP_TIMEOUT, "a call took {took:?}");
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "no breaker opened; {:?}",
+            health()
+        );
+    }
+    eprintln!("a breaker open {:?} after the kill", killed.elapsed());
+
+    // Every key of the live masters: loaded once, then a hit.
+    let (_, live) = fresh(&cluster, victim, &mut next, 144);
+    let mut not_cached = Vec::new();
+    for &id in &live {
+        let (_, first) = call(id).await;
+        let (loaded_again, second) = call(id).await;
+        assert!(first.max(second) <= 2 * OP_TIMEOUT);
+        if loaded_again {
+            not_cached.push(id);
+        }
+    }
+    assert!(
+        not_cached.is_empty(),
+        "{} of {} keys of the live masters not cached with one master dead: {not_cached:?}; {:?}",
+        not_cached.len(),
+        live.len(),
+        health()
+    );
+    // The dead master's keys still fail open, at once: its breaker is open.
+    let id = dead_keys.pop().expect("keys of the dead master left");
+    let (_, took) = call(id).await;
+    assert!(took < OP_TIMEOUT, "a call on the dead master took {took:?}");
+    assert_ne!(health().breaker, Some(BreakerState::Closed));
+
+    // It comes back: its keys are cached again by themselves, within the recovery bound (a
+    // doomed replacement attempt under way, the failure that starts the next, that attempt, the
+    // probe that closes its breaker).
+    cluster.node_by_port(victim).restart();
+    cluster.wait_until_ok(Duration::from_secs(20));
+    let back = Instant::now();
+    let backoff = (CONNECT_TIMEOUT * 2).max(Duration::from_secs(1));
+    let bound = 2 * backoff + 2 * PROBE_INTERVAL + OP_TIMEOUT;
+    loop {
+        let id = dead_keys.pop().expect("keys of the returned master left");
+        call(id).await;
+        if !call(id).await.0 {
+            break;
+        }
+        assert!(
+            back.elapsed() < bound,
+            "the returned master's keys not cached {:?} after (bound {bound:?}); {:?}",
+            back.elapsed(),
+            health()
+        );
+        // The poll's pace: an open breaker answers at once.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "the returned master's keys cached {:?} after",
+        back.elapsed()
+    );
+    let (on_victim, others) = fresh(&cluster, victim, &mut next, 48);
+    for &id in on_victim.iter().chain(&others) {
+        call(id).await;
+        assert!(!call(id).await.0, "{id} cached after the master returned");
+    }
+    assert_eq!(
+        health().breaker,
+        Some(BreakerState::Closed),
+        "{:?}",
+        health()
+    );
+}
