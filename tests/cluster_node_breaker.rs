@@ -23,6 +23,31 @@ async fn value(id: u64) -> u64 {
     id
 }
 
+static TAGGED_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "300s", key = "nbt:<id>", backend = "redis", tags("grp:<group>"))]
+async fn tagged(id: u64, group: u64) -> u64 {
+    TAGGED_LOADS.fetch_add(1, Ordering::SeqCst);
+    id + group
+}
+
+/// Calls the tagged `id` of `group`: whether it loaded.
+async fn call_tagged(id: u64, group: u64) -> bool {
+    let before = TAGGED_LOADS.load(Ordering::SeqCst);
+    assert_eq!(tagged(id, group).await, id + group);
+    TAGGED_LOADS.load(Ordering::SeqCst) != before
+}
+
+/// The first group from `from` whose tag's generation is (or is not) on `victim`.
+fn group(cluster: &RedisCluster, victim: u16, on_victim: bool) -> u64 {
+    (0..)
+        .find(|group| {
+            let key = format!("nb:1:{{grp:<{group}>}}:g");
+            (cluster.master_port_of(&key) == victim) == on_victim
+        })
+        .expect("a group")
+}
+
 #[invalidates("nb:<id>")]
 async fn change(id: u64) {
     let _ = id;
@@ -109,6 +134,34 @@ async fn a_dead_master_opens_its_own_breaker_only() {
     assert!(
         health().pending_invalidations >= changed.len(),
         "{:?}",
+        health()
+    );
+
+    // Tagged reads whose tag is on the dead master fail open (their tag's breaker is the dead
+    // master's); a tagged entry of a live master with its tag on a live master stays cached.
+    let (dead_group, live_group) = (
+        group(&cluster, victim, true),
+        group(&cluster, victim, false),
+    );
+    for id in 0..10 {
+        call_tagged(id, dead_group).await;
+        assert!(call_tagged(id, dead_group).await, "no generation to be had");
+    }
+    let live_tagged: Vec<u64> = (1_000..1_048)
+        .filter(|id| cluster.master_port_of(&format!("nb:1:{{nbt:<{id}>}}:v")) != victim)
+        .collect();
+    let mut tagged_not_cached = Vec::new();
+    for &id in &live_tagged {
+        call_tagged(id, live_group).await;
+        if call_tagged(id, live_group).await {
+            tagged_not_cached.push(id);
+        }
+    }
+    assert!(
+        tagged_not_cached.is_empty(),
+        "{} of {} tagged entries of the live masters not cached: {tagged_not_cached:?}; {:?}",
+        tagged_not_cached.len(),
+        live_tagged.len(),
         health()
     );
 

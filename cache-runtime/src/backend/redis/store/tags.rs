@@ -41,7 +41,11 @@ impl RedisStore {
             get.arg(self.key_arg(tag.as_str(), Role::Generation));
             commands.push(get);
         }
-        let mut replies = self.each_answered(&commands).await?;
+        let scopes: Vec<Scope<'_>> = std::iter::once(cache_key)
+            .chain(tags.iter().map(CacheKey::as_str))
+            .map(Scope::Entry)
+            .collect();
+        let mut replies = self.each_answered(&commands, &scopes).await?;
         if replies.len() != tags.len() + 1 {
             return Err(unexpected("a tagged read"));
         }
@@ -90,8 +94,9 @@ impl RedisStore {
                 eval
             })
             .collect();
+        let scopes: Vec<Scope<'_>> = tags.iter().map(|tag| Scope::Entry(tag.as_str())).collect();
         let mut generations = Vec::with_capacity(tags.len());
-        for reply in self.each_answered(&commands).await? {
+        for reply in self.each_answered(&commands, &scopes).await? {
             match reply {
                 Ok(reply) => generations.push(generation(&reply)),
                 Err(error) => return Err(self.recorded(error)),
@@ -106,30 +111,37 @@ impl RedisStore {
     /// Runs `commands` in one round trip, each answered on its own: a pipeline on one server;
     /// on a cluster, where redis-rs refuses a pipeline whose keys span slots (and a tag's
     /// generation is in the tag's slot, not the entry's), every command sent at once on the
-    /// multiplexed node connections, as replays are.
+    /// multiplexed node connections, as replays are, each under the breaker of its master
+    /// (`scopes`, one per command) and a timeout of its own: a tag on a dead master then
+    /// fails its own entries, not the others on its breaker. A command that fails in transit
+    /// (or is refused) fails them all, which each breaker has counted.
     async fn each_answered(
         &self,
         commands: &[redis::Cmd],
+        scopes: &[Scope<'_>],
     ) -> Result<Vec<redis::RedisResult<Value>>, StoreError> {
         let connection = self.connection().await?;
-        let cluster = self.target.is_cluster();
-        self.guarded(Scope::Whole, async move {
-            if cluster {
-                let calls = commands.iter().map(|command| {
-                    let mut connection = connection.clone();
-                    async move { command.query_async::<Value>(&mut connection).await }
-                });
-                let results = futures_util::future::join_all(calls).await;
-                // Nothing got through: fail as a pipeline would, so that the breaker counts it.
-                if let Some(Err(error)) = results.first() {
-                    if results.iter().all(
-                        |result| matches!(result, Err(error) if super::is_transport_failure(error)),
-                    ) {
-                        return Err(error.clone());
-                    }
+        if self.target.is_cluster() {
+            let calls = commands.iter().zip(scopes).map(|(command, scope)| {
+                let mut connection = connection.clone();
+                async move {
+                    self.guarded(*scope, command.query_async::<Value>(&mut connection))
+                        .await
                 }
-                return Ok(results);
+            });
+            let mut replies = Vec::with_capacity(commands.len());
+            for result in futures_util::future::join_all(calls).await {
+                match result {
+                    Ok(value) => replies.push(Ok(value)),
+                    Err(StoreError::Redis(error)) if !super::is_transport_failure(&error) => {
+                        replies.push(Err(error));
+                    }
+                    Err(error) => return Err(error),
+                }
             }
+            return Ok(replies);
+        }
+        self.guarded(Scope::Whole, async move {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for command in commands {
