@@ -116,7 +116,8 @@ fn health() -> cachette::BackendHealth {
 }
 
 /// 1. The master dies: every call fails open within 2 x op timeout (how many of the live
-///    masters' keys stay cached is printed: the breaker is one for the cluster).
+///    masters' keys stay cached is printed; `cluster_node_breaker.rs` asserts it, once the
+///    dead master's breaker is open).
 /// 2. It comes back on its port: every key is cached again within the recovery bound.
 /// 3. It hangs (SIGSTOP: down, no replica; its port accepts and nothing answers), and
 ///    another master dies and has its slots given to a third (`CLUSTER FORGET`,

@@ -14,7 +14,9 @@ pub struct BackendHealth {
     pub name: String,
     /// `memory`, `redis` or `tiered`.
     pub kind: &'static str,
-    /// The circuit breaker in front of Redis; `None` for a memory backend.
+    /// The circuit breaker in front of Redis; `None` for a memory backend. On a cluster, which
+    /// has one per master, the worst of them: `Open` if any is open, else `HalfOpen` if one
+    /// is probing.
     pub breaker: Option<BreakerState>,
     /// The last Redis failure (a timeout, a refused connection, a refused request) and when
     /// it happened, if any since start-up.

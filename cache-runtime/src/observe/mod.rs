@@ -43,7 +43,8 @@ pub mod names {
     /// Gauge: the summed weight of those entries (bytes, as the backend weighs them), by
     /// `backend` and `tier`.
     pub const WEIGHTED_BYTES: &str = "cachette_weighted_bytes";
-    /// Gauge: 1 while a Redis backend's circuit breaker is open (calls skip Redis), else 0.
+    /// Gauge: 1 while a Redis backend's circuit breaker is open (calls skip Redis; on a
+    /// cluster, any master's), else 0.
     pub const BREAKER_OPEN: &str = "cachette_breaker_open";
     /// Gauge: 1 while a tiered backend's invalidation bus is subscribed, else 0.
     pub const BUS_CONNECTED: &str = "cachette_bus_connected";
