@@ -216,8 +216,8 @@ impl Breakers {
             let Ok(index) = u16::try_from(index) else {
                 continue;
             };
-            for slot in usize::from(*from)..=usize::from(*to).min(16_383) {
-                owner[slot] = index;
+            if let Some(slots) = owner.get_mut(usize::from(*from)..=usize::from(*to)) {
+                slots.fill(index);
             }
         }
         for (address, breaker) in &masters.breakers {
