@@ -121,6 +121,26 @@ impl Breakers {
         !self.all_healthy() && self.choose(scope).breaker().would_refuse(now())
     }
 
+    /// Whether every master's breaker would refuse now (a frozen cluster), or, before the
+    /// first map (and on a server), the store-wide one: then a replay need not look up its
+    /// keys' (the keys of a slot the map names no master for wait for a master's probe).
+    pub(crate) fn refuse_everything(&self, now: Instant) -> bool {
+        if self.all_healthy() {
+            return false;
+        }
+        #[cfg(feature = "cluster")]
+        {
+            let masters = self.masters.read().unwrap_or_else(PoisonError::into_inner);
+            if !masters.breakers.is_empty() {
+                return masters
+                    .breakers
+                    .iter()
+                    .all(|(_, breaker)| breaker.would_refuse(now));
+            }
+        }
+        self.whole.would_refuse(now)
+    }
+
     /// Records a success of `scope`; `Some(what)` when it closed a breaker (worth a log: the
     /// master's address, or `None` for the store-wide one), after `gauge(false)` if it was the
     /// last one open.

@@ -96,21 +96,34 @@ pub(crate) fn entry_slot(cache_key: &str) -> Option<u16> {
     Some(crc % 16_384)
 }
 
+/// CRC16/XMODEM, a byte at a time (a replay looks up hundreds of keys' slots).
 #[cfg(feature = "cluster")]
 fn crc16(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in bytes {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
+    bytes.iter().fold(0u16, |crc, &byte| {
+        (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ byte)]
+    })
+}
+
+#[cfg(feature = "cluster")]
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut index = 0;
+    while index < 256 {
+        let mut crc = (index as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
             crc = if crc & 0x8000 != 0 {
                 (crc << 1) ^ 0x1021
             } else {
                 crc << 1
             };
+            bit += 1;
         }
+        table[index] = crc;
+        index += 1;
     }
-    crc
-}
+    table
+};
 
 /// The seed of [`entry_hash`] for one application prefix: computed once per backend.
 pub(crate) fn entry_hash_seed(prefix: &str) -> u64 {

@@ -167,15 +167,23 @@ impl PendingInvalidations {
     }
 
     /// [`batch`](Self::batch) of the keys `wanted` accepts (on a cluster, those whose master's
-    /// breaker lets them through: the others would hold the batch's places).
+    /// breaker lets them through: the others would hold the batch's places), asking it of
+    /// `scanned` keys at most, from a random place in the queue: a bounded time per call, and
+    /// no key kept out for good by others that are not wanted.
     pub(crate) fn batch_where(
         &self,
         most: usize,
+        scanned: usize,
         wanted: impl Fn(&str) -> bool,
     ) -> Vec<(String, Announcement)> {
-        self.items()
+        let queue = self.items();
+        let start = fastrand::usize(..queue.items.len().max(1));
+        queue
             .items
             .iter()
+            .skip(start)
+            .chain(queue.items.iter().take(start))
+            .take(scanned)
             .filter(|(key, _)| wanted(key))
             .take(most)
             .map(|(key, (announcement, _))| (key.clone(), announcement.clone()))

@@ -12,6 +12,10 @@ use crate::log_gate::LogGate;
 /// Pending invalidations replayed per round trip: a pipeline of this many script calls.
 const REPLAY_BATCH: usize = 200;
 
+/// Pending keys a cluster's replay looks at for a batch (the keys of a master whose breaker is
+/// open are left out, each found by its slot).
+const REPLAY_SCAN: usize = 4 * REPLAY_BATCH;
+
 impl RedisStore {
     /// What every operation on `cache_key` does first while invalidations are pending: replay
     /// one batch (one round trip, so a call pays a bounded time for it), then refuse the key
@@ -66,9 +70,14 @@ impl RedisStore {
             // The keys of a master whose breaker is open stay out: they would be refused, and
             // hold up the live masters' behind them.
             let now = self.settings.clock.instant();
-            self.pending.batch_where(REPLAY_BATCH, |key| {
-                !self.breakers.would_refuse(replay_scope(key), || now)
-            })
+            if self.breakers.refuse_everything(now) {
+                // A frozen cluster: no key to look for (each would cost its slot).
+                Vec::new()
+            } else {
+                self.pending.batch_where(REPLAY_BATCH, REPLAY_SCAN, |key| {
+                    !self.breakers.would_refuse(replay_scope(key), || now)
+                })
+            }
         } else {
             self.pending.batch(REPLAY_BATCH)
         };
