@@ -410,4 +410,48 @@ mod tests {
         let masters = breakers.masters.read().expect("unpoisoned");
         assert_eq!(masters.breakers.len(), 1, "bounded by the map");
     }
+
+    /// A failure recorded while a new map drops its master: the dropped breaker must not stay
+    /// counted (unhealthy, or open for the gauge), which would leave every operation on the
+    /// slow path, and the gauge up, for good.
+    #[test]
+    fn a_failure_racing_the_map_that_drops_its_master_leaves_nothing_counted() {
+        use std::sync::atomic::AtomicBool;
+        let breakers = Breakers::new(policy());
+        let gauge_up = AtomicBool::new(false);
+        let set = |open: bool| gauge_up.store(open, Ordering::SeqCst);
+        let (low, high) = keys();
+        let t0 = Instant::now();
+        let moved = vec![((0, 16383), ("10.0.0.2".to_owned(), 7000))];
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    breakers.record_failure(Scope::Entry(&low), t0, set);
+                }
+            });
+            for round in 0..20_000 {
+                breakers.install(&halves(), set);
+                breakers.install(&moved, set);
+                if round % 64 == 0 {
+                    // Resets the survivor, so that the leak (if any) is the dropped one's.
+                    breakers.record_success(Scope::Entry(&high), set);
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        // Every breaker of the map, and the store-wide one, closed by a success.
+        breakers.install(&moved, set);
+        breakers.record_success(Scope::Entry(&low), set);
+        breakers.record_success(Scope::Whole, set);
+        assert!(breakers.masters.read().expect("unpoisoned").breakers.len() == 1);
+        assert_eq!(breakers.position(), BreakerState::Closed);
+        assert_eq!(
+            breakers.unhealthy.load(Ordering::SeqCst),
+            0,
+            "a dropped breaker still counted unhealthy: the slow path for good"
+        );
+        assert_eq!(*breakers.open.lock().expect("unpoisoned"), 0, "still open");
+        assert!(!gauge_up.load(Ordering::SeqCst), "the gauge stuck up");
+    }
 }
