@@ -54,23 +54,6 @@ struct Masters {
     breakers: Vec<(String, Arc<Breaker>)>,
 }
 
-/// The breaker an operation goes through.
-enum Chosen<'a> {
-    Whole(&'a Breaker),
-    #[cfg(feature = "cluster")]
-    Master(Arc<Breaker>, String),
-}
-
-impl Chosen<'_> {
-    fn breaker(&self) -> &Breaker {
-        match self {
-            Chosen::Whole(breaker) => breaker,
-            #[cfg(feature = "cluster")]
-            Chosen::Master(breaker, _) => breaker,
-        }
-    }
-}
-
 #[cfg(feature = "cluster")]
 const NO_MASTER: u16 = u16::MAX;
 
@@ -92,7 +75,10 @@ impl Breakers {
         self.unhealthy.load(Ordering::Acquire) == 0
     }
 
-    fn choose(&self, scope: Scope<'_>) -> Chosen<'_> {
+    /// Runs `act` on `scope`'s breaker (and its master's address, `None` for the store-wide
+    /// one) with the map read-locked: a new map cannot drop the breaker while `act` changes
+    /// it, which would leave a dropped breaker counted unhealthy (or open) for good.
+    fn with_chosen<R>(&self, scope: Scope<'_>, act: impl FnOnce(&Breaker, Option<&str>) -> R) -> R {
         #[cfg(feature = "cluster")]
         if let Scope::Entry(key) = scope {
             let masters = self.masters.read().unwrap_or_else(PoisonError::into_inner);
@@ -100,12 +86,12 @@ impl Breakers {
                 .and_then(|slot| masters.owner.get(usize::from(slot)))
                 .and_then(|&index| masters.breakers.get(usize::from(index)));
             if let Some((address, breaker)) = owner {
-                return Chosen::Master(Arc::clone(breaker), address.clone());
+                return act(breaker, Some(address));
             }
         }
         #[cfg(not(feature = "cluster"))]
         let _ = scope;
-        Chosen::Whole(&self.whole)
+        act(&self.whole, None)
     }
 
     /// Whether `scope` may use Redis now (reading the clock only if a breaker is unhealthy).
@@ -113,12 +99,12 @@ impl Breakers {
         if self.all_healthy() {
             return Permit::Allowed;
         }
-        self.choose(scope).breaker().permit_at(now)
+        self.with_chosen(scope, |breaker, _| breaker.permit_at(now))
     }
 
     /// Whether `scope`'s breaker would refuse now, taking no probe.
     pub(crate) fn would_refuse(&self, scope: Scope<'_>, now: impl FnOnce() -> Instant) -> bool {
-        !self.all_healthy() && self.choose(scope).breaker().would_refuse(now())
+        !self.all_healthy() && self.with_chosen(scope, |breaker, _| breaker.would_refuse(now()))
     }
 
     /// Whether every master's breaker would refuse now (a frozen cluster), or, before the
@@ -152,11 +138,11 @@ impl Breakers {
         if self.all_healthy() {
             return None;
         }
-        let chosen = self.choose(scope);
-        chosen
-            .breaker()
-            .record_success(|| self.closed(&gauge))
-            .then(|| name(&chosen))
+        self.with_chosen(scope, |breaker, master| {
+            breaker
+                .record_success(|| self.closed(&gauge))
+                .then(|| master.map(str::to_owned))
+        })
     }
 
     /// Records a failure of `scope`; `Some(what)` when it opened a breaker, after
@@ -167,11 +153,11 @@ impl Breakers {
         now: Instant,
         gauge: impl Fn(bool),
     ) -> Option<Option<String>> {
-        let chosen = self.choose(scope);
-        chosen
-            .breaker()
-            .record_failure(now, || self.opened(&gauge))
-            .then(|| name(&chosen))
+        self.with_chosen(scope, |breaker, master| {
+            breaker
+                .record_failure(now, || self.opened(&gauge))
+                .then(|| master.map(str::to_owned))
+        })
     }
 
     /// Where `scope`'s breaker stands.
@@ -179,7 +165,7 @@ impl Breakers {
         if self.all_healthy() {
             return BreakerState::Closed;
         }
-        self.choose(scope).breaker().position()
+        self.with_chosen(scope, |breaker, _| breaker.position())
     }
 
     /// What `health()` reports: `Open` if any breaker is open (some calls skip Redis), else
@@ -271,14 +257,6 @@ impl Breakers {
         if *open == 0 {
             gauge(false);
         }
-    }
-}
-
-fn name(chosen: &Chosen<'_>) -> Option<String> {
-    match chosen {
-        Chosen::Whole(_) => None,
-        #[cfg(feature = "cluster")]
-        Chosen::Master(_, address) => Some(address.clone()),
     }
 }
 
