@@ -66,7 +66,12 @@ async fn a_frozen_cluster_during_the_first_map_then_a_dead_master() {
         next += 1;
         assert!(took <= 2 * OP_TIMEOUT, "a call took {took:?} while frozen");
     }
-    assert_ne!(health().breaker, Some(BreakerState::Closed), "{:?}", health());
+    assert_ne!(
+        health().breaker,
+        Some(BreakerState::Closed),
+        "{:?}",
+        health()
+    );
     cluster.resume_all();
 
     let thawed = Instant::now();
@@ -102,7 +107,10 @@ async fn a_frozen_cluster_during_the_first_map_then_a_dead_master() {
         assert!(killed.elapsed() < Duration::from_secs(20), "{:?}", health());
     }
     let ids: Vec<u64> = (next..next + 120).collect();
-    let keys: Vec<String> = ids.iter().map(|id| format!("rp:1:{{rp:<{id}>}}:v")).collect();
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| format!("rp:1:{{rp:<{id}>}}:v"))
+        .collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let live: Vec<u64> = ids
         .iter()

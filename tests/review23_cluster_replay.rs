@@ -61,7 +61,10 @@ async fn a_dead_masters_queued_invalidations_wait_for_it_and_the_live_ones_do_no
     let masters = cluster.master_ports();
     let victim = masters[0];
     let ids: Vec<u64> = (0..160).collect();
-    let keys: Vec<String> = ids.iter().map(|id| format!("rr:1:{{rr:<{id}>}}:v")).collect();
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| format!("rr:1:{{rr:<{id}>}}:v"))
+        .collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let (dead, live): (Vec<_>, Vec<_>) = ids
         .iter()
