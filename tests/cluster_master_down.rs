@@ -10,7 +10,8 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cachette::{cached, configure, RedisBackend};
+use cachette::cached;
+use support::cluster_backend::{self, health};
 use support::redis_cluster::RedisCluster;
 
 const OP_TIMEOUT: Duration = Duration::from_millis(250);
@@ -108,13 +109,6 @@ where
     eprintln!("{what}: cached {:?} after", since.elapsed());
 }
 
-fn health() -> cachette::BackendHealth {
-    cachette::health()
-        .into_iter()
-        .find(|backend| backend.name == "redis")
-        .expect("configured")
-}
-
 /// 1. The master dies: every call fails open within 2 x op timeout (how many of the live
 ///    masters' keys stay cached is printed; `cluster_node_breaker.rs` asserts it, once the
 ///    dead master's breaker is open).
@@ -128,17 +122,7 @@ fn health() -> cachette::BackendHealth {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_without_replica_dies_comes_back_and_its_slots_move() {
     let mut cluster = RedisCluster::start_without_replicas(4);
-    let backend = RedisBackend::builder()
-        .cluster(cluster.seeds())
-        .prefix("down")
-        .op_timeout(OP_TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()
-        .expect("valid");
-    configure()
-        .redis("redis", backend)
-        .install()
-        .expect("configured once");
+    cluster_backend::install(&cluster, "down", OP_TIMEOUT, CONNECT_TIMEOUT);
     let victim = cluster.master_ports()[0];
     let mut rounds = Rounds { next: 0 };
     let (on_victim, others) = rounds.next(&cluster, victim);

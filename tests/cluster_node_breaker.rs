@@ -8,7 +8,8 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cachette::{cached, configure, invalidates, BreakerState, RedisBackend};
+use cachette::{cached, invalidates, BreakerState};
+use support::cluster_backend::{self, health};
 use support::redis_cluster::RedisCluster;
 
 const OP_TIMEOUT: Duration = Duration::from_millis(250);
@@ -62,13 +63,6 @@ async fn call(id: u64) -> (bool, Duration) {
     (LOADS.load(Ordering::SeqCst) != before, started.elapsed())
 }
 
-fn health() -> cachette::BackendHealth {
-    cachette::health()
-        .into_iter()
-        .find(|backend| backend.name == "redis")
-        .expect("configured")
-}
-
 /// `count` fresh ids from `next` on, split into (on `victim`'s slots, the others).
 fn fresh(cluster: &RedisCluster, victim: u16, next: &mut u64, count: u64) -> (Vec<u64>, Vec<u64>) {
     let ids: Vec<u64> = (*next..*next + count).collect();
@@ -89,17 +83,7 @@ fn fresh(cluster: &RedisCluster, victim: u16, next: &mut u64, count: u64) -> (Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_master_opens_its_own_breaker_only() {
     let mut cluster = RedisCluster::start_without_replicas(4);
-    let backend = RedisBackend::builder()
-        .cluster(cluster.seeds())
-        .prefix("nb")
-        .op_timeout(OP_TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()
-        .expect("valid");
-    configure()
-        .redis("redis", backend)
-        .install()
-        .expect("configured once");
+    cluster_backend::install(&cluster, "nb", OP_TIMEOUT, CONNECT_TIMEOUT);
     let victim = cluster.master_ports()[0];
     let mut next = 0;
     let (on_victim, others) = fresh(&cluster, victim, &mut next, 48);

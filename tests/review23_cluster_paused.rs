@@ -9,7 +9,8 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cachette::{cached, configure, BreakerState, RedisBackend};
+use cachette::{cached, BreakerState};
+use support::cluster_backend::{self, health};
 use support::redis_cluster::RedisCluster;
 
 const OP_TIMEOUT: Duration = Duration::from_millis(250);
@@ -31,27 +32,10 @@ async fn call(id: u64) -> (bool, Duration) {
     (LOADS.load(Ordering::SeqCst) != before, started.elapsed())
 }
 
-fn health() -> cachette::BackendHealth {
-    cachette::health()
-        .into_iter()
-        .find(|backend| backend.name == "redis")
-        .expect("configured")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_cluster_during_the_first_map_then_a_dead_master() {
     let mut cluster = RedisCluster::start_without_replicas(4);
-    let backend = RedisBackend::builder()
-        .cluster(cluster.seeds())
-        .prefix("rp")
-        .op_timeout(OP_TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()
-        .expect("valid");
-    configure()
-        .redis("redis", backend)
-        .install()
-        .expect("configured once");
+    cluster_backend::install(&cluster, "rp", OP_TIMEOUT, CONNECT_TIMEOUT);
     let mut next = 0u64;
     for id in 0..40 {
         call(id).await;

@@ -9,7 +9,8 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cachette::{cached, configure, invalidates, BreakerState, RedisBackend};
+use cachette::{cached, invalidates, BreakerState};
+use support::cluster_backend::{self, health};
 use support::redis_cluster::RedisCluster;
 
 const OP_TIMEOUT: Duration = Duration::from_millis(250);
@@ -37,27 +38,10 @@ async fn call(id: u64) -> (bool, Duration) {
     (LOADS.load(Ordering::SeqCst) != before, started.elapsed())
 }
 
-fn health() -> cachette::BackendHealth {
-    cachette::health()
-        .into_iter()
-        .find(|backend| backend.name == "redis")
-        .expect("configured")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_masters_queued_invalidations_wait_for_it_and_the_live_ones_do_not() {
     let mut cluster = RedisCluster::start_without_replicas(4);
-    let backend = RedisBackend::builder()
-        .cluster(cluster.seeds())
-        .prefix("rr")
-        .op_timeout(OP_TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()
-        .expect("valid");
-    configure()
-        .redis("redis", backend)
-        .install()
-        .expect("configured once");
+    cluster_backend::install(&cluster, "rr", OP_TIMEOUT, CONNECT_TIMEOUT);
     let masters = cluster.master_ports();
     let victim = masters[0];
     let ids: Vec<u64> = (0..160).collect();

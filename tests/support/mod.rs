@@ -12,6 +12,10 @@ pub mod fence_race;
 #[allow(dead_code)]
 pub mod redis_cluster;
 
+#[cfg(feature = "cluster")]
+#[allow(dead_code)]
+pub mod cluster_backend;
+
 #[allow(dead_code)]
 pub mod alloc_count;
 
