@@ -9,7 +9,8 @@
 //! `refresh`), `cachette_long` (a form of 25 bytes),
 //! `cachette_default` (the default key), `cachette_str` (a string in the key: its text is built
 //! for the hit), `store` (the memory store's own read),
-//! `concurrent_cached`, `concurrent_cached_sync` (`cached` 4), `quick_cache` (by hand, keyed on
+//! `concurrent_cached`, `concurrent_cached_sync`, `concurrent_cached_str` (`cached` 4, the last
+//! keyed on an owned `String`, the reference of `cachette_str`), `quick_cache` (by hand, keyed on
 //! the id). Every row walks the same 10,000 warm keys in order, as the `arc_hit` group does.
 //! Without callgrind it prints the row's wall time per hit, a sanity check only.
 //!
@@ -111,6 +112,16 @@ fn concurrent_sync(id: u64) -> Arc<Account> {
     account(id)
 }
 
+// `cached`'s way to key on a `&str`: an owned `String`, made for every call.
+#[concurrent_cached(key = "String", convert = r#"{ name.to_owned() }"#)]
+fn concurrent_str(name: &str) -> Arc<Account> {
+    account(name.len() as u64)
+}
+
+fn concurrent_str_row(id: u64) -> Arc<Account> {
+    concurrent_str(name(id))
+}
+
 static QUICK: LazyLock<quick_cache::sync::Cache<u64, Arc<Account>>> =
     LazyLock::new(|| quick_cache::sync::Cache::new(100_000));
 
@@ -154,6 +165,7 @@ fn warm_one(row: &str, id: u64) {
             "cachette_str" => drop(cachette_str_row(id)),
             "concurrent_cached" => drop(rt.block_on(concurrent(id))),
             "concurrent_cached_sync" => drop(concurrent_sync(id)),
+            "concurrent_cached_str" => drop(concurrent_str_row(id)),
             "quick_cache" => drop(quick(id)),
             other => panic!("unknown row {other}"),
         }
@@ -220,12 +232,13 @@ fn measured(row: &str, hits: u64) {
         "store" => sync_row!(store),
         "concurrent_cached" => async_row!(concurrent),
         "concurrent_cached_sync" => sync_row!(concurrent_sync),
+        "concurrent_cached_str" => sync_row!(concurrent_str_row),
         "quick_cache" => sync_row!(quick),
         other => panic!("unknown row {other}"),
     }
 }
 
-const ROWS: [&str; 11] = [
+const ROWS: [&str; 12] = [
     "cachette",
     "cachette_tiered",
     "cachette_sync",
@@ -236,15 +249,18 @@ const ROWS: [&str; 11] = [
     "store",
     "concurrent_cached",
     "concurrent_cached_sync",
+    "concurrent_cached_str",
     "quick_cache",
 ];
 
-/// The row each row is a ratio to: `#[concurrent_cached]` in the same form (async or sync).
+/// The row each row is a ratio to: `#[concurrent_cached]` in the same form (async or sync, or
+/// keyed on a string).
 fn reference(row: &str) -> &'static str {
     match row {
         "cachette" | "cachette_tiered" | "cachette_refresh" | "concurrent_cached" => {
             "concurrent_cached"
         }
+        "cachette_str" | "concurrent_cached_str" => "concurrent_cached_str",
         _ => "concurrent_cached_sync",
     }
 }
@@ -305,6 +321,18 @@ fn interleaved(rows: &[&str], rounds: usize, hits: u64) {
             .map(|(tiered, memory)| tiered / memory)
             .collect();
         println!("tiered warm hit / memory hit: {:.2}x", median(&mut ratios));
+    }
+    // Against the integer-keyed store too, as earlier rounds reported it.
+    if let (Some(text), Some(integer)) = (at("cachette_str"), at("concurrent_cached_sync")) {
+        let mut ratios: Vec<f64> = per_hit[text]
+            .iter()
+            .zip(&per_hit[integer])
+            .map(|(text, integer)| text / integer)
+            .collect();
+        println!(
+            "cachette_str / concurrent_cached_sync (a u64 key): {:.2}x",
+            median(&mut ratios)
+        );
     }
 }
 
