@@ -399,27 +399,29 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
     let (last, len) = match key {
         Key::Template(template) => {
             let mut run = String::new();
-            let mut len = 0;
+            let mut len = Some(0);
             for segment in &template.segments {
                 match segment {
                     Segment::Lit(text) => {
                         run.push_str(text);
-                        len += text.len();
+                        len = len.map(|len| len + text.len());
                     }
                     Segment::Placeholder(placeholder) => {
                         if placeholder.hashed || !placeholder.fields.is_empty() {
                             return None;
                         }
-                        integers.push(integer_arg(sig, &placeholder.root, span)?);
+                        let value = hit_arg(sig, &placeholder.root, span)?;
+                        // A string's length is known only where the call runs.
+                        len = len.filter(|_| value.0 != "str").map(|len| len + INTEGER);
+                        integers.push(value);
                         runs.push(quote!(#run));
                         texts.push(std::mem::take(&mut run));
-                        len += INTEGER;
                     }
                 }
             }
             let last = quote!(#run);
             last_text = run;
-            (last, Some(len))
+            (last, len)
         }
         // As `gen_default_key` writes it: the function's path, then `(<a>,<b>)`; its length
         // is the caller's module path's.
@@ -431,7 +433,7 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
             let path =
                 |rest: &str| quote!(::core::concat!(::core::module_path!(), "::", #fn_name, #rest));
             for (index, param) in params.iter().enumerate() {
-                integers.push(integer_arg(sig, &param.name.to_string(), span)?);
+                integers.push(hit_arg(sig, &param.name.to_string(), span)?);
                 runs.push(if index == 0 { path("(") } else { quote!(",") });
             }
             let last = if params.is_empty() {
@@ -465,6 +467,17 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
             })
         }
     }
+}
+
+/// The hit key's call for the parameter `name` (`uint`, `int` or `str`) and its value, if it
+/// is an integer ([`integer_param`]) or a string ([`string_param`]).
+fn hit_arg(sig: &syn::Signature, name: &str, span: Span) -> Option<(Ident, TokenStream)> {
+    integer_arg(sig, name, span).or_else(|| {
+        let mut name = string_param(sig, name)?;
+        name.set_span(span);
+        // `&name` is a `&&str`, a `&String` or a `&&String`: each coerces to the `&str`.
+        Some((Ident::new("str", span), quote_spanned!(span=> &#name)))
+    })
 }
 
 /// The hit key's call for the integer parameter `name` (`uint` or `int`) and its value, if it
@@ -536,6 +549,35 @@ fn integer_param(sig: &syn::Signature, name: &str) -> Option<(String, bool, Iden
         "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize"
     );
     integer.then_some((ty, by_ref, param))
+}
+
+/// The identifier of the parameter `name` if it is written as a `&str`, a `String` or a
+/// `&String` (by value, by `&` or bound by `ref`): whose key text is the string's own
+/// (`KeyPart` for `str` and `String` writes it as it is), so a hit key can take it.
+fn string_param(sig: &syn::Signature, name: &str) -> Option<Ident> {
+    let (ty, param) = sig.inputs.iter().find_map(|input| match input {
+        syn::FnArg::Typed(typed) => match &*typed.pat {
+            syn::Pat::Ident(ident) if ident.ident == name && ident.subpat.is_none() => {
+                Some((&*typed.ty, ident.ident.clone()))
+            }
+            _ => None,
+        },
+        syn::FnArg::Receiver(_) => None,
+    })?;
+    let ty = match ungroup(ty) {
+        syn::Type::Reference(reference) if reference.mutability.is_none() => {
+            ungroup(&reference.elem)
+        }
+        ty => ty,
+    };
+    let syn::Type::Path(path) = ty else {
+        return None;
+    };
+    if path.qself.is_some() {
+        return None;
+    }
+    let ty = path.path.get_ident()?;
+    (ty == "str" || ty == "String").then_some(param)
 }
 
 fn ungroup(ty: &syn::Type) -> &syn::Type {

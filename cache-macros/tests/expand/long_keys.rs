@@ -11,3 +11,10 @@ async fn account(tenant: u32, id: u64) -> Account {
 fn balance(id: &i64) -> i64 {
     *id * 100
 }
+
+/// A string argument (a `&str`, `String` or `&String`): its hit too is asked in pieces, the
+/// string hashed and compared where it lies; one that needs escaping is asked by text.
+#[cached(ttl = "60s", key = "user:<name>:<id>")]
+fn user(name: &str, id: u64) -> User {
+    find(name, id)
+}

@@ -33,10 +33,9 @@ const NEGATIVE: u8 = 0xFE;
 const INTEGER: usize = 9;
 
 /// A piece of a form: a run of text (between two integer values, or before the first or
-/// after the last; possibly empty), or an integer value's nine bytes (as a `u128`). Every form
-/// is a run, then an integer and a run as often as it holds integers: that sequence is what
-/// a form longer than 16 bytes is hashed by, so that a [`HitPieces`] (its runs given as
-/// literals, never copied together), a text and a stored form all hash one form alike.
+/// after the last; possibly empty), or an integer value's nine bytes (as a `u128`): how a
+/// text is read into its form, and how a form is hashed ([`LongHash`]) and compared
+/// ([`SameForm`]) without being put together.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Piece<'a> {
     Run(&'a [u8]),
@@ -74,48 +73,90 @@ pub(crate) fn chunks(text: &[u8], mut chunk: impl FnMut(&[u8])) {
     });
 }
 
-/// A form (its bytes, as the memory store keeps a long one) read back in pieces: the marks
-/// split it, since text never holds them.
-#[inline]
-pub(crate) fn form_pieces(form: &[u8], mut piece: impl FnMut(Piece<'_>)) {
-    let mut at = 0;
-    loop {
-        let mark = form[at..]
-            .iter()
-            .position(|&byte| byte == UNSIGNED || byte == NEGATIVE)
-            .map(|offset| at + offset);
-        let run_end = mark.unwrap_or(form.len());
-        piece(Piece::Run(&form[at..run_end]));
-        let Some(integer) = mark.and_then(|mark| form.get(mark..mark + INTEGER)) else {
-            return;
-        };
-        let magnitude = u64::from_le_bytes(integer[1..].try_into().expect("eight bytes"));
-        piece(Piece::Integer(integer_form(integer[0], magnitude)));
-        at = run_end + INTEGER;
-    }
+/// The hash of a form, fed its bytes in pieces of any size: the same for every way of cutting
+/// one form into pieces (a text's runs and integers, a stored form's bytes at once, a hit
+/// key's literals and string values), and for a form of at most 16 bytes the hash
+/// [`head_hash`] gives its `u128`. So a [`HitPieces`] hashes its literal runs and its
+/// arguments' text where they lie, never copied together.
+///
+/// How: the bytes are gathered into 16-byte words in a register (`padded`'s loads), each
+/// full word written to the keyed hasher as a `u128`, then the last (zeros past the form,
+/// written if the form does not fill it or is empty) and the form's length, which together
+/// name the bytes exactly.
+pub(crate) struct LongHash<H> {
+    hasher: H,
+    word: u128,
+    filled: usize,
+    len: usize,
 }
-
-/// The hash of a form longer than 16 bytes, fed its pieces in order (a form of at most 16 is
-/// hashed by [`head_hash`] instead).
-pub(crate) struct LongHash<H>(H);
 
 impl<H: Hasher> LongHash<H> {
     #[inline(always)]
     pub(crate) fn new(hasher: H) -> Self {
-        LongHash(hasher)
+        LongHash {
+            hasher,
+            word: 0,
+            filled: 0,
+            len: 0,
+        }
     }
 
     #[inline(always)]
     pub(crate) fn piece(&mut self, piece: Piece<'_>) {
         match piece {
-            Piece::Run(run) => self.0.write(run),
-            Piece::Integer(form) => self.0.write_u128(form),
+            Piece::Run(run) => self.bytes(run),
+            Piece::Integer(form) => self.word_bytes(form, INTEGER),
         }
     }
 
+    /// Bytes of the form.
     #[inline(always)]
-    pub(crate) fn finish(&self) -> u64 {
-        self.0.finish()
+    pub(crate) fn bytes(&mut self, mut run: &[u8]) {
+        self.len += run.len();
+        if self.filled + run.len() < HEAD {
+            self.word |= padded(run).wrapping_shl(8 * self.filled as u32);
+            self.filled += run.len();
+            return;
+        }
+        let take = HEAD - self.filled;
+        self.hasher
+            .write_u128(self.word | padded(&run[..take]).wrapping_shl(8 * self.filled as u32));
+        run = &run[take..];
+        while run.len() >= HEAD {
+            self.hasher.write_u128(padded(&run[..HEAD]));
+            run = &run[HEAD..];
+        }
+        self.word = padded(run);
+        self.filled = run.len();
+    }
+
+    /// `count` (at most 16) bytes of the form, given as a little-endian `u128` (zeros past
+    /// them).
+    #[inline(always)]
+    fn word_bytes(&mut self, bytes: u128, count: usize) {
+        self.len += count;
+        let free = HEAD - self.filled;
+        self.word |= bytes.wrapping_shl(8 * self.filled as u32);
+        if count < free {
+            self.filled += count;
+            return;
+        }
+        self.hasher.write_u128(self.word);
+        // The bytes that did not fit (none when `count == free`).
+        self.word = match free {
+            HEAD => 0,
+            free => bytes >> (8 * free),
+        };
+        self.filled = count - free;
+    }
+
+    #[inline(always)]
+    pub(crate) fn finish(mut self) -> u64 {
+        if self.filled > 0 || self.len == 0 {
+            self.hasher.write_u128(self.word);
+        }
+        self.hasher.write_usize(self.len);
+        self.hasher.finish()
     }
 }
 
@@ -476,11 +517,11 @@ impl HitKey {
 pub enum HitName<'a> {
     /// A form of at most 16 bytes, as its `u128` (zeros past it) and length.
     Short { head: u128, len: usize },
-    /// A longer form, in pieces: each of `runs` followed by the integer of `integers` at its
-    /// index (as its form's nine bytes), then `last`.
+    /// A form in pieces (longer than 16 bytes, or holding a string argument): each of `runs`
+    /// followed by the value of `values` at its index, then `last`.
     Pieces {
         runs: &'a [&'a str],
-        integers: &'a [u128],
+        values: &'a [HitValue<'a>],
         last: &'a str,
     },
 }
@@ -489,15 +530,19 @@ impl HitName<'_> {
     /// The pieces of a long name, to `piece`, in order.
     #[inline(always)]
     pub(crate) fn each_piece(&self, mut piece: impl FnMut(Piece<'_>)) {
-        if let HitName::Pieces {
-            runs,
-            integers,
-            last,
-        } = *self
-        {
-            for (run, integer) in runs.iter().zip(integers) {
+        if let HitName::Pieces { runs, values, last } = *self {
+            for (run, value) in runs.iter().zip(values) {
                 piece(Piece::Run(run.as_bytes()));
-                piece(Piece::Integer(*integer));
+                match *value {
+                    HitValue::Integer(form) => piece(Piece::Integer(form)),
+                    HitValue::Text(text) => {
+                        piece(Piece::Run(b"<"));
+                        piece(Piece::Run(text.as_bytes()));
+                        piece(Piece::Run(b">"));
+                    }
+                    // `name` gives no name with one of these.
+                    HitValue::Unfollowed => {}
+                }
             }
             piece(Piece::Run(last.as_bytes()));
         }
@@ -522,37 +567,57 @@ impl AsHitKey for HitKey {
 }
 
 /// The hit key of a template whose form may be longer than the 16 bytes a [`HitKey`] holds
-/// (a long literal, several integers, a default key's function path): its literal runs as
-/// given (`'static` text from the expansion), each followed by an integer argument, then a
-/// last run. The memory store hashes and compares such a form piece by piece, so the text is
-/// never rendered and the runs are never copied together.
+/// (a long literal, several integers, a default key's function path) or whose arguments
+/// include strings: its literal runs as given (`'static` text from the expansion), each
+/// followed by an argument's value, then a last run. The memory store hashes and compares
+/// such a form piece by piece, so the text is never rendered and neither the runs nor the
+/// strings are copied together.
 ///
 /// Not a stable API (it is reached through the macros' `__private`).
 #[doc(hidden)]
 #[derive(Clone, Copy)]
 pub struct HitPieces<'a, const N: usize> {
     runs: [&'a str; N],
-    integers: [u128; N],
+    values: [HitValue<'a>; N],
     last: &'a str,
 }
 
+/// An argument's value in a [`HitPieces`]: made by [`hit_uint`], [`hit_int`] or [`hit_str`].
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub enum HitValue<'a> {
+    /// An integer, as its form's nine bytes.
+    Integer(u128),
+    /// A string that needs no escaping and does not read as an integer: it stands in the
+    /// form as it is, between `<` and `>`.
+    Text(&'a str),
+    /// A string a hit key does not follow (one that needs escaping): the hit is asked by the
+    /// key's text instead.
+    Unfollowed,
+}
+
 impl<'a, const N: usize> HitPieces<'a, N> {
-    /// `runs[i]`, then the integer `integers[i]` (made by [`hit_uint`] or [`hit_int`]), for
-    /// each `i`; then `last`. Runs are literal template text: no
-    /// `<`, `>`, `{` or `}` (the macros check it).
+    /// `runs[i]`, then the value `values[i]`, for each `i`; then `last`. Runs are literal
+    /// template text: no `<`, `>`, `{` or `}` (the macros check it).
     #[inline(always)]
-    pub fn new(runs: [&'a str; N], integers: [u128; N], last: &'a str) -> Self {
-        HitPieces {
-            runs,
-            integers,
-            last,
-        }
+    pub fn new(runs: [&'a str; N], values: [HitValue<'a>; N], last: &'a str) -> Self {
+        HitPieces { runs, values, last }
     }
 
-    /// The form's length in bytes (constant where the runs are literals).
+    /// The form's length in bytes (constant where the runs are literals and the values
+    /// integers).
     #[inline(always)]
     fn len(&self) -> usize {
-        self.runs.iter().map(|run| run.len()).sum::<usize>() + INTEGER * N + self.last.len()
+        let values: usize = self
+            .values
+            .iter()
+            .map(|value| match value {
+                HitValue::Integer(_) => INTEGER,
+                HitValue::Text(text) => text.len() + 2,
+                HitValue::Unfollowed => 0,
+            })
+            .sum();
+        self.runs.iter().map(|run| run.len()).sum::<usize>() + values + self.last.len()
     }
 
     fn form(&self) -> Vec<u8> {
@@ -568,7 +633,7 @@ impl<'a, const N: usize> HitPieces<'a, N> {
     fn as_name(&self) -> HitName<'_> {
         HitName::Pieces {
             runs: &self.runs,
-            integers: &self.integers,
+            values: &self.values,
             last: self.last,
         }
     }
@@ -577,27 +642,56 @@ impl<'a, const N: usize> HitPieces<'a, N> {
 /// An unsigned integer argument of a [`HitPieces`].
 #[doc(hidden)]
 #[inline(always)]
-pub fn hit_uint(value: u64) -> u128 {
-    unsigned_form(value)
+pub fn hit_uint(value: u64) -> HitValue<'static> {
+    HitValue::Integer(unsigned_form(value))
 }
 
 /// A signed integer argument of a [`HitPieces`].
 #[doc(hidden)]
 #[inline(always)]
-pub fn hit_int(value: i64) -> u128 {
-    signed_form(value)
+pub fn hit_int(value: i64) -> HitValue<'static> {
+    HitValue::Integer(signed_form(value))
+}
+
+/// A string argument of a [`HitPieces`]: in the form as `KeyWriter::write_str` writes it,
+/// when it needs no escaping (else [`HitValue::Unfollowed`]); a string that reads as an
+/// integer (`"42"`) has that integer's text, so its form.
+#[doc(hidden)]
+#[inline(always)]
+pub fn hit_str(text: &str) -> HitValue<'_> {
+    if !super::needs_no_escape(text) {
+        return HitValue::Unfollowed;
+    }
+    match text.as_bytes().first() {
+        Some(b'0'..=b'9' | b'-') => match integer_text(text.as_bytes()) {
+            Some(form) => HitValue::Integer(form),
+            None => HitValue::Text(text),
+        },
+        _ => HitValue::Text(text),
+    }
 }
 
 impl<const N: usize> AsHitKey for HitPieces<'_, N> {
     #[inline(always)]
     fn name(&self) -> Option<HitName<'_>> {
-        if self.len() > HEAD {
+        let mut integers = true;
+        for value in &self.values {
+            match value {
+                HitValue::Integer(_) => {}
+                HitValue::Text(_) => integers = false,
+                HitValue::Unfollowed => return None,
+            }
+        }
+        if !integers || self.len() > HEAD {
             return Some(self.as_name());
         }
-        // A short one (a default key in a crate's root, say) has the name a `HitKey` gives.
+        // A short one of integers (a default key in a crate's root, say) has the name a
+        // `HitKey` gives.
         let mut key = HitKey::new();
-        for (run, integer) in self.runs.iter().zip(self.integers) {
-            key = key.lit(run).push(integer, INTEGER);
+        for (run, value) in self.runs.iter().zip(self.values) {
+            if let HitValue::Integer(form) = value {
+                key = key.lit(run).push(form, INTEGER);
+            }
         }
         let (head, len) = key.lit(self.last).head()?;
         Some(HitName::Short { head, len })
@@ -767,6 +861,40 @@ mod tests {
                 prop_assert_eq!(&head.to_le_bytes()[..len], &form[..]);
             }
             prop_assert_eq!(text_of(&form), text);
+        }
+
+        /// A form hashes alike however it is cut into pieces, and a short one as its `u128`.
+        #[test]
+        fn a_form_hashes_alike_in_any_pieces(
+            form in proptest::collection::vec(any::<u8>(), 0..70),
+            cuts in proptest::collection::vec(0..70usize, 0..8),
+            integer in proptest::option::of(any::<u64>()),
+        ) {
+            let keyed = ahash::RandomState::with_seeds(1, 2, 3, 4);
+            let mut whole = LongHash::new(keyed.build_hasher());
+            let mut bytes = form.clone();
+            if let Some(value) = integer {
+                bytes.extend_from_slice(&unsigned_form(value).to_le_bytes()[..INTEGER]);
+            }
+            whole.bytes(&bytes);
+            let whole = whole.finish();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|cut| cut.min(form.len())).collect();
+            cuts.sort_unstable();
+            let mut cut = LongHash::new(keyed.build_hasher());
+            let mut at = 0;
+            for end in cuts.into_iter().chain([form.len()]) {
+                cut.bytes(&form[at..end]);
+                at = end;
+            }
+            if let Some(value) = integer {
+                cut.piece(Piece::Integer(unsigned_form(value)));
+            }
+            prop_assert_eq!(cut.finish(), whole);
+            if bytes.len() <= HEAD {
+                let mut head = [0u8; HEAD];
+                head[..bytes.len()].copy_from_slice(&bytes);
+                prop_assert_eq!(head_hash(&keyed, u128::from_le_bytes(head), bytes.len()), whole);
+            }
         }
 
         #[test]

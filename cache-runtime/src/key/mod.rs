@@ -511,10 +511,7 @@ impl KeyWriter<'_> {
     #[inline]
     pub fn write_str(&mut self, text: &str) {
         // The common case, all ASCII and nothing to escape, is one table look-up a byte.
-        if text
-            .bytes()
-            .all(|byte| byte < 0x80 && KEPT_ASCII[usize::from(byte)])
-        {
+        if needs_no_escape(text) {
             self.0.push_str(text);
             self.0.form.value_text(text.as_bytes());
         } else {
@@ -583,6 +580,14 @@ fn is_kept(ch: char) -> bool {
 }
 
 /// Which ASCII characters a key keeps as they are: letters, digits and ``-_.:@/+=,;!$&'()~^|` ``.
+/// Whether `text` is all ASCII that a key keeps as it is: the common case, written as it is
+/// (and what a hit key follows, `canonical::hit_str`).
+#[inline(always)]
+pub(crate) fn needs_no_escape(text: &str) -> bool {
+    text.bytes()
+        .all(|byte| byte < 0x80 && KEPT_ASCII[usize::from(byte)])
+}
+
 const KEPT_ASCII: [bool; 128] = {
     let mut kept = [false; 128];
     let mut byte = 0;

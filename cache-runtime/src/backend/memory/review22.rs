@@ -9,7 +9,7 @@ use quick_cache::Equivalent;
 
 use super::slot::Prehashed;
 use super::*;
-use crate::key::canonical::{hit_int, hit_uint, HitPieces};
+use crate::key::canonical::{hit_int, hit_str, hit_uint, HitPieces, HitValue};
 use crate::shape::AnyValue;
 use crate::KeyBuilder;
 
@@ -64,6 +64,10 @@ fn part() -> impl Strategy<Value = Part> {
             Just("-18446744073709551615".to_owned()),
             Just("-0".to_owned()),
             Just("007".to_owned()),
+            // Strings a hit key takes as they are, across the 16-byte boundary, and ones
+            // it leaves to the text (escaped, non-ASCII).
+            "[a-z0-9.@_-]{0,24}",
+            "[a-z%<> é.@{}-]{0,6}",
         ]
         .prop_map(Part::Str),
         any::<Option<Option<u32>>>().prop_map(Part::Opt),
@@ -88,9 +92,9 @@ fn built(parts: &[Part]) -> CacheKey {
     builder.finish()
 }
 
-/// The pieces the expansion would write for `parts` if all are literals and integers: literal
-/// runs merged, each run before an integer, then the last run.
-fn runs_and_integers(parts: &[Part]) -> Option<(Vec<String>, Vec<u128>, String)> {
+/// The pieces the expansion would write for `parts` if all are literals, integers and strings:
+/// literal runs merged, each run before a value, then the last run.
+fn runs_and_integers(parts: &[Part]) -> Option<(Vec<String>, Vec<HitValue<'_>>, String)> {
     let (mut runs, mut integers, mut run) = (Vec::new(), Vec::new(), String::new());
     for part in parts {
         match part {
@@ -103,6 +107,10 @@ fn runs_and_integers(parts: &[Part]) -> Option<(Vec<String>, Vec<u128>, String)>
                 runs.push(std::mem::take(&mut run));
                 integers.push(hit_int(*value));
             }
+            Part::Str(value) => {
+                runs.push(std::mem::take(&mut run));
+                integers.push(hit_str(value));
+            }
             _ => return None,
         }
     }
@@ -111,7 +119,7 @@ fn runs_and_integers(parts: &[Part]) -> Option<(Vec<String>, Vec<u128>, String)>
 
 /// `f` given the `HitPieces` of `runs` and `integers` (the expansion's const count: up to 5, as many as `parts` makes).
 fn with_pieces<R>(
-    (runs, integers, last): &(Vec<String>, Vec<u128>, String),
+    (runs, integers, last): &(Vec<String>, Vec<HitValue<'_>>, String),
     f: impl FnOnce(&dyn AsHitKey) -> R,
 ) -> R {
     let r: Vec<&str> = runs.iter().map(String::as_str).collect();
@@ -181,7 +189,14 @@ proptest! {
         }
         if let Some(pieces) = runs_and_integers(&b) {
             with_pieces(&pieces, |hit| {
-                let probe = Probe::hit(hit).expect("pieces always name a key");
+                let unfollowed = b.iter().any(|part| {
+                    matches!(part, Part::Str(text) if !crate::key::needs_no_escape(text))
+                });
+                let Some(probe) = Probe::hit(hit) else {
+                    assert!(unfollowed, "pieces name every key without an escaped string: {tb}");
+                    return;
+                };
+                assert!(!unfollowed, "an escaped string is left to the text: {tb}");
                 assert_eq!(hit.to_string(), tb, "the pieces' text");
                 assert_eq!(probe.hash, Probe::text(tb).hash, "{tb}");
                 assert_eq!(probe.hash, slot_hash(&sb), "{tb}");

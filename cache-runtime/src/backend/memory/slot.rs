@@ -14,8 +14,7 @@ use ahash::RandomState;
 use super::stored::Stored;
 use crate::clock::Moment;
 use crate::key::canonical::{
-    chunks, form_pieces, head_hash, pieces, short_form, AsHitKey, HitName, LongHash, Piece,
-    SameForm,
+    chunks, head_hash, pieces, short_form, AsHitKey, HitName, LongHash, Piece, SameForm,
 };
 #[cfg(test)]
 use crate::key::HitKey;
@@ -70,6 +69,16 @@ impl SlotKey {
             SlotKey::Heap(form) => Some(form),
         }
     }
+
+    /// The form, as its bytes, whatever its length.
+    #[inline(always)]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            SlotKey::Form { len, bytes } => &bytes[..usize::from(*len)],
+            SlotKey::Long { len, bytes } => &bytes[..usize::from(*len)],
+            SlotKey::Heap(form) => form,
+        }
+    }
 }
 
 impl Hash for SlotKey {
@@ -85,10 +94,11 @@ impl Hash for SlotKey {
     }
 }
 
-/// The hash of a stored form longer than 16 bytes: the hash [`text_hash`] gives its text.
+/// The hash of a stored form longer than 16 bytes: the hash [`text_hash`] gives its text (a
+/// form hashes alike however it is cut into pieces: here, all at once).
 fn form_hash(form: &[u8]) -> u64 {
     let mut hash = LongHash::new(keyed().build_hasher());
-    form_pieces(form, |piece| hash.piece(piece));
+    hash.bytes(form);
     hash.finish()
 }
 
@@ -216,11 +226,13 @@ impl quick_cache::Equivalent<SlotKey> for Probe<'_> {
                 pieces(text, |piece| same.piece(piece));
                 same.finish()
             }),
-            (Name::Pieces(name), slot) => slot.long().is_some_and(|form| {
-                let mut same = SameForm::new(form);
+            // A form in pieces may be short (a string argument's length is known only now):
+            // it hashes as a short form does, and is compared with any slot's bytes.
+            (Name::Pieces(name), slot) => {
+                let mut same = SameForm::new(slot.bytes());
                 name.each_piece(|piece| same.piece(piece));
                 same.finish()
-            }),
+            }
         }
     }
 }
