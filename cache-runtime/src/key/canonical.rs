@@ -160,6 +160,35 @@ impl<H: Hasher> LongHash<H> {
     }
 }
 
+/// What a form's pieces are fed to, one at a time.
+pub(crate) trait PieceSink {
+    fn piece(&mut self, piece: Piece<'_>);
+}
+
+impl<H: Hasher> PieceSink for LongHash<H> {
+    #[inline(always)]
+    fn piece(&mut self, piece: Piece<'_>) {
+        LongHash::piece(self, piece);
+    }
+}
+
+impl PieceSink for SameForm<'_> {
+    #[inline(always)]
+    fn piece(&mut self, piece: Piece<'_>) {
+        SameForm::piece(self, piece);
+    }
+}
+
+/// The form's bytes, put together (for messages and tests only).
+impl PieceSink for Vec<u8> {
+    fn piece(&mut self, piece: Piece<'_>) {
+        match piece {
+            Piece::Run(run) => self.extend_from_slice(run),
+            Piece::Integer(integer) => self.extend_from_slice(&integer.to_le_bytes()[..INTEGER]),
+        }
+    }
+}
+
 /// Whether a form given in pieces is the stored form `form`: the pieces' bytes compared with
 /// it piece by piece as they are fed, never put together.
 pub(crate) struct SameForm<'f> {
@@ -527,24 +556,27 @@ pub enum HitName<'a> {
 }
 
 impl HitName<'_> {
-    /// The pieces of a long name, to `piece`, in order.
+    /// The pieces of a long name, to `sink`, in order.
+    ///
+    /// A sink rather than a closure: a closure called from this many places was not
+    /// inlined, and its state (the hash's word) went through memory on every piece.
     #[inline(always)]
-    pub(crate) fn each_piece(&self, mut piece: impl FnMut(Piece<'_>)) {
+    pub(crate) fn each_piece(&self, sink: &mut impl PieceSink) {
         if let HitName::Pieces { runs, values, last } = *self {
             for (run, value) in runs.iter().zip(values) {
-                piece(Piece::Run(run.as_bytes()));
+                sink.piece(Piece::Run(run.as_bytes()));
                 match *value {
-                    HitValue::Integer(form) => piece(Piece::Integer(form)),
+                    HitValue::Integer(form) => sink.piece(Piece::Integer(form)),
                     HitValue::Text(text) => {
-                        piece(Piece::Run(b"<"));
-                        piece(Piece::Run(text.as_bytes()));
-                        piece(Piece::Run(b">"));
+                        sink.piece(Piece::Run(b"<"));
+                        sink.piece(Piece::Run(text.as_bytes()));
+                        sink.piece(Piece::Run(b">"));
                     }
                     // `name` gives no name with one of these.
                     HitValue::Unfollowed => {}
                 }
             }
-            piece(Piece::Run(last.as_bytes()));
+            sink.piece(Piece::Run(last.as_bytes()));
         }
     }
 }
@@ -622,10 +654,7 @@ impl<'a, const N: usize> HitPieces<'a, N> {
 
     fn form(&self) -> Vec<u8> {
         let mut form = Vec::with_capacity(self.len());
-        self.as_name().each_piece(|piece| match piece {
-            Piece::Run(run) => form.extend_from_slice(run),
-            Piece::Integer(integer) => form.extend_from_slice(&integer.to_le_bytes()[..INTEGER]),
-        });
+        self.as_name().each_piece(&mut form);
         form
     }
 

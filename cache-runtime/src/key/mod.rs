@@ -579,15 +579,27 @@ fn is_kept(ch: char) -> bool {
     }
 }
 
-/// Which ASCII characters a key keeps as they are: letters, digits and ``-_.:@/+=,;!$&'()~^|` ``.
 /// Whether `text` is all ASCII that a key keeps as it is: the common case, written as it is
-/// (and what a hit key follows, `canonical::hit_str`).
+/// (and what a hit key follows, `canonical::hit_str`). One look-up a byte and no branch: it
+/// runs on every hit of a site keyed by a string.
 #[inline(always)]
 pub(crate) fn needs_no_escape(text: &str) -> bool {
     text.bytes()
-        .all(|byte| byte < 0x80 && KEPT_ASCII[usize::from(byte)])
+        .fold(true, |kept, byte| kept & KEPT_BYTE[usize::from(byte)])
 }
 
+/// [`KEPT_ASCII`] over every byte value (none from 0x80 is kept as it is by this check).
+const KEPT_BYTE: [bool; 256] = {
+    let mut kept = [false; 256];
+    let mut byte = 0;
+    while byte < 128 {
+        kept[byte] = KEPT_ASCII[byte];
+        byte += 1;
+    }
+    kept
+};
+
+/// Which ASCII characters a key keeps as they are: letters, digits and ``-_.:@/+=,;!$&'()~^|` ``.
 const KEPT_ASCII: [bool; 128] = {
     let mut kept = [false; 128];
     let mut byte = 0;

@@ -180,7 +180,7 @@ impl<'a> Probe<'a> {
             HitName::Short { head, len } => Some(Probe::form(head, len)),
             name @ HitName::Pieces { .. } => {
                 let mut hash = LongHash::new(keyed().build_hasher());
-                name.each_piece(|piece| hash.piece(piece));
+                name.each_piece(&mut hash);
                 Some(Probe {
                     hash: hash.finish(),
                     name: Name::Pieces(name),
@@ -230,7 +230,7 @@ impl quick_cache::Equivalent<SlotKey> for Probe<'_> {
             // it hashes as a short form does, and is compared with any slot's bytes.
             (Name::Pieces(name), slot) => {
                 let mut same = SameForm::new(slot.bytes());
-                name.each_piece(|piece| same.piece(piece));
+                name.each_piece(&mut same);
                 same.finish()
             }
         }
