@@ -18,6 +18,7 @@ pub use crate::site::{Freshness, Site};
 pub use core::any::type_name;
 pub use linkme;
 
+use crate::backend::HashedHit;
 use crate::key::CacheKey;
 use crate::shape::{CacheValue, Holds, PortableValue};
 
@@ -65,57 +66,57 @@ where
 /// parameters asks this before it renders the key's text at all (`key::canonical`); `None`
 /// sends the call on to the entry point, which renders it and asks again if the form did not fit.
 #[inline(always)]
-pub fn hit_by_form<R, S>(site: &'static Site, key: impl AsHitKey) -> Option<R>
+pub fn hit_by_form<R, S>(site: &'static Site, key: impl AsHitKey + Copy) -> Option<R>
 where
     S: Holds<R>,
     S::Part: CacheValue,
 {
-    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key, true)?;
+    let value = crate::call::hit_in_process_by_form::<R, S>(site, &HashedHit::new(key), true)?;
     Some(S::default().rebuild(value))
 }
 
 /// [`hit_by_form`] for a site whose backend may be remote (see [`hit_portable`]).
 #[inline(always)]
-pub fn hit_portable_by_form<R, S>(site: &'static Site, key: impl AsHitKey) -> Option<R>
+pub fn hit_portable_by_form<R, S>(site: &'static Site, key: impl AsHitKey + Copy) -> Option<R>
 where
     S: Holds<R>,
     S::Part: PortableValue,
 {
-    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key, true)?;
+    let value = crate::call::hit_in_process_by_form::<R, S>(site, &HashedHit::new(key), true)?;
     Some(S::default().rebuild(value))
 }
 
 /// [`hit_by_form`] for a site with `refresh` or `timeout`: an entry due for a refresh-ahead is
 /// left to the entry point, which starts the refresh with the key's text.
 #[inline(always)]
-pub fn hit_fresh_by_form<R, S>(site: &'static Site, key: impl AsHitKey) -> Option<R>
+pub fn hit_fresh_by_form<R, S>(site: &'static Site, key: impl AsHitKey + Copy) -> Option<R>
 where
     S: Holds<R>,
     S::Part: CacheValue,
 {
-    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key, false)?;
+    let value = crate::call::hit_in_process_by_form::<R, S>(site, &HashedHit::new(key), false)?;
     Some(S::default().rebuild(value))
 }
 
 /// [`hit_fresh_by_form`] for a site whose backend may be remote (see [`hit_portable`]).
 #[inline(always)]
-pub fn hit_portable_fresh_by_form<R, S>(site: &'static Site, key: impl AsHitKey) -> Option<R>
+pub fn hit_portable_fresh_by_form<R, S>(site: &'static Site, key: impl AsHitKey + Copy) -> Option<R>
 where
     S: Holds<R>,
     S::Part: PortableValue,
 {
-    let value = crate::call::hit_in_process_by_form::<R, S>(site, &key, false)?;
+    let value = crate::call::hit_in_process_by_form::<R, S>(site, &HashedHit::new(key), false)?;
     Some(S::default().rebuild(value))
 }
 
 /// [`hit_by_form`] for a synchronous site.
 #[inline(always)]
-pub fn hit_sync_by_form<R, S>(site: &'static Site, key: impl AsHitKey) -> Option<R>
+pub fn hit_sync_by_form<R, S>(site: &'static Site, key: impl AsHitKey + Copy) -> Option<R>
 where
     S: Holds<R>,
     S::Part: CacheValue,
 {
-    let value = crate::call::hit_in_process_sync_by_form::<R, S>(site, &key)?;
+    let value = crate::call::hit_in_process_sync_by_form::<R, S>(site, &HashedHit::new(key))?;
     Some(S::default().rebuild(value))
 }
 

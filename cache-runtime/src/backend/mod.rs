@@ -19,7 +19,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use memory::Stored;
+pub(crate) use memory::{HashedHit, Stored};
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
 pub use redis::{RedisBackend, RedisBackendBuilder};
 pub use tiered::{TieredBackend, TieredBackendBuilder};

@@ -588,6 +588,13 @@ impl HitName<'_> {
 pub trait AsHitKey: fmt::Display {
     /// Its name, or `None` if it has none (the caller then asks by the key's text).
     fn name(&self) -> Option<HitName<'_>>;
+
+    /// Its probe's hash, if it was worked out where the key was made (see
+    /// `backend::memory::HashedHit`).
+    #[inline(always)]
+    fn known_hash(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl AsHitKey for HitKey {

@@ -3,6 +3,8 @@
 //! ARCHITECTURE.md, "The memory hit at the floor").
 
 mod slot;
+
+pub(crate) use slot::HashedHit;
 mod store;
 mod stored;
 

@@ -207,6 +207,47 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A hit key hashed where it was made (`HashedHit`, as the expansion's entry points ask)
+    /// hashes as its text, short or long, with integers and strings.
+    #[test]
+    fn a_hit_hashed_where_it_was_made_hashes_as_its_text(
+        tenant in edge_uint(),
+        name in "[a-z0-9.@_-]{0,24}|[0-9]{1,3}|-[0-9]{1,2}| x",
+        account in edge_int(),
+    ) {
+        let text = KeyBuilder::new()
+            .lit("t:")
+            .arg(&tenant)
+            .lit(":")
+            .arg(name.as_str())
+            .lit(":")
+            .arg(&account)
+            .finish();
+        let pieces = HitPieces::new(
+            ["t:", ":", ":"],
+            [hit_uint(tenant), hit_str(&name), hit_int(account)],
+            "",
+        );
+        let hashed = HashedHit::new(pieces);
+        match (Probe::hit(&hashed), Probe::hit(&pieces)) {
+            (Some(hashed), Some(plain)) => {
+                prop_assert_eq!(hashed.hash, plain.hash);
+                prop_assert_eq!(hashed.hash, Probe::key(&text).hash, "{}", text.as_str());
+                prop_assert!(hashed.equivalent(&SlotKey::new(&text)));
+            }
+            (None, None) => prop_assert!(!crate::key::needs_no_escape(&name)),
+            _ => prop_assert!(false, "one is named and the other not: {}", text.as_str()),
+        }
+        let short = HitPieces::new(["u:"], [hit_str(&name)], "");
+        let short_text = KeyBuilder::new().lit("u:").arg(name.as_str()).finish();
+        if let Some(probe) = Probe::hit(&HashedHit::new(short)) {
+            prop_assert_eq!(probe.hash, Probe::key(&short_text).hash, "{}", short_text.as_str());
+            prop_assert!(probe.equivalent(&SlotKey::new(&short_text)));
+        }
+    }
+}
+
 /// A long template, `tenant:<t>:account:<id>`.
 fn tenant_key(tenant: u64, account: i64) -> CacheKey {
     KeyBuilder::new()

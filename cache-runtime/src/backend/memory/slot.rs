@@ -111,6 +111,58 @@ fn text_hash(text: &[u8]) -> u64 {
     hash.finish()
 }
 
+/// The hash of a form given in pieces.
+#[inline(always)]
+fn pieces_hash(name: HitName<'_>) -> u64 {
+    let mut hash = LongHash::new(keyed().build_hasher());
+    name.each_piece(&mut hash);
+    hash.finish()
+}
+
+/// A hit key with its probe's hash worked out where the key was made, from a copy of it.
+///
+/// Why: the key's pieces are constants where the expansion writes them (a literal's length,
+/// the bytes of `"("`), so its hash folds to a few instructions there. Hashed where the probe
+/// is made, the pieces are read back from the key's memory, which the probe lends to the
+/// store and a call on a cold path before it (a site's first resolution) might have written:
+/// the lengths are loaded and every shift of the hash is worked out at run time (a default
+/// key's hash cost twice as many instructions).
+#[derive(Clone, Copy)]
+pub(crate) struct HashedHit<K> {
+    key: K,
+    hash: Option<u64>,
+}
+
+impl<K: AsHitKey + Copy> HashedHit<K> {
+    #[inline(always)]
+    pub(crate) fn new(key: K) -> Self {
+        let copy = key;
+        let hash = match copy.name() {
+            Some(name @ HitName::Pieces { .. }) => Some(pieces_hash(name)),
+            _ => None,
+        };
+        HashedHit { key, hash }
+    }
+}
+
+impl<K: AsHitKey> AsHitKey for HashedHit<K> {
+    #[inline(always)]
+    fn name(&self) -> Option<HitName<'_>> {
+        self.key.name()
+    }
+
+    #[inline(always)]
+    fn known_hash(&self) -> Option<u64> {
+        self.hash
+    }
+}
+
+impl<K: std::fmt::Display> std::fmt::Display for HashedHit<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.key.fmt(f)
+    }
+}
+
 #[inline(always)]
 fn keyed() -> &'static RandomState {
     static KEYED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
@@ -178,14 +230,10 @@ impl<'a> Probe<'a> {
     pub(super) fn hit<K: AsHitKey + ?Sized>(key: &'a K) -> Option<Probe<'a>> {
         match key.name()? {
             HitName::Short { head, len } => Some(Probe::form(head, len)),
-            name @ HitName::Pieces { .. } => {
-                let mut hash = LongHash::new(keyed().build_hasher());
-                name.each_piece(&mut hash);
-                Some(Probe {
-                    hash: hash.finish(),
-                    name: Name::Pieces(name),
-                })
-            }
+            name @ HitName::Pieces { .. } => Some(Probe {
+                hash: key.known_hash().unwrap_or_else(|| pieces_hash(name)),
+                name: Name::Pieces(name),
+            }),
         }
     }
 
