@@ -459,6 +459,14 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
         }
         _ => {
             let values = integers.iter().map(|(method, value)| {
+                if method == "str" {
+                    // Which `String` the name is, the type checker says (`HitArg`): a user's
+                    // type of that name goes by the key's text.
+                    return quote_spanned! {span=> {
+                        use #private::OtherHitArg as _;
+                        (&#private::HitArg(#value)).hit_value()
+                    }};
+                }
                 let method = format_ident!("hit_{}", method);
                 quote_spanned!(span=> #private::#method(#value))
             });
@@ -475,7 +483,8 @@ fn hit_arg(sig: &syn::Signature, name: &str, span: Span) -> Option<(Ident, Token
     integer_arg(sig, name, span).or_else(|| {
         let mut name = string_param(sig, name)?;
         name.set_span(span);
-        // `&name` is a `&&str`, a `&String` or a `&&String`: each coerces to the `&str`.
+        // `&name` is a `&&str`, a `&String` or a `&&String` (one `&` more for a `ref`
+        // binding), or a reference to a user's type of that name: `HitArg` tells them apart.
         Some((Ident::new("str", span), quote_spanned!(span=> &#name)))
     })
 }

@@ -11,7 +11,9 @@ use core::future::Future;
 pub use crate::__cachette_function_path as function_path;
 pub use crate::audit::{Kind, Registration, REGISTRATIONS};
 pub use crate::call::{invalidating, invalidating_sync, invalidating_tagged};
-pub use crate::key::canonical::{hit_int, hit_str, hit_uint, AsHitKey, HitPieces, HitValue};
+pub use crate::key::canonical::{
+    hit_int, hit_str, hit_uint, AsHitKey, HitArg, HitPieces, HitValue, OtherHitArg,
+};
 pub use crate::key::{HitKey, KeyBuilder};
 pub use crate::shape::{Always, IfOk, OkOnly, SomeOnly, Whole};
 pub use crate::site::{Freshness, Site};

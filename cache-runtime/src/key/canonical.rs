@@ -707,6 +707,74 @@ pub fn hit_str(text: &str) -> HitValue<'_> {
     }
 }
 
+/// A parameter the expansion found written as `&str`, `String` or `&String`, before the type
+/// checker has said which `str` or `String` it is: the macro sees names only, and a user's type
+/// of that name (one that derefs to `str` but writes another key text) must not be asked as
+/// `std`'s. `(&HitArg(&name)).hit_value()` is [`hit_str`] for `std`'s types (the inherent
+/// method, whose bound holds only for them) and [`HitValue::Unfollowed`] for any other
+/// ([`OtherHitArg`], found one auto-reference later), which asks the hit by the key's text.
+#[doc(hidden)]
+pub struct HitArg<'a, T: ?Sized>(pub &'a T);
+
+impl<'a, T: StdText + ?Sized> HitArg<'a, T> {
+    /// The string's [`hit_str`].
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn hit_value(&self) -> HitValue<'a> {
+        hit_str(self.0.std_text())
+    }
+}
+
+/// The [`HitArg`] of a type that is not `std`'s `str` or `String`: the text path.
+#[doc(hidden)]
+pub trait OtherHitArg {
+    /// [`HitValue::Unfollowed`].
+    fn hit_value(&self) -> HitValue<'static>;
+}
+
+impl<T: ?Sized> OtherHitArg for &HitArg<'_, T> {
+    #[inline(always)]
+    fn hit_value(&self) -> HitValue<'static> {
+        HitValue::Unfollowed
+    }
+}
+
+/// `std`'s string types, whose key text is the string itself (`KeyPart` for `str` and
+/// `String`), and references to them (a `ref` binding adds one). Sealed: implemented here only.
+#[doc(hidden)]
+pub trait StdText: sealed::Sealed {
+    #[doc(hidden)]
+    fn std_text(&self) -> &str;
+}
+
+impl StdText for str {
+    #[inline(always)]
+    fn std_text(&self) -> &str {
+        self
+    }
+}
+
+impl StdText for String {
+    #[inline(always)]
+    fn std_text(&self) -> &str {
+        self
+    }
+}
+
+impl<T: StdText + ?Sized> StdText for &T {
+    #[inline(always)]
+    fn std_text(&self) -> &str {
+        (**self).std_text()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for str {}
+    impl Sealed for String {}
+    impl<T: Sealed + ?Sized> Sealed for &T {}
+}
+
 impl<const N: usize> AsHitKey for HitPieces<'_, N> {
     #[inline(always)]
     fn name(&self) -> Option<HitName<'_>> {

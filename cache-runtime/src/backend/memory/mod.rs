@@ -421,4 +421,6 @@ impl fmt::Debug for MemoryBackend {
 #[cfg(test)]
 mod review22;
 #[cfg(test)]
+mod review25;
+#[cfg(test)]
 mod tests;
