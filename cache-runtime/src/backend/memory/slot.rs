@@ -255,34 +255,57 @@ impl Hash for Probe<'_> {
 }
 
 impl quick_cache::Equivalent<SlotKey> for Probe<'_> {
-    #[inline]
+    // Only the short compare inline: with the long ones beside it, the table's compare
+    // closure was no longer inlined into its probe loop, a call and a jump table for every
+    // candidate of every hit (+36 instructions a short hit).
+    #[inline(always)]
     fn equivalent(&self, slot: &SlotKey) -> bool {
-        match (&self.name, slot) {
-            // Zeros past both forms (the slot's invariant, and the builders'), so the lengths
-            // and the two words settle it.
-            (
-                Name::Short { head, len },
-                SlotKey::Form {
-                    len: slot_len,
-                    bytes,
-                },
-            ) => *len == usize::from(*slot_len) && *head == u128::from_le_bytes(*bytes),
-            (Name::Short { .. }, _) => false,
-            (Name::Form(form), slot) => slot.long() == Some(form),
-            (Name::Text(text), slot) => slot.long().is_some_and(|form| {
-                let mut same = SameForm::new(form);
-                pieces(text, |piece| same.piece(piece));
-                same.finish()
-            }),
-            // A form in pieces may be short (a string argument's length is known only now):
-            // it hashes as a short form does, and is compared with any slot's bytes.
-            (Name::Pieces(name), slot) => {
-                let mut same = SameForm::new(slot.bytes());
-                name.each_piece(&mut same);
-                same.finish()
-            }
+        match &self.name {
+            Name::Short { head, len } => short_equivalent(*head, *len, slot),
+            name => long_equivalent(name, slot),
         }
     }
+}
+
+/// Zeros past both forms (the slot's invariant, and the builders'), so the lengths and the
+/// two words settle it.
+#[inline(always)]
+fn short_equivalent(head: u128, len: usize, slot: &SlotKey) -> bool {
+    match slot {
+        SlotKey::Form {
+            len: slot_len,
+            bytes,
+        } => len == usize::from(*slot_len) && head == u128::from_le_bytes(*bytes),
+        _ => false,
+    }
+}
+
+#[inline(never)]
+fn long_equivalent(name: &Name<'_>, slot: &SlotKey) -> bool {
+    match name {
+        Name::Short { head, len } => short_equivalent(*head, *len, slot),
+        Name::Form(form) => slot.long() == Some(form),
+        Name::Text(text) => text_equivalent(text, slot),
+        Name::Pieces(name) => pieces_equivalent(name, slot),
+    }
+}
+
+#[inline(always)]
+fn text_equivalent(text: &[u8], slot: &SlotKey) -> bool {
+    slot.long().is_some_and(|form| {
+        let mut same = SameForm::new(form);
+        pieces(text, |piece| same.piece(piece));
+        same.finish()
+    })
+}
+
+/// A form in pieces may be short (a string argument's length is known only now): it hashes as
+/// a short form does, and is compared with any slot's bytes.
+#[inline(always)]
+fn pieces_equivalent(name: &HitName<'_>, slot: &SlotKey) -> bool {
+    let mut same = SameForm::new(slot.bytes());
+    name.each_piece(&mut same);
+    same.finish()
 }
 
 /// Hands the store's tables the hash a [`Probe`] or a [`SlotKey`] writes, as it is.
