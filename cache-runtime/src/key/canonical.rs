@@ -23,7 +23,7 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 
-use super::{padded, HEAD};
+use super::{padded, same_bytes, HEAD};
 
 /// The mark of a non-negative integer value, then its eight bytes, little-endian.
 const UNSIGNED: u8 = 0xFF;
@@ -215,8 +215,10 @@ impl<'f> SameForm<'f> {
         };
         let stored = self.form.get(self.at..self.at + len);
         self.same &= match (piece, stored) {
-            (Piece::Run(run), Some(stored)) => stored == run,
-            (Piece::Integer(form), Some(stored)) => stored == &form.to_le_bytes()[..INTEGER],
+            (Piece::Run(run), Some(stored)) => same_bytes(stored, run),
+            (Piece::Integer(form), Some(stored)) => {
+                same_bytes(stored, &form.to_le_bytes()[..INTEGER])
+            }
             (_, None) => false,
         };
         self.at += len;

@@ -208,6 +208,23 @@ pub(crate) fn padded(bytes: &[u8]) -> u128 {
     }
 }
 
+/// Whether two byte strings of one length (the caller's to check) are equal, compared in
+/// 16-byte words and a [`padded`] last word. Not `==`: that calls `memcmp`, and glibc's
+/// AVX-512 form (`__memcmp_evex_movbe`, its pick on an AMD EPYC of family 26) took 68% of a
+/// hit's time for `account:balance:<id>`, about 90 ns, in a few dozen instructions.
+#[inline(always)]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    debug_assert_eq!(a.len(), b.len());
+    let mut same = true;
+    let mut at = 0;
+    while a.len() - at > HEAD {
+        let word = |bytes: &[u8]| u128::from_le_bytes(bytes[at..at + HEAD].try_into().expect("16"));
+        same &= word(a) == word(b);
+        at += HEAD;
+    }
+    same & (padded(&a[at..]) == padded(&b[at..]))
+}
+
 /// The decimal digits of `value` (below 10^8) as ASCII, the first digit in the low byte,
 /// and how many there are: computed in a register (eight digits at once, in lanes), so the
 /// key's head takes them with one shift and one or.
@@ -985,6 +1002,24 @@ mod tests {
             }
         }
         String::from_utf8(out).expect("utf-8")
+    }
+
+    proptest! {
+        /// `same_bytes` is `==` for strings of one length, at every length across the word
+        /// boundaries, with one byte changed anywhere or not at all.
+        #[test]
+        fn same_bytes_is_slice_equality(
+            a in proptest::collection::vec(any::<u8>(), 0..70),
+            at in any::<prop::sample::Index>(),
+            flip in 0u8..=255,
+        ) {
+            let mut b = a.clone();
+            if !b.is_empty() {
+                let at = at.index(b.len());
+                b[at] ^= flip;
+            }
+            prop_assert_eq!(same_bytes(&a, &b), a == b);
+        }
     }
 
     proptest! {

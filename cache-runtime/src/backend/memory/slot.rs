@@ -18,7 +18,7 @@ use crate::key::canonical::{
 };
 #[cfg(test)]
 use crate::key::HitKey;
-use crate::key::{CacheKey, HEAD};
+use crate::key::{same_bytes, CacheKey, HEAD};
 
 /// Forms of up to this many bytes (past 16) are held in the slot itself; 22 keeps a
 /// [`SlotKey`] at 24 bytes. Longer ones are shared (`Arc<[u8]>`), one more cache line for the
@@ -284,7 +284,9 @@ fn short_equivalent(head: u128, len: usize, slot: &SlotKey) -> bool {
 fn long_equivalent(name: &Name<'_>, slot: &SlotKey) -> bool {
     match name {
         Name::Short { head, len } => short_equivalent(*head, *len, slot),
-        Name::Form(form) => slot.long() == Some(form),
+        Name::Form(form) => slot
+            .long()
+            .is_some_and(|stored| stored.len() == form.len() && same_bytes(stored, form)),
         Name::Text(text) => text_equivalent(text, slot),
         Name::Pieces(name) => pieces_equivalent(name, slot),
     }
