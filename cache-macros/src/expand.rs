@@ -464,7 +464,7 @@ fn gen_form_hit(key: &Key, sig: &syn::Signature, krate: &Path, span: Span) -> Op
                     // type of that name goes by the key's text.
                     return quote_spanned! {span=> {
                         use #private::OtherHitArg as _;
-                        (&#private::HitArg(#value)).hit_value()
+                        (&#private::HitArg(#value)).__cachette_hit_value()
                     }};
                 }
                 let method = format_ident!("hit_{}", method);

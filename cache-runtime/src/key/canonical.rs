@@ -712,9 +712,10 @@ pub fn hit_str(text: &str) -> HitValue<'_> {
 /// A parameter the expansion found written as `&str`, `String` or `&String`, before the type
 /// checker has said which `str` or `String` it is: the macro sees names only, and a user's type
 /// of that name (one that derefs to `str` but writes another key text) must not be asked as
-/// `std`'s. `(&HitArg(&name)).hit_value()` is [`hit_str`] for `std`'s types (the inherent
-/// method, whose bound holds only for them) and [`HitValue::Unfollowed`] for any other
-/// ([`OtherHitArg`], found one auto-reference later), which asks the hit by the key's text.
+/// `std`'s. `(&HitArg(&name)).__cachette_hit_value()` is [`hit_str`] for `std`'s types (the
+/// inherent method, whose bound holds only for them) and [`HitValue::Unfollowed`] for any
+/// other ([`OtherHitArg`], found one auto-reference later), which asks the hit by the key's
+/// text. The name is the crate's own, so that no user's trait in scope is found first.
 #[doc(hidden)]
 pub struct HitArg<'a, T: ?Sized>(pub &'a T);
 
@@ -722,7 +723,7 @@ impl<'a, T: StdText + ?Sized> HitArg<'a, T> {
     /// The string's [`hit_str`].
     #[doc(hidden)]
     #[inline(always)]
-    pub fn hit_value(&self) -> HitValue<'a> {
+    pub fn __cachette_hit_value(&self) -> HitValue<'a> {
         hit_str(self.0.std_text())
     }
 }
@@ -731,12 +732,12 @@ impl<'a, T: StdText + ?Sized> HitArg<'a, T> {
 #[doc(hidden)]
 pub trait OtherHitArg {
     /// [`HitValue::Unfollowed`].
-    fn hit_value(&self) -> HitValue<'static>;
+    fn __cachette_hit_value(&self) -> HitValue<'static>;
 }
 
 impl<T: ?Sized> OtherHitArg for &HitArg<'_, T> {
     #[inline(always)]
-    fn hit_value(&self) -> HitValue<'static> {
+    fn __cachette_hit_value(&self) -> HitValue<'static> {
         HitValue::Unfollowed
     }
 }

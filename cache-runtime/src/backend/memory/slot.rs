@@ -358,7 +358,7 @@ pub(super) struct Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::canonical::HitPieces;
+    use crate::key::canonical::{HitPieces, HitValue};
     use crate::KeyBuilder;
     use proptest::prelude::*;
     use quick_cache::Equivalent;
@@ -511,6 +511,235 @@ mod tests {
             // Nor a text it is the start of.
             let (longer, _) = text_and_pieces(&a, &format!("{a_last}x"));
             prop_assert!(!probe.equivalent(&SlotKey::new(&longer)), "{}", longer.as_str());
+        }
+    }
+
+    fn leak(text: &str) -> &'static str {
+        Box::leak(text.to_owned().into_boxed_str())
+    }
+
+    /// A letter text of `len` bytes, changed at `at` (if any).
+    fn letters(len: usize, at: Option<usize>) -> String {
+        (0..len)
+            .map(|i| {
+                let c = b'a' + (i % 26) as u8;
+                if Some(i) == at {
+                    if c == b'z' {
+                        'y'
+                    } else {
+                        (c + 1) as char
+                    }
+                } else {
+                    c as char
+                }
+            })
+            .collect()
+    }
+
+    /// Review 26: every probe (a key's, a text's, a hit key's pieces) of a literal key of
+    /// each length 0..=80 matches its own slot and no slot of a text one byte off, or one
+    /// byte longer or shorter: across the short/long/heap slots and every word boundary.
+    #[test]
+    fn review26_literal_probes_at_every_length() {
+        for len in 0..=80usize {
+            let text = letters(len, None);
+            let key = KeyBuilder::new().lit(&text).finish();
+            let mut others: Vec<String> = (0..len).map(|at| letters(len, Some(at))).collect();
+            others.push(letters(len + 1, None));
+            if len > 0 {
+                others.push(letters(len - 1, None));
+            }
+            others.push(text.clone());
+            for other in &others {
+                let other_key = KeyBuilder::new().lit(other).finish();
+                let slot = SlotKey::new(&other_key);
+                let same = *other == text;
+                assert_eq!(
+                    Probe::key(&key).equivalent(&slot),
+                    same,
+                    "key {text:?} {other:?}"
+                );
+                assert_eq!(
+                    Probe::text(&text).equivalent(&slot),
+                    same,
+                    "text {text:?} {other:?}"
+                );
+                let pieces = HitPieces::<0>::new([], [], leak(&text));
+                let probe = Probe::hit(&pieces).expect("pieces");
+                assert_eq!(probe.equivalent(&slot), same, "pieces0 {text:?} {other:?}");
+                if same {
+                    assert_eq!(probe.hash, Prehashed.hash_one(&slot), "hash {text:?}");
+                    assert_eq!(Probe::key(&key).hash, Prehashed.hash_one(&slot));
+                }
+                // Cut in two runs around an integer-free string value: `a<s>b`.
+                for cut in [0, len / 3, len / 2, len] {
+                    let (a, b) = text.split_at(cut);
+                    let k = KeyBuilder::new().lit("r:").arg(a).lit(b).finish();
+                    let o = KeyBuilder::new()
+                        .lit("r:")
+                        .arg(&other[..other.len().min(cut)])
+                        .lit(&other[other.len().min(cut)..])
+                        .finish();
+                    let slot = SlotKey::new(&o);
+                    let pieces =
+                        HitPieces::new(["r:"], [crate::key::canonical::hit_str(leak(a))], leak(b));
+                    let probe = Probe::hit(&pieces).expect("pieces");
+                    let same = k.as_str() == o.as_str();
+                    assert_eq!(
+                        probe.equivalent(&slot),
+                        same,
+                        "str {:?} {:?}",
+                        k.as_str(),
+                        o.as_str()
+                    );
+                    assert_eq!(
+                        Probe::key(&k).equivalent(&slot),
+                        same,
+                        "strkey {:?} {:?}",
+                        k.as_str(),
+                        o.as_str()
+                    );
+                    assert_eq!(Probe::text(k.as_str()).equivalent(&slot), same);
+                    if same {
+                        assert_eq!(
+                            probe.hash,
+                            Prehashed.hash_one(&slot),
+                            "str hash {:?}",
+                            k.as_str()
+                        );
+                        assert_eq!(
+                            Probe::key(&k).hash,
+                            Prehashed.hash_one(&slot),
+                            "strkey hash {:?}",
+                            k.as_str()
+                        );
+                        assert_eq!(
+                            Probe::text(k.as_str()).hash,
+                            Prehashed.hash_one(&slot),
+                            "strtext hash {:?}",
+                            k.as_str()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Review 26: integer pieces at every offset of a long form (so an integer's nine bytes
+    /// straddle each word boundary), against its slot and one with the integer changed.
+    #[test]
+    fn review26_integer_pieces_at_every_offset() {
+        for pre in 0..=60usize {
+            for value in [0i64, 1, -1, 42, i64::MAX, i64::MIN, 1 << 40] {
+                let run = letters(pre, None);
+                let key = KeyBuilder::new().lit(&run).arg(&value).lit("z").finish();
+                for other in [value, value.wrapping_add(1), value ^ (1 << 56)] {
+                    let o = KeyBuilder::new().lit(&run).arg(&other).lit("z").finish();
+                    let slot = SlotKey::new(&o);
+                    let same = value == other;
+                    let pieces =
+                        HitPieces::new([leak(&run)], [crate::key::canonical::hit_int(value)], "z");
+                    let probe = Probe::hit(&pieces).expect("pieces");
+                    assert_eq!(
+                        probe.equivalent(&slot),
+                        same,
+                        "{:?} {:?}",
+                        key.as_str(),
+                        o.as_str()
+                    );
+                    assert_eq!(Probe::key(&key).equivalent(&slot), same);
+                    assert_eq!(Probe::text(key.as_str()).equivalent(&slot), same);
+                    if same {
+                        assert_eq!(probe.hash, Prehashed.hash_one(&slot));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A value of a review-26 key: an integer, or a string (plain, integer-like, or one that
+    /// needs escaping).
+    fn review26_value() -> impl Strategy<Value = Result<i64, String>> {
+        prop_oneof![
+            prop_oneof![-20..20i64, any::<i64>()].prop_map(Ok),
+            "[a-z0-9:()-]{0,40}".prop_map(Err),
+            "(-?[0-9]{1,21})|(0[0-9]{0,3})|(-0)".prop_map(Err),
+            "[a-z <>{}\\%\u{e9}]{0,6}".prop_map(Err),
+        ]
+    }
+
+    fn review26_parts() -> impl Strategy<Value = (Vec<(String, Result<i64, String>)>, String)> {
+        (
+            proptest::collection::vec(("[a-z:(),]{0,30}", review26_value()), 0..=3),
+            "[a-z:()]{0,40}",
+        )
+    }
+
+    fn review26_key(
+        parts: &[(String, Result<i64, String>)],
+        last: &str,
+    ) -> (CacheKey, Box<dyn AsHitKey>) {
+        let mut text = KeyBuilder::new();
+        for (run, value) in parts {
+            text = text.lit(run);
+            text = match value {
+                Ok(v) => text.arg(v),
+                Err(s) => text.arg(s.as_str()),
+            };
+        }
+        let text = text.lit(last).finish();
+        let values: Vec<HitValue<'static>> = parts
+            .iter()
+            .map(|(_, v)| match v {
+                Ok(v) => crate::key::canonical::hit_int(*v),
+                Err(s) => crate::key::canonical::hit_str(leak(s)),
+            })
+            .collect();
+        let runs: Vec<&'static str> = parts.iter().map(|(r, _)| leak(r)).collect();
+        let last = leak(last);
+        let pieces: Box<dyn AsHitKey> = match parts.len() {
+            0 => Box::new(HitPieces::<0>::new([], [], last)),
+            1 => Box::new(HitPieces::new([runs[0]], [values[0]], last)),
+            2 => Box::new(HitPieces::new(
+                [runs[0], runs[1]],
+                [values[0], values[1]],
+                last,
+            )),
+            _ => Box::new(HitPieces::new(
+                [runs[0], runs[1], runs[2]],
+                [values[0], values[1], values[2]],
+                last,
+            )),
+        };
+        (text, pieces)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        /// Review 26: string values (plain, integer-like, escaped) in pieces, long runs: a
+        /// probe of each kind matches exactly the slot of its own text, with its hash.
+        #[test]
+        fn review26_string_pieces_name_the_entry_of_their_text(
+            (a, a_last) in review26_parts(),
+            (b, b_last) in review26_parts(),
+        ) {
+            let (a_text, a_pieces) = review26_key(&a, &a_last);
+            let (b_text, _) = review26_key(&b, &b_last);
+            let a_slot = SlotKey::new(&a_text);
+            let b_slot = SlotKey::new(&b_text);
+            let same = a_text.as_str() == b_text.as_str();
+            prop_assert_eq!(SlotKey::new(&b_text) == a_slot, same);
+            prop_assert!(Probe::key(&a_text).equivalent(&a_slot));
+            prop_assert_eq!(Probe::key(&a_text).hash, Prehashed.hash_one(&a_slot), "{}", a_text.as_str());
+            prop_assert_eq!(Probe::text(a_text.as_str()).hash, Prehashed.hash_one(&a_slot));
+            prop_assert_eq!(Probe::key(&a_text).equivalent(&b_slot), same, "{} {}", a_text.as_str(), b_text.as_str());
+            prop_assert_eq!(Probe::text(a_text.as_str()).equivalent(&b_slot), same);
+            if let Some(probe) = Probe::hit(&*a_pieces) {
+                prop_assert_eq!(probe.hash, Prehashed.hash_one(&a_slot), "pieces {}", a_text.as_str());
+                prop_assert!(probe.equivalent(&a_slot), "pieces {}", a_text.as_str());
+                prop_assert_eq!(probe.equivalent(&b_slot), same, "pieces {} {}", a_text.as_str(), b_text.as_str());
+                prop_assert_eq!(a_pieces.to_string(), a_text.as_str());
+            }
         }
     }
 }
