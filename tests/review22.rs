@@ -3,31 +3,10 @@
 //! same text (`#[invalidates]` with strings, `invalidate` by hand, another site's template, a
 //! default key's text written out) must reach the same entry.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use cachette::{cached, invalidates, KeyBuilder};
 
-static LOADS: AtomicUsize = AtomicUsize::new(0);
-
-fn loads() -> usize {
-    LOADS.load(Ordering::SeqCst)
-}
-
-fn load<T>(value: T) -> T {
-    LOADS.fetch_add(1, Ordering::SeqCst);
-    value
-}
-
-/// Calls `$call` twice: the first `$first` loads (0 or 1), the second none.
-macro_rules! filled_then_hit {
-    ($call:expr, $value:expr, $first:expr, $what:expr) => {{
-        let before = loads();
-        assert_eq!($call, $value, "{}", $what);
-        assert_eq!(loads(), before + $first, "first call of {}", $what);
-        assert_eq!($call, $value, "{}", $what);
-        assert_eq!(loads(), before + $first, "a hit on {}", $what);
-    }};
-}
+mod support;
+use support::load_count::{filled_then_hit, load};
 
 #[cached(
     ttl = "60s",

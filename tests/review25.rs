@@ -1,23 +1,11 @@
 //! Review 25: string parameters asked in pieces (issue 17), attacked from the macro's side.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use cachette::{cached, KeyBuilder};
 
-static LOADS: AtomicUsize = AtomicUsize::new(0);
-
-/// The tests count loads in one counter: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn loads() -> usize {
-    LOADS.load(Ordering::SeqCst)
-}
+mod support;
+use support::load_count::{block_on, loads, serial, LOADS};
 
 /// A user's own type that happens to be named `String`: its key part is not its `str`'s
 /// text (here, a namespaced tag), though it dereferences to a `str`.
@@ -96,13 +84,6 @@ async fn mutated_async(mut name: String) -> String {
     LOADS.fetch_add(1, Ordering::SeqCst);
     name.push('!');
     name
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime")
-        .block_on(future)
 }
 
 #[test]

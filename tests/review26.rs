@@ -2,27 +2,12 @@
 //! caches by its own text.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use cachette::cached;
 
-static LOADS: AtomicUsize = AtomicUsize::new(0);
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn loads() -> usize {
-    LOADS.load(Ordering::SeqCst)
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime")
-        .block_on(future)
-}
+mod support;
+use support::load_count::{block_on, loads, serial, LOADS};
 
 /// A crate (module) that denies warnings: the expansion's `use OtherHitArg as _` must not be
 /// an unused import where the inherent `__cachette_hit_value` is the one called.

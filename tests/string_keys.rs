@@ -4,47 +4,10 @@
 //! `#[invalidates]`, an `invalidate` by hand, another site whose integer renders to the same
 //! text, and a string that reads as an integer.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use cachette::{cached, invalidate, invalidates, KeyBuilder};
 
-static LOADS: AtomicUsize = AtomicUsize::new(0);
-
-/// The tests count loads in one counter: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime")
-        .block_on(future)
-}
-
-fn loads() -> usize {
-    LOADS.load(Ordering::SeqCst)
-}
-
-fn load<T>(value: T) -> T {
-    LOADS.fetch_add(1, Ordering::SeqCst);
-    value
-}
-
-/// Calls `$call` twice: the first loads `$first` times (0 or 1), the second not at all.
-macro_rules! filled_then_hit {
-    ($call:expr, $value:expr, $first:expr, $what:expr) => {{
-        let before = loads();
-        assert_eq!($call, $value, "{}", $what);
-        assert_eq!(loads(), before + $first, "first call of {}", $what);
-        assert_eq!($call, $value, "{}", $what);
-        assert_eq!(loads(), before + $first, "a hit on {}", $what);
-    }};
-}
+mod support;
+use support::load_count::{block_on, filled_then_hit, load, serial};
 
 #[cached(ttl = "60s", key = "sk-user:<name>", backend = "memory")]
 fn user(name: &str) -> String {

@@ -30,3 +30,6 @@ pub mod scripted_loader;
 
 #[allow(dead_code)]
 pub mod delaying_proxy;
+
+#[allow(dead_code, unused_imports)]
+pub mod load_count;
