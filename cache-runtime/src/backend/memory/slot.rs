@@ -668,7 +668,10 @@ mod tests {
         ]
     }
 
-    fn review26_parts() -> impl Strategy<Value = (Vec<(String, Result<i64, String>)>, String)> {
+    /// Runs, each followed by an integer or a string value, then the last run.
+    type Parts = (Vec<(String, Result<i64, String>)>, String);
+
+    fn review26_parts() -> impl Strategy<Value = Parts> {
         (
             proptest::collection::vec(("[a-z:(),]{0,30}", review26_value()), 0..=3),
             "[a-z:()]{0,40}",
