@@ -19,7 +19,9 @@
 //! times every row instead, R rounds in a shuffled order, on the thread's CPU clock (time the
 //! thread was descheduled is left out), and prints each row's median over the rounds and the
 //! median of its per-round ratio to `#[concurrent_cached]`'s same form: on a shared machine,
-//! ratios taken within one round are what hold still.
+//! ratios taken within one round are what hold still. `hit_count pairs [R] [hits]` does the same
+//! with two threads hitting each row at once, from different keys (each thread's CPU clock):
+//! what a hit costs when another core's hits write the lines it reads.
 //!
 //! Two switches change the layout the rows read, which moves the ratios more than anything the
 //! hit does (BENCHMARKS.md, item 10, fifth round): `HIT_COUNT_MIXED_WARM=1` warms the rows key
@@ -188,9 +190,10 @@ fn warm_rows(rows: &[&str]) {
     }
 }
 
-/// `hits` hits of `row`, walking the keys in order. The only function callgrind counts.
+/// `hits` hits of `row`, walking the keys in order from the one after `first`. The only
+/// function callgrind counts.
 #[inline(never)]
-fn measured(row: &str, hits: u64) {
+fn measured(row: &str, hits: u64, first: u64) {
     let scattered = std::env::var_os("HIT_COUNT_SCATTERED").is_some();
     // A full-period step through the ids (odd, coprime with 10,000): every key once a pass,
     // neighbours far apart.
@@ -201,7 +204,7 @@ fn measured(row: &str, hits: u64) {
             (id + 1) % KEYS
         }
     };
-    let mut id = 0;
+    let mut id = first;
     macro_rules! sync_row {
         ($f:ident) => {
             for _ in 0..hits {
@@ -280,8 +283,30 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Every row, `rounds` times in a shuffled order (a fixed xorshift seed), `hits` hits each.
-fn interleaved(rows: &[&str], rounds: usize, hits: u64) {
+/// The CPU time a hit of `row` took, on `threads` threads hitting it at once, each from its own
+/// part of the keys (a mean over the threads).
+fn cpu_ns_a_hit(row: &str, hits: u64, threads: u64) -> f64 {
+    let barrier = std::sync::Barrier::new(threads as usize);
+    let total: u64 = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..threads)
+            .map(|thread| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    let start = thread_cpu_ns();
+                    measured(row, hits, thread * (KEYS / threads));
+                    thread_cpu_ns() - start
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().expect("a run")).sum()
+    });
+    total as f64 / (threads * hits) as f64
+}
+
+/// Every row, `rounds` times in a shuffled order (a fixed xorshift seed), `hits` hits each on
+/// each of `threads` threads.
+fn interleaved(rows: &[&str], rounds: usize, hits: u64, threads: u64) {
     let mut per_hit = vec![Vec::new(); rows.len()];
     let mut order: Vec<usize> = (0..rows.len()).collect();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
@@ -293,12 +318,17 @@ fn interleaved(rows: &[&str], rounds: usize, hits: u64) {
             order.swap(i, (seed % (i as u64 + 1)) as usize);
         }
         for &row in &order {
-            let start = thread_cpu_ns();
-            measured(rows[row], hits);
-            per_hit[row].push((thread_cpu_ns() - start) as f64 / hits as f64);
+            let ns = if threads == 1 {
+                let start = thread_cpu_ns();
+                measured(rows[row], hits, 0);
+                (thread_cpu_ns() - start) as f64 / hits as f64
+            } else {
+                cpu_ns_a_hit(rows[row], hits, threads)
+            };
+            per_hit[row].push(ns);
         }
     }
-    println!("| row | CPU ns a hit (median of {rounds} rounds) | ratio to `#[concurrent_cached]` (median) |");
+    println!("| row | CPU ns a hit on {threads} thread(s) (median of {rounds} rounds) | ratio to `#[concurrent_cached]` (median) |");
     println!("|---|---|---|");
     for (row, name) in rows.iter().enumerate() {
         let against = rows
@@ -339,7 +369,10 @@ fn interleaved(rows: &[&str], rounds: usize, hits: u64) {
 fn main() {
     let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");
     let Some(row) = args.next() else {
-        eprintln!("usage: hit_count <row> [hits] | hit_count rounds [rounds] [hits]");
+        eprintln!(
+            "usage: hit_count <row> [hits] | hit_count rounds [rounds] [hits] | \
+             hit_count pairs [rounds] [hits]"
+        );
         return;
     };
     let memory = MEMORY.get_or_init(|| MemoryBackend::builder().max_entries(200_000).build());
@@ -371,11 +404,11 @@ fn main() {
         .into_iter()
         .filter(|row| *row != "cachette_tiered" || tiered.is_some())
         .collect();
-    if row == "rounds" {
+    if row == "rounds" || row == "pairs" {
         let rounds = args.next().map_or(40, |n| n.parse().expect("a count"));
         let hits = args.next().map_or(200_000, |n| n.parse().expect("a count"));
         warm_rows(&rows);
-        interleaved(&rows, rounds, hits);
+        interleaved(&rows, rounds, hits, if row == "pairs" { 2 } else { 1 });
         return;
     }
     let hits = args.next().map_or(100_000, |n| n.parse().expect("a count"));
@@ -385,7 +418,7 @@ fn main() {
         warm(&row);
     }
     let start = Instant::now();
-    measured(&row, hits);
+    measured(&row, hits, 0);
     let per_hit = start.elapsed().as_nanos() as f64 / hits as f64;
     println!("{row}: {hits} hits, {per_hit:.1} ns a hit (wall, uncontrolled)");
 }

@@ -12,8 +12,9 @@
 //! counter it stops writing once saturated, so a hot key's line is not written on every hit).
 
 use std::num::NonZeroUsize;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::PoisonError;
 
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 
 use super::slot::{Prehashed, Probe, Slot, SlotKey};
@@ -23,8 +24,10 @@ use crate::observe::Eviction;
 type Engine = quick_cache::unsync::Cache<SlotKey, Slot, Weigh, Prehashed, Evictions>;
 
 /// One shard, on cache lines of its own (128 bytes: adjacent-line prefetch pairs lines on x86).
+/// Its lock is sharded by thread: a read locks the reader's own stripe, so hits on one shard
+/// from different cores write different lines; a write locks every stripe.
 #[repr(align(128))]
-struct Shard(RwLock<Engine>);
+struct Shard(ShardedLock<Engine>);
 
 pub(super) struct Store {
     shards: Box<[Shard]>,
@@ -75,7 +78,7 @@ impl Store {
             .expect("valid options");
         let shards = (0..shards)
             .map(|_| {
-                Shard(RwLock::new(Engine::with_options(
+                Shard(ShardedLock::new(Engine::with_options(
                     options.clone(),
                     weigh,
                     Prehashed,
@@ -89,7 +92,7 @@ impl Store {
     // The table probes with the low bits and tags with the top seven, so the shard takes bits
     // neither uses; otherwise every key of a shard would share a tag or a home bucket.
     #[inline(always)]
-    fn shard(&self, hash: u64) -> &RwLock<Engine> {
+    fn shard(&self, hash: u64) -> &ShardedLock<Engine> {
         &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)].0
     }
 
@@ -97,13 +100,13 @@ impl Store {
     // anything in it panic (nothing of ours runs in it but `Weigh` and `Evictions`, which do not
     // panic), so a poisoned lock is still sound.
     #[inline(always)]
-    fn read(&self, hash: u64) -> RwLockReadGuard<'_, Engine> {
+    fn read(&self, hash: u64) -> ShardedLockReadGuard<'_, Engine> {
         self.shard(hash)
             .read()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self, hash: u64) -> RwLockWriteGuard<'_, Engine> {
+    fn write(&self, hash: u64) -> ShardedLockWriteGuard<'_, Engine> {
         self.shard(hash)
             .write()
             .unwrap_or_else(PoisonError::into_inner)
