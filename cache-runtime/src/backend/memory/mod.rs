@@ -7,6 +7,7 @@ mod slot;
 pub(crate) use slot::HashedHit;
 mod store;
 mod stored;
+mod striped;
 
 use std::any::Any;
 use std::fmt;
@@ -422,5 +423,7 @@ impl fmt::Debug for MemoryBackend {
 mod review22;
 #[cfg(test)]
 mod review25;
+#[cfg(test)]
+mod review27;
 #[cfg(test)]
 mod tests;

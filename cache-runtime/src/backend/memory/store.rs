@@ -12,22 +12,21 @@
 //! counter it stops writing once saturated, so a hot key's line is not written on every hit).
 
 use std::num::NonZeroUsize;
-use std::sync::PoisonError;
 
-use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 
 use super::slot::{Prehashed, Probe, Slot, SlotKey};
+use super::striped::{StripedLock, StripedReadGuard, StripedWriteGuard};
 use crate::clock::Moment;
 use crate::observe::Eviction;
 
 type Engine = quick_cache::unsync::Cache<SlotKey, Slot, Weigh, Prehashed, Evictions>;
 
 /// One shard, on cache lines of its own (128 bytes: adjacent-line prefetch pairs lines on x86).
-/// Its lock is sharded by thread: a read locks the reader's own stripe, so hits on one shard
-/// from different cores write different lines; a write locks every stripe.
+/// Its lock is striped by thread (`striped.rs`): a read locks the reader's own stripe, so hits
+/// on one shard from different cores write different lines; a write locks every stripe.
 #[repr(align(128))]
-struct Shard(ShardedLock<Engine>);
+struct Shard(StripedLock<Engine>);
 
 pub(super) struct Store {
     shards: Box<[Shard]>,
@@ -78,7 +77,7 @@ impl Store {
             .expect("valid options");
         let shards = (0..shards)
             .map(|_| {
-                Shard(ShardedLock::new(Engine::with_options(
+                Shard(StripedLock::new(Engine::with_options(
                     options.clone(),
                     weigh,
                     Prehashed,
@@ -92,24 +91,25 @@ impl Store {
     // The table probes with the low bits and tags with the top seven, so the shard takes bits
     // neither uses; otherwise every key of a shard would share a tag or a home bucket.
     #[inline(always)]
-    fn shard(&self, hash: u64) -> &ShardedLock<Engine> {
-        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)].0
+    fn shard(&self, hash: u64) -> &StripedLock<Engine> {
+        &self.shards[self.shard_of(hash)].0
+    }
+
+    #[inline(always)]
+    pub(super) fn shard_of(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & (self.shards.len() - 1)
     }
 
     // Every critical section is one call into the engine, which leaves its tables whole should
     // anything in it panic (nothing of ours runs in it but `Weigh` and `Evictions`, which do not
-    // panic), so a poisoned lock is still sound.
+    // panic), so the lock reports no poisoning.
     #[inline(always)]
-    fn read(&self, hash: u64) -> ShardedLockReadGuard<'_, Engine> {
-        self.shard(hash)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn read(&self, hash: u64) -> StripedReadGuard<'_, Engine> {
+        self.shard(hash).read()
     }
 
-    fn write(&self, hash: u64) -> ShardedLockWriteGuard<'_, Engine> {
-        self.shard(hash)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn write(&self, hash: u64) -> StripedWriteGuard<'_, Engine> {
+        self.shard(hash).write()
     }
 
     /// What `read` makes of the entry under `probe`, under the shard's read lock: it marks the
@@ -158,7 +158,7 @@ impl Store {
     pub(super) fn drain(&self) -> Vec<Slot> {
         let mut drained = Vec::new();
         for shard in self.shards.iter() {
-            let mut engine = shard.0.write().unwrap_or_else(PoisonError::into_inner);
+            let mut engine = shard.0.write();
             drained.extend(engine.drain().map(|(_, slot)| slot));
         }
         drained
@@ -168,15 +168,18 @@ impl Store {
     pub(super) fn remove_expired(&self, now: Moment) -> Vec<Slot> {
         let mut removed = Vec::new();
         for shard in self.shards.iter() {
-            let expired: Vec<SlotKey> = {
-                let engine = shard.0.read().unwrap_or_else(PoisonError::into_inner);
-                engine
-                    .iter()
-                    .filter(|(_, slot)| slot.expires_at <= now)
-                    .map(|(key, _)| key.clone())
-                    .collect()
-            };
-            let mut engine = shard.0.write().unwrap_or_else(PoisonError::into_inner);
+            let expired: Vec<SlotKey> = shard
+                .0
+                .read()
+                .iter()
+                .filter(|(_, slot)| slot.expires_at <= now)
+                .map(|(key, _)| key.clone())
+                .collect();
+            // A write holds back every hit on the shard: none for nothing to remove.
+            if expired.is_empty() {
+                continue;
+            }
+            let mut engine = shard.0.write();
             for key in expired {
                 if let Some((_, slot)) = engine.remove_if(&key, |slot| slot.expires_at <= now) {
                     removed.push(slot);
@@ -188,10 +191,7 @@ impl Store {
 
     /// How many entries the store holds.
     pub(super) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| shard.0.read().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.shards.iter().map(|shard| shard.0.read().len()).sum()
     }
 
     /// The summed weight the bound counts (1 per entry under an entry bound).
@@ -199,10 +199,7 @@ impl Store {
     pub(super) fn weight(&self) -> u64 {
         self.shards
             .iter()
-            .map(|shard| {
-                let engine = shard.0.read().unwrap_or_else(PoisonError::into_inner);
-                engine.weight()
-            })
+            .map(|shard| shard.0.read().weight())
             .sum()
     }
 }
