@@ -7,16 +7,17 @@
 //! child can inherit locked (its first hit then waits forever), and a write takes the stripes
 //! one after another while the ones it has not reached keep admitting readers, so it waits for
 //! one read a stripe, in turn, while the hits of the stripes it holds wait with it. Here a
-//! thread's stripe is a counter's next value (no lock), and a writer first raises a flag that
-//! sends new readers to wait at a gate it holds, so it waits for the reads in flight only.
+//! thread takes the stripe fewest live threads hold (atomics, no lock) and gives it back when it
+//! exits, and a writer first raises a flag that sends new readers to wait at a gate it holds, so
+//! it waits for the reads in flight only.
 
 use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// Stripes a lock: the cores that hit one shard at once, with room for the threads that share a
-/// stripe (a thread's stripe is its number modulo this).
+/// Stripes a lock: the cores that hit one shard at once, with room for the threads beside them
+/// (more live threads than this share stripes).
 const STRIPES: usize = 8;
 
 /// One stripe, on cache lines of its own (128 bytes: adjacent-line prefetch pairs lines on x86).
@@ -30,8 +31,9 @@ pub(super) struct StripedLock<T> {
     /// Writers holding the gate. A hint for readers (the stripes are what exclude): a reader that
     /// sees it raised waits at the gate instead of taking its stripe.
     writing: AtomicUsize,
-    /// Held by the writer for its whole write: writers one at a time, and readers held back.
-    gate: Mutex<()>,
+    /// Held for writing by the writer for its whole write: writers one at a time, and readers
+    /// held back. A read-write lock, so that a write's end wakes every reader waiting at once.
+    gate: RwLock<()>,
     value: UnsafeCell<T>,
 }
 
@@ -44,7 +46,7 @@ impl<T> StripedLock<T> {
         StripedLock {
             stripes: std::array::from_fn(|_| Stripe(RwLock::new(()))),
             writing: AtomicUsize::new(0),
-            gate: Mutex::new(()),
+            gate: RwLock::new(()),
             value: UnsafeCell::new(value),
         }
     }
@@ -75,12 +77,12 @@ impl<T> StripedLock<T> {
     #[cold]
     #[inline(never)]
     fn wait_for_writer(&self) {
-        drop(self.gate.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(self.gate.read().unwrap_or_else(PoisonError::into_inner));
     }
 
     /// Exclusive access: the gate, then every stripe, each as soon as its reads in flight end.
     pub(super) fn write(&self) -> StripedWriteGuard<'_, T> {
-        let gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        let gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         self.writing.fetch_add(1, Ordering::Relaxed);
         let writing = Writing(&self.writing);
         let stripes = std::array::from_fn(|stripe| {
@@ -133,7 +135,7 @@ impl<T> Deref for StripedReadGuard<'_, T> {
 pub(super) struct StripedWriteGuard<'a, T> {
     _stripes: [RwLockWriteGuard<'a, ()>; STRIPES],
     _writing: Writing<'a>,
-    _gate: MutexGuard<'a, ()>,
+    _gate: RwLockWriteGuard<'a, ()>,
     lock: &'a StripedLock<T>,
 }
 
@@ -154,27 +156,87 @@ impl<T> DerefMut for StripedWriteGuard<'_, T> {
 }
 
 thread_local! {
-    // No destructor and a constant start: readable during thread-local teardown, and nothing
-    // a forked child could inherit locked.
+    // A constant start and no destructor: the hit's read is a plain load, readable during
+    // thread-local teardown, and nothing a forked child could inherit locked.
     static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    // Gives the stripe back when the thread exits.
+    static HOLDING: Holding = const {
+        Holding {
+            holders: &HOLDERS,
+            stripe: Cell::new(usize::MAX),
+        }
+    };
 }
 
-/// This thread's stripe: threads numbered in the order of their first read.
+/// This thread's stripe, taken on its first read.
 #[inline(always)]
 fn this_stripe() -> usize {
     let stripe = STRIPE.with(Cell::get);
     if stripe != usize::MAX {
         return stripe;
     }
-    number_this_thread()
+    take_stripe()
 }
 
+/// Live threads on each stripe, of every lock (a thread keeps one stripe for all).
+static HOLDERS: StripeHolders = StripeHolders::new();
+
 #[cold]
-fn number_this_thread() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let stripe = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+fn take_stripe() -> usize {
+    let stripe = HOLDERS.take();
+    // In a thread-local destructor after `HOLDING`'s, the stripe is used but not counted.
+    if HOLDING
+        .try_with(|holding| holding.stripe.set(stripe))
+        .is_err()
+    {
+        HOLDERS.give_back(stripe);
+    }
     STRIPE.with(|cell| cell.set(stripe));
     stripe
+}
+
+/// A thread's hold on its stripe.
+struct Holding {
+    holders: &'static StripeHolders,
+    stripe: Cell<usize>,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let stripe = self.stripe.get();
+        if stripe != usize::MAX {
+            self.holders.give_back(stripe);
+        }
+    }
+}
+
+/// How many live threads hold each stripe. Numbers alone would never be given back: long-lived
+/// threads whose first reads came between short-lived ones' would share stripes with fewer
+/// threads alive than stripes.
+struct StripeHolders([AtomicUsize; STRIPES]);
+
+impl StripeHolders {
+    const fn new() -> StripeHolders {
+        StripeHolders([const { AtomicUsize::new(0) }; STRIPES])
+    }
+
+    /// The stripe fewest threads hold (the first of them). Two threads taking one at once may
+    /// take the same: they then share a line, nothing worse.
+    fn take(&self) -> usize {
+        let (stripe, _) = self
+            .0
+            .iter()
+            .map(|holders| holders.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, holders)| holders)
+            .unwrap_or((0, 0));
+        self.0[stripe].fetch_add(1, Ordering::Relaxed);
+        stripe
+    }
+
+    fn give_back(&self, stripe: usize) {
+        self.0[stripe].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -289,8 +351,7 @@ mod tests {
         assert_eq!(*lock.read_on(3), 8);
     }
 
-    /// A thread's stripe is numbered without a lock, and stays: every thread reads through one
-    /// stripe, the same on every read.
+    /// A thread keeps its stripe: the same on every read.
     #[test]
     fn a_thread_keeps_its_stripe() {
         let stripes: Vec<(usize, usize)> = (0..2 * STRIPES)
@@ -303,5 +364,53 @@ mod tests {
         assert!(stripes
             .iter()
             .all(|(first, again)| first == again && *first < STRIPES));
+    }
+
+    /// Live threads take different stripes while there are free ones, and a stripe given back
+    /// is taken again first: threads that come and go leave the ones that stay apart (review
+    /// 27b: five long-lived threads whose first reads came between short-lived ones' held
+    /// stripes `[1, 1, 3, 5, 7]` when threads were numbered in turn).
+    #[test]
+    fn stripes_go_to_the_fewest_holders_and_come_back() {
+        let holders = StripeHolders::new();
+        let mut taken: Vec<usize> = (0..STRIPES).map(|_| holders.take()).collect();
+        taken.sort();
+        assert_eq!(taken, (0..STRIPES).collect::<Vec<_>>());
+        for churn in 0..3 * STRIPES {
+            let stripe = churn % STRIPES;
+            holders.give_back(stripe);
+            assert_eq!(holders.take(), stripe, "a free stripe went unused");
+        }
+        assert!(holders
+            .0
+            .iter()
+            .all(|holders| holders.load(Ordering::Relaxed) == 1));
+        let ninth = holders.take();
+        holders.give_back(3);
+        assert_ne!(
+            holders.take(),
+            ninth,
+            "a stripe with two holders taken before a free one"
+        );
+    }
+
+    /// A thread's hold gives its stripe back when it ends (its thread exits); one that never
+    /// took a stripe gives nothing back.
+    #[test]
+    fn a_hold_gives_its_stripe_back_when_it_ends() {
+        let holders: &'static StripeHolders = Box::leak(Box::new(StripeHolders::new()));
+        let stripe = holders.take();
+        let hold = Holding {
+            holders,
+            stripe: Cell::new(stripe),
+        };
+        assert_eq!(holders.0[stripe].load(Ordering::Relaxed), 1);
+        drop(hold);
+        assert_eq!(holders.0[stripe].load(Ordering::Relaxed), 0);
+        drop(Holding {
+            holders,
+            stripe: Cell::new(usize::MAX),
+        });
+        assert!(holders.0.iter().all(|h| h.load(Ordering::Relaxed) == 0));
     }
 }
