@@ -1,7 +1,8 @@
 //! The in-process backend: typed values, no serialisation, in one bounded store that is both the
-//! read path and the eviction policy (quick_cache in shards of our own, `store.rs`; why:
+//! read path and the eviction policy (a table and a clock in shards of our own, `store.rs`; why:
 //! ARCHITECTURE.md, "The memory hit at the floor").
 
+mod engine;
 mod slot;
 
 pub(crate) use slot::HashedHit;
@@ -23,7 +24,7 @@ use crate::observe::Eviction;
 use crate::shape::Downcast;
 
 use super::tags::TagTable;
-use slot::{Probe, Slot, SlotKey};
+use slot::{Mark, Probe, Slot, SlotKey};
 use store::{Bound, Store};
 pub(crate) use stored::Stored;
 
@@ -276,7 +277,7 @@ impl MemoryBackend {
             if slot.expires_at <= now {
                 expired = true;
                 None
-            } else if slot.epoch == epoch {
+            } else if slot.mark.in_epoch(epoch) {
                 read(&slot.value).map(|value| (value, slot.refresh_at <= now))
             } else {
                 None
@@ -358,7 +359,7 @@ impl MemoryBackend {
             value,
             expires_at,
             refresh_at,
-            epoch,
+            mark: Mark::new(epoch),
             weight,
         };
         let probe = Probe::key(&key);

@@ -5,7 +5,6 @@
 use std::hash::BuildHasher;
 
 use proptest::prelude::*;
-use quick_cache::Equivalent;
 
 use super::slot::Prehashed;
 use super::*;

@@ -4,8 +4,6 @@
 
 use std::hash::BuildHasher;
 
-use quick_cache::Equivalent;
-
 use super::slot::Prehashed;
 use super::*;
 use crate::key::canonical::{hit_int, hit_str, hit_uint, HitPieces};

@@ -7,6 +7,7 @@
 //! rather than hashing again.
 
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use ahash::RandomState;
@@ -254,12 +255,14 @@ impl Hash for Probe<'_> {
     }
 }
 
-impl quick_cache::Equivalent<SlotKey> for Probe<'_> {
+impl Probe<'_> {
+    /// Whether this probe names `slot`'s key.
+    ///
     // Only the short compare inline: with the long ones beside it, the table's compare
     // closure was no longer inlined into its probe loop, a call and a jump table for every
     // candidate of every hit (+36 instructions a short hit).
     #[inline(always)]
-    fn equivalent(&self, slot: &SlotKey) -> bool {
+    pub(super) fn equivalent(&self, slot: &SlotKey) -> bool {
         match &self.name {
             Name::Short { head, len } => short_equivalent(*head, *len, slot),
             name => long_equivalent(name, slot),
@@ -348,11 +351,72 @@ pub(super) struct Slot {
     pub(super) expires_at: Moment,
     /// From when a hit starts a refresh-ahead (`expires_at` for a site without `refresh`).
     pub(super) refresh_at: Moment,
-    /// The tiered backend's L1 epoch when the entry was stored (0 in a plain memory backend):
-    /// advancing the epoch turns every older entry into a miss at once.
-    pub(super) epoch: u64,
+    /// The entry's L1 epoch and its read count, in one word so that the entry keeps to one
+    /// cache line (`engine.rs`).
+    pub(super) mark: Mark,
     /// Computed once on insert: the byte bound and the gauges use it.
     pub(super) weight: u32,
+}
+
+/// The tiered backend's L1 epoch when the entry was stored (0 in a plain memory backend;
+/// advancing the epoch turns every older entry into a miss at once), in the top 30 bits, and
+/// the eviction policy's count of reads (0 to 3) in the low 2.
+///
+/// Only writers (under the shard's write lock) set the epoch; readers change only the count,
+/// by a load and a store that may lose a concurrent reader's raise (the count is a hint). 30
+/// bits of epoch: the bus advances it once per outage of its subscription, so an entry stored
+/// 2^30 outages ago (34 years of one a second) would read as current again.
+pub(super) struct Mark(AtomicU32);
+
+const READS: u32 = 0b11;
+const EPOCH_BITS: u32 = 30;
+
+impl Mark {
+    pub(super) fn new(epoch: u64) -> Mark {
+        Mark(AtomicU32::new(Mark::epoch_bits(epoch) << 2))
+    }
+
+    #[inline(always)]
+    fn epoch_bits(epoch: u64) -> u32 {
+        (epoch as u32) & ((1 << EPOCH_BITS) - 1)
+    }
+
+    /// Whether the entry was stored in `epoch`.
+    #[inline(always)]
+    pub(super) fn in_epoch(&self, epoch: u64) -> bool {
+        self.0.load(Ordering::Relaxed) >> 2 == Mark::epoch_bits(epoch)
+    }
+
+    /// A read: the count raised unless saturated, when the word is no longer written.
+    #[inline(always)]
+    pub(super) fn read(&self) {
+        let mark = self.0.load(Ordering::Relaxed);
+        if mark & READS != READS {
+            self.0.store(mark + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The hand passing: true (and the count lowered) if the entry was read since it last
+    /// passed.
+    pub(super) fn passed(&mut self) -> bool {
+        let mark = self.0.get_mut();
+        if *mark & READS == 0 {
+            return false;
+        }
+        *mark -= 1;
+        true
+    }
+
+    /// A refill takes the read count of the entry it replaces: a hot key stays hot.
+    pub(super) fn keep_reads_of(&mut self, old: &Mark) {
+        let reads = old.0.load(Ordering::Relaxed) & READS;
+        *self.0.get_mut() = (*self.0.get_mut() & !READS) | reads;
+    }
+
+    #[cfg(test)]
+    pub(super) fn reads(&self) -> u32 {
+        self.0.load(Ordering::Relaxed) & READS
+    }
 }
 
 #[cfg(test)]
@@ -361,7 +425,6 @@ mod tests {
     use crate::key::canonical::{HitPieces, HitValue};
     use crate::KeyBuilder;
     use proptest::prelude::*;
-    use quick_cache::Equivalent;
 
     /// A key as text, and as a hit key where it is literal text and integers (and fits).
     fn keys(parts: &[(&str, Option<i64>)]) -> (CacheKey, HitKey) {

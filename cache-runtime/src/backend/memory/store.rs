@@ -1,26 +1,20 @@
-//! The memory store: quick_cache's unsynchronised cache (its CLOCK-Pro-like policy, bound and
-//! weights) in shards of our own, each behind a read-write lock on cache lines of its own.
+//! The memory store: shards of our own (`engine.rs`: a table holding entries in its buckets,
+//! and a clock over them), each behind a read-write lock striped by thread, on cache lines of
+//! its own.
 //!
-//! Why quick_cache's `unsync::Cache` in our shards rather than its `sync::Cache`: a read of the
-//! sync cache returns a clone of the stored value, taken under its lock, and a type-erased value
-//! can only be cloned as a whole (an `Arc`'s count, a line every core hitting the key writes);
-//! under our own read lock the reader clones the typed value out of the slot instead. The
-//! shards also sit 128 bytes apart: a read lock writes its lock word, so two shards on one
-//! line would make hits on different keys, on different cores, write one line.
+//! The shards sit 128 bytes apart, and their locks' stripes too: a read lock writes its lock
+//! word, so two shards on one line would make hits on different keys, on different cores, write
+//! one line.
 //!
-//! One structure is both the read path and the policy: a hit marks the entry referenced (a
-//! counter it stops writing once saturated, so a hot key's line is not written on every hit).
+//! One structure is both the read path and the policy: a hit marks the entry read (a count it
+//! stops writing once saturated, so a hot key's line is not written on every hit).
 
 use std::num::NonZeroUsize;
 
-use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
-
-use super::slot::{Prehashed, Probe, Slot, SlotKey};
+use super::engine::{Engine, Removed};
+use super::slot::{Probe, Slot, SlotKey};
 use super::striped::{StripedLock, StripedReadGuard, StripedWriteGuard};
 use crate::clock::Moment;
-use crate::observe::Eviction;
-
-type Engine = quick_cache::unsync::Cache<SlotKey, Slot, Weigh, Prehashed, Evictions>;
 
 /// One shard, on cache lines of its own (128 bytes: adjacent-line prefetch pairs lines on x86).
 /// Its lock is striped by thread (`striped.rs`): a read locks the reader's own stripe, so hits
@@ -46,8 +40,7 @@ const MIN_SHARD_ENTRIES: u64 = 32;
 /// ...or this many bytes of a byte bound: an entry heavier than about a shard's part of the
 /// bound is not admitted, so a byte-bounded store keeps shards large.
 const MIN_SHARD_BYTES: u64 = 64 * 1024;
-/// What an entry of a byte-bounded store is guessed to weigh, for the policy's count of the
-/// keys it remembers after evicting them (half as many as the entries it expects to hold).
+/// What an entry of a byte-bounded store is guessed to weigh, for the table's first size.
 const GUESSED_ENTRY_BYTES: u64 = 1024;
 
 impl Store {
@@ -57,39 +50,31 @@ impl Store {
             Bound::Entries(entries) => (entries, MIN_SHARD_ENTRIES),
             Bound::Bytes(bytes) => (bytes, MIN_SHARD_BYTES),
         };
-        // Four per core, as quick_cache's own sharded cache does, fewer for a small bound.
+        // Four per core, fewer for a small bound.
         let mut shards = (parallelism * 4).next_power_of_two().min(MAX_SHARDS);
         while shards > 1 && capacity / (shards as u64) < floor {
             shards /= 2;
         }
         let per_shard = capacity.div_ceil(shards as u64).max(1);
-        let estimated_items = match bound {
+        let expected = match bound {
             Bound::Entries(_) => per_shard,
             Bound::Bytes(_) => (per_shard / GUESSED_ENTRY_BYTES).max(MIN_SHARD_ENTRIES),
         };
-        let weigh = Weigh {
-            by_bytes: matches!(bound, Bound::Bytes(_)),
-        };
-        let options = OptionsBuilder::new()
-            .estimated_items_capacity(estimated_items as usize)
-            .weight_capacity(per_shard)
-            .build()
-            .expect("valid options");
+        let by_bytes = matches!(bound, Bound::Bytes(_));
         let shards = (0..shards)
             .map(|_| {
-                Shard(StripedLock::new(Engine::with_options(
-                    options.clone(),
-                    weigh,
-                    Prehashed,
-                    Evictions,
+                Shard(StripedLock::new(Engine::new(
+                    per_shard,
+                    by_bytes,
+                    expected as usize,
                 )))
             })
             .collect();
         Store { shards }
     }
 
-    // The table probes with the low bits and tags with the top seven, so the shard takes bits
-    // neither uses; otherwise every key of a shard would share a tag or a home bucket.
+    // The table (hashbrown) probes with the low bits and tags with the top seven, so the shard
+    // takes bits neither uses; otherwise every key of a shard would share a tag or a home bucket.
     #[inline(always)]
     fn shard(&self, hash: u64) -> &StripedLock<Engine> {
         &self.shards[self.shard_of(hash)].0
@@ -133,13 +118,9 @@ impl Store {
         slot: Slot,
         now: Moment,
     ) -> Removed {
-        let mut engine = self.write(probe.hash);
-        let mut removed = Removed {
-            inserting: engine.peek(probe).is_some().then(|| key.clone()),
-            now: Some(now),
-            slots: Vec::new(),
-        };
-        engine.insert_with_lifecycle(key, slot, &mut removed);
+        let mut removed = Removed::default();
+        self.write(probe.hash)
+            .insert(probe, key, slot, now, &mut removed);
         removed
     }
 
@@ -149,8 +130,7 @@ impl Store {
         probe: &Probe<'_>,
         remove: impl FnOnce(&Slot) -> bool,
     ) -> Option<Slot> {
-        let (_, slot) = self.write(probe.hash).remove_if(probe, remove)?;
-        Some(slot)
+        self.write(probe.hash).remove_if(probe, remove)
     }
 
     /// Empties the store, shard by shard (an entry stored in a shard after it was emptied
@@ -159,7 +139,7 @@ impl Store {
         let mut drained = Vec::new();
         for shard in self.shards.iter() {
             let mut engine = shard.0.write();
-            drained.extend(engine.drain().map(|(_, slot)| slot));
+            drained.extend(engine.drain());
         }
         drained
     }
@@ -168,22 +148,9 @@ impl Store {
     pub(super) fn remove_expired(&self, now: Moment) -> Vec<Slot> {
         let mut removed = Vec::new();
         for shard in self.shards.iter() {
-            let expired: Vec<SlotKey> = shard
-                .0
-                .read()
-                .iter()
-                .filter(|(_, slot)| slot.expires_at <= now)
-                .map(|(key, _)| key.clone())
-                .collect();
             // A write holds back every hit on the shard: none for nothing to remove.
-            if expired.is_empty() {
-                continue;
-            }
-            let mut engine = shard.0.write();
-            for key in expired {
-                if let Some((_, slot)) = engine.remove_if(&key, |slot| slot.expires_at <= now) {
-                    removed.push(slot);
-                }
+            if shard.0.read().any_expired(now) {
+                shard.0.write().remove_expired(now, &mut removed);
             }
         }
         removed
@@ -201,54 +168,5 @@ impl Store {
             .iter()
             .map(|shard| shard.0.read().weight())
             .sum()
-    }
-}
-
-/// An entry's weight for the bound: its own under a byte bound (at least 1: the engine never
-/// evicts an entry of weight 0), else 1.
-#[derive(Clone, Copy)]
-struct Weigh {
-    by_bytes: bool,
-}
-
-impl Weighter<SlotKey, Slot> for Weigh {
-    #[inline]
-    fn weight(&self, _: &SlotKey, slot: &Slot) -> u64 {
-        if self.by_bytes {
-            u64::from(slot.weight.max(1))
-        } else {
-            1
-        }
-    }
-}
-
-/// The engine's eviction hook: what the eviction listener of moka used to be.
-#[derive(Clone, Copy)]
-struct Evictions;
-
-/// What one insert displaced or evicted, and why.
-#[derive(Default)]
-pub(super) struct Removed {
-    /// The key being inserted, if an entry was under it before: the first entry evicted under
-    /// it is the one replaced (a later one is the new entry itself, refused as too heavy or
-    /// evicted at once).
-    inserting: Option<SlotKey>,
-    now: Option<Moment>,
-    pub(super) slots: Vec<(Eviction, Slot)>,
-}
-
-impl Lifecycle<SlotKey, Slot> for Evictions {
-    type RequestState = Removed;
-
-    fn on_evict(&self, removed: &mut Removed, key: SlotKey, slot: Slot) {
-        let cause = if removed.inserting.as_ref() == Some(&key) {
-            removed.inserting = None;
-            Eviction::Replaced
-        } else if removed.now.is_some_and(|now| slot.expires_at <= now) {
-            Eviction::Expired
-        } else {
-            Eviction::Size
-        };
-        removed.slots.push((cause, slot));
     }
 }
