@@ -91,8 +91,9 @@ impl Engine {
     }
 
     /// Stores `slot` under `key`, in place of the entry there (`replaced`, whose read count it
-    /// keeps), evicting by the hand until it fits; one heavier than the whole shard is not
-    /// stored (`size`).
+    /// keeps), evicting by the hand until it fits. Not stored (`size`): an entry heavier than
+    /// the whole shard, and, while the shard is full, one under a key it neither holds nor has
+    /// seen lately (`Ghosts`).
     pub(super) fn insert(
         &mut self,
         probe: &Probe<'_>,
@@ -101,10 +102,12 @@ impl Engine {
         now: Moment,
         removed: &mut Removed,
     ) {
+        let mut replacing = false;
         if let Ok(found) = self
             .table
             .find_entry(probe.hash, |entry| probe.equivalent(&entry.key))
         {
+            replacing = true;
             let (old, _) = found.remove();
             self.weight -= self.weight_of(&old.slot);
             slot.mark.keep_reads_of(&old.slot.mark);
@@ -115,9 +118,9 @@ impl Engine {
             removed.slots.push((Eviction::Size, slot));
             return;
         }
-        if self.weight + weight > self.capacity && !self.ghosts.contains(probe.hash) {
-            // A full shard refuses a key it has not seen lately: a key asked once (a scan, a
-            // long tail) would push out one that is read again.
+        if self.weight + weight > self.capacity && !replacing && !self.ghosts.contains(probe.hash) {
+            // A full shard refuses a key it neither holds nor has seen lately: a key asked once
+            // (a scan, a long tail) would push out one that is read again.
             self.ghosts.remember(probe.hash);
             removed.slots.push((Eviction::Size, slot));
             return;
@@ -365,6 +368,21 @@ mod tests {
     }
 
     #[test]
+    fn a_refill_heavier_than_the_room_left_is_stored() {
+        let now = Clock::Real.moment();
+        let mut engine = Engine::new(10, true, 4);
+        put(&mut engine, now, 1, 4);
+        put(&mut engine, now, 2, 6);
+        assert_eq!(
+            put(&mut engine, now, 1, 8),
+            [(Eviction::Replaced, 4), (Eviction::Size, 6)],
+            "the key held is refilled, another evicted for it"
+        );
+        assert!(has(&engine, 1) && !has(&engine, 2));
+        assert_eq!(engine.weight(), 8);
+    }
+
+    #[test]
     fn a_removed_key_is_admitted_again_at_once() {
         let now = Clock::Real.moment();
         let mut engine = Engine::new(2, false, 2);
@@ -376,10 +394,13 @@ mod tests {
     }
 
     #[test]
-    fn the_hand_takes_an_expired_entry_first() {
+    fn the_hand_takes_an_expired_entry_however_often_it_was_read() {
         let now = Clock::Real.moment();
         let mut engine = Engine::new(2, false, 2);
         put(&mut engine, now, 1, 1);
+        for _ in 0..3 {
+            assert!(has(&engine, 1), "read");
+        }
         let mut removed = Removed::default();
         let key = KeyBuilder::new().lit("k:").arg(&2u32).finish();
         engine.insert(
@@ -394,7 +415,8 @@ mod tests {
         }
         put(&mut engine, now, 3, 1);
         let evicted = put(&mut engine, now, 3, 1);
-        assert_eq!(evicted, [(Eviction::Expired, 1)], "the read one, expired");
+        // Whichever the hand reaches first: 1 is passed (read), 2 evicted (expired).
+        assert_eq!(evicted, [(Eviction::Expired, 1)], "the expired one");
         assert!(has(&engine, 1) && has(&engine, 3));
     }
 
