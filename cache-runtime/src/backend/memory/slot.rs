@@ -364,8 +364,9 @@ pub(super) struct Slot {
 ///
 /// Only writers (under the shard's write lock) set the epoch; readers change only the count,
 /// by a load and a store that may lose a concurrent reader's raise (the count is a hint). 30
-/// bits of epoch: the bus advances it once per outage of its subscription, so an entry stored
-/// 2^30 outages ago (34 years of one a second) would read as current again.
+/// bits of epoch: the bus advances it on every failed resubscription and every FLUSH message,
+/// but an outage also drains L1 (`bus.rs`, `go_down`), so only entries that outlive 2^30 FLUSH
+/// messages within their ttl could read as current again (review 28).
 pub(super) struct Mark(AtomicU32);
 
 const READS: u32 = 0b11;
