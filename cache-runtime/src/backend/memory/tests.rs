@@ -291,3 +291,265 @@ fn a_skewed_workload_keeps_its_hot_keys() {
     let ratio = 1.0 - f64::from(misses) / f64::from(requests);
     assert!(ratio >= 0.59, "hit ratio {ratio:.4}");
 }
+
+// ---- review 28 (adversarial) ----
+
+/// R28-1: `max_entries(u64::MAX)` ("unbounded") panics in `build()`: the ghost table is
+/// allocated up front for the whole bound (quick_cache allocated lazily). On a machine with
+/// more cores (64 shards) it is a 2^60-byte allocation and an abort instead.
+#[test]
+fn review28_a_huge_entry_bound_builds() {
+    let built = std::panic::catch_unwind(|| MemoryBackend::builder().max_entries(u64::MAX).build());
+    assert!(built.is_ok(), "max_entries(u64::MAX).build() panicked");
+}
+
+/// R28-2 at the backend: a hot key whose refill is heavier, in a full byte-bounded store, is
+/// gone after the refill (and a fail-safe site's stale copy with it).
+#[test]
+fn review28_a_heavier_refill_of_a_hot_key_is_served() {
+    let backend = MemoryBackend::builder()
+        .max_bytes(1_000)
+        .weigher(|_, value| value.downcast_ref::<u32>().copied().unwrap_or(1))
+        .build();
+    backend.insert(
+        key(1),
+        Arc::new(500u32) as AnyValue,
+        Duration::from_secs(60),
+    );
+    backend.insert(
+        key(2),
+        Arc::new(500u32) as AnyValue,
+        Duration::from_secs(60),
+    );
+    for _ in 0..3 {
+        assert_eq!(get::<u32>(&backend, &key(1)), Some(500));
+    }
+    backend.insert(
+        key(1),
+        Arc::new(501u32) as AnyValue,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        get::<u32>(&backend, &key(1)),
+        Some(501),
+        "the refilled hot key is not served"
+    );
+}
+
+/// R28-3 at the backend: after a quiet spell in which every entry expired, a full store
+/// refuses each new key once (every key takes two loads), though nothing it holds is live.
+#[test]
+fn review28_a_store_of_expired_entries_stores_a_new_key() {
+    let clock = TestClock::new();
+    let backend = MemoryBackend::builder()
+        .max_entries(32)
+        .clock(&clock)
+        .build();
+    for n in 0..32 {
+        backend.insert(key(n), Arc::new(n) as AnyValue, Duration::from_secs(1));
+    }
+    clock.advance(Duration::from_secs(2));
+    backend.insert(
+        key(100),
+        Arc::new(100u32) as AnyValue,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        get::<u32>(&backend, &key(100)),
+        Some(100),
+        "a new key refused by a store whose 32 entries have all expired"
+    );
+}
+
+/// R28 (no finding): a hot key that expires, read (removed) and refilled in a full store is
+/// served at once; so is one invalidated and refilled; a refused refill leaves no older value.
+#[test]
+fn review28_a_hot_key_expired_or_invalidated_and_refilled_is_served() {
+    let clock = TestClock::new();
+    let backend = MemoryBackend::builder()
+        .max_entries(32)
+        .clock(&clock)
+        .build();
+    backend.insert(key(0), Arc::new(0u32) as AnyValue, Duration::from_secs(1));
+    for n in 1..32 {
+        backend.insert(key(n), Arc::new(n) as AnyValue, Duration::from_secs(600));
+    }
+    assert_eq!(backend.entry_count(), 32);
+    for _ in 0..3 {
+        assert_eq!(get::<u32>(&backend, &key(0)), Some(0));
+    }
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(get::<u32>(&backend, &key(0)), None, "expired");
+    backend.insert(key(0), Arc::new(7u32) as AnyValue, Duration::from_secs(600));
+    assert_eq!(
+        get::<u32>(&backend, &key(0)),
+        Some(7),
+        "refilled after expiry"
+    );
+    backend.invalidate(key(0).as_str());
+    backend.insert(key(0), Arc::new(8u32) as AnyValue, Duration::from_secs(600));
+    assert_eq!(
+        get::<u32>(&backend, &key(0)),
+        Some(8),
+        "refilled after invalidate"
+    );
+    // A refused new key, then an admitted one: never an older value.
+    backend.insert(
+        key(40),
+        Arc::new(40u32) as AnyValue,
+        Duration::from_secs(600),
+    );
+    assert_eq!(get::<u32>(&backend, &key(40)), None, "refused once");
+    backend.insert(
+        key(40),
+        Arc::new(41u32) as AnyValue,
+        Duration::from_secs(600),
+    );
+    assert_eq!(get::<u32>(&backend, &key(40)), Some(41));
+    assert_eq!(tally(&backend).0, backend.entry_count() as i64);
+}
+
+/// R28 (no finding): the tally equals what the store holds after a random mix of inserts
+/// (replacing, refused, too heavy, evicting), reads of expired entries, invalidate,
+/// invalidate_all and run_pending_tasks, under both bounds.
+#[test]
+fn review28_the_tally_follows_the_store() {
+    for by_bytes in [false, true] {
+        for seed in 0..20u64 {
+            let clock = TestClock::new();
+            let mut builder = MemoryBackend::builder().clock(&clock);
+            builder = if by_bytes {
+                builder
+                    .max_bytes(100_000)
+                    .weigher(|_, value| value.downcast_ref::<u32>().copied().unwrap_or(1))
+            } else {
+                builder.max_entries(40)
+            };
+            let backend = builder.build();
+            let mut rng = fastrand::Rng::with_seed(seed);
+            for step in 0..2_000 {
+                let n = rng.u32(0..120);
+                match rng.u32(0..100) {
+                    0..=59 => {
+                        let weight = if rng.u32(0..50) == 0 {
+                            200_000
+                        } else {
+                            rng.u32(0..20_000)
+                        };
+                        let ttl = Duration::from_secs(u64::from(rng.u32(1..5)));
+                        backend.insert(key(n), Arc::new(weight) as AnyValue, ttl);
+                    }
+                    60..=84 => {
+                        let _ = get::<u32>(&backend, &key(n));
+                    }
+                    85..=91 => backend.invalidate(key(n).as_str()),
+                    92..=93 => backend.invalidate_all(),
+                    94..=96 => backend.run_pending_tasks(),
+                    _ => clock.advance(Duration::from_secs(1)),
+                }
+                let (entries, bytes) = tally(&backend);
+                assert_eq!(
+                    entries,
+                    backend.entry_count() as i64,
+                    "entries, seed {seed} step {step}"
+                );
+                if by_bytes {
+                    // No weight of 0 among those kept except weight 0 itself, which the store
+                    // counts as 1: compare the gauges' bytes with the raw weights held.
+                    let held: i64 = (0..120)
+                        .filter_map(|n| {
+                            backend
+                                .shared
+                                .store
+                                .get(&Probe::key(&key(n)), |slot| Some(i64::from(slot.weight)))
+                        })
+                        .sum();
+                    assert_eq!(bytes, held, "bytes, seed {seed} step {step}");
+                    assert!(backend.shared.store.weight() <= 100_000);
+                }
+            }
+        }
+    }
+}
+
+/// R28-7: under a byte bound the ghost table has a slot per 1 KiB of the shard
+/// (`GUESSED_ENTRY_BYTES`), so with small entries a full shard holds far more keys than it can
+/// remember: a new working set of 2,000 keys, half the store, read in turn, is never admitted
+/// (each key's ghost is overwritten before its second miss), and the old, unread keys stay.
+#[test]
+fn review28_a_byte_bounded_store_takes_in_a_new_working_set() {
+    let backend = MemoryBackend::builder()
+        .max_bytes(65_536)
+        .weigher(|_, _| 16)
+        .build();
+    fill(&backend, 4_096, |n| Arc::new(n));
+    assert_eq!(backend.entry_count(), 4_096, "full");
+    let mut hits = 0;
+    for pass in 0..20 {
+        for n in 10_000..12_000u32 {
+            if get::<u32>(&backend, &key(n)).is_some() {
+                hits += u32::from(pass == 19);
+            } else {
+                backend.insert(key(n), Arc::new(n) as AnyValue, Duration::from_secs(60));
+            }
+        }
+    }
+    assert!(
+        hits >= 1_900,
+        "{hits} of 2000 hits on the 20th pass over a working set half the store's size"
+    );
+}
+
+/// R28-7 with the default weigher and a 1 MiB bound (sharded).
+#[test]
+fn review28_a_byte_bounded_store_takes_in_a_new_working_set_default_weigher() {
+    let backend = MemoryBackend::builder().max_bytes(1 << 20).build();
+    fill(&backend, 200_000, |n| Arc::new(n));
+    let full = backend.entry_count();
+    let per_entry = backend.shared.store.weight() / full;
+    let mut hits = 0;
+    for pass in 0..20 {
+        for n in 1_000_000..1_010_000u32 {
+            if get::<u32>(&backend, &key(n)).is_some() {
+                hits += u32::from(pass == 19);
+            } else {
+                backend.insert(key(n), Arc::new(n) as AnyValue, Duration::from_secs(60));
+            }
+        }
+    }
+    assert!(
+        hits >= 9_000,
+        "{hits} of 10000 hits on the 20th pass; the store holds {full} entries of {per_entry} bytes"
+    );
+}
+
+/// R28 (no finding): threads inserting, reading, invalidating and sweeping one small store:
+/// the tally ends equal to what it holds.
+#[test]
+fn review28_the_tally_follows_the_store_across_threads() {
+    let backend = MemoryBackend::builder().max_entries(64).build();
+    std::thread::scope(|scope| {
+        for seed in 0..4u64 {
+            let backend = &backend;
+            scope.spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(seed);
+                for _ in 0..50_000 {
+                    let n = rng.u32(0..200);
+                    match rng.u32(0..100) {
+                        0..=49 => backend.insert(
+                            key(n),
+                            Arc::new(n) as AnyValue,
+                            Duration::from_millis(u64::from(rng.u32(0..3))),
+                        ),
+                        50..=89 => assert!(get::<u32>(backend, &key(n)).is_none_or(|v| v == n)),
+                        90..=97 => backend.invalidate(key(n).as_str()),
+                        98 => backend.run_pending_tasks(),
+                        _ => backend.invalidate_all(),
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(tally(&backend).0, backend.entry_count() as i64);
+    assert!(backend.shared.store.weight() <= 64);
+}
