@@ -294,7 +294,7 @@ fn a_skewed_workload_keeps_its_hot_keys() {
 
 // ---- review 28 (adversarial) ----
 
-/// R28-1: `max_entries(u64::MAX)` ("unbounded") panics in `build()`: the ghost table is
+/// Review 28 (fixed; the text says what was wrong): R28-1: `max_entries(u64::MAX)` ("unbounded") panics in `build()`: the ghost table is
 /// allocated up front for the whole bound (quick_cache allocated lazily). On a machine with
 /// more cores (64 shards) it is a 2^60-byte allocation and an abort instead.
 #[test]
@@ -303,7 +303,7 @@ fn review28_a_huge_entry_bound_builds() {
     assert!(built.is_ok(), "max_entries(u64::MAX).build() panicked");
 }
 
-/// R28-2 at the backend: a hot key whose refill is heavier, in a full byte-bounded store, is
+/// Review 28 (fixed; the text says what was wrong): R28-2 at the backend: a hot key whose refill is heavier, in a full byte-bounded store, is
 /// gone after the refill (and a fail-safe site's stale copy with it).
 #[test]
 fn review28_a_heavier_refill_of_a_hot_key_is_served() {
@@ -336,7 +336,7 @@ fn review28_a_heavier_refill_of_a_hot_key_is_served() {
     );
 }
 
-/// R28-3 at the backend: after a quiet spell in which every entry expired, a full store
+/// Review 28 (fixed; the text says what was wrong): R28-3 at the backend: after a quiet spell in which every entry expired, a full store
 /// refuses each new key once (every key takes two loads), though nothing it holds is live.
 #[test]
 fn review28_a_store_of_expired_entries_stores_a_new_key() {
@@ -472,7 +472,7 @@ fn review28_the_tally_follows_the_store() {
     }
 }
 
-/// R28-7: under a byte bound the ghost table has a slot per 1 KiB of the shard
+/// Review 28 (fixed; the text says what was wrong): R28-7: under a byte bound the ghost table has a slot per 1 KiB of the shard
 /// (`GUESSED_ENTRY_BYTES`), so with small entries a full shard holds far more keys than it can
 /// remember: a new working set of 2,000 keys, half the store, read in turn, is never admitted
 /// (each key's ghost is overwritten before its second miss), and the old, unread keys stay.
@@ -500,7 +500,7 @@ fn review28_a_byte_bounded_store_takes_in_a_new_working_set() {
     );
 }
 
-/// R28-7 with the default weigher and a 1 MiB bound (sharded).
+/// Review 28 (fixed; the text says what was wrong): R28-7 with the default weigher and a 1 MiB bound (sharded).
 #[test]
 fn review28_a_byte_bounded_store_takes_in_a_new_working_set_default_weigher() {
     let backend = MemoryBackend::builder().max_bytes(1 << 20).build();
